@@ -1,0 +1,8 @@
+"""Communication layer: knows tensors and messages, nothing of shares."""
+from .base import (DEALER_RANK, CommError, CommTimeout, Communicator, FrameError, Link,
+                   PeerError, Stats, peer_name)
+
+BACKENDS = ("inproc", "tcp")
+
+__all__ = ["BACKENDS", "DEALER_RANK", "CommError", "CommTimeout", "Communicator", "FrameError",
+           "Link", "PeerError", "Stats", "peer_name"]

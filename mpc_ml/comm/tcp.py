@@ -1,0 +1,274 @@
+"""TCP backend: one socket per pair of parties, a reader thread per socket.
+
+The reader thread drains the socket into a queue as frames arrive, so two parties
+that send large tensors to each other at once never deadlock on full buffers, and a
+peer that dies is noticed at once (EOF or reset) instead of at the next timeout.
+
+Mesh set-up: party i listens on its address, connects to every j < i and accepts
+every j > i. The first frame on each connection is a hello (control message) naming
+the rank and the settings every party must share; a mismatch is refused with an error
+naming both values.
+"""
+from __future__ import annotations
+
+import queue
+import socket
+import threading
+import time
+
+import torch
+
+from . import frames
+from .base import CommError, CommTimeout, FrameError, Link, Message, PeerError, peer_name
+
+_CLOSED = object()
+RECV_CHUNK = 1 << 22
+
+
+def parse_address(addr: str) -> tuple[str, int]:
+    """'host:port' -> (host, port), with a clear error."""
+    host, sep, port = addr.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"address {addr!r} is not HOST:PORT")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def listen(addr: str) -> socket.socket:
+    """A listening socket on addr; a port in use is a clear error."""
+    host, port = parse_address(addr)
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise CommError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+    sock.listen(64)
+    return sock
+
+
+def _tune(sock: socket.socket) -> None:
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, opt, 4 << 20)
+        except OSError:
+            pass
+
+
+class TcpLink(Link):
+    """A framed message pipe over one connected socket."""
+
+    def __init__(self, sock: socket.socket, me: int, peer: int, max_frame_bytes: int):
+        self.sock, self.me, self.peer = sock, me, peer
+        self.max_frame_bytes = max_frame_bytes
+        self._inbox: queue.Queue = queue.Queue()
+        self._send_lock = threading.Lock()
+        self._closed = False
+        sock.settimeout(None)
+        self._reader = threading.Thread(target=self._read_loop, daemon=True,
+                                        name=f"mpc-reader-{me}-from-{peer}")
+        self._reader.start()
+
+    # -- receiving -------------------------------------------------------------
+    def _read_exact(self, view: memoryview) -> bool:
+        """Fill view from the socket; False on a clean EOF before the first byte."""
+        got = 0
+        while got < len(view):
+            n = self.sock.recv_into(view[got:], min(len(view) - got, RECV_CHUNK))
+            if n == 0:
+                if got == 0:
+                    return False
+                raise PeerError(peer_name(self.peer), "closed the connection mid-frame")
+            got += n
+        return True
+
+    def _read_frame(self):
+        header = bytearray(frames.HEADER_SIZE)
+        if not self._read_exact(memoryview(header)):
+            return _CLOSED
+        kind, code, ndim, length = frames.parse_header(bytes(header), self.max_frame_bytes)
+        if kind == frames.KIND_CONTROL:
+            payload = bytearray(length)
+            if length and not self._read_exact(memoryview(payload)):
+                raise PeerError(peer_name(self.peer), "closed the connection mid-frame")
+            return frames.parse_control(bytes(payload))
+        dims = bytearray(8 * ndim)
+        if ndim and not self._read_exact(memoryview(dims)):
+            raise PeerError(peer_name(self.peer), "closed the connection mid-frame")
+        shape = frames.parse_shape(bytes(dims), ndim, code, length)
+        tensor, view = frames.empty_tensor(code, shape)
+        if length and not self._read_exact(view):
+            raise PeerError(peer_name(self.peer), "closed the connection mid-frame")
+        return tensor
+
+    def _read_loop(self) -> None:
+        try:
+            while True:
+                item = self._read_frame()
+                self._inbox.put(item)
+                if item is _CLOSED:
+                    return
+        except FrameError as e:
+            self._inbox.put(FrameError(f"{peer_name(self.me)}: bad frame from "
+                                       f"{peer_name(self.peer)}: {e}"))
+            self._shutdown()
+        except PeerError as e:
+            self._inbox.put(e)
+        except OSError as e:
+            if not self._closed:
+                self._inbox.put(PeerError(peer_name(self.peer), f"connection failed: {e}"))
+            else:
+                self._inbox.put(_CLOSED)
+
+    def recv(self, timeout: float) -> Message:
+        try:
+            item = self._inbox.get(timeout=timeout)
+        except queue.Empty:
+            raise CommTimeout(f"{peer_name(self.me)}: no message from {peer_name(self.peer)} "
+                              f"within {timeout:g} s") from None
+        if item is _CLOSED or isinstance(item, Exception):
+            self._inbox.put(item)  # every later receive fails the same way
+            if item is _CLOSED:
+                raise PeerError(peer_name(self.peer))
+            raise item
+        return item
+
+    # -- sending -----------------------------------------------------------------
+    def send(self, msg: Message) -> None:
+        try:
+            with self._send_lock:
+                if isinstance(msg, torch.Tensor):
+                    self.sock.sendall(frames.tensor_header(msg))
+                    payload = frames.tensor_payload(msg)
+                    if len(payload):
+                        self.sock.sendall(payload)
+                else:
+                    self.sock.sendall(frames.control_frame(msg))
+        except OSError as e:
+            raise PeerError(peer_name(self.peer), f"cannot be reached: {e}") from None
+
+    def send_raw(self, data: bytes) -> None:
+        """Bytes exactly as given (for tests of the peer's frame checks)."""
+        with self._send_lock:
+            self.sock.sendall(data)
+
+    def _shutdown(self) -> None:
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._shutdown()
+        self.sock.close()
+
+
+def _check_hello(hello: dict, expected: dict, me: int, who: str) -> None:
+    """Refuse a peer whose settings differ; keys only one side states are not compared,
+    except the protocol version and world size, which every hello carries."""
+    for key, mine in expected.items():
+        theirs = hello.get(key)
+        if key not in hello and key not in ("protocol_version", "world_size"):
+            continue
+        if theirs != mine:
+            raise CommError(f"{peer_name(me)}: {who} runs with {key}={theirs!r}, "
+                            f"this party with {key}={mine!r}; refusing the connection")
+
+
+def connect(addr: str, me: int, peer: int, hello: dict, timeout: float,
+            max_frame_bytes: int, wrap=None) -> TcpLink:
+    """Connect to a listening peer (retrying until it listens), exchange hellos."""
+    host, port = parse_address(addr)
+    deadline = time.monotonic() + timeout
+    delay = 0.01
+    while True:
+        try:
+            sock = socket.create_connection((host, port), timeout=max(0.1, deadline - time.monotonic()))
+            break
+        except OSError as e:
+            if time.monotonic() + delay > deadline:
+                raise CommError(f"{peer_name(me)}: cannot reach {peer_name(peer)} at {addr} "
+                                f"within {timeout:g} s: {e}") from None
+            time.sleep(delay)  # the peer may not listen yet: back off and retry
+            delay = min(delay * 2, 0.5)
+    _tune(sock)
+    if wrap is not None:
+        sock = wrap(sock, server_side=False, peer=peer)
+    link = TcpLink(sock, me, peer, max_frame_bytes)
+    link.send(hello)
+    reply = link.recv(max(0.1, deadline - time.monotonic()))
+    if not isinstance(reply, dict):
+        link.close()
+        raise FrameError(f"{peer_name(me)}: {peer_name(peer)} answered the hello with a tensor")
+    if "error" in reply:
+        link.close()
+        raise CommError(f"{peer_name(me)}: refused by {peer_name(peer)}: {reply['error']}")
+    try:
+        _check_hello(reply, {**{k: hello[k] for k in hello if k != "rank"}, "rank": peer},
+                     me, peer_name(peer))
+    except CommError:
+        link.close()
+        raise
+    return link
+
+
+def accept(listener: socket.socket, me: int, hello: dict, ranks: set[int], timeout: float,
+           max_frame_bytes: int, wrap=None) -> dict[int, TcpLink]:
+    """Accept one connection from each rank in `ranks`, checking each hello."""
+    links: dict[int, TcpLink] = {}
+    deadline = time.monotonic() + timeout
+    try:
+        while len(links) < len(ranks):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                missing = sorted(ranks - set(links))
+                raise CommError(f"{peer_name(me)}: {', '.join(peer_name(r) for r in missing)} "
+                                f"did not connect within {timeout:g} s")
+            listener.settimeout(remaining)
+            try:
+                sock, _ = listener.accept()
+            except socket.timeout:
+                continue
+            _tune(sock)
+            if wrap is not None:
+                sock = wrap(sock, server_side=True, peer=None)
+            link = TcpLink(sock, me, -2, max_frame_bytes)
+            first = link.recv(max(0.1, deadline - time.monotonic()))
+            rank = first.get("rank") if isinstance(first, dict) else None
+            try:
+                if rank not in ranks or rank in links:
+                    raise CommError(f"{peer_name(me)}: unexpected connection claiming rank {rank!r}")
+                link.peer = rank
+                _check_hello(first, {k: v for k, v in hello.items() if k != "rank"}, me,
+                             peer_name(rank))
+            except CommError as e:
+                link.send({"error": str(e)})  # tell the refused peer why
+                link.close()
+                raise
+            link.send(hello)
+            links[rank] = link
+    except BaseException:
+        for link in links.values():
+            link.close()
+        raise
+    return links
+
+
+def connect_mesh(rank: int, addrs: list[str], listener: socket.socket, hello: dict,
+                 timeout: float, max_frame_bytes: int, wrap=None) -> dict[int, TcpLink]:
+    """Links to every other party: connect to lower ranks, accept higher ones."""
+    links: dict[int, TcpLink] = {}
+    try:
+        for peer in range(rank):
+            links[peer] = connect(addrs[peer], rank, peer, hello, timeout, max_frame_bytes, wrap)
+        links.update(accept(listener, rank, hello, set(range(rank + 1, len(addrs))),
+                            timeout, max_frame_bytes, wrap))
+    except BaseException:
+        for link in links.values():
+            link.close()
+        raise
+    return links

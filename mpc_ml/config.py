@@ -1,0 +1,64 @@
+"""One dataclass of knobs, passed explicitly to each party's session."""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+
+PROTOCOL_VERSION = 1
+
+TRUNCATION_METHODS = ("exact", "local")
+
+
+@dataclass(frozen=True)
+class Config:
+    """Settings every party must agree on (checked at the handshake) plus local limits."""
+
+    precision_bits: int = 16
+    """Fractional bits of the fixed-point encoding."""
+    truncation: str = "exact"
+    """'exact': dealer pair with the MSB trick, 1 round, error < 1 unit in the last place,
+    never a wrap-around failure. 'local': SecureML local shift, 0 rounds, 2 parties only,
+    fails catastrophically with probability about |x| * 2^(2f) / 2^63 per element."""
+    comm_timeout_s: float = 60.0
+    """Every blocking receive gives up after this long, naming the silent peer."""
+    connect_timeout_s: float = 30.0
+    """How long a party keeps trying to reach peers that have not started listening yet."""
+    max_frame_bytes: int = 1 << 32
+    """A frame announcing a larger payload is refused before anything is allocated."""
+    dealer_idle_timeout_s: float = 3600.0
+    """How long the dealer waits for the next request before giving up."""
+    force_limbs: bool = False
+    """Compute matmul/conv by the CUDA float64-limb kernels even on CPU (to test them)."""
+
+    def __post_init__(self) -> None:
+        if not 0 < self.precision_bits <= 30:
+            raise ValueError(f"precision_bits must be in 1..30, got {self.precision_bits}")
+        if self.truncation not in TRUNCATION_METHODS:
+            raise ValueError(
+                f"unknown truncation {self.truncation!r}; choose one of {TRUNCATION_METHODS}"
+            )
+        if self.comm_timeout_s <= 0 or self.connect_timeout_s <= 0:
+            raise ValueError("timeouts must be positive")
+
+    def replace(self, **changes) -> "Config":
+        """A copy with some fields changed (validated)."""
+        return dataclasses.replace(self, **changes)
+
+    def agreed_fields(self) -> dict:
+        """The fields that every party must hold identical values for."""
+        return {"precision_bits": self.precision_bits, "truncation": self.truncation,
+                "protocol_version": PROTOCOL_VERSION}
+
+    @classmethod
+    def from_env(cls, base: "Config | None" = None) -> "Config":
+        """Apply MPC_PRECISION_BITS, MPC_TRUNCATION, MPC_COMM_TIMEOUT_S overrides."""
+        cfg = base or cls()
+        changes = {}
+        if "MPC_PRECISION_BITS" in os.environ:
+            changes["precision_bits"] = int(os.environ["MPC_PRECISION_BITS"])
+        if "MPC_TRUNCATION" in os.environ:
+            changes["truncation"] = os.environ["MPC_TRUNCATION"]
+        if "MPC_COMM_TIMEOUT_S" in os.environ:
+            changes["comm_timeout_s"] = float(os.environ["MPC_COMM_TIMEOUT_S"])
+        return cfg.replace(**changes) if changes else cfg

@@ -1,0 +1,46 @@
+"""Truncation: divide a shared fixed-point value by 2^bits after a product.
+
+Exact variant (default), after Escudero et al., "Improved primitives for MPC over
+mixed arithmetic-binary circuits", CRYPTO 2020 (probabilistic truncation with the
+mask's top bit). Requires |x| < 2^62 as a signed value.
+1. obtain [r] (r uniform in Z_2^64), [r' >> bits] where r' = r mod 2^63, and
+   [msb(r)] from the provider;
+2. y = x + 2^62 (so 0 <= y < 2^63); open c = y + r (one round; c is uniform);
+3. with c' = c mod 2^63: y + r' = c' + 2^63 w where the carry w = msb(c) xor msb(r),
+   a linear function of [msb(r)] since msb(c) is public; so
+   y >> bits = (c' >> bits) - (r' >> bits) + 2^(63-bits) w - borrow, borrow in {0, 1};
+4. x >> bits = that - 2^(62-bits).
+The result is within 1 unit of x / 2^bits; nothing wraps, so no catastrophic error.
+
+Local variant (SecureML, Mohassel & Zhang 2017), 2 parties only: x_0 >> bits and
+-((-x_1) >> bits). No traffic; within 1 unit except with probability about
+|x| / 2^63 per element, when the result is wrong by about 2^(64-bits).
+"""
+from __future__ import annotations
+
+import torch
+
+from ..session import Session
+from .sharing import open_shares
+
+OFFSET_BITS = 62
+
+
+def truncate(session: Session, x: torch.Tensor, bits: int) -> torch.Tensor:
+    """Share of x / 2^bits (see the module docstring for the two methods)."""
+    if bits == 0:
+        return x
+    if session.config.truncation == "local":
+        return x >> bits if session.rank == 0 else -((-x) >> bits)
+    corr = session.provider.request("trunc", shape=list(x.shape), bits=bits)
+    (r,) = corr.free
+    y = x + (1 << OFFSET_BITS) if session.rank == 0 else x
+    (c,) = open_shares(session, [y + r.to(x.device)])
+    r_shifted, r_msb = (t.to(x.device) for t in corr.derived())
+    c_msb = (c >> 63) & 1
+    # [w] = c_msb + [r_msb] - 2 c_msb [r_msb]; the public c_msb term is party 0's.
+    out = (r_msb - 2 * c_msb * r_msb) * (1 << (63 - bits)) - r_shifted
+    if session.rank == 0:
+        c_low = c & ((1 << 63) - 1)
+        out += (c_low >> bits) + c_msb * (1 << (63 - bits)) - (1 << (OFFSET_BITS - bits))
+    return out

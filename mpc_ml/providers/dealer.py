@@ -1,0 +1,106 @@
+"""Dealer: a process that is not a compute party makes every correlation.
+
+At start the dealer sends each party a fresh PRG seed (its only message to most
+parties). Afterwards only the last party talks to it: it sends each correlation
+request as it reaches the operation, keeps computing (opening its masked inputs,
+doing its local products) and collects the correction when it needs it, so the
+dealer's work (e.g. the product a @ b) overlaps the parties' instead of sitting on
+their critical path. The dealer learns shapes, never data; it must not collude with
+any party.
+"""
+from __future__ import annotations
+
+import collections
+
+
+from ..comm.base import CommError, Link, PeerError, Stats, message_bytes
+from ..prg import PRG, new_seed
+from .base import (Correlation, CorrelationGenerator, Provider, draw_shares, kind_of,
+                   make_request)
+
+
+class DealerProvider(Provider):
+    """A party's end of the dealer: local draws, plus corrections for the last party."""
+
+    name = "dealer"
+
+    def __init__(self, rank: int, world_size: int, link: Link, timeout: float):
+        self.rank, self.world_size = rank, world_size
+        self.link, self.timeout = link, timeout
+        self.traffic = Stats()
+        hello = link.recv(timeout)
+        if not isinstance(hello, dict) or "seed" not in hello:
+            raise CommError(f"party {rank}: the dealer's first message carries no seed")
+        self._stream = PRG(bytes.fromhex(hello["seed"]))
+        self.is_correction_party = rank == world_size - 1
+        self._pending: collections.deque[Correlation] = collections.deque()
+
+    def request(self, kind: str, **params) -> Correlation:
+        request = make_request(kind, **params)
+        free, derived = draw_shares(self._stream, request, with_derived=not self.is_correction_party)
+        if not self.is_correction_party:
+            return Correlation(free, derived)
+        self.link.send(request)
+        self.traffic.messages += 1
+        self.traffic.bytes_sent += message_bytes(request)
+        corr = Correlation(free, fetch=self._collect_until,
+                           n_derived=len(kind_of(request).derived_shapes(request["params"])))
+        self._pending.append(corr)
+        return corr
+
+    def _collect_until(self, target: Correlation) -> None:
+        """Receive corrections, in request order, until target's have arrived."""
+        while target._derived is None:
+            corr = self._pending.popleft()
+            derived = []
+            for _ in range(corr.n_derived):
+                msg = self.link.recv(self.timeout)
+                if isinstance(msg, dict):
+                    raise CommError(f"party {self.rank}: the dealer failed: "
+                                    f"{msg.get('error', msg)}")
+                derived.append(msg)
+            self.traffic.bytes_received += sum(message_bytes(d) for d in derived)
+            corr.set_derived(derived)
+
+    def stats(self) -> dict:
+        return {f"dealer_{k}": v for k, v in self.traffic.as_dict().items() if k != "rounds"}
+
+    def reset_stats(self) -> None:
+        self.traffic.reset()
+
+    def close(self) -> None:
+        self.link.close()
+
+
+def serve_dealer(links: dict[int, Link], world_size: int, idle_timeout: float) -> int:
+    """Seed every party, then answer the last party's requests until it hangs up.
+
+    Returns the number of correlations served.
+    """
+    seeds = {r: new_seed() for r in range(world_size)}
+    generator = CorrelationGenerator([PRG(seeds[r]) for r in range(world_size)],
+                                     correction_party=world_size - 1)
+    served = 0
+    try:
+        for rank, link in links.items():
+            link.send({"seed": seeds[rank].hex()})
+        last = links[world_size - 1]
+        while True:
+            try:
+                request = last.recv(idle_timeout)
+            except PeerError:
+                return served  # the last party is done
+            if not isinstance(request, dict):
+                raise CommError(f"the dealer expected a request from party {world_size - 1}, "
+                                f"got a tensor of shape {tuple(request.shape)}")
+            try:
+                _, corrections = generator.generate(request)
+            except (ValueError, KeyError, TypeError, RuntimeError) as e:
+                last.send({"error": f"bad correlation request {request}: {e}"})
+                raise CommError(f"the dealer refused a request: {e}") from None
+            for c in corrections:
+                last.send(c)
+            served += 1
+    finally:
+        for link in links.values():
+            link.close()

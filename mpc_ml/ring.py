@@ -1,0 +1,139 @@
+"""Z_2^64 kernels on int64 tensors: wrap-around of int64 arithmetic is the modulus.
+
+Bilinear ops (mul, matmul, conv1d, conv2d) are computed exactly mod 2^64:
+- on CPU with torch's int64 kernels (conv via an im2col + int64 matmul, which is
+  several times faster than torch's int64 direct convolution);
+- on CUDA, where torch has no int64 matmul/conv, by splitting each operand into four
+  16-bit limbs held in float64 and summing the ten limb products that reach below
+  2^64. Each limb product is a sum of k terms below 2^32, exact in float64 while
+  k < 2^21. The same limb path can be forced on CPU (``force_limbs``) so that CI
+  exercises it.
+"""
+from __future__ import annotations
+
+import itertools
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+LIMB_BITS = 16
+N_LIMBS = 4
+MAX_LIMB_REDUCTION = 1 << 21
+
+BILINEAR_OPS = ("mul", "matmul", "conv1d", "conv2d")
+
+
+def _pair(v, n: int) -> tuple:
+    return tuple(v) if isinstance(v, (tuple, list)) else (v,) * n
+
+
+def conv_output_shape(input_shape, weight_shape, stride=1, padding=0, dilation=1, nd=2):
+    """Output shape of torch's convNd for these shapes and arguments."""
+    stride, dilation = _pair(stride, nd), _pair(dilation, nd)
+    padding = _resolve_padding(padding, weight_shape[2:], dilation, stride, nd)
+    spatial = []
+    for i in range(nd):
+        size = input_shape[2 + i] + 2 * padding[i] - dilation[i] * (weight_shape[2 + i] - 1) - 1
+        if size < 0:
+            raise ValueError(f"conv{nd}d: kernel larger than padded input ({tuple(input_shape)}, "
+                             f"{tuple(weight_shape)})")
+        spatial.append(size // stride[i] + 1)
+    return (input_shape[0], weight_shape[0], *spatial)
+
+
+def _resolve_padding(padding, kernel, dilation, stride, nd) -> tuple:
+    if padding == "valid":
+        return (0,) * nd
+    if padding == "same":
+        if any(s != 1 for s in stride):
+            raise ValueError("padding='same' is not supported for strided convolutions")
+        total = [d * (k - 1) for d, k in zip(dilation, kernel)]
+        if any(t % 2 for t in total):
+            raise ValueError("padding='same' with an even effective kernel is not supported")
+        return tuple(t // 2 for t in total)
+    return _pair(padding, nd)
+
+
+def conv2d_int64(x: torch.Tensor, w: torch.Tensor, stride=1, padding=0, dilation=1,
+                 groups: int = 1) -> torch.Tensor:
+    """conv2d mod 2^64 via im2col windows (a strided view) and a batched int64 matmul."""
+    (sh, sw), (dh, dw) = _pair(stride, 2), _pair(dilation, 2)
+    ph, pw = _resolve_padding(padding, w.shape[2:], (dh, dw), (sh, sw), 2)
+    n, c, _, _ = x.shape
+    o, cg, kh, kw = w.shape
+    if c != cg * groups or o % groups:
+        raise ValueError(f"conv2d: input channels {c} and weight {tuple(w.shape)} do not fit "
+                         f"groups={groups}")
+    _, _, oh, ow = conv_output_shape(x.shape, w.shape, (sh, sw), (ph, pw), (dh, dw))
+    xp = F.pad(x, (pw, pw, ph, ph)) if ph or pw else x.contiguous()
+    s = xp.stride()
+    win = xp.as_strided((n, c, oh, ow, kh, kw),
+                        (s[0], s[1], s[2] * sh, s[3] * sw, s[2] * dh, s[3] * dw))
+    cols = (win.reshape(n, groups, cg, oh, ow, kh, kw).permute(1, 0, 3, 4, 2, 5, 6)
+            .reshape(groups, n * oh * ow, cg * kh * kw))
+    wmat = w.reshape(groups, o // groups, cg * kh * kw).transpose(1, 2)
+    out = torch.bmm(cols, wmat)  # (groups, n*oh*ow, o/groups)
+    return (out.reshape(groups, n, oh, ow, o // groups).permute(1, 0, 4, 2, 3)
+            .reshape(n, o, oh, ow))
+
+
+def conv1d_int64(x: torch.Tensor, w: torch.Tensor, stride=1, padding=0, dilation=1,
+                 groups: int = 1) -> torch.Tensor:
+    """conv1d mod 2^64 as a conv2d over a height-1 image."""
+    if isinstance(padding, str):
+        padding = _resolve_padding(padding, w.shape[2:], _pair(dilation, 1), _pair(stride, 1), 1)
+    out = conv2d_int64(x.unsqueeze(2), w.unsqueeze(2), (1, _pair(stride, 1)[0]),
+                       (0, _pair(padding, 1)[0]), (1, _pair(dilation, 1)[0]), groups)
+    return out.squeeze(2)
+
+
+def _float_op(op: str) -> Callable:
+    return {"mul": torch.mul, "matmul": torch.matmul, "conv1d": F.conv1d, "conv2d": F.conv2d}[op]
+
+
+def _int_op(op: str) -> Callable:
+    return {"mul": torch.mul, "matmul": torch.matmul, "conv1d": conv1d_int64,
+            "conv2d": conv2d_int64}[op]
+
+
+def reduction_size(op: str, a_shape, b_shape, groups: int = 1) -> int:
+    """Number of products summed into one output element (bounds the limb path)."""
+    if op == "mul":
+        return 1
+    if op == "matmul":
+        return a_shape[-1] if len(a_shape) else 1
+    return (a_shape[1] // groups) * int(torch.tensor(b_shape[2:]).prod())
+
+
+def bilinear(op: str, a: torch.Tensor, b: torch.Tensor, force_limbs: bool = False,
+             **kwargs) -> torch.Tensor:
+    """op(a, b) exactly mod 2^64 for a bilinear op in BILINEAR_OPS."""
+    if op not in BILINEAR_OPS:
+        raise ValueError(f"unknown bilinear op {op!r}")
+    needs_limbs = op != "mul" and (a.is_cuda or force_limbs)
+    if not needs_limbs:
+        return _int_op(op)(a, b, **kwargs)
+    return limb_bilinear(op, a, b, **kwargs)
+
+
+def split_limbs(x: torch.Tensor) -> list[torch.Tensor]:
+    """Four 16-bit limbs of each int64 element, as float64 (little end first)."""
+    mask = (1 << LIMB_BITS) - 1
+    return [((x >> (LIMB_BITS * i)) & mask).to(torch.float64) for i in range(N_LIMBS)]
+
+
+def limb_bilinear(op: str, a: torch.Tensor, b: torch.Tensor, **kwargs) -> torch.Tensor:
+    """op(a, b) mod 2^64 from float64 limb products (the CUDA path)."""
+    k = reduction_size(op, a.shape, b.shape, kwargs.get("groups", 1))
+    if k >= MAX_LIMB_REDUCTION:
+        raise ValueError(f"{op}: reduction of {k} terms is too long for exact limb products")
+    fop = _float_op(op)
+    al, bl = split_limbs(a), split_limbs(b)
+    out = None
+    for i, j in itertools.product(range(N_LIMBS), repeat=2):
+        if i + j >= N_LIMBS:
+            continue
+        term = fop(al[i], bl[j], **kwargs).to(torch.int64) << (LIMB_BITS * (i + j))
+        out = term if out is None else out + term
+    return out

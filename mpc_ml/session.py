@@ -1,0 +1,85 @@
+"""A party's session: its rank, communicator, PRGs, provider and config, in one object.
+
+Every MPCTensor holds the session it belongs to; the *current* session (what
+mpc.encrypt, mpc.rank() and friends use) is per thread, so the in-process backend can
+run several parties as threads of one interpreter.
+"""
+from __future__ import annotations
+
+import threading
+
+import torch
+
+from .comm.base import Communicator, Link
+from .config import Config
+from .prg import PRG, SEED_BYTES, new_seed
+from .providers import PROVIDERS, DealerProvider, Provider, TrustedFirstParty
+
+_local = threading.local()
+
+
+class Session:
+    """Everything one party needs to run protocols."""
+
+    def __init__(self, comm: Communicator, config: Config, provider: str,
+                 dealer_link: Link | None = None):
+        if provider not in PROVIDERS:
+            raise ValueError(f"unknown provider {provider!r}; choose one of {PROVIDERS}")
+        if config.truncation == "local" and comm.world_size != 2:
+            raise ValueError("truncation='local' is only correct for 2 parties")
+        self.comm, self.config = comm, config
+        self.rank, self.world_size = comm.rank, comm.world_size
+        self.own = PRG(new_seed())
+        self.pairwise = self._agree_pairwise_seeds()
+        self.zero_streams = {j: prg.derive("zero") for j, prg in self.pairwise.items()}
+        if provider == "tfp":
+            self.provider: Provider = TrustedFirstParty(self.rank, self.world_size, self.own,
+                                                        self.pairwise)
+        else:
+            if dealer_link is None:
+                raise ValueError("provider 'dealer' needs a connection to a dealer")
+            self.provider = DealerProvider(self.rank, self.world_size, dealer_link,
+                                           config.comm_timeout_s)
+        self.reset_stats()
+
+    def _agree_pairwise_seeds(self) -> dict[int, PRG]:
+        """Party i < j picks the seed of pair (i, j) and sends it to j (one round, set-up)."""
+        mine = {j: new_seed() for j in range(self.rank + 1, self.world_size)}
+        outgoing = {j: torch.frombuffer(bytearray(s), dtype=torch.uint8) for j, s in mine.items()}
+        got = self.comm.exchange(outgoing, list(range(self.rank)))
+        seeds = dict(mine)
+        for i, t in got.items():
+            if t.dtype != torch.uint8 or t.numel() != SEED_BYTES:
+                raise ValueError(f"party {self.rank}: malformed seed from party {i}")
+            seeds[i] = bytes(t.numpy().tobytes())
+        return {j: PRG(s) for j, s in seeds.items()}
+
+    def stats(self) -> dict:
+        """Traffic since the last reset: the communicator's, plus the dealer link's."""
+        return {**self.comm.stats.as_dict(), **self.provider.stats()}
+
+    def reset_stats(self) -> None:
+        self.comm.stats.reset()
+        self.provider.reset_stats()
+
+    def close(self) -> None:
+        self.provider.close()
+        self.comm.close()
+
+
+def current() -> Session:
+    """This thread's session."""
+    session = getattr(_local, "session", None)
+    if session is None:
+        raise RuntimeError("mpc_ml is not initialised in this party: call mpc.init() "
+                           "(or run the function through mpc.run / mpc-ml launch)")
+    return session
+
+
+def is_active() -> bool:
+    return getattr(_local, "session", None) is not None
+
+
+def activate(session: Session | None) -> None:
+    """Make session this thread's current one (None clears it)."""
+    _local.session = session

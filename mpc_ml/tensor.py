@@ -1,0 +1,362 @@
+"""MPCTensor: a secret-shared tensor whose methods mirror torch's.
+
+Each party holds `share`, an int64 tensor; the plaintext is sum(shares) / 2^f. This
+module only routes: every protocol lives in primitives/. Public operands (Python
+numbers, torch tensors) are accepted on either side of every binary operator.
+"""
+from __future__ import annotations
+
+import math
+from typing import Iterable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from . import ring
+from .encoding import decode, encode
+from .primitives import beaver_product, reveal, share_input, truncate
+from .session import Session, current
+
+Public = torch.Tensor | float | int | bool
+
+
+def _is_integral(p: torch.Tensor) -> bool:
+    """Public values that are whole numbers multiply shares exactly, with no truncation."""
+    if not p.is_floating_point():
+        return True
+    return p.numel() > 0 and bool(torch.all(p == torch.round(p))) and bool(p.abs().max() < 2 ** 31)
+
+
+def _result_dtype(*dtypes: torch.dtype) -> torch.dtype:
+    return torch.float64 if torch.float64 in dtypes else torch.get_default_dtype()
+
+
+class MPCTensor:
+    """A private tensor: this party's additive share of a fixed-point tensor."""
+
+    __array_priority__ = 1000  # numpy defers binary operators to us
+
+    def __init__(self, share: torch.Tensor, session: Session, dtype: torch.dtype | None = None):
+        if share.dtype != torch.int64:
+            raise TypeError(f"shares are int64 ring elements, got {share.dtype}")
+        self.share = share
+        self.session = session
+        self.dtype = dtype or torch.get_default_dtype()
+
+    # -- plumbing ---------------------------------------------------------------
+    @property
+    def _bits(self) -> int:
+        return self.session.config.precision_bits
+
+    def _new(self, share: torch.Tensor, dtype: torch.dtype | None = None) -> "MPCTensor":
+        return MPCTensor(share, self.session, dtype or self.dtype)
+
+    def _public(self, value: Public) -> torch.Tensor:
+        return torch.as_tensor(value, device=self.share.device)
+
+    def _public_share(self, value: Public, shape=None) -> torch.Tensor:
+        """A share of a public value: party 0 holds it encoded, the others hold 0."""
+        enc = encode(self._public(value), self._bits, device=self.share.device)
+        if shape is not None:
+            enc = enc.expand(shape)
+        return enc.clone() if self.session.rank == 0 else torch.zeros_like(enc)
+
+    def _coerce(self, other) -> "MPCTensor":
+        if isinstance(other, MPCTensor):
+            if other.session is not self.session:
+                raise ValueError("operands belong to different MPC sessions")
+            return other
+        return self._new(self._public_share(other))
+
+    # -- properties ---------------------------------------------------------------
+    @property
+    def shape(self) -> torch.Size:
+        return self.share.shape
+
+    def size(self, dim: int | None = None):
+        return self.share.size() if dim is None else self.share.size(dim)
+
+    def dim(self) -> int:
+        return self.share.dim()
+
+    @property
+    def ndim(self) -> int:
+        return self.share.dim()
+
+    def numel(self) -> int:
+        return self.share.numel()
+
+    @property
+    def device(self) -> torch.device:
+        return self.share.device
+
+    @property
+    def is_cuda(self) -> bool:
+        return self.share.is_cuda
+
+    def __len__(self) -> int:
+        return len(self.share)
+
+    def __repr__(self) -> str:
+        return (f"MPCTensor(shape={tuple(self.shape)}, party={self.session.rank}, "
+                f"device={self.device}, private)")
+
+    # -- revealing ------------------------------------------------------------------
+    def decrypt(self, dst: int | None = None) -> torch.Tensor | None:
+        """The plaintext on every party, or on dst only (None elsewhere). One round."""
+        value = reveal(self.session, self.share, dst)
+        return None if value is None else decode(value, self._bits, self.dtype)
+
+    # -- linear operations (local) -------------------------------------------------
+    def add(self, other) -> "MPCTensor":
+        """self + other."""
+        if isinstance(other, MPCTensor):
+            o = self._coerce(other)
+            return self._new(self.share + o.share, _result_dtype(self.dtype, o.dtype))
+        enc = encode(self._public(other), self._bits, device=self.share.device)
+        if self.session.rank == 0:
+            return self._new(self.share + enc)
+        return self._new(self.share.expand(torch.broadcast_shapes(self.shape, enc.shape)).clone())
+
+    def neg(self) -> "MPCTensor":
+        """-self."""
+        return self._new(-self.share)
+
+    def sub(self, other) -> "MPCTensor":
+        """self - other."""
+        return self.add(other.neg() if isinstance(other, MPCTensor) else -self._public(other))
+
+    def sum(self, dim=None, keepdim: bool = False) -> "MPCTensor":
+        """Sum over all elements or along dim (as torch.sum)."""
+        if dim is None:
+            return self._new(self.share.sum())
+        return self._new(self.share.sum(dim, keepdim=keepdim))
+
+    def mean(self, dim=None, keepdim: bool = False) -> "MPCTensor":
+        """Mean over all elements or along dim."""
+        total = self.sum(dim, keepdim)
+        count = self.numel() // max(total.numel(), 1) if dim is not None else self.numel()
+        if count == 0:
+            raise ValueError("mean of an empty tensor")
+        return total.div(count)
+
+    # -- products --------------------------------------------------------------------
+    def mul(self, other) -> "MPCTensor":
+        """Elementwise self * other."""
+        return _bilinear("mul", self, other)
+
+    def matmul(self, other) -> "MPCTensor":
+        """self @ other, with torch.matmul's broadcasting."""
+        return _bilinear("matmul", self, other)
+
+    def div(self, other) -> "MPCTensor":
+        """self / other for a public divisor (private divisors need reciprocal)."""
+        if isinstance(other, MPCTensor):
+            raise NotImplementedError("division by a private tensor needs reciprocal(), "
+                                      "which comes with the nonlinear functions")
+        p = self._public(other).to(torch.float64)
+        if p.numel() and bool((p == 0).any()):
+            raise ZeroDivisionError("division of an MPCTensor by zero")
+        # Scale 1/p by 2^(f + extra) so that even the largest divisor keeps f bits.
+        extra = max(0, math.ceil(math.log2(float(p.abs().max())))) if p.numel() else 0
+        bits = self._bits + extra
+        recip = encode(1.0 / p, bits, device=self.share.device)
+        return self._new(truncate(self.session, self.share * recip, bits))
+
+    def conv1d(self, weight, bias=None, stride=1, padding=0, dilation=1, groups: int = 1) -> "MPCTensor":
+        """torch.nn.functional.conv1d with self as input."""
+        return conv1d(self, weight, bias, stride, padding, dilation, groups)
+
+    def conv2d(self, weight, bias=None, stride=1, padding=0, dilation=1, groups: int = 1) -> "MPCTensor":
+        """torch.nn.functional.conv2d with self as input."""
+        return conv2d(self, weight, bias, stride, padding, dilation, groups)
+
+    # -- operators ---------------------------------------------------------------------
+    def __add__(self, other): return self.add(other)
+    def __radd__(self, other): return self.add(other)
+    def __sub__(self, other): return self.sub(other)
+    def __rsub__(self, other): return self.neg().add(other)
+    def __neg__(self): return self.neg()
+    def __mul__(self, other): return self.mul(other)
+    def __rmul__(self, other): return _bilinear("mul", other, self)
+    def __matmul__(self, other): return self.matmul(other)
+    def __rmatmul__(self, other): return _bilinear("matmul", other, self)
+    def __truediv__(self, other): return self.div(other)
+
+    # -- shape operations (local on every share) ----------------------------------------------
+    def reshape(self, *shape) -> "MPCTensor":
+        return self._new(self.share.reshape(*shape))
+
+    def view(self, *shape) -> "MPCTensor":
+        return self._new(self.share.view(*shape))
+
+    def flatten(self, start_dim: int = 0, end_dim: int = -1) -> "MPCTensor":
+        return self._new(self.share.flatten(start_dim, end_dim))
+
+    def t(self) -> "MPCTensor":
+        return self._new(self.share.t())
+
+    @property
+    def T(self) -> "MPCTensor":
+        return self._new(self.share.T)
+
+    def transpose(self, dim0: int, dim1: int) -> "MPCTensor":
+        return self._new(self.share.transpose(dim0, dim1))
+
+    def permute(self, *dims) -> "MPCTensor":
+        return self._new(self.share.permute(*dims))
+
+    def squeeze(self, dim=None) -> "MPCTensor":
+        return self._new(self.share.squeeze() if dim is None else self.share.squeeze(dim))
+
+    def unsqueeze(self, dim: int) -> "MPCTensor":
+        return self._new(self.share.unsqueeze(dim))
+
+    def expand(self, *sizes) -> "MPCTensor":
+        return self._new(self.share.expand(*sizes))
+
+    def repeat(self, *sizes) -> "MPCTensor":
+        return self._new(self.share.repeat(*sizes))
+
+    def narrow(self, dim: int, start: int, length: int) -> "MPCTensor":
+        return self._new(self.share.narrow(dim, start, length))
+
+    def flip(self, dims) -> "MPCTensor":
+        return self._new(self.share.flip(dims))
+
+    def contiguous(self) -> "MPCTensor":
+        return self._new(self.share.contiguous())
+
+    def clone(self) -> "MPCTensor":
+        return self._new(self.share.clone())
+
+    def split(self, split_size, dim: int = 0) -> list["MPCTensor"]:
+        return [self._new(s) for s in self.share.split(split_size, dim)]
+
+    def chunk(self, chunks: int, dim: int = 0) -> list["MPCTensor"]:
+        return [self._new(s) for s in self.share.chunk(chunks, dim)]
+
+    def pad(self, pad: Sequence[int], mode: str = "constant", value: float = 0.0) -> "MPCTensor":
+        """torch.nn.functional.pad; modes other than 'constant' move shares only."""
+        if mode != "constant":
+            return self._new(F.pad(self.share, tuple(pad), mode=mode))
+        fill = int(encode(value, self._bits)) if self.session.rank == 0 else 0
+        return self._new(F.pad(self.share, tuple(pad), value=fill))
+
+    def __getitem__(self, index) -> "MPCTensor":
+        return self._new(self.share[index])
+
+    def __setitem__(self, index, value) -> None:
+        if isinstance(value, MPCTensor):
+            self.share[index] = self._coerce(value).share
+        else:
+            self.share[index] = self._public_share(value)
+
+    def to(self, device) -> "MPCTensor":
+        """The same shares on another device (e.g. 'cuda')."""
+        return self._new(self.share.to(device))
+
+    def cpu(self) -> "MPCTensor":
+        return self.to("cpu")
+
+    def cuda(self) -> "MPCTensor":
+        return self.to("cuda")
+
+
+def _bilinear(op: str, x, y, **kwargs) -> MPCTensor:
+    """op(x, y) for a bilinear op where at least one operand is private."""
+    xp, yp = isinstance(x, MPCTensor), isinstance(y, MPCTensor)
+    ref = x if xp else y
+    session, bits = ref.session, ref._bits
+    if xp and yp:
+        y = x._coerce(y)
+        z = beaver_product(session, op, x.share, y.share, **kwargs)
+        return ref._new(truncate(session, z, bits), _result_dtype(x.dtype, y.dtype))
+    private, public = (x, y) if xp else (y, x)
+    p = private._public(public)
+    force = session.config.force_limbs
+    if _is_integral(p):
+        p, shift = p.to(torch.int64), 0
+    else:
+        p, shift = encode(p, bits, device=private.share.device), bits
+    args = (private.share, p) if xp else (p, private.share)
+    z = ring.bilinear(op, *args, force, **kwargs)
+    return private._new(truncate(session, z, shift))
+
+
+def _add_bias(out: MPCTensor, bias, nd: int) -> MPCTensor:
+    if bias is None:
+        return out
+    shape = (1, -1) + (1,) * nd
+    return out + (bias.reshape(*shape) if isinstance(bias, MPCTensor)
+                  else torch.as_tensor(bias).reshape(shape))
+
+
+def conv1d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups: int = 1) -> MPCTensor:
+    """torch.nn.functional.conv1d where input and/or weight are private."""
+    out = _bilinear("conv1d", input, weight, stride=stride, padding=padding, dilation=dilation,
+                    groups=groups)
+    return _add_bias(out, bias, 1)
+
+
+def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups: int = 1) -> MPCTensor:
+    """torch.nn.functional.conv2d where input and/or weight are private."""
+    out = _bilinear("conv2d", input, weight, stride=stride, padding=padding, dilation=dilation,
+                    groups=groups)
+    return _add_bias(out, bias, 2)
+
+
+def encrypt(tensor: torch.Tensor | None, src: int = 0, shape=None, device=None) -> MPCTensor:
+    """Secret-share src's tensor among all parties (others pass None, optionally shape=)."""
+    session = current()
+    if isinstance(tensor, MPCTensor):
+        raise TypeError("encrypt() got an MPCTensor; it is already private")
+    bits = session.config.precision_bits
+    value = None
+    if session.rank == src:
+        if tensor is None:
+            raise ValueError(f"party {src} is the source of encrypt() and must pass a tensor")
+        t = torch.as_tensor(tensor)
+        if device is not None:
+            t = t.to(device)
+        value = encode(t, bits)
+        tag = 1 if t.dtype == torch.float64 else 0
+    else:
+        tag = 0
+        if tensor is not None:
+            shape = tuple(torch.as_tensor(tensor).shape) if shape is None else shape
+            device = device or torch.as_tensor(tensor).device
+        if device is not None:
+            value = torch.empty(0, dtype=torch.int64, device=device)
+    share, tag = share_input(session, value, src, shape, tag)
+    return MPCTensor(share, session, torch.float64 if tag == 1 else torch.get_default_dtype())
+
+
+def _shares(items: Iterable, ref: MPCTensor | None = None) -> tuple[list[torch.Tensor], MPCTensor]:
+    items = list(items)
+    ref = ref or next((t for t in items if isinstance(t, MPCTensor)), None)
+    if ref is None:
+        raise TypeError("need at least one MPCTensor")
+    return [ref._coerce(t).share for t in items], ref
+
+
+def cat(tensors: Sequence, dim: int = 0) -> MPCTensor:
+    """torch.cat of private (and public) tensors."""
+    shares, ref = _shares(tensors)
+    return ref._new(torch.cat(shares, dim))
+
+
+def stack(tensors: Sequence, dim: int = 0) -> MPCTensor:
+    """torch.stack of private (and public) tensors."""
+    shares, ref = _shares(tensors)
+    return ref._new(torch.stack(shares, dim))
+
+
+def where(condition, input, other) -> MPCTensor:
+    """torch.where: a public bool condition selects shares locally; a private 0/1
+    condition costs one product: other + condition * (input - other)."""
+    if isinstance(condition, MPCTensor):
+        return (condition * condition._coerce(input).sub(other)).add(other)
+    cond = torch.as_tensor(condition).to(torch.bool)
+    (a, b), ref = _shares([input, other])
+    return ref._new(torch.where(cond.to(a.device), a, b))
