@@ -146,6 +146,8 @@ def run(fn: Callable, world_size: int = 2, backend: str = "inproc", provider: st
     """
     _check_names(world_size, backend, provider)
     config = config or Config()
+    if config.truncation == "local" and world_size != 2:
+        raise ValueError("truncation='local' is only correct for 2 parties")
     kwargs = kwargs or {}
     if backend == "inproc":
         return _run_inproc(fn, world_size, provider, args, kwargs, config)
@@ -207,9 +209,13 @@ def _party_process(rank, world_size, fn, args, kwargs, provider, config, addrs, 
         activate(session)
         out = fn(*args, **kwargs)
         try:
-            results.put((rank, "ok", out))
+            # Plain pickle copies tensors by value (multiprocessing's own pickler would pass
+            # shared-memory handles that die with this process). This pipe only connects
+            # the launcher to its own child; nothing from another party is unpickled.
+            payload = pickle.dumps(out)
         except (pickle.PicklingError, TypeError, AttributeError) as e:
             raise TypeError(f"the return value of party {rank} cannot be sent back: {e}") from None
+        results.put((rank, "ok", payload))
     except BaseException as e:
         results.put((rank, "error", _describe(e)))
     finally:
@@ -221,7 +227,7 @@ def _dealer_process(listener, world_size, config, results) -> None:
     torch.set_num_threads(1)
     try:
         run_tcp_dealer(listener, world_size, config)
-        results.put((DEALER_RANK, "ok", None))
+        results.put((DEALER_RANK, "ok", b""))
     except BaseException as e:
         results.put((DEALER_RANK, "error", _describe(e)))
 
@@ -291,7 +297,7 @@ def _collect(procs: dict[int, mp.Process], results, world_size: int, config: Con
                 continue
         pending.discard(rank)
         if status == "ok":
-            outs[rank] = payload
+            outs[rank] = pickle.loads(payload) if rank != DEALER_RANK else None
         else:
             errors[rank] = payload
             if grace_deadline is None:

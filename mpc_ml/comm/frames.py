@@ -49,6 +49,8 @@ def tensor_header(t: torch.Tensor) -> bytes:
 def tensor_payload(t: torch.Tensor) -> memoryview:
     """The raw bytes of a CPU tensor, without copying when it is contiguous."""
     t = t.detach().to("cpu").contiguous()
+    if t.numel() == 0:
+        return memoryview(b"")
     if t.dtype == torch.bool:
         t = t.view(torch.uint8)
     return memoryview(t.numpy()).cast("B")
