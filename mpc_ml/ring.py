@@ -57,7 +57,12 @@ def _resolve_padding(padding, kernel, dilation, stride, nd) -> tuple:
 
 def conv2d_int64(x: torch.Tensor, w: torch.Tensor, stride=1, padding=0, dilation=1,
                  groups: int = 1) -> torch.Tensor:
-    """conv2d mod 2^64 via im2col windows (a strided view) and a batched int64 matmul."""
+    """conv2d mod 2^64 via im2col windows and a batched int64 matmul.
+
+    The input goes channels-last first, so each window row (kh, kw, c) is copied
+    from contiguous memory; about as fast as torch's int64 direct convolution on one
+    thread, and it threads and batches over groups the same way.
+    """
     (sh, sw), (dh, dw) = _pair(stride, 2), _pair(dilation, 2)
     ph, pw = _resolve_padding(padding, w.shape[2:], (dh, dw), (sh, sw), 2)
     n, c, _, _ = x.shape
@@ -66,13 +71,13 @@ def conv2d_int64(x: torch.Tensor, w: torch.Tensor, stride=1, padding=0, dilation
         raise ValueError(f"conv2d: input channels {c} and weight {tuple(w.shape)} do not fit "
                          f"groups={groups}")
     _, _, oh, ow = conv_output_shape(x.shape, w.shape, (sh, sw), (ph, pw), (dh, dw))
-    xp = F.pad(x, (pw, pw, ph, ph)) if ph or pw else x.contiguous()
+    xp = F.pad(x, (pw, pw, ph, ph)).permute(0, 2, 3, 1).contiguous()  # n, H, W, c
     s = xp.stride()
-    win = xp.as_strided((n, c, oh, ow, kh, kw),
-                        (s[0], s[1], s[2] * sh, s[3] * sw, s[2] * dh, s[3] * dw))
-    cols = (win.reshape(n, groups, cg, oh, ow, kh, kw).permute(1, 0, 3, 4, 2, 5, 6)
-            .reshape(groups, n * oh * ow, cg * kh * kw))
-    wmat = w.reshape(groups, o // groups, cg * kh * kw).transpose(1, 2)
+    win = xp.as_strided((n, oh, ow, kh, kw, groups, cg),
+                        (s[0], s[1] * sh, s[2] * sw, s[1] * dh, s[2] * dw, cg * s[3], s[3]))
+    cols = win.permute(5, 0, 1, 2, 3, 4, 6).reshape(groups, n * oh * ow, kh * kw * cg)
+    wmat = (w.reshape(groups, o // groups, cg, kh, kw).permute(0, 3, 4, 2, 1)
+            .reshape(groups, kh * kw * cg, o // groups))
     out = torch.bmm(cols, wmat)  # (groups, n*oh*ow, o/groups)
     return (out.reshape(groups, n, oh, ow, o // groups).permute(1, 0, 4, 2, 3)
             .reshape(n, o, oh, ow))
