@@ -83,6 +83,34 @@ def conv2d_int64(x: torch.Tensor, w: torch.Tensor, stride=1, padding=0, dilation
             .reshape(n, o, oh, ow))
 
 
+def sliding_windows(x: torch.Tensor, kernel_size, stride=None, padding=0, dilation=1,
+                    fill: int = 0, ceil_mode: bool = False) -> torch.Tensor:
+    """(N, C, OH, OW, kh * kw) windows of an (N, C, H, W) tensor, as torch's pool2d sees them."""
+    (kh, kw) = _pair(kernel_size, 2)
+    (sh, sw) = _pair(stride if stride is not None else kernel_size, 2)
+    (ph, pw), (dh, dw) = _pair(padding, 2), _pair(dilation, 2)
+    if ph > kh // 2 or pw > kw // 2:
+        raise ValueError("pad should be at most half of the effective kernel size")
+    n, c, h, w = x.shape
+    sizes = []
+    for size, k, s, p, d in ((h, kh, sh, ph, dh), (w, kw, sw, pw, dw)):
+        span = size + 2 * p - d * (k - 1) - 1
+        if span < 0:
+            raise ValueError(f"pooling window larger than padded input ({tuple(x.shape)})")
+        out = (-(-span // s) if ceil_mode else span // s) + 1
+        if ceil_mode and (out - 1) * s >= size + p:  # torch: last window must start inside
+            out -= 1
+        sizes.append(out)
+    oh, ow = sizes
+    extra_h = max(0, (oh - 1) * sh + dh * (kh - 1) + 1 - (h + 2 * ph))
+    extra_w = max(0, (ow - 1) * sw + dw * (kw - 1) + 1 - (w + 2 * pw))
+    xp = F.pad(x, (pw, pw + extra_w, ph, ph + extra_h), value=fill).contiguous()
+    st = xp.stride()
+    win = xp.as_strided((n, c, oh, ow, kh, kw),
+                        (st[0], st[1], st[2] * sh, st[3] * sw, st[2] * dh, st[3] * dw))
+    return win.reshape(n, c, oh, ow, kh * kw)
+
+
 def conv1d_int64(x: torch.Tensor, w: torch.Tensor, stride=1, padding=0, dilation=1,
                  groups: int = 1) -> torch.Tensor:
     """conv1d mod 2^64 as a conv2d over a height-1 image."""
@@ -91,6 +119,12 @@ def conv1d_int64(x: torch.Tensor, w: torch.Tensor, stride=1, padding=0, dilation
     out = conv2d_int64(x.unsqueeze(2), w.unsqueeze(2), (1, _pair(stride, 1)[0]),
                        (0, _pair(padding, 1)[0]), (1, _pair(dilation, 1)[0]), groups)
     return out.squeeze(2)
+
+
+def bits_at(word: torch.Tensor, positions) -> torch.Tensor:
+    """Bits of each element at these positions, as a trailing dim of 0/1 int64."""
+    pos = torch.as_tensor(list(positions), dtype=torch.int64, device=word.device)
+    return (word.unsqueeze(-1) >> pos) & 1
 
 
 def _float_op(op: str) -> Callable:

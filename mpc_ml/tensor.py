@@ -14,7 +14,8 @@ import torch.nn.functional as F
 
 from . import ring
 from .encoding import decode, encode
-from .primitives import beaver_product, reveal, share_input, truncate
+from .primitives import (beaver_product, ltz, max_along_last, mul_bits, relu, reveal,
+                         share_input, truncate)
 from .session import Session, current
 
 Public = torch.Tensor | float | int | bool
@@ -150,10 +151,9 @@ class MPCTensor:
         return _bilinear("matmul", self, other)
 
     def div(self, other) -> "MPCTensor":
-        """self / other for a public divisor (private divisors need reciprocal)."""
+        """self / other; a private divisor goes through reciprocal() (see functions)."""
         if isinstance(other, MPCTensor):
-            raise NotImplementedError("division by a private tensor needs reciprocal(), "
-                                      "which comes with the nonlinear functions")
+            return self.mul(self._coerce(other).reciprocal())
         p = self._public(other).to(torch.float64)
         if p.numel() and bool((p == 0).any()):
             raise ZeroDivisionError("division of an MPCTensor by zero")
@@ -171,7 +171,219 @@ class MPCTensor:
         """torch.nn.functional.conv2d with self as input."""
         return conv2d(self, weight, bias, stride, padding, dilation, groups)
 
+    def __pow__(self, exponent: int) -> "MPCTensor":
+        """self ** k for a non-negative integer k, by repeated squaring."""
+        if not isinstance(exponent, int) or exponent < 0:
+            raise ValueError("MPCTensor ** k supports non-negative integer k only")
+        result, base = None, self
+        while exponent:
+            if exponent & 1:
+                result = base if result is None else result * base
+            exponent >>= 1
+            if exponent:
+                base = base * base
+        return result if result is not None else self._new(self._public_share(1.0, self.shape))
+
+    def square(self) -> "MPCTensor":
+        return self * self
+
+    # -- comparisons (private 0/1 results, in fixed point) ---------------------------------
+    def _bit(self, bit_share: torch.Tensor) -> "MPCTensor":
+        """A 0/1 integer bit share as a fixed-point 0.0/1.0 tensor (local)."""
+        return self._new(bit_share << self._bits)
+
+    def _difference(self, other) -> "MPCTensor":
+        other_shape = other.shape if isinstance(other, MPCTensor) else self._public(other).shape
+        try:
+            torch.broadcast_shapes(self.shape, other_shape)
+        except RuntimeError:
+            raise ValueError(f"cannot compare tensors of shapes {tuple(self.shape)} and "
+                             f"{tuple(other_shape)}") from None
+        return self.sub(other)
+
+    def lt(self, other) -> "MPCTensor":
+        """Private [self < other] as 0.0/1.0."""
+        return self._bit(ltz(self.session, self._difference(other).share))
+
+    def gt(self, other) -> "MPCTensor":
+        """Private [self > other] as 0.0/1.0."""
+        return self._bit(ltz(self.session, self._difference(other).neg().share))
+
+    def le(self, other) -> "MPCTensor":
+        """Private [self <= other] as 0.0/1.0."""
+        return self.gt(other).neg().add(1.0)
+
+    def ge(self, other) -> "MPCTensor":
+        """Private [self >= other] as 0.0/1.0."""
+        return self.lt(other).neg().add(1.0)
+
+    def _both_signs(self, d: "MPCTensor") -> tuple[torch.Tensor, torch.Tensor]:
+        """([d < 0], [d > 0]) as integer bits, in one comparison."""
+        bits = ltz(self.session, torch.stack([d.share, -d.share]))
+        return bits[0], bits[1]
+
+    def eq(self, other) -> "MPCTensor":
+        """Private [self == other] as 0.0/1.0 (equal within the fixed-point resolution)."""
+        below, above = self._both_signs(self._difference(other))
+        return self._bit(-(below + above)).add(1.0)
+
+    def ne(self, other) -> "MPCTensor":
+        """Private [self != other] as 0.0/1.0."""
+        below, above = self._both_signs(self._difference(other))
+        return self._bit(below + above)
+
+    def sign(self) -> "MPCTensor":
+        """-1, 0 or 1 per element, as torch.sign."""
+        below, above = self._both_signs(self)
+        return self._bit(above - below)
+
+    def abs(self) -> "MPCTensor":
+        """|self|: self - 2 self [self < 0]."""
+        (neg,) = mul_bits(self.session, [(self.share, ltz(self.session, self.share))])
+        return self._new(self.share - 2 * neg)
+
+    def relu(self) -> "MPCTensor":
+        """max(self, 0)."""
+        return self._new(relu(self.session, self.share))
+
+    def clamp(self, min=None, max=None) -> "MPCTensor":
+        """torch.clamp with public bounds: min + relu(x - min) - relu(x - max), one comparison."""
+        if min is None and max is None:
+            raise ValueError("clamp needs min or max")
+        if min is None:
+            return self.sub(self.sub(max).relu())
+        if max is None:
+            return self.sub(min).relu().add(min)
+        lo, hi = self.sub(min).share, self.sub(max).share
+        both = torch.stack([lo, hi])
+        (parts,) = mul_bits(self.session, [(both, 1 - ltz(self.session, both)
+                                             if self.session.rank == 0 else -ltz(self.session, both))])
+        return self._new(parts[0] - parts[1]).add(min)
+
+    def _reduce_max(self, dim, keepdim: bool, sign: int):
+        """(values, indices) of max (sign 1) or min (sign -1) along dim."""
+        x = self if sign == 1 else self.neg()
+        if dim is None:
+            top, idx = max_along_last(self.session, x.share.reshape(-1), 1 << self._bits)
+        else:
+            top, idx = max_along_last(self.session, x.share.movedim(dim, -1), 1 << self._bits)
+            if keepdim:
+                top, idx = top.unsqueeze(dim), idx.unsqueeze(dim)
+        return self._new(top if sign == 1 else -top), self._new(idx)
+
+    def max(self, dim: int | None = None, keepdim: bool = False):
+        """Max of all elements, or (values, private indices) along dim, as torch.max."""
+        values, indices = self._reduce_max(dim, keepdim, 1)
+        return values if dim is None else (values, indices)
+
+    def min(self, dim: int | None = None, keepdim: bool = False):
+        """Min of all elements, or (values, private indices) along dim, as torch.min."""
+        values, indices = self._reduce_max(dim, keepdim, -1)
+        return values if dim is None else (values, indices)
+
+    def argmax(self, dim: int | None = None, keepdim: bool = False, one_hot: bool = False) -> "MPCTensor":
+        """Private index of the (first) maximum; one_hot=True gives the private one-hot mask."""
+        return self._arg(dim, keepdim, one_hot, 1)
+
+    def argmin(self, dim: int | None = None, keepdim: bool = False, one_hot: bool = False) -> "MPCTensor":
+        """Private index of the (first) minimum; one_hot=True gives the private one-hot mask."""
+        return self._arg(dim, keepdim, one_hot, -1)
+
+    def _arg(self, dim, keepdim, one_hot, sign) -> "MPCTensor":
+        _, idx = self._reduce_max(dim, keepdim or one_hot, sign)
+        if not one_hot:
+            return idx
+        size = self.numel() if dim is None else self.shape[dim]
+        positions = torch.arange(size, dtype=torch.float64, device=self.device)
+        if dim is None:
+            return idx.reshape(1).eq(positions).reshape(self.shape)
+        view = [1] * self.dim()
+        view[dim] = size
+        return idx.eq(positions.reshape(view))
+
+    def max_pool2d(self, kernel_size, stride=None, padding=0, dilation=1,
+                   ceil_mode: bool = False) -> "MPCTensor":
+        """torch.nn.functional.max_pool2d (padding counts as -inf)."""
+        fill = int(encode(-(2.0 ** 30), self._bits)) if self.session.rank == 0 else 0
+        win = ring.sliding_windows(self.share, kernel_size, stride, padding, dilation, fill, ceil_mode)
+        top, _ = max_along_last(self.session, win, 0)
+        return self._new(top)
+
+    def avg_pool2d(self, kernel_size, stride=None, padding=0, ceil_mode: bool = False,
+                   count_include_pad: bool = True) -> "MPCTensor":
+        """torch.nn.functional.avg_pool2d."""
+        total = self._new(ring.sliding_windows(self.share, kernel_size, stride, padding, 1, 0,
+                                               ceil_mode).sum(-1))
+        ones = torch.ones(1, 1, *self.shape[2:], dtype=torch.int64)
+        counts = ring.sliding_windows(ones, kernel_size, stride, padding, 1, 0, ceil_mode).sum(-1)
+        if count_include_pad:
+            kh, kw = ring._pair(kernel_size, 2)
+            counts = torch.minimum(torch.full_like(counts, kh * kw),
+                                   ring.sliding_windows(torch.ones(1, 1, *[d + 2 * p for d, p in zip(
+                                       self.shape[2:], ring._pair(padding, 2))], dtype=torch.int64),
+                                       kernel_size, stride, 0, 1, 0, ceil_mode).sum(-1))
+        return total.div(counts[0, 0].to(torch.float64))
+
+    # -- nonlinear functions (methods, errors and domains in mpc_ml.functions) -------------------
+    def exp(self) -> "MPCTensor":
+        from . import functions
+        return functions.exp(self)
+
+    def log(self) -> "MPCTensor":
+        from . import functions
+        return functions.log(self)
+
+    def reciprocal(self) -> "MPCTensor":
+        from . import functions
+        return functions.reciprocal(self)
+
+    def sqrt(self) -> "MPCTensor":
+        from . import functions
+        return functions.sqrt(self)
+
+    def inv_sqrt(self) -> "MPCTensor":
+        from . import functions
+        return functions.inv_sqrt(self)
+
+    def rsqrt(self) -> "MPCTensor":
+        return self.inv_sqrt()
+
+    def sigmoid(self) -> "MPCTensor":
+        from . import functions
+        return functions.sigmoid(self)
+
+    def tanh(self) -> "MPCTensor":
+        from . import functions
+        return functions.tanh(self)
+
+    def erf(self) -> "MPCTensor":
+        from . import functions
+        return functions.erf(self)
+
+    def gelu(self) -> "MPCTensor":
+        from . import functions
+        return functions.gelu(self)
+
+    def softmax(self, dim: int) -> "MPCTensor":
+        from . import functions
+        return functions.softmax(self, dim)
+
+    def log_softmax(self, dim: int) -> "MPCTensor":
+        from . import functions
+        return functions.log_softmax(self, dim)
+
     # -- operators ---------------------------------------------------------------------
+    def __lt__(self, other): return self.lt(other)
+    def __le__(self, other): return self.le(other)
+    def __gt__(self, other): return self.gt(other)
+    def __ge__(self, other): return self.ge(other)
+    def __eq__(self, other): return self.eq(other)  # noqa: E704 - a private tensor, as torch
+    def __ne__(self, other): return self.ne(other)
+    __hash__ = object.__hash__
+
+    def __bool__(self):
+        raise TypeError("the truth value of a private tensor is secret; decrypt() it first")
+
     def __add__(self, other): return self.add(other)
     def __radd__(self, other): return self.add(other)
     def __sub__(self, other): return self.sub(other)
@@ -182,6 +394,7 @@ class MPCTensor:
     def __matmul__(self, other): return self.matmul(other)
     def __rmatmul__(self, other): return _bilinear("matmul", other, self)
     def __truediv__(self, other): return self.div(other)
+    def __rtruediv__(self, other): return self.reciprocal().mul(other)
 
     # -- shape operations (local on every share) ----------------------------------------------
     def reshape(self, *shape) -> "MPCTensor":

@@ -22,6 +22,30 @@ def _jsonable(v):
     return list(v) if isinstance(v, tuple) else v
 
 
+def beaver_many(session: Session, items: list[tuple]) -> list[torch.Tensor]:
+    """Several Beaver products, (op, x, y, kwargs) each, with one opening round.
+
+    Rounds 1; bytes 8 * (n - 1) * sum(numel(x) + numel(y)) sent per party.
+    """
+    corrs, masked = [], []
+    for op, x, y, kwargs in items:
+        corr = session.provider.request("triple", op=op, a_shape=list(x.shape),
+                                        b_shape=list(y.shape), kwargs=kwargs)
+        a, b = (t.to(x.device) for t in corr.free)
+        corrs.append((corr, a, b))
+        masked += [x - a, y - b]
+    opened = open_shares(session, masked)
+    force = session.config.force_limbs
+    out = []
+    for i, ((op, x, y, kwargs), (corr, a, b)) in enumerate(zip(items, corrs)):
+        e, f = opened[2 * i], opened[2 * i + 1]
+        z = ring.bilinear(op, a, f, force, **kwargs)
+        z += ring.bilinear(op, e, b + f if session.rank == 0 else b, force, **kwargs)
+        z += corr.derived()[0].to(z.device)
+        out.append(z)
+    return out
+
+
 def beaver_product(session: Session, op: str, x: torch.Tensor, y: torch.Tensor,
                    **kwargs) -> torch.Tensor:
     """Share of op(x, y) for shared x, y, at double fixed-point scale (not truncated).
@@ -29,12 +53,4 @@ def beaver_product(session: Session, op: str, x: torch.Tensor, y: torch.Tensor,
     Rounds 1; bytes 8 * (n - 1) * (numel(x) + numel(y)) sent per party.
     """
     kwargs = {k: _jsonable(v) for k, v in kwargs.items()}
-    corr = session.provider.request("triple", op=op, a_shape=list(x.shape),
-                                    b_shape=list(y.shape), kwargs=kwargs)
-    a, b = (t.to(x.device) for t in corr.free)
-    e, f = open_shares(session, [x - a, y - b])
-    force = getattr(session.config, "force_limbs", False)
-    z = ring.bilinear(op, a, f, force, **kwargs)
-    z += ring.bilinear(op, e, b + f if session.rank == 0 else b, force, **kwargs)
-    z += corr.derived()[0].to(z.device)
-    return z
+    return beaver_many(session, [(op, x, y, kwargs)])[0]

@@ -29,11 +29,33 @@ def _bilinear_out_shape(op: str, a_shape: Shape, b_shape: Shape, kwargs: dict) -
 
 
 class CorrelationKind:
-    """How to make one kind of correlation from its parameters."""
+    """How to make one kind of correlation from its parameters.
+
+    `free_xor` / `derived_xor` say, per component, whether it is XOR-shared (binary)
+    rather than additively shared (arithmetic).
+    """
 
     def __init__(self, free: Callable[[dict], list], derived: Callable[[dict], list],
-                 derive: Callable[[dict, list], list]):
+                 derive: Callable[[dict, list], list], free_xor: tuple = (),
+                 derived_xor: tuple = ()):
         self.free_shapes, self.derived_shapes, self.derive = free, derived, derive
+        self.free_xor, self.derived_xor = free_xor, derived_xor
+
+
+def _is_xor(flags: tuple, i: int) -> bool:
+    return i < len(flags) and flags[i]
+
+
+def _accumulate(acc: list | None, shares: list, xor: tuple) -> list:
+    """acc + shares, component-wise (XOR for binary components)."""
+    if acc is None:
+        return list(shares)
+    return [a ^ s if _is_xor(xor, i) else a + s for i, (a, s) in enumerate(zip(acc, shares))]
+
+
+def _remove(full: list, others: list, xor: tuple) -> list:
+    """full - others, component-wise (XOR for binary components)."""
+    return [f ^ o if _is_xor(xor, i) else f - o for i, (f, o) in enumerate(zip(full, others))]
 
 
 def _triple_derive(p: dict, free: list) -> list:
@@ -58,6 +80,19 @@ KINDS: dict[str, CorrelationKind] = {
         free=lambda p: [tuple(p["shape"])],
         derived=lambda p: [tuple(p["shape"]), tuple(p["shape"])],
         derive=_trunc_derive),
+    # Binary Beaver triple: a, b uniform words, XOR-shared; c = a AND b, XOR-shared.
+    "btriple": CorrelationKind(
+        free=lambda p: [tuple(p["shape"]), tuple(p["shape"])],
+        derived=lambda p: [tuple(p["shape"])],
+        derive=lambda p, free: [free[0] & free[1]],
+        free_xor=(True, True), derived_xor=(True,)),
+    # Doubly-authenticated bits (daBits), one word at a time: r uniform, XOR-shared;
+    # the bits of r at `positions`, each additively shared (trailing dim).
+    "dabits": CorrelationKind(
+        free=lambda p: [tuple(p["shape"])],
+        derived=lambda p: [(*p["shape"], len(p["positions"]))],
+        derive=lambda p, free: [ring.bits_at(free[0], p["positions"])],
+        free_xor=(True,)),
 }
 
 
@@ -86,21 +121,19 @@ class CorrelationGenerator:
     def generate(self, request: dict) -> tuple[list, list]:
         """(the correction party's free shares, its derived shares)."""
         kind = kind_of(request)
-        total_free = None
-        others_derived = None
-        mine_free = None
+        total_free = others_derived = mine_free = None
         for i, stream in enumerate(self.streams):
             is_corr = i == self.correction_party
             free, derived = draw_shares(stream, request, with_derived=not is_corr)
             if is_corr:
                 mine_free = free
-            total_free = free if total_free is None else [t + f for t, f in zip(total_free, free)]
+            total_free = _accumulate(total_free, free, kind.free_xor)
             if derived:
-                others_derived = (derived if others_derived is None
-                                  else [t + d for t, d in zip(others_derived, derived)])
+                others_derived = _accumulate(others_derived, derived, kind.derived_xor)
         full = kind.derive(request["params"], total_free)
-        corrections = full if others_derived is None else [f - o for f, o in zip(full, others_derived)]
-        return mine_free, corrections
+        if others_derived is None:
+            return mine_free, full
+        return mine_free, _remove(full, others_derived, kind.derived_xor)
 
 
 class Correlation:

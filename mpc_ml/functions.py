@@ -1,0 +1,314 @@
+"""Nonlinear functions on private tensors, each with its method, domain and error.
+
+Written once against shares and the primitives, so they work for any number of
+parties and either provider. Errors below are for the default precision_bits = 16
+and are held by tests (tests/test_functions.py) and the accuracy table
+(docs/accuracy.md, made by benchmarks/accuracy.py).
+
+| function   | method                                                       | accurate on          | error bound                    |
+|------------|--------------------------------------------------------------|----------------------|--------------------------------|
+| exp        | degree-4 Taylor at x/2^8, 8 squarings at adaptive precision  | [-8, 8]              | 1e-3 * max(1, e^x)             |
+| reciprocal | leading-bit normalisation, 3 Newton steps, rescale            | |x| in [2^-16, 2^45] | 1e-3 * max(1, 1/|x|)           |
+| inv_sqrt   | normalisation, 2 Newton steps                                 | (0, 2^45]            | 1e-3 * max(1, x^-1/2)          |
+| sqrt       | |m| * inv_sqrt(m) rescaled                                    | [0, 2^45]            | 1e-3 * max(1, sqrt x)          |
+| log        | normalisation, degree-8 fit of ln on [0.5, 1], + e ln 2       | (0, 2^45]            | 1e-3 * max(1, |ln x|)          |
+| sigmoid    | sign, exp(-|x|), 3 Newton steps for 1/(1 + e^-|x|)            | [-740, 740]          | 1e-4 absolute                  |
+| tanh       | 2 sigmoid(2x) - 1                                             | [-370, 370]          | 2e-4 absolute                  |
+| softmax    | x - max (tournament), exp, sum, reciprocal                    | x - max >= -740      | 1e-3 absolute                  |
+| erf        | Abramowitz & Stegun 7.1.26 on min(|x|, 4), sign restored      | all x                | 2e-4 absolute                  |
+
+Outside the domain (no error can be raised without revealing data): exp(x) for
+x > 12.5 overflows and for x < -740 is garbage; reciprocal(0) = 0; sqrt, inv_sqrt
+and log of a negative x give their value at |x|; inv_sqrt(0) = sqrt(0) = 0; log(0)
+is an unspecified finite value.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from .encoding import encode
+from .primitives import beaver_many, ltz, truncate
+from .primitives.comparison import max_along_last
+from .primitives.normalization import SIGN_BIT, leading_bit_and_sign
+from .session import Session
+
+EXP_SQUARINGS = 8
+EXP_MAX_INPUT = 12.0
+RECIPROCAL_STEPS = 3
+INV_SQRT_STEPS = 2
+LOG_DEGREE = 8
+ERF_CLAMP = 4.0
+# Abramowitz & Stegun 7.1.26: erf(x) = 1 - t (a1 + a2 t + ... + a5 t^4) e^(-x^2), t = 1/(1 + p x)
+ERF_P = 0.3275911
+ERF_A = (0.254829592, -0.284496736, 1.421413741, -1.453152027, 1.061405429)
+
+
+class _Ops:
+    """Share-level helpers for one session: batched products, constants, combinations."""
+
+    def __init__(self, session: Session):
+        self.s = session
+        self.f = session.config.precision_bits
+
+    def const(self, value: float, like: torch.Tensor, bits: int | None = None) -> torch.Tensor:
+        """Shares of a public constant (party 0 holds it) at `bits` fractional bits."""
+        enc = int(encode(value, bits if bits is not None else self.f))
+        return torch.full_like(like, enc if self.s.rank == 0 else 0)
+
+    def mul(self, pairs: list, shift: int | None = None) -> list[torch.Tensor]:
+        """Products of shared pairs, truncated by `shift` (default f): 2 rounds for all."""
+        shift = self.f if shift is None else shift
+        zs = beaver_many(self.s, [("mul", x, y, {}) for x, y in pairs])
+        flat = truncate(self.s, torch.cat([z.reshape(-1) for z in zs]), shift)
+        out, offset = [], 0
+        for z in zs:
+            out.append(flat[offset:offset + z.numel()].reshape(z.shape))
+            offset += z.numel()
+        return out
+
+    def mul1(self, x: torch.Tensor, y: torch.Tensor, shift: int | None = None) -> torch.Tensor:
+        return self.mul([(x, y)], shift)[0]
+
+    def mul_bits(self, pairs: list) -> list[torch.Tensor]:
+        """x * bit for 0/1 integer bit shares: one round, no truncation."""
+        return beaver_many(self.s, [("mul", x, b, {}) for x, b in pairs])
+
+    def combine(self, terms: list, constant: float = 0.0, like: torch.Tensor | None = None) -> torch.Tensor:
+        """constant + sum c_k x_k for public c_k: one truncation round."""
+        acc = sum(x * int(encode(c, self.f)) for x, c in terms)
+        acc = truncate(self.s, acc, self.f)
+        return acc + self.const(constant, acc) if constant else acc
+
+    def weigh(self, bits: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """sum_j bits_j * weights_j for integer bit shares and public int64 weights (local)."""
+        return (bits * weights.to(bits.device)).sum(-1)
+
+    def scale_by_powers(self, y: torch.Tensor, y_bound: float, lead: torch.Tensor,
+                        exponents: np.ndarray) -> torch.Tensor:
+        """y * 2^exponents[j] for the private one-hot leading-bit position j.
+
+        The weights carry h extra fractional bits, as many as keep the product below
+        2^61 for |y| <= y_bound, and one truncation removes them.
+        """
+        top = float(np.max(exponents))
+        h = int(math.floor(61 - math.log2(y_bound * 2 ** self.f) - (top + self.f)))
+        h = max(0, min(h, 40))
+        weights = torch.tensor(np.round(np.exp2(exponents + self.f + h)), dtype=torch.int64)
+        return self.mul1(y, self.weigh(lead, weights), self.f + h)
+
+    def newton_reciprocal(self, d: torch.Tensor, y: torch.Tensor, steps: int) -> torch.Tensor:
+        """Newton steps y <- y (2 - d y) towards 1/d (2 products each)."""
+        for _ in range(steps):
+            t = self.mul1(d, y)
+            y = self.mul1(y, self.const(2.0, t) - t)
+        return y
+
+
+def _ops(x) -> tuple[_Ops, torch.Tensor]:
+    return _Ops(x.session), x.share
+
+
+# -- exp ------------------------------------------------------------------------------
+def _exp_shares(ops: _Ops, x: torch.Tensor) -> torch.Tensor:
+    """e^x: z = x / 2^m by a Taylor polynomial at high precision, then m squarings.
+
+    The polynomial runs at P = 29 fractional bits; each squaring then lowers the
+    precision to what keeps its product below 2^62 for inputs up to EXP_MAX_INPUT, so
+    that the early squarings, whose errors are doubled m times, stay precise.
+    """
+    f, m = ops.f, EXP_SQUARINGS
+    big = max(f, 29)
+    v = x << (big - f - m) if big - f >= m else truncate(ops.s, x, m - (big - f))
+    v2 = ops.mul1(v, v, big)
+    v3, v4 = ops.mul([(v2, v), (v2, v2)], big)
+    # 1 + z + z^2/2 + z^3/6 + z^4/24 at precision `big`
+    high = [(v2, 0.5), (v3, 1 / 6), (v4, 1 / 24)]
+    acc = truncate(ops.s, sum(t * int(encode(c, f)) for t, c in high), f)
+    y = acc + v + ops.const(1.0, v, big)
+    precision = big
+    for j in range(m):
+        remaining = m - j - 1
+        if remaining == 0:
+            target = f
+        else:
+            largest = EXP_MAX_INPUT / 2 ** remaining
+            target = min(big, int(math.floor(30 - largest / math.log(2))))
+        y = ops.mul1(y, y, 2 * precision - target)
+        precision = target
+    return y
+
+
+def exp(x):
+    """e^x, accurate on [-8, 8] (see the module table)."""
+    ops, s = _ops(x)
+    return x._new(_exp_shares(ops, s))
+
+
+# -- range reduction: reciprocal, inv_sqrt, sqrt, log -----------------------------------------
+_POSITIONS = np.arange(63, dtype=np.float64)
+
+
+def _normalise(ops: _Ops, x: torch.Tensor):
+    """(m, lead bits, sign bit): x = m * 2^(j + 1 - f), 0.5 <= |m| <= 1, m with x's sign."""
+    bits = leading_bit_and_sign(ops.s, x)
+    lead, sign = bits[..., :SIGN_BIT], bits[..., SIGN_BIT]
+    # 2^-(j + 1 - f) at 62 - f fractional bits is the integer 2^(61 - j)
+    weights = torch.tensor([1 << (61 - j) if j <= 61 else 0 for j in range(63)], dtype=torch.int64)
+    m = ops.mul1(x, ops.weigh(lead, weights), 62 - ops.f)
+    return m, lead, sign
+
+
+def _exponents(ops: _Ops, power: float) -> np.ndarray:
+    """power * (j + 1 - f) for every leading-bit position j."""
+    return power * (_POSITIONS + 1 - ops.f)
+
+
+def _reciprocal_shares(ops: _Ops, x: torch.Tensor) -> torch.Tensor:
+    m, lead, sign = _normalise(ops, x)
+    # y0 = sign(m) 48/17 - 32/17 m: relative error <= 1/17 on 0.5 <= |m| <= 1
+    y = ops.combine([(m, -32 / 17)], 48 / 17) - 2 * int(encode(48 / 17, ops.f)) * sign
+    y = ops.newton_reciprocal(m, y, RECIPROCAL_STEPS)
+    return ops.scale_by_powers(y, 2.0, lead, _exponents(ops, -1.0))
+
+
+def reciprocal(x):
+    """1/x for either sign (see the module table); reciprocal(0) = 0."""
+    ops, s = _ops(x)
+    return x._new(_reciprocal_shares(ops, s))
+
+
+def _abs_m_and_inv_sqrt(ops: _Ops, x: torch.Tensor):
+    m, lead, sign = _normalise(ops, x)
+    (neg,) = ops.mul_bits([(m, sign)])
+    m = m - 2 * neg  # |m|
+    # y0 = 1.785 - 0.805 m: relative error 0.023 for 1/sqrt(m) on [0.5, 1]
+    y = ops.combine([(m, -0.805)], 1.785)
+    for _ in range(INV_SQRT_STEPS):
+        y2 = ops.mul1(y, y)
+        t = ops.mul1(m, y2)
+        y = ops.mul1(y, ops.const(3.0, t) - t, ops.f + 1)  # y (3 - m y^2) / 2
+    return m, y, lead
+
+
+def inv_sqrt(x):
+    """1/sqrt(x) for x > 0 (see the module table)."""
+    ops, s = _ops(x)
+    _, y, lead = _abs_m_and_inv_sqrt(ops, s)
+    return x._new(ops.scale_by_powers(y, 1.5, lead, _exponents(ops, -0.5)))
+
+
+def sqrt(x):
+    """sqrt(x) for x >= 0 (see the module table)."""
+    ops, s = _ops(x)
+    m, y, lead = _abs_m_and_inv_sqrt(ops, s)
+    root_m = ops.mul1(m, y)  # sqrt(|m|) in [0.7, 1]
+    return x._new(ops.scale_by_powers(root_m, 1.1, lead, _exponents(ops, 0.5)))
+
+
+def _log_poly_coefficients(degree: int) -> np.ndarray:
+    """Least-squares fit of ln(0.75 + t) on t in [-0.25, 0.25] at Chebyshev nodes."""
+    nodes = 0.25 * np.cos(np.pi * (np.arange(200) + 0.5) / 200)
+    return np.polynomial.polynomial.polyfit(nodes, np.log(0.75 + nodes), degree)
+
+
+_LOG_COEFFS = _log_poly_coefficients(LOG_DEGREE)
+
+
+def log(x):
+    """Natural log for x > 0 (see the module table)."""
+    ops, s = _ops(x)
+    m, lead, sign = _normalise(ops, s)
+    (neg,) = ops.mul_bits([(m, sign)])
+    t = m - 2 * neg - ops.const(0.75, m)
+    powers = {1: t}
+    powers[2] = ops.mul1(t, t)
+    powers[3], powers[4] = ops.mul([(powers[2], t), (powers[2], powers[2])])
+    p5 = ops.mul([(powers[4], powers[k]) for k in range(1, 5)])
+    powers.update({4 + k: p for k, p in zip(range(1, 5), p5)})
+    poly = ops.combine([(powers[k], float(_LOG_COEFFS[k])) for k in range(1, LOG_DEGREE + 1)],
+                       float(_LOG_COEFFS[0]))
+    exponent = torch.tensor(np.round((_POSITIONS + 1 - ops.f) * math.log(2) * 2 ** ops.f),
+                            dtype=torch.int64)
+    return x._new(poly + ops.weigh(lead, exponent))
+
+
+# -- sigmoid, tanh, erf, gelu --------------------------------------------------------------------
+def _sign_and_abs(ops: _Ops, x: torch.Tensor):
+    sign = ltz(ops.s, x)
+    (neg,) = ops.mul_bits([(x, sign)])
+    return sign, x - 2 * neg
+
+
+def _sigmoid_shares(ops: _Ops, x: torch.Tensor) -> torch.Tensor:
+    sign, a = _sign_and_abs(ops, x)
+    d = _exp_shares(ops, -a) + ops.const(1.0, a)  # 1 + e^-|x| in (1, 2]
+    y = ops.combine([(d, -0.47)], 1.41)  # within 6% of 1/d on [1, 2]
+    y = ops.newton_reciprocal(d, y, RECIPROCAL_STEPS)
+    (flip,) = ops.mul_bits([(ops.const(1.0, y) - 2 * y, sign)])
+    return y + flip  # sigmoid(x) = 1 - sigmoid(|x|) where x < 0
+
+
+def sigmoid(x):
+    """1 / (1 + e^-x) (see the module table)."""
+    ops, s = _ops(x)
+    return x._new(_sigmoid_shares(ops, s))
+
+
+def tanh(x):
+    """tanh(x) = 2 sigmoid(2x) - 1."""
+    ops, s = _ops(x)
+    return x._new(2 * _sigmoid_shares(ops, 2 * s) - ops.const(1.0, s))
+
+
+def erf(x):
+    """The error function (Abramowitz & Stegun 7.1.26; see the module table)."""
+    ops, s = _ops(x)
+    sign, a = _sign_and_abs(ops, s)
+    over = ltz(ops.s, ops.const(ERF_CLAMP, a) - a)  # |x| > 4
+    (excess,) = ops.mul_bits([(a - ops.const(ERF_CLAMP, a), over)])
+    a = a - excess  # min(|x|, 4)
+    d = ops.combine([(a, ERF_P)], 1.0)  # in [1, 2.31]
+    t = ops.newton_reciprocal(d, ops.combine([(d, -0.395)], 1.31), 4)  # y0 within 9%
+    a2 = ops.mul1(a, a)
+    e = _exp_shares(ops, -a2)
+    t2 = ops.mul1(t, t)
+    t3, t4 = ops.mul([(t2, t), (t2, t2)])
+    t5 = ops.mul1(t4, t)
+    poly = ops.combine([(p, c) for p, c in zip((t, t2, t3, t4, t5), ERF_A)])
+    value = ops.const(1.0, a) - ops.mul1(poly, e)
+    (neg,) = ops.mul_bits([(value, sign)])
+    return x._new(value - 2 * neg)
+
+
+def gelu(x):
+    """x * Phi(x) = x (1 + erf(x / sqrt 2)) / 2 (exact GELU, error from erf)."""
+    half = (erf(x * (1 / math.sqrt(2))) + 1.0) * 0.5
+    return x * half
+
+
+# -- softmax family ------------------------------------------------------------------------------
+def _shift_by_max(x, dim: int) -> torch.Tensor:
+    """x - max(x, dim) (shares), numerically safe input for exp."""
+    moved = x.share.movedim(dim, -1)
+    top, _ = max_along_last(x.session, moved, 0)
+    return (moved - top.unsqueeze(-1)).movedim(-1, dim)
+
+
+def softmax(x, dim: int):
+    """softmax along dim: exp(x - max) / sum (see the module table)."""
+    ops = _Ops(x.session)
+    e = _exp_shares(ops, _shift_by_max(x, dim))
+    total = e.sum(dim, keepdim=True)  # in [1, k]
+    inv = _reciprocal_shares(ops, total)
+    return x._new(ops.mul1(e, inv.expand_as(e)))
+
+
+def log_softmax(x, dim: int):
+    """log_softmax along dim: (x - max) - log(sum exp(x - max))."""
+    ops = _Ops(x.session)
+    shifted = _shift_by_max(x, dim)
+    total = x._new(_exp_shares(ops, shifted).sum(dim, keepdim=True))
+    return x._new(shifted) - log(total)

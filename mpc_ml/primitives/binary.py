@@ -1,0 +1,146 @@
+"""Binary (XOR) sharing of 64-bit words, AND, adders and conversions.
+
+A word w is held as shares w_0 .. w_{n-1} with XOR_i w_i = w. XOR is local; AND uses
+a binary Beaver triple (same steps as arithmetic Beaver with XOR for + and AND for *):
+1. obtain [a], [b], [c] = [a & b]; 2. open e = x ^ a, f = y ^ b (one round);
+3. z_i = c_i ^ (a_i & f) ^ (e & (b_i ^ [i = 0] f)).
+
+A2B adds the parties' arithmetic shares as binary words: each party's share is a word
+only it holds; carry-save adders (one AND round each) reduce n words to two, and a
+Kogge-Stone adder (Kogge & Stone 1973; 1 + log2(64) = 7 AND rounds) adds those.
+B2A opens x ^ r for a daBit word r whose bits the provider also shares additively,
+then [x_j] = c_j + [r_j] - 2 c_j [r_j] (Rotaru & Wood, "MArBled circuits", 2019).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..ring import bits_at
+from ..session import Session
+
+WORD_BITS = 64
+LOG_WORD_BITS = 6
+
+
+def held_by(session: Session, value: torch.Tensor, owner: int) -> torch.Tensor:
+    """A binary sharing of a word that `owner` knows: owner holds it, others hold 0."""
+    return value if session.rank == owner else torch.zeros_like(value)
+
+
+def public_word(session: Session, value: torch.Tensor) -> torch.Tensor:
+    """A binary sharing of a public word (party 0 holds it)."""
+    return held_by(session, value, 0)
+
+
+def _xor_reduce(parts: list[torch.Tensor]) -> torch.Tensor:
+    total = parts[0].clone()
+    for p in parts[1:]:
+        total ^= p.to(total.device)
+    return total
+
+
+def open_words(session: Session, words: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Reveal XOR-shared words to all parties in one round (8 bytes per element per peer)."""
+    flat = torch.cat([w.reshape(-1) for w in words])
+    total = _xor_reduce(session.comm.all_gather(flat))
+    out, offset = [], 0
+    for w in words:
+        out.append(total[offset:offset + w.numel()].reshape(w.shape).to(w.device))
+        offset += w.numel()
+    return out
+
+
+def open_bits(session: Session, bits: torch.Tensor) -> torch.Tensor:
+    """Reveal XOR-shared 0/1 values to all parties in one round, packed 8 to a byte."""
+    packed = torch.from_numpy(np.packbits(bits.reshape(-1).to(torch.uint8).cpu().numpy()))
+    total = _xor_reduce(session.comm.all_gather(packed))
+    unpacked = np.unpackbits(total.numpy(), count=bits.numel())
+    return torch.from_numpy(unpacked).to(torch.int64).reshape(bits.shape).to(bits.device)
+
+
+def and_many(session: Session, pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> list[torch.Tensor]:
+    """x & y for each pair of XOR-shared words (equal shapes), all in one round.
+
+    Rounds 1; bytes 16 * (n - 1) * total numel sent per party.
+    """
+    xs = torch.cat([x.reshape(-1) for x, _ in pairs])
+    ys = torch.cat([y.reshape(-1) for _, y in pairs])
+    corr = session.provider.request("btriple", shape=[xs.numel()])
+    a, b = (t.to(xs.device) for t in corr.free)
+    e, f = open_words(session, [xs ^ a, ys ^ b])
+    z = (a & f) ^ (e & (b ^ f if session.rank == 0 else b))
+    z ^= corr.derived()[0].to(z.device)
+    out, offset = [], 0
+    for x, _ in pairs:
+        out.append(z[offset:offset + x.numel()].reshape(x.shape))
+        offset += x.numel()
+    return out
+
+
+def reduce_to_two(session: Session, words: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Carry-save adders: n XOR-shared words to two with the same sum mod 2^64.
+
+    Each round turns every 3 words a, b, c into a ^ b ^ c and maj(a, b, c) << 1, where
+    maj = ((a ^ c) & (b ^ c)) ^ c costs one AND.
+    """
+    words = list(words)
+    while len(words) > 2:
+        triples = [words[i:i + 3] for i in range(0, len(words) - len(words) % 3, 3)]
+        rest = words[len(triples) * 3:]
+        majs = and_many(session, [(a ^ c, b ^ c) for a, b, c in triples])
+        words = rest
+        for (a, b, c), m in zip(triples, majs):
+            words += [a ^ b ^ c, (m ^ c) << 1]
+    return words[0], words[1]
+
+
+def binary_add(session: Session, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """u + v mod 2^64 on XOR-shared words: Kogge-Stone, 1 + log2(64) AND rounds.
+
+    generate G = u & v and propagate P = u ^ v; level k (shift s = 2^k) sets
+    G <- G ^ (P & (G << s)), P <- P & (P << s); the sum is (u ^ v) ^ (G << 1).
+    """
+    p = u ^ v
+    (g,) = and_many(session, [(u, v)])
+    prop = p
+    for k in range(LOG_WORD_BITS):
+        s = 1 << k
+        if k < LOG_WORD_BITS - 1:
+            g_term, prop = and_many(session, [(prop, g << s), (prop, prop << s)])
+        else:
+            (g_term,) = and_many(session, [(prop, g << s)])
+        g = g ^ g_term
+    return p ^ (g << 1)
+
+
+def a2b(session: Session, x: torch.Tensor) -> torch.Tensor:
+    """XOR shares of the word whose additive shares are x.
+
+    Rounds 7 + (carry-save rounds: 0 for n = 2, 1 for 3, 2 for 4).
+    """
+    words = [held_by(session, x, owner) for owner in range(session.world_size)]
+    u, v = reduce_to_two(session, words)
+    return binary_add(session, u, v)
+
+
+def b2a_bits(session: Session, word: torch.Tensor, positions: list[int]) -> torch.Tensor:
+    """Additive shares of the bits of an XOR-shared word at these positions (trailing dim).
+
+    One round; ceil(numel * len(positions) / 8) bytes to each peer.
+    """
+    corr = session.provider.request("dabits", shape=list(word.shape), positions=list(positions))
+    (r,) = corr.free
+    c = open_bits(session, bits_at(word ^ r.to(word.device), positions))
+    (r_bits,) = corr.derived()
+    r_bits = r_bits.to(word.device)
+    out = r_bits - 2 * c * r_bits
+    return out + c if session.rank == 0 else out
+
+
+def b2a(session: Session, word: torch.Tensor) -> torch.Tensor:
+    """Additive shares of an XOR-shared word: sum_j 2^j [bit_j] (one round, 8 bytes/element)."""
+    bits = b2a_bits(session, word, list(range(WORD_BITS)))
+    weights = torch.ones(WORD_BITS, dtype=torch.int64, device=word.device) << torch.arange(
+        WORD_BITS, device=word.device)
+    return (bits * weights).sum(-1)

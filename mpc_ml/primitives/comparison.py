@@ -1,0 +1,67 @@
+"""Comparisons on additive shares, by the sign bit.
+
+x < 0 is the top bit of x as a 64-bit word (values stay below 2^62 in magnitude, so
+differences of two encoded values never wrap). The bit is computed in binary (A2B,
+then the top bit) and brought back as an additive 0/1 *integer* share (B2A of one
+bit), so that multiplying by it needs no truncation: relu(x) = x - x * [x < 0].
+
+Costs for n = 2: ltz 8 rounds (7 for the adder, 1 for B2A), about 192 + 1/8 bytes per
+element to each peer; relu adds one Beaver product (16 bytes, 1 round): 9 rounds.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..session import Session
+from .beaver import beaver_many
+from .binary import a2b, b2a_bits
+
+
+def ltz(session: Session, x: torch.Tensor) -> torch.Tensor:
+    """Additive integer shares of [x < 0] (0 or 1) for additively shared x."""
+    return b2a_bits(session, a2b(session, x), [63])[..., 0]
+
+
+def mul_bits(session: Session, pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> list[torch.Tensor]:
+    """x * bit for shared values and shared 0/1 integer bits: one round, no truncation."""
+    return beaver_many(session, [("mul", x, b, {}) for x, b in pairs])
+
+
+def select(session: Session, bit: torch.Tensor, pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> list[torch.Tensor]:
+    """For each (a, b): bit ? a : b, i.e. b + bit * (a - b), in one round."""
+    products = mul_bits(session, [(a - b, bit) for a, b in pairs])
+    return [b + p for (_, b), p in zip(pairs, products)]
+
+
+def relu(session: Session, x: torch.Tensor) -> torch.Tensor:
+    """max(x, 0): x - x * [x < 0]."""
+    (neg_part,) = mul_bits(session, [(x, ltz(session, x))])
+    return x - neg_part
+
+
+def max_along_last(session: Session, x: torch.Tensor, index_scale: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Max over the last dim by a tournament: (max shares, index shares * index_scale);
+    index_scale 0 skips the index.
+
+    Each level compares elements 2i and 2i+1 (keeping the left one on ties, so the
+    first maximum wins, as in torch) and halves the length: ceil(log2 k) levels, each
+    one comparison plus one selection round.
+    """
+    k = x.shape[-1]
+    if k == 0:
+        raise ValueError("max of an empty dimension")
+    idx = torch.arange(k, dtype=torch.int64, device=x.device).expand(x.shape) * index_scale
+    idx = idx if session.rank == 0 else torch.zeros_like(idx)
+    while x.shape[-1] > 1:
+        m = x.shape[-1] // 2 * 2
+        left, right = x[..., 0:m:2], x[..., 1:m:2]
+        left_i, right_i = idx[..., 0:m:2], idx[..., 1:m:2]
+        right_wins = ltz(session, left - right)
+        pairs = [(right, left), (right_i, left_i)] if index_scale else [(right, left)]
+        vals, *rest = select(session, right_wins, pairs)
+        inds = rest[0] if index_scale else left_i
+        if m < x.shape[-1]:  # odd length: the last element goes up a level unopposed
+            vals = torch.cat([vals, x[..., m:]], -1)
+            inds = torch.cat([inds, idx[..., m:]], -1)
+        x, idx = vals, inds
+    return x[..., 0], idx[..., 0]
