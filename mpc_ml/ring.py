@@ -136,6 +136,35 @@ def _int_op(op: str) -> Callable:
             "conv2d": conv2d_int64}[op]
 
 
+def bilinear_output_shape(op: str, a_shape, b_shape, kwargs: dict | None = None) -> tuple:
+    """Shape of op(a, b) by torch's rules, computed without touching data."""
+    kwargs = kwargs or {}
+    a_shape, b_shape = tuple(a_shape), tuple(b_shape)
+    if op == "mul":
+        return tuple(torch.broadcast_shapes(a_shape, b_shape))
+    if op == "matmul":
+        if not a_shape or not b_shape:
+            raise ValueError("matmul: both operands need at least one dimension")
+        a = (1, *a_shape) if len(a_shape) == 1 else a_shape
+        b = (*b_shape, 1) if len(b_shape) == 1 else b_shape
+        if a[-1] != b[-2]:
+            raise ValueError(f"matmul: shapes {a_shape} and {b_shape} cannot be multiplied")
+        out = [*torch.broadcast_shapes(a[:-2], b[:-2]), a[-2], b[-1]]
+        if len(b_shape) == 1:
+            out.pop(-1)
+        if len(a_shape) == 1:
+            out.pop(-2 if len(b_shape) > 1 else -1)
+        return tuple(out)
+    nd = 1 if op == "conv1d" else 2
+    if len(a_shape) != nd + 2 or len(b_shape) != nd + 2:
+        raise ValueError(f"{op}: expected {nd + 2}-d input and weight, got {a_shape} and {b_shape}")
+    groups = kwargs.get("groups", 1)
+    if a_shape[1] != b_shape[1] * groups or b_shape[0] % groups:
+        raise ValueError(f"{op}: input {a_shape} and weight {b_shape} do not fit groups={groups}")
+    return tuple(conv_output_shape(a_shape, b_shape, kwargs.get("stride", 1), kwargs.get("padding", 0),
+                                   kwargs.get("dilation", 1), nd))
+
+
 def reduction_size(op: str, a_shape, b_shape, groups: int = 1) -> int:
     """Number of products summed into one output element (bounds the limb path)."""
     if op == "mul":

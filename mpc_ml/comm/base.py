@@ -160,10 +160,10 @@ class Communicator:
 
     def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
         """Sum of every party's tensor (int64 sums wrap mod 2^64)."""
-        total = tensor.clone()
-        for r, t in enumerate(self.all_gather(tensor)):
-            if r != self.rank:
-                total += t.to(total.device)
+        parts = [t.to(tensor.device) for t in self.all_gather(tensor)]
+        total = parts[0] + parts[1]
+        for t in parts[2:]:
+            total += t
         return total
 
     def broadcast(self, tensor: torch.Tensor | None, src: int) -> torch.Tensor:

@@ -39,8 +39,10 @@ def truncate(session: Session, x: torch.Tensor, bits: int) -> torch.Tensor:
     r_shifted, r_msb = (t.to(x.device) for t in corr.derived())
     c_msb = (c >> 63) & 1
     # [w] = c_msb + [r_msb] - 2 c_msb [r_msb]; the public c_msb term is party 0's.
-    out = (r_msb - 2 * c_msb * r_msb) * (1 << (63 - bits)) - r_shifted
+    # (in place: these tensors are as large as the product being truncated)
+    out = c_msb * r_msb
+    out.mul_(-2).add_(r_msb).mul_(1 << (63 - bits)).sub_(r_shifted)
     if session.rank == 0:
-        c_low = c & ((1 << 63) - 1)
-        out += (c_low >> bits) + c_msb * (1 << (63 - bits)) - (1 << (OFFSET_BITS - bits))
+        c.bitwise_and_((1 << 63) - 1).bitwise_right_shift_(bits)
+        out.add_(c).add_(c_msb.mul_(1 << (63 - bits))).sub_(1 << (OFFSET_BITS - bits))
     return out

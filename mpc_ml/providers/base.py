@@ -19,15 +19,6 @@ import torch
 from .. import ring
 from ..prg import PRG
 
-Shape = tuple
-
-
-def _bilinear_out_shape(op: str, a_shape: Shape, b_shape: Shape, kwargs: dict) -> Shape:
-    a = torch.empty(a_shape, device="meta")
-    b = torch.empty(b_shape, device="meta")
-    return tuple(ring._float_op(op)(a, b, **kwargs).shape)
-
-
 class CorrelationKind:
     """How to make one kind of correlation from its parameters.
 
@@ -72,8 +63,8 @@ KINDS: dict[str, CorrelationKind] = {
     # Beaver triple for a bilinear op: a, b uniform; c = op(a, b).
     "triple": CorrelationKind(
         free=lambda p: [tuple(p["a_shape"]), tuple(p["b_shape"])],
-        derived=lambda p: [_bilinear_out_shape(p["op"], tuple(p["a_shape"]), tuple(p["b_shape"]),
-                                               p["kwargs"])],
+        derived=lambda p: [ring.bilinear_output_shape(p["op"], p["a_shape"], p["b_shape"],
+                                                      p["kwargs"])],
         derive=_triple_derive),
     # Truncation mask: r uniform; (r mod 2^63) >> bits; msb(r).
     "trunc": CorrelationKind(
