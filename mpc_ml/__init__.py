@@ -5,6 +5,8 @@ encoding. See README.md for the threat model and DESIGN.md for the layers.
 """
 from __future__ import annotations
 
+from . import autograd  # installs the autograd recorder on MPCTensor ops
+from .autograd import enable_grad, is_grad_enabled, no_grad
 from .config import Config
 from .launch import PartyError, init, run, shutdown
 from .session import current as _current
@@ -34,5 +36,5 @@ def reset_stats() -> None:
     _current().reset_stats()
 
 
-__all__ = ["Config", "MPCTensor", "PartyError", "cat", "conv1d", "conv2d", "encrypt", "init",
+__all__ = ["Config", "autograd", "enable_grad", "is_grad_enabled", "no_grad", "MPCTensor", "PartyError", "cat", "conv1d", "conv2d", "encrypt", "init",
            "rank", "reset_stats", "run", "shutdown", "stack", "stats", "where", "world_size"]

@@ -285,7 +285,7 @@ def erf(x):
 
 def gelu(x):
     """x * Phi(x) = x (1 + erf(x / sqrt 2)) / 2 (exact GELU, error from erf)."""
-    half = (erf(x * (1 / math.sqrt(2))) + 1.0) * 0.5
+    half = ((x * (1 / math.sqrt(2))).erf() + 1.0) * 0.5  # the method: autograd records it
     return x * half
 
 

@@ -21,7 +21,7 @@ LIMB_BITS = 16
 N_LIMBS = 4
 MAX_LIMB_REDUCTION = 1 << 21
 
-BILINEAR_OPS = ("mul", "matmul", "conv1d", "conv2d")
+BILINEAR_OPS = ("mul", "matmul", "conv1d", "conv2d", "conv2d_input", "conv2d_weight")
 
 
 def _pair(v, n: int) -> tuple:
@@ -55,60 +55,131 @@ def _resolve_padding(padding, kernel, dilation, stride, nd) -> tuple:
     return _pair(padding, nd)
 
 
-def conv2d_int64(x: torch.Tensor, w: torch.Tensor, stride=1, padding=0, dilation=1,
-                 groups: int = 1) -> torch.Tensor:
-    """conv2d mod 2^64 via im2col windows and a batched int64 matmul.
+def _im2col(x: torch.Tensor, kernel, stride, padding, dilation, groups: int):
+    """(groups, n*oh*ow, kh*kw*cg) rows of conv windows, channels-last, and (oh, ow).
 
-    The input goes channels-last first, so each window row (kh, kw, c) is copied
-    from contiguous memory; about as fast as torch's int64 direct convolution on one
-    thread, and it threads and batches over groups the same way.
+    The input goes channels-last first, so each window row (kh, kw, c) is copied from
+    contiguous memory.
     """
-    (sh, sw), (dh, dw) = _pair(stride, 2), _pair(dilation, 2)
-    ph, pw = _resolve_padding(padding, w.shape[2:], (dh, dw), (sh, sw), 2)
-    n, c, _, _ = x.shape
-    o, cg, kh, kw = w.shape
-    if c != cg * groups or o % groups:
-        raise ValueError(f"conv2d: input channels {c} and weight {tuple(w.shape)} do not fit "
-                         f"groups={groups}")
-    _, _, oh, ow = conv_output_shape(x.shape, w.shape, (sh, sw), (ph, pw), (dh, dw))
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = kernel, stride, padding, dilation
+    n, c, h, w = x.shape
+    cg = c // groups
+    oh = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+    ow = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
     xp = F.pad(x, (pw, pw, ph, ph)).permute(0, 2, 3, 1).contiguous()  # n, H, W, c
     s = xp.stride()
     win = xp.as_strided((n, oh, ow, kh, kw, groups, cg),
                         (s[0], s[1] * sh, s[2] * sw, s[1] * dh, s[2] * dw, cg * s[3], s[3]))
-    cols = win.permute(5, 0, 1, 2, 3, 4, 6).reshape(groups, n * oh * ow, kh * kw * cg)
-    wmat = (w.reshape(groups, o // groups, cg, kh, kw).permute(0, 3, 4, 2, 1)
+    return win.permute(5, 0, 1, 2, 3, 4, 6).reshape(groups, n * oh * ow, kh * kw * cg), (oh, ow)
+
+
+def _conv_geometry(x_shape, w_shape, stride, padding, dilation, groups):
+    stride, dilation = _pair(stride, 2), _pair(dilation, 2)
+    padding = _resolve_padding(padding, w_shape[2:], dilation, stride, 2)
+    if x_shape[1] != w_shape[1] * groups or w_shape[0] % groups:
+        raise ValueError(f"conv2d: input channels {x_shape[1]} and weight {tuple(w_shape)} do not "
+                         f"fit groups={groups}")
+    conv_output_shape(x_shape, w_shape, stride, padding, dilation)  # checks the kernel fits
+    return tuple(w_shape[2:]), stride, padding, dilation
+
+
+def _weight_matrix(w: torch.Tensor, groups: int) -> torch.Tensor:
+    """(groups, kh*kw*cg, o/groups), rows ordered as _im2col's columns."""
+    o, cg, kh, kw = w.shape
+    return (w.reshape(groups, o // groups, cg, kh, kw).permute(0, 3, 4, 2, 1)
             .reshape(groups, kh * kw * cg, o // groups))
-    out = torch.bmm(cols, wmat)  # (groups, n*oh*ow, o/groups)
+
+
+def conv2d_int64(x: torch.Tensor, w: torch.Tensor, stride=1, padding=0, dilation=1,
+                 groups: int = 1) -> torch.Tensor:
+    """conv2d mod 2^64 via im2col windows and a batched int64 matmul (about as fast as
+    torch's int64 direct convolution on one thread)."""
+    geometry = _conv_geometry(x.shape, w.shape, stride, padding, dilation, groups)
+    cols, (oh, ow) = _im2col(x, *geometry, groups)
+    out = torch.bmm(cols, _weight_matrix(w, groups))  # (groups, n*oh*ow, o/groups)
+    n, o = x.shape[0], w.shape[0]
     return (out.reshape(groups, n, oh, ow, o // groups).permute(1, 0, 4, 2, 3)
             .reshape(n, o, oh, ow))
+
+
+def _grad_matrix(g: torch.Tensor, groups: int) -> torch.Tensor:
+    """(groups, n*oh*ow, o/groups) view of a conv output gradient."""
+    n, o, oh, ow = g.shape
+    return g.reshape(n, groups, o // groups, oh, ow).permute(1, 0, 3, 4, 2).reshape(
+        groups, n * oh * ow, o // groups)
+
+
+def conv2d_input_int64(g: torch.Tensor, w: torch.Tensor, input_shape, stride=1, padding=0,
+                       dilation=1, groups: int = 1) -> torch.Tensor:
+    """d conv2d / d input applied to g (conv_transpose2d), mod 2^64: g W^T, then col2im."""
+    (kh, kw), stride, padding, dilation = _conv_geometry(input_shape, w.shape, stride, padding,
+                                                         dilation, groups)
+    n, c, _, _ = input_shape
+    oh, ow = g.shape[2:]
+    cols = torch.bmm(_grad_matrix(g, groups), _weight_matrix(w, groups).transpose(1, 2))
+    cg = c // groups
+    cols = (cols.reshape(groups, n, oh, ow, kh, kw, cg).permute(1, 0, 6, 2, 3, 4, 5)
+            .reshape(n, c, oh, ow, kh * kw))
+    return fold_windows(cols, input_shape, (kh, kw), stride, padding, dilation)
+
+
+def conv2d_weight_int64(x: torch.Tensor, g: torch.Tensor, weight_shape, stride=1, padding=0,
+                        dilation=1, groups: int = 1) -> torch.Tensor:
+    """d conv2d / d weight applied to g, mod 2^64: im2col(x)^T g."""
+    geometry = _conv_geometry(x.shape, weight_shape, stride, padding, dilation, groups)
+    cols, _ = _im2col(x, *geometry, groups)
+    grad = torch.bmm(cols.transpose(1, 2), _grad_matrix(g, groups))  # (G, kh*kw*cg, o/G)
+    o, cg, kh, kw = weight_shape
+    return (grad.reshape(groups, kh, kw, cg, o // groups).permute(0, 4, 3, 1, 2)
+            .reshape(o, cg, kh, kw))
+
+
+def _window_geometry(shape, kernel_size, stride, padding, dilation, ceil_mode):
+    """kernel, stride, padding, dilation, output size and extra bottom/right padding of
+    torch's pool2d windows over an (N, C, H, W) shape."""
+    kernel = _pair(kernel_size, 2)
+    stride = _pair(stride if stride is not None else kernel_size, 2)
+    padding, dilation = _pair(padding, 2), _pair(dilation, 2)
+    out, extra = [], []
+    for size, k, s, p, d in zip(shape[2:], kernel, stride, padding, dilation):
+        span = size + 2 * p - d * (k - 1) - 1
+        if span < 0:
+            raise ValueError(f"pooling window larger than padded input ({tuple(shape)})")
+        o = (-(-span // s) if ceil_mode else span // s) + 1
+        if ceil_mode and (o - 1) * s >= size + p:  # torch: the last window starts inside
+            o -= 1
+        out.append(o)
+        extra.append(max(0, (o - 1) * s + d * (k - 1) + 1 - (size + 2 * p)))
+    return kernel, stride, padding, dilation, tuple(out), tuple(extra)
 
 
 def sliding_windows(x: torch.Tensor, kernel_size, stride=None, padding=0, dilation=1,
                     fill: int = 0, ceil_mode: bool = False) -> torch.Tensor:
     """(N, C, OH, OW, kh * kw) windows of an (N, C, H, W) tensor, as torch's pool2d sees them."""
-    (kh, kw) = _pair(kernel_size, 2)
-    (sh, sw) = _pair(stride if stride is not None else kernel_size, 2)
-    (ph, pw), (dh, dw) = _pair(padding, 2), _pair(dilation, 2)
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw), (oh, ow), (eh, ew) = _window_geometry(
+        x.shape, kernel_size, stride, padding, dilation, ceil_mode)
     if ph > kh // 2 or pw > kw // 2:
-        raise ValueError("pad should be at most half of the effective kernel size")
-    n, c, h, w = x.shape
-    sizes = []
-    for size, k, s, p, d in ((h, kh, sh, ph, dh), (w, kw, sw, pw, dw)):
-        span = size + 2 * p - d * (k - 1) - 1
-        if span < 0:
-            raise ValueError(f"pooling window larger than padded input ({tuple(x.shape)})")
-        out = (-(-span // s) if ceil_mode else span // s) + 1
-        if ceil_mode and (out - 1) * s >= size + p:  # torch: last window must start inside
-            out -= 1
-        sizes.append(out)
-    oh, ow = sizes
-    extra_h = max(0, (oh - 1) * sh + dh * (kh - 1) + 1 - (h + 2 * ph))
-    extra_w = max(0, (ow - 1) * sw + dw * (kw - 1) + 1 - (w + 2 * pw))
-    xp = F.pad(x, (pw, pw + extra_w, ph, ph + extra_h), value=fill).contiguous()
+        raise ValueError("pad should be at most half of the kernel size")
+    n, c = x.shape[:2]
+    xp = F.pad(x, (pw, pw + ew, ph, ph + eh), value=fill).contiguous()
     st = xp.stride()
     win = xp.as_strided((n, c, oh, ow, kh, kw),
                         (st[0], st[1], st[2] * sh, st[3] * sw, st[2] * dh, st[3] * dw))
     return win.reshape(n, c, oh, ow, kh * kw)
+
+
+def fold_windows(cols: torch.Tensor, input_shape, kernel_size, stride=None, padding=0,
+                 dilation=1, ceil_mode: bool = False) -> torch.Tensor:
+    """The adjoint of sliding_windows: add each window's values back where they came from."""
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw), (oh, ow), (eh, ew) = _window_geometry(
+        input_shape, kernel_size, stride, padding, dilation, ceil_mode)
+    n, c, h, w = input_shape
+    out = torch.zeros(n, c, h + 2 * ph + eh, w + 2 * pw + ew, dtype=cols.dtype, device=cols.device)
+    for i in range(kh):
+        for j in range(kw):
+            out[:, :, i * dh:i * dh + sh * (oh - 1) + 1:sh,
+                j * dw:j * dw + sw * (ow - 1) + 1:sw] += cols[..., i * kw + j]
+    return out[:, :, ph:ph + h, pw:pw + w]
 
 
 def conv1d_int64(x: torch.Tensor, w: torch.Tensor, stride=1, padding=0, dilation=1,
@@ -127,13 +198,23 @@ def bits_at(word: torch.Tensor, positions) -> torch.Tensor:
     return (word.unsqueeze(-1) >> pos) & 1
 
 
+def _conv2d_input_float(g, w, input_shape, **kwargs):
+    return torch.nn.grad.conv2d_input(list(input_shape), w, g, **kwargs)
+
+
+def _conv2d_weight_float(x, g, weight_shape, **kwargs):
+    return torch.nn.grad.conv2d_weight(x, list(weight_shape), g, **kwargs)
+
+
 def _float_op(op: str) -> Callable:
-    return {"mul": torch.mul, "matmul": torch.matmul, "conv1d": F.conv1d, "conv2d": F.conv2d}[op]
+    return {"mul": torch.mul, "matmul": torch.matmul, "conv1d": F.conv1d, "conv2d": F.conv2d,
+            "conv2d_input": _conv2d_input_float, "conv2d_weight": _conv2d_weight_float}[op]
 
 
 def _int_op(op: str) -> Callable:
     return {"mul": torch.mul, "matmul": torch.matmul, "conv1d": conv1d_int64,
-            "conv2d": conv2d_int64}[op]
+            "conv2d": conv2d_int64, "conv2d_input": conv2d_input_int64,
+            "conv2d_weight": conv2d_weight_int64}[op]
 
 
 def bilinear_output_shape(op: str, a_shape, b_shape, kwargs: dict | None = None) -> tuple:
@@ -155,6 +236,10 @@ def bilinear_output_shape(op: str, a_shape, b_shape, kwargs: dict | None = None)
         if len(a_shape) == 1:
             out.pop(-2 if len(b_shape) > 1 else -1)
         return tuple(out)
+    if op == "conv2d_input":
+        return tuple(kwargs["input_shape"])
+    if op == "conv2d_weight":
+        return tuple(kwargs["weight_shape"])
     nd = 1 if op == "conv1d" else 2
     if len(a_shape) != nd + 2 or len(b_shape) != nd + 2:
         raise ValueError(f"{op}: expected {nd + 2}-d input and weight, got {a_shape} and {b_shape}")
@@ -171,6 +256,10 @@ def reduction_size(op: str, a_shape, b_shape, groups: int = 1) -> int:
         return 1
     if op == "matmul":
         return a_shape[-1] if len(a_shape) else 1
+    if op == "conv2d_input":  # sum over output channels of a group and kernel positions
+        return (b_shape[0] // groups) * int(torch.tensor(b_shape[2:]).prod())
+    if op == "conv2d_weight":  # sum over the batch and output positions
+        return b_shape[0] * int(torch.tensor(b_shape[2:]).prod())
     return (a_shape[1] // groups) * int(torch.tensor(b_shape[2:]).prod())
 
 

@@ -14,11 +14,27 @@ import torch.nn.functional as F
 
 from . import ring
 from .encoding import decode, encode
-from .primitives import (beaver_product, ltz, max_along_last, mul_bits, relu, reveal,
+from .primitives import (beaver_product, ltz, max_along_last, max_one_hot, mul_bits, reveal,
                          share_input, truncate)
 from .session import Session, current
 
 Public = torch.Tensor | float | int | bool
+
+# Set by mpc_ml.autograd (a higher layer): an object with record(name, out, inputs, ctx)
+# and wants(inputs) -> bool. None means no autograd.
+_recorder = None
+
+
+def _track(name: str, out: "MPCTensor", inputs: tuple, **ctx) -> "MPCTensor":
+    """Let autograd record `out = name(*inputs)` with what its gradient needs (ctx)."""
+    if _recorder is not None:
+        _recorder.record(name, out, inputs, ctx)
+    return out
+
+
+def _wants_grad(*inputs) -> bool:
+    """Will autograd record an op on these inputs? (to compute extra state only then)"""
+    return _recorder is not None and _recorder.wants(inputs)
 
 
 def _is_integral(p: torch.Tensor) -> bool:
@@ -43,6 +59,9 @@ class MPCTensor:
         self.share = share
         self.session = session
         self.dtype = dtype or torch.get_default_dtype()
+        self.requires_grad = False
+        self.grad: MPCTensor | None = None
+        self.grad_fn = None  # the autograd node that made this tensor, if any
 
     # -- plumbing ---------------------------------------------------------------
     @property
@@ -102,6 +121,26 @@ class MPCTensor:
         return (f"MPCTensor(shape={tuple(self.shape)}, party={self.session.rank}, "
                 f"device={self.device}, private)")
 
+    # -- autograd (the tape lives in mpc_ml.autograd) ---------------------------------
+    def requires_grad_(self, requires_grad: bool = True) -> "MPCTensor":
+        """Track operations on this tensor so that backward() reaches it."""
+        self.requires_grad = requires_grad
+        return self
+
+    @property
+    def is_leaf(self) -> bool:
+        return self.grad_fn is None
+
+    def backward(self, grad=None) -> None:
+        """Accumulate d(self)/d(leaf) * grad into every leaf's .grad (grad defaults to 1
+        for a single-element tensor)."""
+        from .autograd import backward
+        backward(self, grad)
+
+    def detach(self) -> "MPCTensor":
+        """The same shares, cut from the graph."""
+        return self._new(self.share)
+
     # -- revealing ------------------------------------------------------------------
     def decrypt(self, dst: int | None = None) -> torch.Tensor | None:
         """The plaintext on every party, or on dst only (None elsewhere). One round."""
@@ -113,15 +152,18 @@ class MPCTensor:
         """self + other."""
         if isinstance(other, MPCTensor):
             o = self._coerce(other)
-            return self._new(self.share + o.share, _result_dtype(self.dtype, o.dtype))
+            out = self._new(self.share + o.share, _result_dtype(self.dtype, o.dtype))
+            return _track("add", out, (self, o))
         enc = encode(self._public(other), self._bits, device=self.share.device)
         if self.session.rank == 0:
-            return self._new(self.share + enc)
-        return self._new(self.share.expand(torch.broadcast_shapes(self.shape, enc.shape)).clone())
+            out = self._new(self.share + enc)
+        else:
+            out = self._new(self.share.expand(torch.broadcast_shapes(self.shape, enc.shape)).clone())
+        return _track("add", out, (self, None))
 
     def neg(self) -> "MPCTensor":
         """-self."""
-        return self._new(-self.share)
+        return _track("neg", self._new(-self.share), (self,))
 
     def sub(self, other) -> "MPCTensor":
         """self - other."""
@@ -129,9 +171,8 @@ class MPCTensor:
 
     def sum(self, dim=None, keepdim: bool = False) -> "MPCTensor":
         """Sum over all elements or along dim (as torch.sum)."""
-        if dim is None:
-            return self._new(self.share.sum())
-        return self._new(self.share.sum(dim, keepdim=keepdim))
+        out = self._new(self.share.sum() if dim is None else self.share.sum(dim, keepdim=keepdim))
+        return _track("sum", out, (self,), dim=dim, keepdim=keepdim)
 
     def mean(self, dim=None, keepdim: bool = False) -> "MPCTensor":
         """Mean over all elements or along dim."""
@@ -161,7 +202,8 @@ class MPCTensor:
         extra = max(0, math.ceil(math.log2(float(p.abs().max())))) if p.numel() else 0
         bits = self._bits + extra
         recip = encode(1.0 / p, bits, device=self.share.device)
-        return self._new(truncate(self.session, self.share * recip, bits))
+        out = self._new(truncate(self.session, self.share * recip, bits))
+        return _track("div_public", out, (self,), divisor=p)
 
     def conv1d(self, weight, bias=None, stride=1, padding=0, dilation=1, groups: int = 1) -> "MPCTensor":
         """torch.nn.functional.conv1d with self as input."""
@@ -239,12 +281,15 @@ class MPCTensor:
 
     def abs(self) -> "MPCTensor":
         """|self|: self - 2 self [self < 0]."""
-        (neg,) = mul_bits(self.session, [(self.share, ltz(self.session, self.share))])
-        return self._new(self.share - 2 * neg)
+        negative = ltz(self.session, self.share)
+        (neg,) = mul_bits(self.session, [(self.share, negative)])
+        return _track("abs", self._new(self.share - 2 * neg), (self,), negative=negative)
 
     def relu(self) -> "MPCTensor":
         """max(self, 0)."""
-        return self._new(relu(self.session, self.share))
+        negative = ltz(self.session, self.share)
+        (neg,) = mul_bits(self.session, [(self.share, negative)])
+        return _track("relu", self._new(self.share - neg), (self,), negative=negative)
 
     def clamp(self, min=None, max=None) -> "MPCTensor":
         """torch.clamp with public bounds: min + relu(x - min) - relu(x - max), one comparison."""
@@ -254,31 +299,39 @@ class MPCTensor:
             return self.sub(self.sub(max).relu())
         if max is None:
             return self.sub(min).relu().add(min)
-        lo, hi = self.sub(min).share, self.sub(max).share
-        both = torch.stack([lo, hi])
-        (parts,) = mul_bits(self.session, [(both, 1 - ltz(self.session, both)
-                                             if self.session.rank == 0 else -ltz(self.session, both))])
-        return self._new(parts[0] - parts[1]).add(min)
+        lo, hi = self.detach().sub(min).share, self.detach().sub(max).share
+        below = ltz(self.session, torch.stack([lo, hi]))  # [x < min], [x < max]
+        (parts,) = mul_bits(self.session, [(torch.stack([lo, hi]), below)])
+        # min + relu(x - min) - relu(x - max) = min + (lo - lo b0) - (hi - hi b1)
+        out = self._new(lo - parts[0] - hi + parts[1] + self._public_share(min, lo.shape))
+        return _track("clamp", out, (self,), inside=below[1] - below[0])
 
-    def _reduce_max(self, dim, keepdim: bool, sign: int):
-        """(values, indices) of max (sign 1) or min (sign -1) along dim."""
-        x = self if sign == 1 else self.neg()
-        if dim is None:
-            top, idx = max_along_last(self.session, x.share.reshape(-1), 1 << self._bits)
+    def _reduce_max(self, dim, keepdim: bool, sign: int, one_hot: bool = False):
+        """(values, indices, one-hot mask or None) of max (sign 1) / min (-1) along dim."""
+        moved = (self.share.reshape(-1) if dim is None else self.share.movedim(dim, -1)) * sign
+        hot = None
+        if one_hot or _wants_grad(self):
+            top, hot = max_one_hot(self.session, moved)
+            positions = torch.arange(moved.shape[-1], dtype=torch.int64, device=moved.device)
+            idx = (hot * (positions << self._bits)).sum(-1)
         else:
-            top, idx = max_along_last(self.session, x.share.movedim(dim, -1), 1 << self._bits)
-            if keepdim:
-                top, idx = top.unsqueeze(dim), idx.unsqueeze(dim)
-        return self._new(top if sign == 1 else -top), self._new(idx)
+            top, idx = max_along_last(self.session, moved, 1 << self._bits)
+        if dim is not None and keepdim:
+            top, idx = top.unsqueeze(dim), idx.unsqueeze(dim)
+        values = self._new(top * sign)
+        if hot is not None:
+            mask = hot.reshape(self.shape) if dim is None else hot.movedim(-1, dim)
+            _track("select_max", values, (self,), mask=mask, dim=dim, keepdim=keepdim)
+        return values, self._new(idx), hot
 
     def max(self, dim: int | None = None, keepdim: bool = False):
         """Max of all elements, or (values, private indices) along dim, as torch.max."""
-        values, indices = self._reduce_max(dim, keepdim, 1)
+        values, indices, _ = self._reduce_max(dim, keepdim, 1)
         return values if dim is None else (values, indices)
 
     def min(self, dim: int | None = None, keepdim: bool = False):
         """Min of all elements, or (values, private indices) along dim, as torch.min."""
-        values, indices = self._reduce_max(dim, keepdim, -1)
+        values, indices, _ = self._reduce_max(dim, keepdim, -1)
         return values if dim is None else (values, indices)
 
     def argmax(self, dim: int | None = None, keepdim: bool = False, one_hot: bool = False) -> "MPCTensor":
@@ -290,30 +343,33 @@ class MPCTensor:
         return self._arg(dim, keepdim, one_hot, -1)
 
     def _arg(self, dim, keepdim, one_hot, sign) -> "MPCTensor":
-        _, idx = self._reduce_max(dim, keepdim or one_hot, sign)
+        _, idx, hot = self._reduce_max(dim, keepdim, sign, one_hot)
         if not one_hot:
             return idx
-        size = self.numel() if dim is None else self.shape[dim]
-        positions = torch.arange(size, dtype=torch.float64, device=self.device)
-        if dim is None:
-            return idx.reshape(1).eq(positions).reshape(self.shape)
-        view = [1] * self.dim()
-        view[dim] = size
-        return idx.eq(positions.reshape(view))
+        mask = hot.reshape(self.shape) if dim is None else hot.movedim(-1, dim)
+        return self._bit(mask)
 
     def max_pool2d(self, kernel_size, stride=None, padding=0, dilation=1,
                    ceil_mode: bool = False) -> "MPCTensor":
         """torch.nn.functional.max_pool2d (padding counts as -inf)."""
         fill = int(encode(-(2.0 ** 30), self._bits)) if self.session.rank == 0 else 0
-        win = ring.sliding_windows(self.share, kernel_size, stride, padding, dilation, fill, ceil_mode)
-        top, _ = max_along_last(self.session, win, 0)
-        return self._new(top)
+        geometry = dict(kernel_size=kernel_size, stride=stride, padding=padding, dilation=dilation,
+                        ceil_mode=ceil_mode)
+        win = ring.sliding_windows(self.share, fill=fill, **geometry)
+        if not _wants_grad(self):
+            return self._new(max_along_last(self.session, win, 0)[0])
+        top, hot = max_one_hot(self.session, win)
+        return _track("max_pool2d", self._new(top), (self,), mask=hot, geometry=geometry,
+                      input_shape=self.shape)
 
     def avg_pool2d(self, kernel_size, stride=None, padding=0, ceil_mode: bool = False,
                    count_include_pad: bool = True) -> "MPCTensor":
         """torch.nn.functional.avg_pool2d."""
         total = self._new(ring.sliding_windows(self.share, kernel_size, stride, padding, 1, 0,
                                                ceil_mode).sum(-1))
+        total = _track("window_sum", total, (self,), input_shape=self.shape, geometry=dict(
+            kernel_size=kernel_size, stride=stride, padding=padding, dilation=1,
+            ceil_mode=ceil_mode))
         ones = torch.ones(1, 1, *self.shape[2:], dtype=torch.int64)
         counts = ring.sliding_windows(ones, kernel_size, stride, padding, 1, 0, ceil_mode).sum(-1)
         if count_include_pad:
@@ -327,38 +383,38 @@ class MPCTensor:
     # -- nonlinear functions (methods, errors and domains in mpc_ml.functions) -------------------
     def exp(self) -> "MPCTensor":
         from . import functions
-        return functions.exp(self)
+        return _track("exp", functions.exp(self.detach()), (self,))
 
     def log(self) -> "MPCTensor":
         from . import functions
-        return functions.log(self)
+        return _track("log", functions.log(self.detach()), (self,))
 
     def reciprocal(self) -> "MPCTensor":
         from . import functions
-        return functions.reciprocal(self)
+        return _track("reciprocal", functions.reciprocal(self.detach()), (self,))
 
     def sqrt(self) -> "MPCTensor":
         from . import functions
-        return functions.sqrt(self)
+        return _track("sqrt", functions.sqrt(self.detach()), (self,))
 
     def inv_sqrt(self) -> "MPCTensor":
         from . import functions
-        return functions.inv_sqrt(self)
+        return _track("inv_sqrt", functions.inv_sqrt(self.detach()), (self,))
 
     def rsqrt(self) -> "MPCTensor":
         return self.inv_sqrt()
 
     def sigmoid(self) -> "MPCTensor":
         from . import functions
-        return functions.sigmoid(self)
+        return _track("sigmoid", functions.sigmoid(self.detach()), (self,))
 
     def tanh(self) -> "MPCTensor":
         from . import functions
-        return functions.tanh(self)
+        return _track("tanh", functions.tanh(self.detach()), (self,))
 
     def erf(self) -> "MPCTensor":
         from . import functions
-        return functions.erf(self)
+        return _track("erf", functions.erf(self.detach()), (self,))
 
     def gelu(self) -> "MPCTensor":
         from . import functions
@@ -366,11 +422,11 @@ class MPCTensor:
 
     def softmax(self, dim: int) -> "MPCTensor":
         from . import functions
-        return functions.softmax(self, dim)
+        return _track("softmax", functions.softmax(self.detach(), dim), (self,), dim=dim)
 
     def log_softmax(self, dim: int) -> "MPCTensor":
         from . import functions
-        return functions.log_softmax(self, dim)
+        return _track("log_softmax", functions.log_softmax(self.detach(), dim), (self,), dim=dim)
 
     # -- operators ---------------------------------------------------------------------
     def __lt__(self, other): return self.lt(other)
@@ -397,67 +453,84 @@ class MPCTensor:
     def __rtruediv__(self, other): return self.reciprocal().mul(other)
 
     # -- shape operations (local on every share) ----------------------------------------------
+    def _reshaped(self, share: torch.Tensor) -> "MPCTensor":
+        return _track("reshape", self._new(share), (self,), shape=self.shape)
+
     def reshape(self, *shape) -> "MPCTensor":
-        return self._new(self.share.reshape(*shape))
+        return self._reshaped(self.share.reshape(*shape))
 
     def view(self, *shape) -> "MPCTensor":
-        return self._new(self.share.view(*shape))
+        return self._reshaped(self.share.view(*shape))
 
     def flatten(self, start_dim: int = 0, end_dim: int = -1) -> "MPCTensor":
-        return self._new(self.share.flatten(start_dim, end_dim))
+        return self._reshaped(self.share.flatten(start_dim, end_dim))
+
+    def squeeze(self, dim=None) -> "MPCTensor":
+        return self._reshaped(self.share.squeeze() if dim is None else self.share.squeeze(dim))
+
+    def unsqueeze(self, dim: int) -> "MPCTensor":
+        return self._reshaped(self.share.unsqueeze(dim))
+
+    def transpose(self, dim0: int, dim1: int) -> "MPCTensor":
+        out = self._new(self.share.transpose(dim0, dim1))
+        return _track("transpose", out, (self,), dim0=dim0, dim1=dim1)
 
     def t(self) -> "MPCTensor":
-        return self._new(self.share.t())
+        return self.transpose(0, 1) if self.dim() == 2 else self.clone()
 
     @property
     def T(self) -> "MPCTensor":
-        return self._new(self.share.T)
-
-    def transpose(self, dim0: int, dim1: int) -> "MPCTensor":
-        return self._new(self.share.transpose(dim0, dim1))
+        return self.permute(*reversed(range(self.dim())))
 
     def permute(self, *dims) -> "MPCTensor":
-        return self._new(self.share.permute(*dims))
-
-    def squeeze(self, dim=None) -> "MPCTensor":
-        return self._new(self.share.squeeze() if dim is None else self.share.squeeze(dim))
-
-    def unsqueeze(self, dim: int) -> "MPCTensor":
-        return self._new(self.share.unsqueeze(dim))
+        dims = tuple(dims[0]) if len(dims) == 1 and isinstance(dims[0], (tuple, list)) else dims
+        return _track("permute", self._new(self.share.permute(*dims)), (self,), dims=dims)
 
     def expand(self, *sizes) -> "MPCTensor":
-        return self._new(self.share.expand(*sizes))
+        return _track("expand", self._new(self.share.expand(*sizes)), (self,), shape=self.shape)
+
+    def expand_as(self, other) -> "MPCTensor":
+        return self.expand(other.shape)
 
     def repeat(self, *sizes) -> "MPCTensor":
+        if self.requires_grad:
+            raise NotImplementedError("repeat() of a tensor that requires grad; use expand()")
         return self._new(self.share.repeat(*sizes))
 
     def narrow(self, dim: int, start: int, length: int) -> "MPCTensor":
-        return self._new(self.share.narrow(dim, start, length))
+        index = [slice(None)] * self.dim()
+        index[dim] = slice(start, start + length)
+        return self[tuple(index)]
 
     def flip(self, dims) -> "MPCTensor":
-        return self._new(self.share.flip(dims))
+        return _track("flip", self._new(self.share.flip(dims)), (self,), dims=dims)
 
     def contiguous(self) -> "MPCTensor":
-        return self._new(self.share.contiguous())
+        return self
 
     def clone(self) -> "MPCTensor":
-        return self._new(self.share.clone())
+        return self._reshaped(self.share.clone())
 
     def split(self, split_size, dim: int = 0) -> list["MPCTensor"]:
-        return [self._new(s) for s in self.share.split(split_size, dim)]
+        sizes = ([split_size] * (self.shape[dim] // split_size) + (
+            [self.shape[dim] % split_size] if self.shape[dim] % split_size else [])
+            if isinstance(split_size, int) else list(split_size))
+        starts = [sum(sizes[:i]) for i in range(len(sizes))]
+        return [self.narrow(dim, s, n) for s, n in zip(starts, sizes)]
 
     def chunk(self, chunks: int, dim: int = 0) -> list["MPCTensor"]:
-        return [self._new(s) for s in self.share.chunk(chunks, dim)]
+        return self.split(-(-self.shape[dim] // chunks), dim)
 
     def pad(self, pad: Sequence[int], mode: str = "constant", value: float = 0.0) -> "MPCTensor":
-        """torch.nn.functional.pad; modes other than 'constant' move shares only."""
+        """torch.nn.functional.pad (constant mode)."""
         if mode != "constant":
-            return self._new(F.pad(self.share, tuple(pad), mode=mode))
+            raise NotImplementedError(f"pad mode {mode!r}; only 'constant' is supported")
         fill = int(encode(value, self._bits)) if self.session.rank == 0 else 0
-        return self._new(F.pad(self.share, tuple(pad), value=fill))
+        out = self._new(F.pad(self.share, tuple(pad), value=fill))
+        return _track("pad", out, (self,), pad=tuple(pad))
 
     def __getitem__(self, index) -> "MPCTensor":
-        return self._new(self.share[index])
+        return _track("getitem", self._new(self.share[index]), (self,), index=index)
 
     def __setitem__(self, index, value) -> None:
         if isinstance(value, MPCTensor):
@@ -484,17 +557,19 @@ def _bilinear(op: str, x, y, **kwargs) -> MPCTensor:
     if xp and yp:
         y = x._coerce(y)
         z = beaver_product(session, op, x.share, y.share, **kwargs)
-        return ref._new(truncate(session, z, bits), _result_dtype(x.dtype, y.dtype))
+        out = ref._new(truncate(session, z, bits), _result_dtype(x.dtype, y.dtype))
+        return _track(op, out, (x, y), **kwargs)
     private, public = (x, y) if xp else (y, x)
     p = private._public(public)
     force = session.config.force_limbs
     if _is_integral(p):
-        p, shift = p.to(torch.int64), 0
+        enc, shift = p.to(torch.int64), 0
     else:
-        p, shift = encode(p, bits, device=private.share.device), bits
-    args = (private.share, p) if xp else (p, private.share)
+        enc, shift = encode(p, bits, device=private.share.device), bits
+    args = (private.share, enc) if xp else (enc, private.share)
     z = ring.bilinear(op, *args, force, **kwargs)
-    return private._new(truncate(session, z, shift))
+    out = private._new(truncate(session, z, shift))
+    return _track(op, out, (x, p) if xp else (p, y), **kwargs)
 
 
 def _add_bias(out: MPCTensor, bias, nd: int) -> MPCTensor:
@@ -506,16 +581,22 @@ def _add_bias(out: MPCTensor, bias, nd: int) -> MPCTensor:
 
 
 def conv1d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups: int = 1) -> MPCTensor:
-    """torch.nn.functional.conv1d where input and/or weight are private."""
-    out = _bilinear("conv1d", input, weight, stride=stride, padding=padding, dilation=dilation,
-                    groups=groups)
-    return _add_bias(out, bias, 1)
+    """torch.nn.functional.conv1d where input and/or weight are private (a height-1 conv2d)."""
+    if isinstance(padding, str):
+        padding = ring._resolve_padding(padding, weight.shape[2:], ring._pair(dilation, 1),
+                                        ring._pair(stride, 1), 1)
+    out = conv2d(input.unsqueeze(2), weight.unsqueeze(2), None, (1, ring._pair(stride, 1)[0]),
+                 (0, ring._pair(padding, 1)[0]), (1, ring._pair(dilation, 1)[0]), groups)
+    return _add_bias(out.squeeze(2), bias, 1)
 
 
 def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups: int = 1) -> MPCTensor:
     """torch.nn.functional.conv2d where input and/or weight are private."""
-    out = _bilinear("conv2d", input, weight, stride=stride, padding=padding, dilation=dilation,
-                    groups=groups)
+    if isinstance(padding, str):
+        padding = ring._resolve_padding(padding, weight.shape[2:], ring._pair(dilation, 2),
+                                        ring._pair(stride, 2), 2)
+    out = _bilinear("conv2d", input, weight, stride=ring._pair(stride, 2),
+                    padding=ring._pair(padding, 2), dilation=ring._pair(dilation, 2), groups=groups)
     return _add_bias(out, bias, 2)
 
 
@@ -555,14 +636,16 @@ def _shares(items: Iterable, ref: MPCTensor | None = None) -> tuple[list[torch.T
 
 def cat(tensors: Sequence, dim: int = 0) -> MPCTensor:
     """torch.cat of private (and public) tensors."""
+    tensors = list(tensors)
     shares, ref = _shares(tensors)
-    return ref._new(torch.cat(shares, dim))
+    return _track("cat", ref._new(torch.cat(shares, dim)), tuple(tensors), dim=dim)
 
 
 def stack(tensors: Sequence, dim: int = 0) -> MPCTensor:
     """torch.stack of private (and public) tensors."""
+    tensors = list(tensors)
     shares, ref = _shares(tensors)
-    return ref._new(torch.stack(shares, dim))
+    return _track("stack", ref._new(torch.stack(shares, dim)), tuple(tensors), dim=dim)
 
 
 def where(condition, input, other) -> MPCTensor:
@@ -572,4 +655,5 @@ def where(condition, input, other) -> MPCTensor:
         return (condition * condition._coerce(input).sub(other)).add(other)
     cond = torch.as_tensor(condition).to(torch.bool)
     (a, b), ref = _shares([input, other])
-    return ref._new(torch.where(cond.to(a.device), a, b))
+    out = ref._new(torch.where(cond.to(a.device), a, b))
+    return _track("where", out, (input, other), condition=cond)

@@ -65,3 +65,27 @@ def max_along_last(session: Session, x: torch.Tensor, index_scale: int) -> tuple
             inds = torch.cat([inds, idx[..., m:]], -1)
         x, idx = vals, inds
     return x[..., 0], idx[..., 0]
+
+
+def max_one_hot(session: Session, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Max over the last dim (k) and the one-hot mask of the first maximum (..., k), as
+    integer bits: the tournament of max_along_last, each candidate carrying its one-hot
+    vector (k wide, so meant for small k: pooling windows, class scores)."""
+    k = x.shape[-1]
+    if k == 0:
+        raise ValueError("max of an empty dimension")
+    eye = torch.eye(k, dtype=torch.int64, device=x.device).expand(*x.shape, k)
+    hot = eye.clone() if session.rank == 0 else torch.zeros_like(eye)
+    while x.shape[-1] > 1:
+        m = x.shape[-1] // 2 * 2
+        left, right = x[..., 0:m:2], x[..., 1:m:2]
+        hot_left, hot_right = hot[..., 0:m:2, :], hot[..., 1:m:2, :]
+        right_wins = ltz(session, left - right)
+        d_val, d_hot = mul_bits(session, [(right - left, right_wins),
+                                          (hot_right - hot_left, right_wins.unsqueeze(-1))])
+        vals, hots = left + d_val, hot_left + d_hot
+        if m < x.shape[-1]:  # odd length: the last candidate goes up unopposed
+            vals = torch.cat([vals, x[..., m:]], -1)
+            hots = torch.cat([hots, hot[..., m:, :]], -2)
+        x, hot = vals, hots
+    return x[..., 0], hot[..., 0, :]
