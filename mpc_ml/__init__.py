@@ -11,6 +11,7 @@ from .config import Config
 from .launch import PartyError, init, run, shutdown
 from .session import current as _current
 from .tensor import MPCTensor, cat, conv1d, conv2d, encrypt, stack, where
+from . import nn, optim  # noqa: E402  (after the tensor layer they build on)
 
 __version__ = "0.1.0"
 
@@ -36,5 +37,5 @@ def reset_stats() -> None:
     _current().reset_stats()
 
 
-__all__ = ["Config", "autograd", "enable_grad", "is_grad_enabled", "no_grad", "MPCTensor", "PartyError", "cat", "conv1d", "conv2d", "encrypt", "init",
+__all__ = ["Config", "autograd", "nn", "optim", "enable_grad", "is_grad_enabled", "no_grad", "MPCTensor", "PartyError", "cat", "conv1d", "conv2d", "encrypt", "init",
            "rank", "reset_stats", "run", "shutdown", "stack", "stats", "where", "world_size"]

@@ -43,15 +43,26 @@ class Session:
         self.reset_stats()
 
     def _agree_pairwise_seeds(self) -> dict[int, PRG]:
-        """Party i < j picks the seed of pair (i, j) and sends it to j (one round, set-up)."""
+        """Party i < j picks the seed of pair (i, j) and sends it to j (one round, set-up).
+
+        Party 0 appends a seed common to all parties (self.common: public randomness
+        such as dropout masks, which reveals nothing about data).
+        """
         mine = {j: new_seed() for j in range(self.rank + 1, self.world_size)}
-        outgoing = {j: torch.frombuffer(bytearray(s), dtype=torch.uint8) for j, s in mine.items()}
+        common = new_seed() if self.rank == 0 else b""
+        outgoing = {j: torch.frombuffer(bytearray(s + common), dtype=torch.uint8)
+                    for j, s in mine.items()}
         got = self.comm.exchange(outgoing, list(range(self.rank)))
         seeds = dict(mine)
         for i, t in got.items():
-            if t.dtype != torch.uint8 or t.numel() != SEED_BYTES:
+            expected = SEED_BYTES * (2 if i == 0 else 1)
+            if t.dtype != torch.uint8 or t.numel() != expected:
                 raise ValueError(f"party {self.rank}: malformed seed from party {i}")
-            seeds[i] = bytes(t.numpy().tobytes())
+            raw = bytes(t.numpy().tobytes())
+            seeds[i] = raw[:SEED_BYTES]
+            if i == 0:
+                common = raw[SEED_BYTES:]
+        self.common = PRG(common)
         return {j: PRG(s) for j, s in seeds.items()}
 
     def stats(self) -> dict:

@@ -1,0 +1,214 @@
+"""from_pytorch: a torch.nn.Module traced with torch.fx, rebuilt from mpc_ml layers.
+
+Leaf torch modules become the mpc_ml layer of the same kind (same values), stored
+under the same qualified names, so state_dict keys are the torch module's own. The
+traced graph is kept and interpreted node by node, so residual additions, flatten,
+view and other functional calls work as in the source model. Anything without an
+mpc_ml counterpart is an error naming the op and the node where it occurs.
+"""
+from __future__ import annotations
+
+import operator
+
+import torch
+import torch.fx
+import torch.nn.functional as TF
+
+from .. import tensor as T
+from ..tensor import MPCTensor
+from . import functional as F
+from . import layers as L
+from .module import Module
+
+_COPIED = {torch.nn.Linear: L.Linear, torch.nn.Conv1d: L.Conv1d, torch.nn.Conv2d: L.Conv2d,
+           torch.nn.BatchNorm1d: L.BatchNorm1d, torch.nn.BatchNorm2d: L.BatchNorm2d}
+
+_STATELESS = {
+    torch.nn.ReLU: lambda m: L.ReLU(),
+    torch.nn.Sigmoid: lambda m: L.Sigmoid(),
+    torch.nn.Tanh: lambda m: L.Tanh(),
+    torch.nn.GELU: lambda m: L.GELU(m.approximate),
+    torch.nn.Softmax: lambda m: L.Softmax(m.dim),
+    torch.nn.LogSoftmax: lambda m: L.LogSoftmax(m.dim),
+    torch.nn.Flatten: lambda m: L.Flatten(m.start_dim, m.end_dim),
+    torch.nn.Dropout: lambda m: L.Dropout(m.p),
+    torch.nn.Identity: lambda m: L.Identity(),
+    torch.nn.MaxPool2d: lambda m: L.MaxPool2d(m.kernel_size, m.stride, m.padding, m.dilation,
+                                              m.return_indices, m.ceil_mode),
+    torch.nn.AvgPool2d: lambda m: L.AvgPool2d(m.kernel_size, m.stride, m.padding, m.ceil_mode,
+                                              m.count_include_pad, m.divisor_override),
+    torch.nn.AdaptiveAvgPool2d: lambda m: L.AdaptiveAvgPool2d(m.output_size),
+}
+
+
+def _any_private(values) -> bool:
+    return any(isinstance(v, MPCTensor) for v in values)
+
+
+def _cat(tensors, dim=0):
+    return T.cat(tensors, dim) if _any_private(tensors) else torch.cat(tensors, dim)
+
+
+def _stack(tensors, dim=0):
+    return T.stack(tensors, dim) if _any_private(tensors) else torch.stack(tensors, dim)
+
+
+def _drop(*names):
+    """Wrap fn so that keyword arguments torch adds when tracing (dtype, _stacklevel) vanish."""
+    def wrap(fn):
+        def call(*args, **kwargs):
+            for name in names:
+                value = kwargs.pop(name, None)
+                if name == "dtype" and value is not None:
+                    raise ValueError("softmax(dtype=...) is not supported")
+            return fn(*args, **kwargs)
+        return call
+    return wrap
+
+
+_FUNCTIONS = {
+    operator.add: operator.add, operator.sub: operator.sub, operator.mul: operator.mul,
+    operator.truediv: operator.truediv, operator.matmul: operator.matmul,
+    operator.neg: operator.neg, operator.getitem: operator.getitem,
+    torch.add: operator.add, torch.sub: operator.sub, torch.mul: operator.mul,
+    torch.matmul: operator.matmul,
+    torch.flatten: lambda x, start_dim=0, end_dim=-1: x.flatten(start_dim, end_dim),
+    torch.reshape: lambda x, shape: x.reshape(shape),
+    torch.transpose: lambda x, d0, d1: x.transpose(d0, d1),
+    torch.cat: _cat, torch.concat: _cat, torch.stack: _stack,
+    torch.relu: F.relu, TF.relu: F.relu, torch.sigmoid: F.sigmoid, TF.sigmoid: F.sigmoid,
+    torch.tanh: F.tanh, TF.tanh: F.tanh, TF.gelu: F.gelu,
+    TF.softmax: _drop("_stacklevel", "dtype")(F.softmax),
+    TF.log_softmax: _drop("_stacklevel", "dtype")(F.log_softmax),
+    torch.softmax: _drop("dtype")(F.softmax), torch.log_softmax: _drop("dtype")(F.log_softmax),
+    TF.max_pool2d: F.max_pool2d, TF.avg_pool2d: F.avg_pool2d,
+    TF.adaptive_avg_pool2d: F.adaptive_avg_pool2d, TF.linear: F.linear, TF.conv2d: F.conv2d,
+    TF.conv1d: F.conv1d, TF.dropout: F.dropout, TF.batch_norm: None,
+}
+_FUNCTIONS = {k: v for k, v in _FUNCTIONS.items() if v is not None}
+
+_METHODS = {"view", "reshape", "flatten", "relu", "sigmoid", "tanh", "size", "dim", "permute",
+            "transpose", "t", "mean", "sum", "softmax", "log_softmax", "unsqueeze", "squeeze",
+            "contiguous", "exp", "add", "sub", "mul", "matmul", "expand", "expand_as", "neg",
+            "chunk", "split", "narrow", "clone"}
+
+
+class ConvertedModule(Module):
+    """A traced torch model rebuilt from mpc_ml layers; runs its fx graph."""
+
+    def __init__(self, graph: torch.fx.Graph):
+        super().__init__()
+        object.__setattr__(self, "_graph", graph)
+
+    def _attribute(self, target: str):
+        module_name, _, name = target.rpartition(".")
+        module = self.get_submodule(module_name)
+        for table in (module._parameters, module._buffers):
+            if name in table:
+                return table[name]
+        return getattr(module, name)
+
+    def forward(self, *inputs):
+        env: dict[str, object] = {}
+        inputs = list(inputs)
+
+        def value(arg):
+            return torch.fx.node.map_arg(arg, lambda n: env[n.name])
+
+        for node in self._graph.nodes:
+            if node.op == "placeholder":
+                env[node.name] = inputs.pop(0) if inputs else node.args[0] if node.args else None
+            elif node.op == "get_attr":
+                env[node.name] = self._attribute(node.target)
+            elif node.op == "call_module":
+                env[node.name] = self.get_submodule(node.target)(*value(node.args),
+                                                                 **value(node.kwargs))
+            elif node.op == "call_function":
+                env[node.name] = _FUNCTIONS[node.target](*value(node.args), **value(node.kwargs))
+            elif node.op == "call_method":
+                obj, *args = value(node.args)
+                env[node.name] = getattr(obj, node.target)(*args, **value(node.kwargs))
+            elif node.op == "output":
+                return value(node.args[0])
+        raise RuntimeError("traced graph has no output")
+
+
+def _where(node: torch.fx.Node) -> str:
+    trace = node.meta.get("stack_trace")
+    line = f"; traced from:\n{trace.strip()}" if trace else ""
+    return f"node '{node.name}'{line}"
+
+
+def _convert_module(module: torch.nn.Module, node: torch.fx.Node) -> Module:
+    if type(module) in _COPIED:
+        return _COPIED[type(module)].from_torch(module)
+    if type(module) in _STATELESS:
+        return _STATELESS[type(module)](module)
+    raise NotImplementedError(f"from_pytorch: unsupported layer {type(module).__name__} "
+                              f"('{node.target}') at {_where(node)}")
+
+
+def _holder(root: Module, path: str) -> Module:
+    """root.<path>, creating empty container modules on the way."""
+    holder = root
+    for name in filter(None, path.split(".")):
+        if name not in holder._modules:
+            holder.add_module(name, Module())
+        holder = holder._modules[name]
+    return holder
+
+
+def from_pytorch(module: torch.nn.Module, example_input) -> ConvertedModule:
+    """A plaintext mpc_ml copy of a torch model (same weights, same state_dict keys).
+
+    The model is traced with torch.fx; example_input (a tensor or a tuple of them) is
+    run through both models to check the conversion.
+    """
+    if not isinstance(module, torch.nn.Module):
+        raise TypeError(f"from_pytorch needs a torch.nn.Module, got {type(module).__name__}")
+    leaves = tuple(_COPIED) + tuple(_STATELESS)
+
+    class _Tracer(torch.fx.Tracer):
+        def is_leaf_module(self, m, qualname):
+            return isinstance(m, leaves) or super().is_leaf_module(m, qualname)
+
+    graph = _Tracer().trace(module)
+    converted = ConvertedModule(graph)
+    for node in graph.nodes:
+        if node.op == "call_module":
+            owner, _, name = node.target.rpartition(".")
+            _holder(converted, owner).add_module(
+                name, _convert_module(module.get_submodule(node.target), node))
+        elif node.op == "get_attr":
+            owner, _, name = node.target.rpartition(".")
+            value = operator.attrgetter(node.target)(module)
+            table = ("register_parameter" if isinstance(value, torch.nn.Parameter)
+                     else "register_buffer")
+            getattr(_holder(converted, owner), table)(name, value.detach().clone())
+        elif node.op == "call_function" and node.target not in _FUNCTIONS:
+            name = getattr(node.target, "__name__", str(node.target))
+            raise NotImplementedError(f"from_pytorch: unsupported function {name} at {_where(node)}")
+        elif node.op == "call_method" and node.target not in _METHODS:
+            raise NotImplementedError(f"from_pytorch: unsupported method .{node.target}() at "
+                                      f"{_where(node)}")
+    converted.train(module.training)
+    for name, sub in module.named_modules():
+        if name and isinstance(sub, leaves):
+            converted.get_submodule(name).train(sub.training)
+    _check(module, converted, example_input)
+    return converted
+
+
+def _check(module: torch.nn.Module, converted: Module, example_input) -> None:
+    inputs = example_input if isinstance(example_input, tuple) else (example_input,)
+    with torch.no_grad():
+        state = {k: v.clone() for k, v in module.state_dict().items()}
+        expected = module(*inputs)
+        module.load_state_dict(state)  # undo batch-norm statistic updates of the check
+        saved = {k: v.clone() for k, v in converted.state_dict().items()}
+        got = converted(*inputs)
+        converted.load_state_dict(saved)
+    if isinstance(expected, torch.Tensor) and not torch.allclose(got, expected, atol=1e-4, rtol=1e-4):
+        raise RuntimeError("from_pytorch: the converted model disagrees with the torch model on "
+                           f"the example input (max difference "
+                           f"{(got - expected).abs().max().item():.3g})")

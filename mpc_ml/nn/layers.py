@@ -1,0 +1,241 @@
+"""Layers with torch.nn's names, arguments, defaults and parameter names.
+
+Layers with parameters take their initial values from the torch layer of the same
+configuration (same init), and `from_torch` copies a torch layer's values.
+"""
+from __future__ import annotations
+
+import torch
+
+from . import functional as F
+from .module import Module
+
+
+class _Stateless(Module):
+    """A layer with no parameters calling one functional op."""
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={v!r}" for k, v in self.__dict__.items()
+                         if not k.startswith("_") and k != "training")
+
+
+class Identity(_Stateless):
+    def __init__(self, *args, **kwargs):
+        super().__init__()
+
+    def forward(self, x):
+        return x
+
+
+class ReLU(_Stateless):
+    def __init__(self, inplace: bool = False):
+        super().__init__()
+
+    def forward(self, x):
+        return F.relu(x)
+
+
+class Sigmoid(_Stateless):
+    def forward(self, x):
+        return F.sigmoid(x)
+
+
+class Tanh(_Stateless):
+    def forward(self, x):
+        return F.tanh(x)
+
+
+class GELU(_Stateless):
+    def __init__(self, approximate: str = "none"):
+        super().__init__()
+        self.approximate = approximate
+
+    def forward(self, x):
+        return F.gelu(x, self.approximate)
+
+
+class Softmax(_Stateless):
+    def __init__(self, dim: int | None = None):
+        super().__init__()
+        self.dim = dim
+
+    def forward(self, x):
+        return F.softmax(x, self.dim if self.dim is not None else -1)
+
+
+class LogSoftmax(_Stateless):
+    def __init__(self, dim: int | None = None):
+        super().__init__()
+        self.dim = dim
+
+    def forward(self, x):
+        return F.log_softmax(x, self.dim if self.dim is not None else -1)
+
+
+class Flatten(_Stateless):
+    def __init__(self, start_dim: int = 1, end_dim: int = -1):
+        super().__init__()
+        self.start_dim, self.end_dim = start_dim, end_dim
+
+    def forward(self, x):
+        return F.flatten(x, self.start_dim, self.end_dim)
+
+
+class Dropout(_Stateless):
+    def __init__(self, p: float = 0.5, inplace: bool = False):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x):
+        return F.dropout(x, self.p, self.training)
+
+
+class MaxPool2d(_Stateless):
+    def __init__(self, kernel_size, stride=None, padding=0, dilation=1, return_indices=False,
+                 ceil_mode: bool = False):
+        super().__init__()
+        self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
+        self.dilation, self.ceil_mode = dilation, ceil_mode
+        if return_indices:
+            raise ValueError("MaxPool2d(return_indices=True) is not supported")
+
+    def forward(self, x):
+        return F.max_pool2d(x, self.kernel_size, self.stride, self.padding, self.dilation,
+                            self.ceil_mode)
+
+
+class AvgPool2d(_Stateless):
+    def __init__(self, kernel_size, stride=None, padding=0, ceil_mode: bool = False,
+                 count_include_pad: bool = True, divisor_override=None):
+        super().__init__()
+        self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
+        self.ceil_mode, self.count_include_pad = ceil_mode, count_include_pad
+        self.divisor_override = divisor_override
+
+    def forward(self, x):
+        return F.avg_pool2d(x, self.kernel_size, self.stride, self.padding, self.ceil_mode,
+                            self.count_include_pad, self.divisor_override)
+
+
+class AdaptiveAvgPool2d(_Stateless):
+    def __init__(self, output_size):
+        super().__init__()
+        self.output_size = output_size
+
+    def forward(self, x):
+        return F.adaptive_avg_pool2d(x, self.output_size)
+
+
+class _FromTorch(Module):
+    """A layer whose parameters and buffers mirror a torch layer's."""
+
+    torch_type: type
+
+    def _adopt(self, source: torch.nn.Module) -> None:
+        for name, p in source._parameters.items():
+            self.register_parameter(name, None if p is None else p.detach().clone())
+        for name, b in source._buffers.items():
+            self.register_buffer(name, None if b is None else b.detach().clone())
+
+    @classmethod
+    def from_torch(cls, source: torch.nn.Module) -> "_FromTorch":
+        """A copy of a torch layer of this kind, with its current values."""
+        if not isinstance(source, cls.torch_type):
+            raise TypeError(f"{cls.__name__}.from_torch needs a {cls.torch_type.__name__}")
+        layer = cls.__new__(cls)
+        Module.__init__(layer)
+        layer._configure(source)
+        layer._adopt(source)
+        return layer
+
+    def __init__(self, *args, **kwargs):
+        super().__init__()
+        source = self.torch_type(*args, **kwargs)
+        self._configure(source)
+        self._adopt(source)
+
+    def _configure(self, source) -> None:
+        raise NotImplementedError
+
+
+class Linear(_FromTorch):
+    """y = x W^T + b; weight (out_features, in_features)."""
+
+    torch_type = torch.nn.Linear
+
+    def _configure(self, source) -> None:
+        self.in_features, self.out_features = source.in_features, source.out_features
+
+    def forward(self, x):
+        return F.linear(x, self.weight, self.bias)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}"
+
+
+class _ConvNd(_FromTorch):
+    def _configure(self, source) -> None:
+        if source.padding_mode != "zeros":
+            raise ValueError(f"padding_mode={source.padding_mode!r} is not supported")
+        self.in_channels, self.out_channels = source.in_channels, source.out_channels
+        self.kernel_size, self.stride, self.padding = source.kernel_size, source.stride, source.padding
+        self.dilation, self.groups = source.dilation, source.groups
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+                f"stride={self.stride}, padding={self.padding}")
+
+
+class Conv1d(_ConvNd):
+    torch_type = torch.nn.Conv1d
+
+    def forward(self, x):
+        return F.conv1d(x, self.weight, self.bias, self.stride, self.padding, self.dilation,
+                        self.groups)
+
+
+class Conv2d(_ConvNd):
+    torch_type = torch.nn.Conv2d
+
+    def forward(self, x):
+        return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation,
+                        self.groups)
+
+
+class _BatchNorm(_FromTorch):
+    def _configure(self, source) -> None:
+        self.num_features, self.eps, self.momentum = source.num_features, source.eps, source.momentum
+        self.affine, self.track_running_stats = source.affine, source.track_running_stats
+        if self.momentum is None:
+            raise ValueError("BatchNorm(momentum=None) (cumulative average) is not supported")
+
+    def forward(self, x):
+        self._check_input(x)
+        use_batch = self.training or not self.track_running_stats
+        out, mean, var = F.batch_norm(x, self.running_mean if self.track_running_stats else None,
+                                      self.running_var if self.track_running_stats else None,
+                                      self.weight, self.bias, use_batch, self.momentum, self.eps)
+        if use_batch and self.track_running_stats:
+            self.running_mean, self.running_var = mean, var
+            if self.num_batches_tracked is not None:
+                self.num_batches_tracked = self.num_batches_tracked + 1
+        return out
+
+    def extra_repr(self) -> str:
+        return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}"
+
+
+class BatchNorm1d(_BatchNorm):
+    torch_type = torch.nn.BatchNorm1d
+
+    def _check_input(self, x) -> None:
+        if x.dim() not in (2, 3):
+            raise ValueError(f"BatchNorm1d expects 2-d or 3-d input, got {x.dim()}-d")
+
+
+class BatchNorm2d(_BatchNorm):
+    torch_type = torch.nn.BatchNorm2d
+
+    def _check_input(self, x) -> None:
+        if x.dim() != 4:
+            raise ValueError(f"BatchNorm2d expects 4-d input, got {x.dim()}-d")
