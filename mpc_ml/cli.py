@@ -88,7 +88,7 @@ def dealer(args: argparse.Namespace) -> int:
 def demo(args: argparse.Namespace) -> int:
     from .demo import main
 
-    main(epochs=args.epochs)
+    main(task=args.task, epochs=args.epochs)
     return 0
 
 
@@ -117,8 +117,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--listen", required=True, metavar="HOST:PORT")
     p.add_argument("-n", "--nparties", type=int, required=True)
     p.set_defaults(func=dealer)
-    p = sub.add_parser("demo", help="private linear regression, 2 parties on loopback")
-    p.add_argument("--epochs", type=int, default=60)
+    p = sub.add_parser("demo", help="private CNN training on digits (2 parties + dealer)")
+    p.add_argument("--task", choices=["cnn", "linear"], default="cnn")
+    p.add_argument("--epochs", type=int, default=None)
     p.set_defaults(func=demo)
     sub.add_parser("bench", help="run the benchmark suite (from a checkout); options go to "
                                  "benchmarks/ops.py, e.g. mpc-ml bench --quick")

