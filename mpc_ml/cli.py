@@ -1,12 +1,14 @@
-"""The `mpc-ml` command: launch | demo | dealer | bench."""
+"""The `mpc-ml` command: launch | demo | dealer | bench | infer."""
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import runpy
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -103,6 +105,107 @@ def bench(bench_args: list[str]) -> int:
     return 0
 
 
+def _load_factory(spec: str):
+    """'package.module:name' -> the callable it names."""
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise SystemExit(f"mpc-ml infer: --model {spec!r} is not MODULE:FACTORY")
+    try:
+        obj = importlib.import_module(module_name)
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError) as e:
+        raise SystemExit(f"mpc-ml infer: cannot load --model {spec!r}: {e}") from None
+    return obj
+
+
+# torch.fx tracing (from_pytorch) patches torch.nn.Module.__call__ process-wide: inproc
+# parties (threads) must convert one at a time.
+_CONVERT_LOCK = threading.Lock()
+
+
+def _infer_party(model_spec: str, sample_shape: tuple, addrs: list[str], seed: int) -> int:
+    """One compute party of `mpc-ml infer`: build the model, serve the client."""
+    import torch
+
+    import mpc_ml as mpc
+    from .inference import serve_client
+
+    with _CONVERT_LOCK:
+        torch.manual_seed(seed)  # the factory's random init, reproducible (party 0's is used)
+        source = _load_factory(model_spec)()
+        model = mpc.nn.from_pytorch(source, torch.zeros(1, *sample_shape))
+    return serve_client(model, addrs[mpc.rank()], model_owner=0, sample_shape=sample_shape)
+
+
+def infer(args: argparse.Namespace) -> int:
+    """Private inference on loopback: n compute parties serve one outside client, whose
+    result is printed next to the plaintext model's."""
+    import torch
+
+    from .inference import InferenceClient, InferenceError
+    from .launch import run
+
+    if args.nparties < 2:
+        raise SystemExit("mpc-ml infer: -n must be at least 2")
+    if args.input:
+        x = torch.load(args.input, weights_only=True)  # the user's own local file
+        if not isinstance(x, torch.Tensor):
+            raise SystemExit(f"mpc-ml infer: {args.input} holds a {type(x).__name__}, not a tensor")
+    else:
+        try:
+            shape = [int(d) for d in (args.random or "4,64").split(",")]
+        except ValueError:
+            raise SystemExit(f"mpc-ml infer: --random {args.random!r} is not a shape like 4,64")
+        x = torch.randn(*shape, generator=torch.Generator().manual_seed(args.seed))
+    if args.requests < 1 or x.dim() < 1 or len(x) < args.requests:
+        raise SystemExit(f"mpc-ml infer: an input of shape {tuple(x.shape)} has no batch of "
+                         f"{args.requests} to split into requests")
+    torch.manual_seed(args.seed)
+    plain_model = _load_factory(args.model)().eval()
+    try:
+        with torch.no_grad():
+            expected = plain_model(x)  # also checks the input fits the model, before starting
+    except RuntimeError as e:
+        raise SystemExit(f"mpc-ml infer: the model does not take an input of shape "
+                         f"{tuple(x.shape)}: {e}") from None
+    config = Config.from_env()
+    addrs = _free_addresses(args.nparties)
+    parties: dict = {}
+
+    def serve() -> None:
+        try:
+            parties["served"] = run(_infer_party, world_size=args.nparties, backend=args.backend,
+                                    provider=args.provider, config=config,
+                                    args=(args.model, tuple(x.shape[1:]), addrs, args.seed))
+        except BaseException as e:  # reported below
+            parties["error"] = e
+
+    thread = threading.Thread(target=serve, name="mpc-infer-parties", daemon=True)
+    thread.start()
+    start = time.monotonic()
+    try:
+        with InferenceClient(addrs, config.precision_bits, config.comm_timeout_s,
+                             config.connect_timeout_s) as client:
+            y = torch.cat([client.predict(chunk) for chunk in x.chunk(args.requests)])
+    except InferenceError as e:
+        thread.join()
+        print(f"mpc-ml infer: {parties.get('error', e)}", file=sys.stderr)
+        return 1
+    elapsed = time.monotonic() - start
+    thread.join()
+    if "error" in parties:
+        print(f"mpc-ml infer: {parties['error']}", file=sys.stderr)
+        return 1
+    print(f"private inference: {args.nparties} parties ({args.backend}, {args.provider}), "
+          f"model {args.model} (owner: party 0), input {tuple(x.shape)} from an outside "
+          f"client in {args.requests} request(s), {elapsed:.2f} s")
+    print(f"client's result:\n{y}")
+    print(f"plaintext model:\n{expected}")
+    print(f"max |difference|: {float((y - expected).abs().max()):.3g}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mpc-ml", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -121,6 +224,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--task", choices=["cnn", "linear"], default="cnn")
     p.add_argument("--epochs", type=int, default=None)
     p.set_defaults(func=demo)
+    p = sub.add_parser("infer", help="private inference on loopback: n parties serve an "
+                                     "outside client; prints its result and the plaintext one")
+    p.add_argument("--model", default="mpc_ml.inference:demo_model", metavar="MODULE:FACTORY",
+                   help="a function returning a torch.nn.Module (default: a 64-32-10 MLP)")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--input", metavar="FILE.pt", help="a tensor saved with torch.save")
+    src.add_argument("--random", metavar="SHAPE", help="a random input, e.g. 4,64 (the default)")
+    p.add_argument("-n", "--nparties", type=int, default=2)
+    p.add_argument("--requests", type=int, default=1,
+                   help="split the input's batch into this many requests")
+    p.add_argument("--backend", choices=["tcp", "inproc"], default="tcp")
+    p.add_argument("--provider", choices=["tfp", "dealer"], default="tfp")
+    p.add_argument("--seed", type=int, default=0, help="seeds the model's init and --random")
+    p.set_defaults(func=infer)
     sub.add_parser("bench", help="run the benchmark suite (from a checkout); options go to "
                                  "benchmarks/ops.py, e.g. mpc-ml bench --quick")
     argv = sys.argv[1:] if argv is None else argv
