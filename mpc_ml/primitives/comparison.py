@@ -14,12 +14,12 @@ import torch
 
 from ..session import Session
 from .beaver import beaver_many
-from .binary import a2b, b2a_bits
+from .binary import b2a_bits, msb
 
 
 def ltz(session: Session, x: torch.Tensor) -> torch.Tensor:
     """Additive integer shares of [x < 0] (0 or 1) for additively shared x."""
-    return b2a_bits(session, a2b(session, x), [63])[..., 0]
+    return b2a_bits(session, msb(session, x), [0])[..., 0]
 
 
 def mul_bits(session: Session, pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> list[torch.Tensor]:
