@@ -43,12 +43,15 @@ class FrameError(CommError):
     """A malformed, oversized or unexpected frame."""
 
 
-def peer_name(rank: int) -> str:
-    """Human name of a rank in errors ('party 2', 'the dealer')."""
-    return "the dealer" if rank < 0 else f"party {rank}"
-
-
 DEALER_RANK = -1
+CLIENT_RANK = -2  # an inference client outside the compute parties, or a peer not yet known
+
+
+def peer_name(rank: int) -> str:
+    """Human name of a rank in errors ('party 2', 'the dealer', 'a client')."""
+    if rank == DEALER_RANK:
+        return "the dealer"
+    return "a client" if rank < 0 else f"party {rank}"
 
 
 def message_bytes(msg: Message) -> int:

@@ -9,6 +9,7 @@ mpc_ml counterpart is an error naming the op and the node where it occurs.
 from __future__ import annotations
 
 import operator
+import threading
 
 import torch
 import torch.fx
@@ -86,6 +87,10 @@ _FUNCTIONS = {
     TF.conv1d: F.conv1d, TF.dropout: F.dropout, TF.batch_norm: None,
 }
 _FUNCTIONS = {k: v for k, v in _FUNCTIONS.items() if v is not None}
+
+# torch.fx patches torch.nn.Module.__call__ process-wide while tracing, so parties that
+# are threads of one process (the inproc backend) must not trace at the same time.
+_TRACE_LOCK = threading.Lock()
 
 _METHODS = {"view", "reshape", "flatten", "relu", "sigmoid", "tanh", "size", "dim", "permute",
             "transpose", "t", "mean", "sum", "softmax", "log_softmax", "unsqueeze", "squeeze",
@@ -172,7 +177,8 @@ def from_pytorch(module: torch.nn.Module, example_input) -> ConvertedModule:
         def is_leaf_module(self, m, qualname):
             return isinstance(m, leaves) or super().is_leaf_module(m, qualname)
 
-    graph = _Tracer().trace(module)
+    with _TRACE_LOCK:
+        graph = _Tracer().trace(module)
     converted = ConvertedModule(graph)
     for node in graph.nodes:
         if node.op == "call_module":
@@ -195,7 +201,8 @@ def from_pytorch(module: torch.nn.Module, example_input) -> ConvertedModule:
     for name, sub in module.named_modules():
         if name and isinstance(sub, leaves):
             converted.get_submodule(name).train(sub.training)
-    _check(module, converted, example_input)
+    with _TRACE_LOCK:  # the check runs the torch model, which another thread may be tracing
+        _check(module, converted, example_input)
     return converted
 
 
