@@ -37,6 +37,10 @@ IDS = [f"n{n}-{p}" for n, p in N_PROVIDERS]
 COUNTERS = ("rounds", "bytes_sent", "bytes_received", "messages")
 DEALER_COUNTERS = ("dealer_bytes_sent", "dealer_bytes_received", "dealer_messages")
 SIGN_POSITION = [63]
+LTZ_POSITION = [0]  # ltz converts msb's unsliced bit, held at position 0 of a word
+# The carry tree of msb (comparison.toml): btriple requests of these many sliced words,
+# per word per bit position (w = ceil(m / 64)), one per level; 186 in all.
+TREE_WORDS = (63, 62, 32, 16, 8, 4, 1)
 
 
 # -- helpers -------------------------------------------------------------------------------
@@ -103,9 +107,18 @@ def request_bytes(kind: str, **params) -> int:
 
 
 def btriple_bytes(m: int) -> dict:
-    """The AND batches' request lengths for m compared / converted elements."""
+    """The A2B's AND batches' request lengths for m converted elements."""
     return dict(btriple_request_bytes_1=request_bytes("btriple", shape=[m]),
                 btriple_request_bytes_2=request_bytes("btriple", shape=[2 * m]))
+
+
+def ltz_request_bytes(m: int) -> dict:
+    """The AND requests of ltz on m elements: one [m] per carry-save level, and the carry
+    tree's seven on w = ceil(m / 64) sliced words per bit position (summed)."""
+    w = (m + 63) // 64
+    return dict(btriple_request_bytes_1=request_bytes("btriple", shape=[m]),
+                tree_request_bytes=sum(request_bytes("btriple", shape=[c * w])
+                                       for c in TREE_WORDS))
 
 
 def mul_triple_bytes(a_shape, b_shape=None) -> int:
@@ -217,18 +230,26 @@ def test_spec_is_complete_and_its_formulas_evaluate(name):
 
 def test_approximations_sections_state_method_domain_error():
     spec = load_spec("approximations")
+    comparison = load_spec("comparison")
     for fname in FUNCTIONS:
         section = spec[fname]
         for key in ("api", "method", "domain", "error_bound", "composition",
                     "bytes_per_element_per_peer"):
             assert section.get(key), f"{fname}: no {key}"
-        # bytes_per_element_per_peer is bytes_sent's part per element; the rest are sign bits
+        # bytes_per_element_per_peer is bytes_sent's part per element; the rest are sign
+        # bits. The carry trees work on 64 elements a word, so the per-element figure is
+        # exact where every comparison's count is a multiple of 64: numel = 1024, and
+        # k = 8 (rows 128: levels of 512, 256 and 128 comparisons).
+        numel, k = 1024, 8
         for n in (2, 3, 4):
-            sizes = spec_sizes(spec, section, n, numel=8 * 40, k=8, levels=3, bit_bytes=7)
+            tour = tournament(comparison, comparison["max_along_last"], [numel // k], k, 1, n)
+            assert tour["slice_words"] * 64 == numel // k * (k - 1)
+            sizes = spec_sizes(spec, section, n, numel=numel, k=k, levels=tour["levels"],
+                               bit_bytes=tour["bit_bytes"], slice_words=tour["slice_words"])
             sent = evaluate(section["cost"]["all"]["bytes_sent"], **sizes)
             linear = evaluate_fraction(section["bytes_per_element_per_peer"], **sizes)
             rest = sent - (n - 1) * linear * sizes["numel"]
-            assert 0 <= rest <= (n - 1) * (7 + 2 * 40), (fname, n, rest)
+            assert 0 <= rest <= (n - 1) * (tour["bit_bytes"] + 2 * numel // 8), (fname, n, rest)
     # functions.py's table, as the spec repeats it
     table = functions.__doc__
     for fname in ("exp", "reciprocal", "inv_sqrt", "sqrt", "log", "sigmoid", "tanh", "softmax",
@@ -387,8 +408,8 @@ def comparison_sizes(kind: str, shape, paired: bool = False) -> dict:
     shape = list(shape)
     cmp_shape = [2] + shape if paired else shape
     m = math.prod(cmp_shape)
-    sizes = dict(numel=math.prod(shape), dabits_request_bytes=dabits_bytes(cmp_shape),
-                 **btriple_bytes(m))
+    sizes = dict(numel=math.prod(shape), dabits_request_bytes=dabits_bytes(cmp_shape, LTZ_POSITION),
+                 **ltz_request_bytes(m))
     if kind in ("relu", "clamp"):
         sizes["triple_request_bytes"] = mul_triple_bytes(cmp_shape)
     return sizes
@@ -400,6 +421,14 @@ def test_comparisons(n, provider):
     a, b = comparison_inputs()
     prim = randn(802, 7, scale=1e4)  # large values for the primitives
     prim[0] = 0.0
+    # more than 64 elements: three sliced words per bit position, the last one padded;
+    # magnitudes from 2^-16 (one unit) to 2^40, both signs, zero
+    wide = torch.cat([_signed(803, 2.0 ** -16, 2.0 ** 40), randn(805, 109, scale=1e3),
+                      torch.tensor([0.0])])
+    # == on 40 elements compares 80 stacked differences: w = 2 (not ceil(40 / 64) = 1)
+    eq_a = torch.round(randn(806, 5, 8) * 4) / 4
+    eq_b = torch.round(randn(807, 5, 8) * 4) / 4
+    eq_b[::2] = eq_a[::2]
     lo, hi = -0.5, 1.25
     # (name, section, paired, op on MPCTensors, op on plaintext)
     cases = [
@@ -426,11 +455,30 @@ def test_comparisons(n, provider):
             out.append((stats, z.decrypt()))
         bit, s_ltz = measured(lambda: ltz(session, p.share))
         r, s_relu = measured(lambda: relu(session, p.share))
-        return out, (s_ltz, reveal(session, bit)), (s_relu, reveal(session, r))
+        q = share(wide, n - 1)
+        wide_bit, s_wide = measured(lambda: ltz(session, q.share))
+        wide_relu, s_wide_relu = measured(lambda: q.relu())
+        u, v = share(eq_a, 0), share(eq_b, 1)
+        same, s_eq = measured(lambda: u == v)
+        return (out, (s_ltz, reveal(session, bit)), (s_relu, reveal(session, r)),
+                (s_wide, reveal(session, wide_bit), s_wide_relu, wide_relu.decrypt(),
+                 s_eq, same.decrypt()))
 
     enc = encode(prim, F_BITS)
-    for rank, (records, (s_ltz, bit), (s_relu, r)) in enumerate(run(party, n, provider)):
+    enc_wide = encode(wide, F_BITS)
+    for rank, (records, (s_ltz, bit), (s_relu, r), wide_out) in enumerate(
+            run(party, n, provider)):
         kw = dict(n=n, rank=rank, provider=provider)
+        s_wide, wide_bit, s_wide_relu, wide_relu, s_eq, same = wide_out
+        assert_costs(s_wide, spec, spec["ltz"], "ltz of 130", **kw,
+                     **comparison_sizes("ltz", wide.shape))
+        assert torch.equal(wide_bit, (enc_wide < 0).long()), "ltz of 130"
+        assert_costs(s_wide_relu, spec, spec["relu"], "relu of 130", **kw,
+                     **comparison_sizes("relu", wide.shape))
+        assert torch.equal(wide_relu, rounded(wide).clamp(min=0)), "relu of 130"
+        assert_costs(s_eq, spec, spec["eq"], "== of 40", **kw,
+                     **comparison_sizes("eq", eq_a.shape, True))
+        assert torch.equal(same, (rounded(eq_a) == rounded(eq_b)).double()), "== of 40"
         for (name, section, paired, _, want_fn), (stats, value) in zip(cases, records):
             want = want_fn(rounded(a), rounded(b))
             assert_costs(stats, spec, spec[section], name, **kw,
@@ -448,8 +496,8 @@ def level_sizes(batch, length: int, k: int, selected: int, hot: bool = False) ->
     """Sizes of one tournament level on a (*batch, length) tensor, request lengths included."""
     shape = [*batch, length // 2]
     sizes = dict(rows=math.prod(batch), length=length, k=k, selected=selected,
-                 dabits_request_bytes=dabits_bytes(shape),
-                 triple_request_bytes=mul_triple_bytes(shape), **btriple_bytes(math.prod(shape)))
+                 dabits_request_bytes=dabits_bytes(shape, LTZ_POSITION),
+                 triple_request_bytes=mul_triple_bytes(shape), **ltz_request_bytes(math.prod(shape)))
     if hot:
         sizes["hot_triple_request_bytes"] = mul_triple_bytes([*shape, k], [*shape, 1])
     return sizes
@@ -459,17 +507,19 @@ def tournament(spec: dict, section: dict, batch, k: int, selected: int, n: int,
                hot: bool = False) -> dict:
     """Sizes of [max_along_last.total] / [max_one_hot.total], from the per-level section
     (whose dealer formula gives the request bytes of each level)."""
-    levels, bit_bytes, dealer_bytes, length = 0, 0, 0, k
+    levels, bit_bytes, slice_words, dealer_bytes, length = 0, 0, 0, 0, k
     level = section["level"]
     while length > 1:
         sizes = spec_sizes(spec, level, n, **level_sizes(batch, length, k, selected, hot))
         bit_bytes += (sizes["m"] + 7) // 8
+        slice_words += (sizes["m"] + 63) // 64
         dealer_bytes += evaluate(level["dealer"]["correction_party"]["dealer_bytes_sent"], **sizes)
         levels += 1
         length = (length + 1) // 2
     assert levels == (math.ceil(math.log2(k)) if k > 1 else 0)
     return dict(rows=math.prod(batch), k=k, selected=selected, levels=levels,
-                bit_bytes=bit_bytes, dealer_request_bytes_levels=dealer_bytes)
+                bit_bytes=bit_bytes, slice_words=slice_words,
+                dealer_request_bytes_levels=dealer_bytes)
 
 
 MAX_CASES = [((3, 2), True), ((2, 5), True), ((4, 1, 8), False), ((3, 1), True), ((7,), False)]
@@ -638,7 +688,8 @@ def test_functions(n):
                 # levels and bit bytes depend on the rows' count only, not on their shape
                 sizes = tournament(comparison, comparison["max_along_last"], [rows], k, 1, n)
                 assert_costs(stats, spec, spec[name], f"{name} {shape} dim {dim}", numel=t.numel(),
-                             k=k, levels=sizes["levels"], bit_bytes=sizes["bit_bytes"], **kw)
+                             k=k, levels=sizes["levels"], bit_bytes=sizes["bit_bytes"],
+                             slice_words=sizes["slice_words"], **kw)
                 want = getattr(torch, name)(rounded(t), dim)
                 err = float((y - want).abs().max())
                 tol = 1e-3 if name == "softmax" else 1e-3 * max(1.0, float(want.abs().max()))
