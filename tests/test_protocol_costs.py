@@ -382,6 +382,25 @@ def product_sizes(op: str, xs, ys, z_shape, kwargs: dict) -> dict:
                 trunc_request_bytes=request_bytes("trunc", shape=list(z_shape), bits=F_BITS))
 
 
+def _pair(v) -> list:
+    return list(v) if isinstance(v, (tuple, list)) else [v, v]
+
+
+def user_triple_request_bytes(op: str, xs, ys, kw: dict) -> int:
+    """The triple request MPCTensor's op sends: conv arguments as (h, w) pairs, and conv1d
+    as a height-1 conv2d."""
+    if op == "conv2d":
+        kw = dict(kw, **{k: _pair(kw.get(k, d)) for k, d in
+                         (("stride", 1), ("padding", 0), ("dilation", 1))})
+    elif op == "conv1d":
+        op, xs, ys = "conv2d", (xs[0], xs[1], 1, *xs[2:]), (ys[0], ys[1], 1, *ys[2:])
+        one = lambda k, d: _pair(kw.get(k, d))[0]  # noqa: E731
+        kw = dict(kw, stride=[1, one("stride", 1)], padding=[0, one("padding", 0)],
+                  dilation=[1, one("dilation", 1)])
+    return request_bytes("triple", op=op, a_shape=list(xs), b_shape=list(ys),
+                         kwargs=jsonable(kw))
+
+
 def run_products(op: str, cases: list, n: int, provider: str, *, config=None,
                  direct: bool = True) -> list:
     """Per party, per case: (beaver_product's stats, its revealed ring result, the MPCTensor
@@ -426,7 +445,12 @@ def check_products(op: str, spec: dict, sizes_table: dict | None, cases: list, r
                 assert_costs(s_direct, spec, f"beaver_product {where}", **common)
                 exact = ring_op(op, encode(a, F_BITS), encode(b, F_BITS), kw)
                 assert torch.equal(z, exact), f"{where}: beaver_product is not exact"
-            assert_costs(s_user, spec[composed], f"MPCTensor {where}", **common)
+            user = dict(common, triple_request_bytes=user_triple_request_bytes(
+                op, a.shape, b.shape, kw))
+            if op == "conv1d":  # truncated as the height-1 conv2d's output
+                z4 = (want.shape[0], want.shape[1], 1, want.shape[2])
+                user["trunc_request_bytes"] = request_bytes("trunc", shape=list(z4), bits=F_BITS)
+            assert_costs(s_user, spec[composed], f"MPCTensor {where}", **user)
             assert w.shape == want.shape and w.dtype == torch.float64
             err = float((w - want).abs().max())
             assert err <= 1.0001 * UNIT, f"{where}: error {err / UNIT:.2f} units"
@@ -572,7 +596,9 @@ def test_conv_bias_is_free():
     want = F.conv2d(rounded(a), rounded(w), rounded(bias), **kw)
     for rank, (stats, value) in enumerate(run(party, n, provider)):
         assert_costs(stats, spec["composed"], "conv2d with a private bias", n=n, rank=rank,
-                     provider=provider, **product_sizes("conv2d", a.shape, w.shape, want.shape, kw))
+                     provider=provider, **dict(product_sizes("conv2d", a.shape, w.shape, want.shape, kw),
+                                               triple_request_bytes=user_triple_request_bytes(
+                                                   "conv2d", a.shape, w.shape, kw)))
         assert float((value - want).abs().max()) <= 1.0001 * UNIT
 
 

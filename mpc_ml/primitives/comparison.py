@@ -1,12 +1,14 @@
 """Comparisons on additive shares, by the sign bit.
 
 x < 0 is the top bit of x as a 64-bit word (values stay below 2^62 in magnitude, so
-differences of two encoded values never wrap). The bit is computed in binary (A2B,
-then the top bit) and brought back as an additive 0/1 *integer* share (B2A of one
-bit), so that multiplying by it needs no truncation: relu(x) = x - x * [x < 0].
+differences of two encoded values never wrap). The bit is computed in binary (msb: a
+carry tree on bit-sliced words) and brought back as an additive 0/1 *integer* share
+(B2A of one bit), so that multiplying by it needs no truncation:
+relu(x) = x - x * [x < 0].
 
-Costs for n = 2: ltz 8 rounds (7 for the adder, 1 for B2A), about 192 + 1/8 bytes per
-element to each peer; relu adds one Beaver product (16 bytes, 1 round): 9 rounds.
+Costs for n = 2 (protocols/comparison.toml has every formula): ltz 8 rounds, 46.5 + 1/8
+bytes per element to each peer (paid in whole words of 64 elements, 2976 bytes each);
+relu adds one Beaver product (16 bytes, 1 round): 9 rounds, 62.6 bytes per element.
 """
 from __future__ import annotations
 
