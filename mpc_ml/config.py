@@ -52,7 +52,8 @@ class Config:
 
     @classmethod
     def from_env(cls, base: "Config | None" = None) -> "Config":
-        """Apply MPC_PRECISION_BITS, MPC_TRUNCATION, MPC_COMM_TIMEOUT_S overrides."""
+        """Apply MPC_PRECISION_BITS, MPC_TRUNCATION, MPC_COMM_TIMEOUT_S and
+        MPC_CONNECT_TIMEOUT_S overrides."""
         cfg = base or cls()
         changes = {}
         if "MPC_PRECISION_BITS" in os.environ:
@@ -61,4 +62,6 @@ class Config:
             changes["truncation"] = os.environ["MPC_TRUNCATION"]
         if "MPC_COMM_TIMEOUT_S" in os.environ:
             changes["comm_timeout_s"] = float(os.environ["MPC_COMM_TIMEOUT_S"])
+        if "MPC_CONNECT_TIMEOUT_S" in os.environ:
+            changes["connect_timeout_s"] = float(os.environ["MPC_CONNECT_TIMEOUT_S"])
         return cfg.replace(**changes) if changes else cfg
