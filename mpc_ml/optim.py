@@ -69,8 +69,15 @@ class SGD(Optimizer):
 
 
 class Adam(Optimizer):
-    """Adam (Kingma & Ba 2015). With 16 fractional bits, squared gradients below about
-    1e-5 vanish: keep eps at least 1e-3 unless precision_bits is raised."""
+    """Adam (Kingma & Ba 2015).
+
+    In fixed point, g^2 (1 - beta2) underflows for |g| below about 0.1, so the second
+    moment is kept as u = beta2 u + (s g)^2 with s = 2^8 and read back as
+    v = u (1 - beta2) / s^2; then |g| down to about 1e-3 keeps its square. eps is added
+    to sqrt(v_hat) as in torch, but values below 2^-16 vanish: the default is 1e-3.
+    """
+
+    SCALE = 2.0 ** 8
 
     def __init__(self, params, lr: float = 1e-3, betas: tuple = (0.9, 0.999), eps: float = 1e-3,
                  weight_decay: float = 0.0):
@@ -91,7 +98,9 @@ class Adam(Optimizer):
             g = p.grad + p * self.weight_decay if self.weight_decay else p.grad
             state = self.state[id(p)]
             m = g * (1 - b1) if "m" not in state else state["m"] * b1 + g * (1 - b1)
-            v = g * g * (1 - b2) if "v" not in state else state["v"] * b2 + g * g * (1 - b2)
-            state["m"], state["v"] = m, v
-            denom = (v / correction2).sqrt() + self.eps
+            scaled = g * self.SCALE
+            u = scaled * scaled if "u" not in state else state["u"] * b2 + scaled * scaled
+            state["m"], state["u"] = m, u
+            # divide (not multiply by a small constant: division keeps its precision)
+            denom = (u / (correction2 / (1 - b2))).sqrt() / self.SCALE + self.eps
             self._assign(p, p - m * denom.reciprocal() * (self.lr / correction1))

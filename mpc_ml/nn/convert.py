@@ -208,11 +208,13 @@ def from_pytorch(module: torch.nn.Module, example_input) -> ConvertedModule:
 
 def _check(module: torch.nn.Module, converted: Module, example_input) -> None:
     inputs = example_input if isinstance(example_input, tuple) else (example_input,)
-    with torch.no_grad():
+    with torch.no_grad(), torch.random.fork_rng():
         state = {k: v.clone() for k, v in module.state_dict().items()}
+        torch.manual_seed(0)  # the same dropout masks in both runs
         expected = module(*inputs)
         module.load_state_dict(state)  # undo batch-norm statistic updates of the check
         saved = {k: v.clone() for k, v in converted.state_dict().items()}
+        torch.manual_seed(0)
         got = converted(*inputs)
         converted.load_state_dict(saved)
     if isinstance(expected, torch.Tensor) and not torch.allclose(got, expected, atol=1e-4, rtol=1e-4):
