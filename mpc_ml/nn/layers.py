@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import torch
 
+from ..autograd import is_grad_enabled
+from ..tensor import MPCTensor
 from . import functional as F
 from .module import Module
 
@@ -209,9 +211,29 @@ class _BatchNorm(_FromTorch):
         if self.momentum is None:
             raise ValueError("BatchNorm(momentum=None) (cumulative average) is not supported")
 
+    def _inference_affine(self):
+        """(scale, shift) with x * scale + shift == eval-mode batch norm, computed once per
+        set of statistics and parameters: private running statistics would otherwise cost
+        an inv_sqrt on every inference."""
+        parts = (self.running_mean, self.running_var, self.weight, self.bias)
+        key = tuple(id(getattr(t, "share", t)) for t in parts)
+        cached = self.__dict__.get("_affine")
+        if cached is None or cached[0] != key:
+            scale = (self.running_var + self.eps).inv_sqrt()
+            scale = scale * self.weight if self.weight is not None else scale
+            shift = -(self.running_mean * scale)
+            shift = shift + self.bias if self.bias is not None else shift
+            object.__setattr__(self, "_affine", (key, scale, shift))
+        return self.__dict__["_affine"][1:]
+
     def forward(self, x):
         self._check_input(x)
         use_batch = self.training or not self.track_running_stats
+        if (not use_batch and not is_grad_enabled()
+                and isinstance(self.running_var, MPCTensor)):
+            scale, shift = self._inference_affine()
+            shape = [1, -1] + [1] * (x.dim() - 2)
+            return x * scale.reshape(shape) + shift.reshape(shape)
         out, mean, var = F.batch_norm(x, self.running_mean if self.track_running_stats else None,
                                       self.running_var if self.track_running_stats else None,
                                       self.weight, self.bias, use_batch, self.momentum, self.eps)
