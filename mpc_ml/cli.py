@@ -95,10 +95,18 @@ def demo(args: argparse.Namespace) -> int:
 
 
 def bench(bench_args: list[str]) -> int:
-    """Run benchmarks/ops.py of the checkout in the current directory with bench_args."""
-    script = Path("benchmarks") / "ops.py"
+    """Run the benchmark suite (benchmarks/suite.py of the checkout in the current
+    directory) with bench_args; `--ops-only` runs the older benchmarks/ops.py instead,
+    `--models-only` benchmarks/models.py."""
+    bench_args = bench_args[1:] if bench_args[:1] == ["--"] else list(bench_args)
+    name = "suite.py"
+    for flag, script_name in (("--ops-only", "ops.py"), ("--models-only", "models.py")):
+        if flag in bench_args:
+            bench_args.remove(flag)
+            name = script_name
+    script = Path("benchmarks") / name
     if not script.exists():
-        raise SystemExit("mpc-ml bench runs benchmarks/ops.py from a checkout of mpc_ml; "
+        raise SystemExit(f"mpc-ml bench runs benchmarks/{name} from a checkout of mpc_ml; "
                          "run it from the repository root")
     sys.argv = [str(script), *bench_args]
     runpy.run_path(str(script), run_name="__main__")
@@ -239,7 +247,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0, help="seeds the model's init and --random")
     p.set_defaults(func=infer)
     sub.add_parser("bench", help="run the benchmark suite (from a checkout); options go to "
-                                 "benchmarks/ops.py, e.g. mpc-ml bench --quick")
+                                 "benchmarks/suite.py, e.g. mpc-ml bench --quick; "
+                                 "--ops-only / --models-only: benchmarks/ops.py / models.py")
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["bench"]:  # everything after `bench` belongs to the benchmark script
         return bench(argv[1:])

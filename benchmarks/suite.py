@@ -1,0 +1,506 @@
+#!/usr/bin/env python
+"""The benchmark suite behind `mpc-ml bench`: operations and models, 2 and 3 parties, tcp
+backend, providers tfp and dealer, under network profiles, side by side with CrypTen.
+
+    mpc-ml bench --quick                    # small sizes, lan only, < 3 min on 2 cores
+    mpc-ml bench                            # full sizes, every profile (needs root for netns)
+    mpc-ml bench --profiles lan wan100 --parties 2 --providers tfp --ops mul1e6 relu1e5
+    mpc-ml bench --ops-only ...             # the older benchmarks/ops.py with its options
+
+Every job (profile x parties x provider) starts its own processes: one per party
+(`python benchmarks/suite.py --worker SPEC` with MPC_RANK, MPC_WORLD_SIZE,
+MPC_PARTY_ADDRS, MPC_PROVIDER, MPC_DEALER_ADDR set; mpc.init() reads them) and, for the
+dealer provider, the dealer. Profile `lan` runs them on loopback; the others in network
+namespaces (benchmarks/netns.py: tbf for bandwidth, user-space delay of every sent frame
+for latency, benchmarks/netdelay.py). At the start of each job parties 0 and 1 measure
+the achieved RTT (TCP ping-pong of one value) and bandwidth (a bulk transfer) over the
+library's own links, which the suite prints.
+
+Rows reuse benchmarks/ops.py and benchmarks/models.py (their Op/ModelRow entries and
+their party loops: a barrier, reset counters, party 0 times with perf_counter, one
+warm-up then --repeats timed runs). Per row: median and spread (min, quartiles, max) of
+party 0's wall time, rounds, bytes sent per party, peak RSS per party (VmHWM, reset
+before the row), plaintext torch time (one thread) and the ratio; for shaped profiles a
+predicted time (rounds x latency + bytes / bandwidth + the lan row's compute); the spec
+formulas of protocols/ where one covers the row (check: measured == spec); CrypTen's
+time, rounds and bytes when benchmarks/crypten_runner.py can run (see --crypten-python).
+
+Output: DIR/suite.json (machine, versions, git commit, profiles with their measured RTT
+and bandwidth, rows), DIR/suite.md (Markdown tables), DIR/time_per_profile.png and
+DIR/vs_crypten.png; DIR is --out (default benchmarks/out/suite).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+import models as bench_models  # noqa: E402
+import ops as bench_ops  # noqa: E402
+from ops import MB, Op, _fmt, machine_info, uniform  # noqa: E402
+
+import mpc_ml as mpc  # noqa: E402
+
+# -- rows ---------------------------------------------------------------------------------
+# Rows the older scripts lack are registered into their tables (here, so that the worker
+# processes, which import this module, see them too).
+if "max1e5" not in bench_ops.OPS_BY_NAME:
+    for _op in (Op("max1e5", uniform(-10, 10, (10**4, 10)), uniform(-10, 10, (100, 10)),
+                   lambda x: x.max(-1)[0], lambda x: x.max(-1)[0], size="1e5",
+                   truncations=("exact",), err_bound=2.0 ** -16),):
+        bench_ops.OPS.append(_op)
+        bench_ops.OPS_BY_NAME[_op.name] = _op
+
+
+def _images_with_targets(n: int, classes: int = 10):
+    def make() -> tuple:
+        g = torch.Generator().manual_seed(0)
+        x = torch.rand(n, 1, 28, 28, generator=g)
+        return x, F.one_hot(torch.randint(classes, (n,), generator=g), classes).float()
+    return make
+
+
+if "lenet5_step" not in bench_models.ROWS_BY_NAME:
+    _row = bench_models.ModelRow("lenet5_step", "LeNet-5, SGD step", bench_models._lenet5,
+                                 _images_with_targets(128), _images_with_targets(8), train=True)
+    bench_models.ROWS.append(_row)
+    bench_models.ROWS_BY_NAME[_row.name] = _row
+
+OP_ROWS = ["mul1e6", "matmul256", "matmul1024", "conv2d", "relu1e5", "max1e5", "softmax1e5",
+           "sigmoid1e5", "reciprocal1e5", "exp1e5"]
+MODEL_ROWS = ["lenet5_b1", "lenet5_b32", "resnet18", "mlp_step", "lenet5_step"]
+PROFILE_NAMES = ["lan", "lan1g", "wan400", "wan100"]
+PROVIDERS = ["tfp", "dealer"]
+PARTIES = [2, 3]
+PORT = 29400
+
+
+def row_kind(name: str) -> str:
+    return "op" if name in bench_ops.OPS_BY_NAME else "model"
+
+
+def row_inputs(name: str, quick: bool) -> tuple:
+    if row_kind(name) == "op":
+        return bench_ops.inputs_of(bench_ops.OPS_BY_NAME[name], quick)
+    return bench_models.ROWS_BY_NAME[name].inputs(quick)
+
+
+# -- inside a party -------------------------------------------------------------------------
+def _reset_peak() -> None:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
+def _peak_rss() -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _probe(bulk_bytes: int) -> dict | None:
+    """Parties 0 and 1: RTT of a one-value ping-pong, bandwidth of a bulk transfer."""
+    from mpc_ml.session import current
+
+    comm = current().comm
+    rank = mpc.rank()
+    if rank > 1:
+        return None
+    peer = 1 - rank
+    one = torch.zeros(1, dtype=torch.int64)
+    rtts = []
+    for _ in range(12):
+        start = time.perf_counter()
+        if rank == 0:
+            comm.send(one, peer)
+            comm.recv(peer)
+        else:
+            comm.recv(peer)
+            comm.send(one, peer)
+        rtts.append(time.perf_counter() - start)
+    rtt = statistics.median(rtts[2:])
+    rates = []
+    for size in (bulk_bytes // 4, bulk_bytes, bulk_bytes):  # the first warms the window up
+        block = torch.zeros(size // 8, dtype=torch.int64)
+        start = time.perf_counter()
+        if rank == 0:
+            comm.send(block, peer)
+            comm.recv(peer)
+        else:
+            comm.recv(peer)
+            comm.send(one, peer)
+        elapsed = time.perf_counter() - start
+        rates.append(8 * size / max(elapsed - rtt, 1e-6))
+    return {"rtt_s": rtt, "rtt_samples_s": rtts, "bandwidth_bit_s": statistics.median(rates[1:]),
+            "bulk_bytes": bulk_bytes}
+
+
+def worker(spec_path: str) -> None:
+    import netdelay
+
+    spec = json.loads(Path(spec_path).read_text())
+    delay = netdelay.install_from_env()
+    torch.set_num_threads(1)
+    mpc.init()
+    rank = mpc.rank()
+    probe = _probe(spec["bulk_bytes"])
+    rows = []
+    for name in spec["rows"]:
+        _reset_peak()
+        if row_kind(name) == "op":
+            out = bench_ops._party([name], spec["quick"], spec["repeats"])[0]
+        else:
+            out = bench_models._party([name], spec["quick"], spec["repeats"], False)[0]
+            out.pop("profile", None)
+        out["name"] = name
+        out["peak_rss_bytes"] = _peak_rss()
+        rows.append(out)
+    Path(spec["out_dir"], f"rank{rank}.json").write_text(
+        json.dumps({"rank": rank, "delay_s": delay, "probe": probe, "rows": rows}))
+    mpc.shutdown()
+
+
+def dealer_worker(listen: str, nparties: int) -> None:
+    import netdelay
+
+    netdelay.install_from_env()
+    from mpc_ml.cli import main as cli_main
+    sys.exit(cli_main(["dealer", "--listen", listen, "-n", str(nparties)]))
+
+
+# -- in the parent ----------------------------------------------------------------------------
+def _free_port_addrs(count: int) -> list[str]:
+    from mpc_ml.cli import _free_addresses
+    return _free_addresses(count)
+
+
+def run_job(profile, parties: int, provider: str, rows: list[str], quick: bool, repeats: int,
+            net=None, timeout_s: float = 1800) -> dict:
+    """One set of processes (parties and maybe a dealer) running every row."""
+    from mpc_ml.cli import _wait_all
+
+    nodes = parties + (provider == "dealer")
+    if net is None:
+        addrs = _free_port_addrs(nodes)
+        prefixes = [[] for _ in range(nodes)]
+    else:
+        addrs = [f"{net.addr[i]}:{PORT}" for i in range(nodes)]
+        prefixes = [net.prefix(i) for i in range(nodes)]
+    bulk = 64 << 20 if not profile.rate_mbit else int(profile.rate_mbit * 1e6 / 8 * 0.4)
+    with tempfile.TemporaryDirectory(prefix="mpcb-job-") as tmp:
+        spec_path = Path(tmp, "spec.json")
+        spec_path.write_text(json.dumps({"rows": rows, "quick": quick, "repeats": repeats,
+                                         "out_dir": tmp, "bulk_bytes": bulk}))
+        env = dict(os.environ, MPC_WORLD_SIZE=str(parties), MPC_BACKEND="tcp",
+                   MPC_PROVIDER=provider, MPC_PARTY_ADDRS=",".join(addrs[:parties]),
+                   MPC_TORCH_THREADS="1", MPC_NET_DELAY_MS=str(profile.rtt_ms / 2),
+                   OMP_NUM_THREADS="1",
+                   PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+        env.setdefault("MPC_COMM_TIMEOUT_S", "600")
+        env.setdefault("MPC_CONNECT_TIMEOUT_S", "60")
+        env.pop("MPC_TLS_DIR", None)
+        procs = {}
+        if provider == "dealer":
+            env["MPC_DEALER_ADDR"] = addrs[parties]
+            procs["dealer"] = subprocess.Popen(
+                [*prefixes[parties], sys.executable, __file__, "--dealer-worker",
+                 addrs[parties], str(parties)], env=env)
+        for r in range(parties):
+            procs[f"party {r}"] = subprocess.Popen(
+                [*prefixes[r], sys.executable, __file__, "--worker", str(spec_path)],
+                env=dict(env, MPC_RANK=str(r)))
+        code = _wait_all(procs, 30)
+        if code:
+            raise RuntimeError(f"job {profile.name}/{parties} parties/{provider} failed "
+                               f"(exit code {code})")
+        return {r: json.loads(Path(tmp, f"rank{r}.json").read_text()) for r in range(parties)}
+
+
+def _quantile(values: list[float], q: float) -> float:
+    s = sorted(values)
+    pos = q * (len(s) - 1)
+    lo = int(pos)
+    hi = min(lo + 1, len(s) - 1)
+    return s[lo] + (s[hi] - s[lo]) * (pos - lo)
+
+
+def job_rows(profile, parties: int, provider: str, per_rank: dict, quick: bool) -> list[dict]:
+    out = []
+    for i, name in enumerate(per_rank[0]["rows"] and [r["name"] for r in per_rank[0]["rows"]]):
+        parts = [per_rank[r]["rows"][i] for r in range(parties)]
+        stats = [p["stats"] for p in parts]
+        times = parts[0]["times_s"]
+        out.append({
+            "name": name, "kind": row_kind(name), "profile": profile.name, "parties": parties,
+            "provider": provider, "times_s": times, "median_s": statistics.median(times),
+            "min_s": min(times), "max_s": max(times), "q1_s": _quantile(times, 0.25),
+            "q3_s": _quantile(times, 0.75),
+            "rounds": [s["rounds"] for s in stats],
+            "messages": [s["messages"] for s in stats],
+            "bytes_sent": [s["bytes_sent"] for s in stats],
+            "bytes_received": [s["bytes_received"] for s in stats],
+            "dealer_bytes": sum(s.get("dealer_bytes_sent", 0) + s.get("dealer_bytes_received", 0)
+                                for s in stats),
+            "peak_rss_bytes": [p["peak_rss_bytes"] for p in parts],
+            "max_abs_err": parts[0]["max_abs_err"],
+            "max_scaled_err": parts[0].get("max_scaled_err"),
+            "err_bound": bench_ops.OPS_BY_NAME[name].err_bound if row_kind(name) == "op"
+            else bench_models.ERR_BOUND,
+            "shapes": [list(t.shape) for t in row_inputs(name, quick)],
+        })
+    return out
+
+
+def time_plain(name: str, quick: bool, repeats: int) -> float:
+    if row_kind(name) == "op":
+        return bench_ops.time_plain(bench_ops.OPS_BY_NAME[name], quick, max(3, repeats))
+    return bench_models.time_plain(bench_models.ROWS_BY_NAME[name], quick, max(3, repeats))
+
+
+# -- cost model --------------------------------------------------------------------------------
+def spec_cost(name: str, parties: int, quick: bool) -> dict | None:
+    """Rounds and bytes sent per party that protocols/ predicts for a row, where a spec
+    section covers it whole (None otherwise)."""
+    import costmodel
+    return costmodel.predict(name, row_inputs(name, quick), parties)
+
+
+def predicted_time(row: dict, lan_row: dict | None, probe: dict | None, profile) -> dict | None:
+    """rounds x latency + bytes / bandwidth + local compute (the lan row's median)."""
+    if lan_row is None or not profile.rate_mbit:
+        return None
+    rtt = probe["rtt_s"] if probe else profile.rtt_ms / 1e3
+    bw = probe["bandwidth_bit_s"] if probe else profile.rate_mbit * 1e6
+    rounds = max(row["rounds"])
+    transfer = 8 * max(row["bytes_sent"]) / bw
+    compute = lan_row["median_s"]
+    return {"one_way_s": rounds * rtt / 2 + transfer + compute,
+            "issue_formula_s": rounds * rtt + transfer + compute,
+            "latency_s": rounds * rtt / 2, "transfer_s": transfer, "compute_s": compute}
+
+
+# -- output -------------------------------------------------------------------------------------
+def markdown(report: dict) -> str:
+    lines = []
+    for p in report["profiles"]:
+        lines.append(f"- profile `{p['name']}`: asked " + (
+            "no shaping" if not p["rate_mbit"] else f"{p['rate_mbit']:g} Mbit/s, "
+            f"{p['rtt_ms']:g} ms RTT") + "; measured " + ", ".join(
+            f"{k}: RTT {v['rtt_s'] * 1e3:.3g} ms, {v['bandwidth_bit_s'] / 1e6:.4g} Mbit/s"
+            for k, v in p["measured"].items()))
+    lines.append("")
+    head = ["row", "profile", "n", "provider", "median ms", "spread ms (min/q1/q3/max)",
+            "plain ms", "ratio", "rounds", "MB sent per party", "peak MB per party",
+            "spec", "pred ms (r*RTT/2)", "pred ms (r*RTT)", "CrypTen ms", "ours/CrypTen"]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in report["rows"]:
+        pred = r.get("predicted") or {}
+        cr = r.get("crypten") or {}
+        spread = "/".join(f"{1e3 * r[k]:.3g}" for k in ("min_s", "q1_s", "q3_s", "max_s"))
+        lines.append("| " + " | ".join([
+            r["name"], r["profile"], str(r["parties"]), r["provider"],
+            f"{1e3 * r['median_s']:.4g}", spread, _fmt(1e3 * r["plain_median_s"], ".3g"),
+            _fmt(r["ratio"], ".3g"), bench_ops._per_party(r["rounds"]),
+            "/".join(f"{b / MB:.3g}" for b in r["bytes_sent"]),
+            "/".join(f"{b / 2**20:.0f}" for b in r["peak_rss_bytes"]),
+            {True: "ok", False: "DIFFERS", None: "-"}[r.get("spec_match")],
+            _fmt(pred.get("one_way_s") and 1e3 * pred["one_way_s"], ".4g"),
+            _fmt(pred.get("issue_formula_s") and 1e3 * pred["issue_formula_s"], ".4g"),
+            _fmt(cr.get("median_s") and 1e3 * cr["median_s"], ".4g"),
+            _fmt(r.get("vs_crypten"), ".3g")]) + " |")
+    return "\n".join(lines)
+
+
+def plots(report: dict, out_dir: Path) -> list[str]:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    rows = report["rows"]
+    names = list(dict.fromkeys(r["name"] for r in rows))
+    configs = list(dict.fromkeys((r["profile"], r["parties"], r["provider"]) for r in rows))
+    fig, ax = plt.subplots(figsize=(max(8, len(names) * 0.9), 5))
+    width = 0.8 / max(1, len(configs))
+    for j, cfg in enumerate(configs):
+        by = {r["name"]: r for r in rows if (r["profile"], r["parties"], r["provider"]) == cfg}
+        xs = [i + j * width for i, n in enumerate(names) if n in by]
+        ax.bar(xs, [by[n]["median_s"] for n in names if n in by], width,
+               label=f"{cfg[0]} n={cfg[1]} {cfg[2]}")
+    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(names))], names, rotation=45,
+                  ha="right")
+    ax.set_yscale("log")
+    ax.set_ylabel("median wall time (s)")
+    ax.set_title("time per row per profile")
+    ax.legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    fig.savefig(out_dir / "time_per_profile.png", dpi=110)
+    plt.close(fig)
+    written.append(str(out_dir / "time_per_profile.png"))
+    paired = [r for r in rows if r.get("vs_crypten")]
+    if paired:
+        fig, ax = plt.subplots(figsize=(max(8, len(paired) * 0.5), 5))
+        labels = [f"{r['name']} {r['profile']} n={r['parties']} {r['provider']}" for r in paired]
+        ax.bar(range(len(paired)), [r["vs_crypten"] for r in paired])
+        ax.axhline(1.0, color="k", lw=0.8)
+        ax.set_xticks(range(len(paired)), labels, rotation=60, ha="right", fontsize=6)
+        ax.set_yscale("log")
+        ax.set_ylabel("our time / CrypTen's time")
+        ax.set_title("ours vs CrypTen 0.4.1 (below 1: ours faster)")
+        fig.tight_layout()
+        fig.savefig(out_dir / "vs_crypten.png", dpi=110)
+        plt.close(fig)
+        written.append(str(out_dir / "vs_crypten.png"))
+    return written
+
+
+# -- main ----------------------------------------------------------------------------------------
+def parse_args(argv):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true",
+                   help="small sizes, 1 repeat, profile lan only unless --profiles")
+    p.add_argument("--repeats", type=int, default=None, help="timed runs per row (default 5; 1 quick)")
+    p.add_argument("--ops", nargs="*", default=None, metavar="ROW", help=", ".join(OP_ROWS))
+    p.add_argument("--models", nargs="*", default=None, metavar="ROW", help=", ".join(MODEL_ROWS))
+    p.add_argument("--parties", nargs="+", type=int, default=PARTIES)
+    p.add_argument("--providers", nargs="+", choices=PROVIDERS, default=PROVIDERS)
+    p.add_argument("--profiles", nargs="+", choices=PROFILE_NAMES, default=None)
+    p.add_argument("--no-crypten", action="store_true", help="skip the CrypTen comparison")
+    p.add_argument("--crypten-python", default=os.environ.get(
+        "MPC_CRYPTEN_PYTHON", str(ROOT / ".venv-crypten" / "bin" / "python")),
+        help="interpreter with CrypTen 0.4.1 (default .venv-crypten, see README)")
+    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "suite")
+    args = p.parse_args(argv)
+    if args.repeats is None:
+        args.repeats = 1 if args.quick else 5
+    if args.profiles is None:
+        args.profiles = ["lan"] if args.quick else PROFILE_NAMES
+    args.ops = OP_ROWS if args.ops is None else args.ops
+    args.models = MODEL_ROWS if args.models is None else args.models
+    for name in args.ops + args.models:
+        if name not in bench_ops.OPS_BY_NAME and name not in bench_models.ROWS_BY_NAME:
+            p.error(f"unknown row {name!r}")
+    return args
+
+
+def main(argv=None) -> dict:
+    import netns
+    from tqdm import tqdm
+
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    rows_wanted = args.ops + args.models
+    info = machine_info()
+    notes = []
+    profiles = [netns.PROFILES[n] for n in args.profiles]
+    shaped = [p for p in profiles if p.name != "lan"]
+    if shaped:
+        why = netns.available()
+        if why:
+            notes.append(f"network profiles {', '.join(p.name for p in shaped)} skipped: {why}")
+            profiles = [p for p in profiles if p.name == "lan"]
+    jobs = [(p, n, prov) for p in profiles for n in args.parties for prov in args.providers]
+    rows: list[dict] = []
+    profile_info = {p.name: {"name": p.name, "rate_mbit": p.rate_mbit, "rtt_ms": p.rtt_ms,
+                             "latency": "user-space delay of each sent frame (netdelay.py)"
+                             if p.rtt_ms else None,
+                             "bandwidth": "tc tbf on each namespace's veth" if p.rate_mbit
+                             else None, "measured": {}} for p in profiles}
+    probes = {}
+    # CrypTen first: its launcher forks, and this process has run no torch work yet.
+    crypten = None
+    if not args.no_crypten:
+        import crypten_runner
+        crypten, why = crypten_runner.run_from_suite(
+            args.crypten_python, rows_wanted, args.parties, args.quick, args.repeats)
+        if why:
+            notes.append(f"CrypTen comparison skipped: {why}")
+    with tqdm(total=len(jobs) * len(rows_wanted), desc="suite", unit="row") as bar:
+        for profile, parties, provider in jobs:
+            bar.set_postfix_str(f"{profile.name} n={parties} {provider}")
+            if profile.name == "lan":
+                per_rank = run_job(profile, parties, provider, rows_wanted, args.quick,
+                                   args.repeats)
+            else:
+                with netns.Network(parties + (provider == "dealer"), profile) as net:
+                    per_rank = run_job(profile, parties, provider, rows_wanted, args.quick,
+                                       args.repeats, net=net)
+            probe = per_rank[0]["probe"]
+            probes[(profile.name, parties, provider)] = probe
+            key = f"n={parties} {provider}"
+            profile_info[profile.name]["measured"][key] = probe
+            tqdm.write(f"{profile.name} {key}: measured RTT {probe['rtt_s'] * 1e3:.3g} ms, "
+                       f"bandwidth {probe['bandwidth_bit_s'] / 1e6:.4g} Mbit/s "
+                       f"(asked: {profile.rtt_ms:g} ms, "
+                       f"{'unshaped' if not profile.rate_mbit else f'{profile.rate_mbit:g} Mbit/s'})")
+            rows += job_rows(profile, parties, provider, per_rank, args.quick)
+            bar.update(len(rows_wanted))
+    plain = {name: time_plain(name, args.quick, args.repeats) for name in rows_wanted}
+    lan = {(r["name"], r["parties"], r["provider"]): r for r in rows if r["profile"] == "lan"}
+    spec_cache = {}
+    for r in rows:
+        r["plain_median_s"] = plain[r["name"]]
+        r["ratio"] = r["median_s"] / plain[r["name"]]
+        key = (r["name"], r["parties"])
+        if key not in spec_cache:
+            spec_cache[key] = spec_cost(r["name"], r["parties"], args.quick)
+        r["spec"] = spec_cache[key]
+        r["spec_match"] = None if r["spec"] is None else (
+            r["rounds"] == r["spec"]["rounds"] and r["bytes_sent"] == r["spec"]["bytes_sent"])
+        prof = netns.PROFILES[r["profile"]]
+        r["predicted"] = predicted_time(r, lan.get((r["name"], r["parties"], r["provider"])),
+                                        probes.get((r["profile"], r["parties"], r["provider"])),
+                                        prof)
+        ref = (crypten or {}).get(f"{r['name']}/{r['parties']}") if r["profile"] == "lan" else None
+        r["crypten"] = ref
+        r["vs_crypten"] = r["median_s"] / ref["median_s"] if ref else None
+    info["loadavg_end"] = list(os.getloadavg())
+    report = {"benchmark": "suite", "command": "mpc-ml bench " + " ".join(
+        sys.argv[1:] if argv is None else argv), "quick": args.quick, "repeats": args.repeats,
+        "backend": "tcp", "threads_per_party": 1, "machine": info,
+        "profiles": list(profile_info.values()), "notes": notes,
+        "crypten": crypten, "rows": rows}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "suite.json").write_text(json.dumps(report, indent=2) + "\n")
+    md = markdown(report)
+    (args.out / "suite.md").write_text(md + "\n")
+    print(md)
+    for note in notes:
+        print(f"note: {note}")
+    try:
+        for path in plots(report, args.out):
+            print(f"wrote {path}", file=sys.stderr)
+    except ImportError as e:
+        print(f"note: no plots ({e}); pip install .[bench]")
+    print(f"wrote {args.out / 'suite.json'} and suite.md", file=sys.stderr)
+    return report
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["--worker"]:
+        worker(sys.argv[2])
+    elif sys.argv[1:2] == ["--dealer-worker"]:
+        dealer_worker(sys.argv[2], int(sys.argv[3]))
+    else:
+        main()

@@ -1,0 +1,61 @@
+"""`mpc-ml bench --quick` (benchmarks/suite.py) runs end to end, under 3 minutes, and
+reports every row of every job with real values. Network namespaces and CrypTen are
+not needed (the quick mode runs profile lan only and skips CrypTen when it is absent)."""
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+
+def test_bench_suite_quick(tmp_path):
+    import suite  # benchmarks/suite.py
+
+    out = tmp_path / "suite"
+    start = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "mpc_ml", "bench", "--quick", "--out", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=400)
+    elapsed = time.monotonic() - start
+    assert proc.returncode == 0, proc.stderr[-4000:] + proc.stdout[-2000:]
+    assert elapsed < 180 + 60, f"--quick took {elapsed:.0f} s"  # 3 min, some slack for load
+    report = json.loads((out / "suite.json").read_text())
+    assert (out / "suite.md").read_text().startswith("- profile `lan`")
+    assert (out / "time_per_profile.png").stat().st_size > 1000
+    assert report["quick"] and report["machine"]["torch"] and report["machine"]["git_commit"]
+    assert [p["name"] for p in report["profiles"]] == ["lan"]
+    measured = report["profiles"][0]["measured"]
+    assert set(measured) == {f"n={n} {p}" for n in (2, 3) for p in ("tfp", "dealer")}
+    for probe in measured.values():
+        assert 0 < probe["rtt_s"] < 0.5 and probe["bandwidth_bit_s"] > 1e7
+    rows = report["rows"]
+    names = suite.OP_ROWS + suite.MODEL_ROWS
+    assert {(r["name"], r["parties"], r["provider"]) for r in rows} == {
+        (name, n, p) for name in names for n in (2, 3) for p in ("tfp", "dealer")}
+    by = {(r["name"], r["parties"], r["provider"]): r for r in rows}
+    for r in rows:
+        where = f'{r["name"]} n={r["parties"]} {r["provider"]}'
+        n = r["parties"]
+        assert r["min_s"] <= r["q1_s"] <= r["median_s"] <= r["q3_s"] <= r["max_s"], where
+        assert r["median_s"] > 0 and r["plain_median_s"] > 0 and r["ratio"] > 1, where
+        assert len(r["rounds"]) == len(r["bytes_sent"]) == len(r["peak_rss_bytes"]) == n, where
+        assert min(r["rounds"]) >= 1 and min(r["bytes_sent"]) > 0, where
+        assert sum(r["bytes_sent"]) == sum(r["bytes_received"]), where
+        assert all(50 << 20 < m < 8 << 30 for m in r["peak_rss_bytes"]), where
+        if r["max_scaled_err"] is not None:  # ops: |err| / max(1, |value|), functions.py
+            assert r["max_scaled_err"] <= (r["err_bound"] or 1e-2), where
+        else:
+            assert r["max_abs_err"] is not None and r["max_abs_err"] < 1e-2, where
+        assert (r["dealer_bytes"] > 0) == (r["provider"] == "dealer"), where
+        # the same protocol under either provider: same rounds and bytes between parties
+        twin = by[(r["name"], n, "tfp")]
+        assert r["rounds"] == twin["rounds"] and r["bytes_sent"] == twin["bytes_sent"], where
+        if r["spec"] is not None:  # the cost model of protocols/ holds exactly
+            assert r["spec_match"], (where, r["spec"], r["rounds"], r["bytes_sent"])
+    assert {r["name"] for r in rows if r["spec"] is not None} >= {"exp1e5", "softmax1e5"}
+    relu = by[("relu1e5", 2, "tfp")]
+    assert relu["rounds"] == [9, 9]
+    if report["crypten"] is None:
+        assert any("CrypTen" in note for note in report["notes"])
