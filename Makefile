@@ -7,11 +7,11 @@ TORCH_PIN ?= torch==2.13.0
 
 .PHONY: demo test bench venv clean
 
-$(VENV)/.installed: setup.cfg pyproject.toml
+$(VENV)/.installed: setup.cfg pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_PIN)"
-	$(PY) -m pip install -q -e ".[dev,bench]"
+	$(PY) -m pip install -q -e ".[dev,bench,mpi]"
 	touch $@
 
 venv: $(VENV)/.installed
