@@ -1,11 +1,187 @@
-"""CrypTen 0.4.1 side of the suite (placeholder until the runner is filled in)."""
+"""CrypTen 0.4.1 side of the suite: the same rows, by CrypTen's own API, in its own processes.
+
+The suite (our venv) calls run_from_suite(), which runs this file with the CrypTen
+interpreter (default .venv-crypten/bin/python; recipe in benchmarks/README.md):
+
+    .venv-crypten/bin/python benchmarks/crypten_runner.py --rows mul1e6 relu1e5 \
+        --parties 2 3 --repeats 5 [--quick] --out FILE.json
+
+For each world size it starts one process per party (this file with --party, env RANK,
+WORLD_SIZE, MASTER_ADDR/PORT, RENDEZVOUS=env://, one torch thread, OMP_NUM_THREADS=1),
+each of which applies benchmarks/crypten_compat.py, crypten.init() with the
+communicator's counters on, and runs every row as ours does: inputs from
+benchmarks/suite.py (the same seeded tensors), input i private to party i % 2, the model
+to party 0 and the data to party 1, a barrier, counters reset, party 0 times one
+warm-up and --repeats runs with perf_counter. Training steps: forward, CrossEntropyLoss,
+backward, update_parameters(0.1). Loopback only (profile lan).
+"""
 from __future__ import annotations
 
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
 from pathlib import Path
 
+HERE = Path(__file__).resolve().parent
 
-def run_from_suite(python: str, rows, parties, quick: bool, repeats: int):
+
+def run_from_suite(python: str, rows, parties, quick: bool, repeats: int,
+                   timeout_s: float = 3600):
     """(results keyed 'row/parties', None) or (None, why it did not run)."""
     if not Path(python).exists():
-        return None, f"no CrypTen interpreter at {python} (see benchmarks/README.md)"
-    return None, "the CrypTen runner is not written yet"
+        return None, (f"no CrypTen interpreter at {python} (recipe in benchmarks/README.md, "
+                      "or --crypten-python / MPC_CRYPTEN_PYTHON)")
+    import tempfile
+    with tempfile.TemporaryDirectory(prefix="mpcb-crypten-") as tmp:
+        out = Path(tmp, "crypten.json")
+        cmd = [python, str(Path(__file__)), "--rows", *rows, "--parties", *map(str, parties),
+               "--repeats", str(repeats), "--out", str(out)] + (["--quick"] if quick else [])
+        print("running CrypTen 0.4.1: " + " ".join(cmd[1:]), file=sys.stderr)
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s,
+                                  env=dict(os.environ, OMP_NUM_THREADS="1"))
+        except subprocess.TimeoutExpired:
+            return None, f"CrypTen runner exceeded {timeout_s:.0f} s"
+        if proc.returncode or not out.exists():
+            tail = (proc.stderr or proc.stdout)[-1500:]
+            return None, f"CrypTen runner failed (exit {proc.returncode}): {tail}"
+        data = json.loads(out.read_text())
+    return data["rows"], (("; ".join(data["failed"])) if data["failed"] else None)
+
+
+# -- inside the CrypTen interpreter ---------------------------------------------------------
+def _op_fn(name: str):
+    fams = {"mul": lambda a, b: a * b, "matmul": lambda a, b: a.matmul(b),
+            "conv2d": lambda x, w: x.conv2d(w, padding=1), "relu": lambda x: x.relu(),
+            "max": lambda x: x.max(dim=-1)[0], "softmax": lambda x: x.softmax(-1),
+            "sigmoid": lambda x: x.sigmoid(), "reciprocal": lambda x: x.reciprocal(),
+            "exp": lambda x: x.exp()}
+    for fam in sorted(fams, key=len, reverse=True):
+        if name.startswith(fam):
+            return fams[fam]
+    raise KeyError(name)
+
+
+def party(spec_path: str) -> None:
+    import crypten_compat
+    crypten_compat.apply()
+    import torch
+    torch.set_num_threads(1)
+    import crypten
+    import crypten.communicator as comm
+    from crypten.config import cfg
+
+    sys.path.insert(0, str(HERE))
+    import suite  # noqa: E402  (our rows: same inputs, same torch models)
+
+    spec = json.loads(Path(spec_path).read_text())
+    cfg.communicator.verbose = True
+    crypten.init()
+    rank = comm.get().get_rank()
+    token = crypten.cryptensor(torch.zeros(1), src=0)
+    results, failed = {}, []
+    for name in spec["rows"]:
+        try:
+            results[name] = _row(name, spec, rank, token, crypten, comm, torch, suite)
+        except Exception as e:  # one unsupported row must not lose the others
+            failed.append(f"{name}: {type(e).__name__}: {e}"[:300])
+            token.get_plain_text()
+    Path(spec["out_dir"], f"rank{rank}.json").write_text(
+        json.dumps({"rows": results, "failed": failed}))
+
+
+def _row(name, spec, rank, token, crypten, comm, torch, suite):
+    quick, repeats = spec["quick"], spec["repeats"]
+    inputs = suite.row_inputs(name, quick)
+    if suite.row_kind(name) == "op":
+        xs = [crypten.cryptensor(t, src=i % 2) for i, t in enumerate(inputs)]
+        fn = _op_fn(name)
+        run = lambda: fn(*xs)  # noqa: E731
+        before = None
+    else:
+        import torch.nn.functional as F
+        row = suite.bench_models.ROWS_BY_NAME[name]
+        torch_model = row.build(quick)
+        model = crypten.nn.from_pytorch(torch_model, inputs[0])
+        model.encrypt(src=0)
+        x = crypten.cryptensor(inputs[0], src=1)
+        if row.train:
+            y = crypten.cryptensor(inputs[1], src=1)
+            loss_fn = crypten.nn.CrossEntropyLoss()
+            model.train()
+
+            def run():
+                model.zero_grad()
+                loss = loss_fn(model(x), y)
+                loss.backward()
+                model.update_parameters(0.1)
+                return loss
+        else:
+            model.eval()
+
+            def run():
+                with crypten.no_grad():
+                    return model(x)
+        del F
+    times, stats = [], {}
+    for rep in range(repeats + 1):
+        token.get_plain_text()  # barrier
+        comm.get().reset_communication_stats()
+        start = time.perf_counter()
+        run()
+        elapsed = time.perf_counter() - start
+        stats = dict(comm.get().get_communication_stats())
+        if rep:
+            times.append(elapsed)
+    return {"times_s": times, "rounds": int(stats.get("rounds", 0)),
+            "bytes": int(stats.get("bytes", 0))}
+
+
+def main(argv) -> None:
+    import argparse
+    p = argparse.ArgumentParser()
+    p.add_argument("--rows", nargs="+", required=True)
+    p.add_argument("--parties", nargs="+", type=int, default=[2])
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--out", required=True)
+    args = p.parse_args(argv)
+    import tempfile
+    rows, failed = {}, []
+    for n in args.parties:
+        with tempfile.TemporaryDirectory(prefix="mpcb-crypten-job-") as tmp:
+            spec = Path(tmp, "spec.json")
+            spec.write_text(json.dumps({"rows": args.rows, "quick": args.quick,
+                                        "repeats": args.repeats, "out_dir": tmp}))
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+            s.close()
+            env = dict(os.environ, WORLD_SIZE=str(n), MASTER_ADDR="127.0.0.1",
+                       MASTER_PORT=str(port), RENDEZVOUS="env://", OMP_NUM_THREADS="1")
+            procs = [subprocess.Popen([sys.executable, __file__, "--party", str(spec)],
+                                      env=dict(env, RANK=str(r))) for r in range(n)]
+            codes = [proc.wait(timeout=3000) for proc in procs]
+            if any(codes):
+                failed.append(f"CrypTen with {n} parties: exit codes {codes}")
+                continue
+            per = [json.loads(Path(tmp, f"rank{r}.json").read_text()) for r in range(n)]
+            failed += [f"n={n} {f}" for f in per[0]["failed"]]
+            for name, r0 in per[0]["rows"].items():
+                parts = [pr["rows"][name] for pr in per]
+                rows[f"{name}/{n}"] = {
+                    "median_s": statistics.median(r0["times_s"]), "times_s": r0["times_s"],
+                    "rounds": [pt["rounds"] for pt in parts],
+                    "bytes_sent": [pt["bytes"] for pt in parts]}
+    Path(args.out).write_text(json.dumps({"rows": rows, "failed": failed}))
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["--party"]:
+        party(sys.argv[2])
+    else:
+        main(sys.argv[1:])

@@ -313,7 +313,8 @@ def markdown(report: dict) -> str:
     lines.append("")
     head = ["row", "profile", "n", "provider", "median ms", "spread ms (min/q1/q3/max)",
             "plain ms", "ratio", "rounds", "MB sent per party", "peak MB per party",
-            "spec", "pred ms (r*RTT/2)", "pred ms (r*RTT)", "CrypTen ms", "ours/CrypTen"]
+            "spec", "pred ms (r*RTT/2)", "pred ms (r*RTT)", "CrypTen ms", "CrypTen rounds", "CrypTen MB sent per party",
+            "ours/CrypTen"]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in report["rows"]:
         pred = r.get("predicted") or {}
@@ -329,6 +330,8 @@ def markdown(report: dict) -> str:
             _fmt(pred.get("one_way_s") and 1e3 * pred["one_way_s"], ".4g"),
             _fmt(pred.get("issue_formula_s") and 1e3 * pred["issue_formula_s"], ".4g"),
             _fmt(cr.get("median_s") and 1e3 * cr["median_s"], ".4g"),
+            bench_ops._per_party(cr["rounds"]) if cr else "-",
+            "/".join(f"{b / MB:.3g}" for b in cr["bytes_sent"]) if cr else "-",
             _fmt(r.get("vs_crypten"), ".3g")]) + " |")
     return "\n".join(lines)
 
