@@ -1,4 +1,4 @@
-"""The `mpc-ml` command: launch | demo | dealer | bench | infer."""
+"""The `mpc-ml` command: launch | demo | dealer | certs | bench | infer."""
 from __future__ import annotations
 
 import argparse
@@ -32,15 +32,29 @@ def launch(args: argparse.Namespace) -> int:
         raise SystemExit("mpc-ml launch: -n must be at least 2")
     if not Path(args.script).exists():
         raise SystemExit(f"mpc-ml launch: no such script {args.script!r}")
+    tls_args: list[str] = []
+    if args.tls:
+        from .comm.tls import check_directory
+
+        try:
+            check_directory(args.tls, n, dealer=args.provider == "dealer")
+        except ValueError as e:
+            raise SystemExit(f"mpc-ml launch: {e}") from None
+        tls_args = ["--tls", os.path.abspath(args.tls)]
     addrs = _free_addresses(n + 1)
     env = dict(os.environ, MPC_WORLD_SIZE=str(n), MPC_BACKEND=args.backend,
                MPC_PROVIDER=args.provider, MPC_PARTY_ADDRS=",".join(addrs[:n]),
                MPC_TORCH_THREADS=str(max(1, (os.cpu_count() or 1) // n)))
+    if args.tls:
+        env["MPC_TLS_DIR"] = os.path.abspath(args.tls)
+    else:
+        env.pop("MPC_TLS_DIR", None)
     procs: dict[str, subprocess.Popen] = {}
     if args.provider == "dealer":
         env["MPC_DEALER_ADDR"] = addrs[n]
         procs["dealer"] = subprocess.Popen(
-            [sys.executable, "-m", "mpc_ml", "dealer", "--listen", addrs[n], "-n", str(n)], env=env)
+            [sys.executable, "-m", "mpc_ml", "dealer", "--listen", addrs[n], "-n", str(n),
+             *tls_args], env=env)
     for r in range(n):
         procs[f"party {r}"] = subprocess.Popen([sys.executable, args.script, *args.script_args],
                                                env=dict(env, MPC_RANK=str(r)))
@@ -82,8 +96,32 @@ def dealer(args: argparse.Namespace) -> int:
     from .launch import run_tcp_dealer
 
     torch.set_num_threads(1)
-    served = run_tcp_dealer(tcp.listen(args.listen), args.nparties, Config.from_env())
+    tls = None
+    tls_dir = args.tls or os.environ.get("MPC_TLS_DIR")
+    if tls_dir:
+        from .comm import DEALER_RANK
+        from .comm.tls import TLSConfig
+
+        tls = TLSConfig(tls_dir, DEALER_RANK)
+    served = run_tcp_dealer(tcp.listen(args.listen), args.nparties, Config.from_env(), tls=tls)
     print(f"dealer: served {served} correlations", file=sys.stderr)
+    return 0
+
+
+def certs(args: argparse.Namespace) -> int:
+    """Make a job's CA and one key pair and certificate per party (and the dealer)."""
+    from .comm.tls import make_certificates
+
+    try:
+        written = make_certificates(args.directory, args.parties, dealer=args.dealer,
+                                    days=args.days, force=args.force)
+    except (ValueError, FileExistsError) as e:
+        raise SystemExit(f"mpc-ml certs: {e}") from None
+    who = f"{args.parties} parties" + (" and the dealer" if args.dealer else "")
+    print(f"certificates for {who} in {args.directory} (valid {args.days} days): "
+          f"{', '.join(p.name for p in written)}")
+    print("keys are mode 0600; on several hosts give each host ca.pem and its own "
+          "party-<r>.pem/.key only")
     return 0
 
 
@@ -221,13 +259,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("-n", "--nparties", type=int, required=True)
     p.add_argument("--backend", choices=["tcp"], default="tcp")
     p.add_argument("--provider", choices=["tfp", "dealer"], default="tfp")
+    p.add_argument("--tls", metavar="DIR", help="mutually authenticated TLS 1.3 with the "
+                   "certificates in DIR (from `mpc-ml certs`)")
     p.add_argument("script")
     p.add_argument("script_args", nargs=argparse.REMAINDER)
     p.set_defaults(func=launch)
     p = sub.add_parser("dealer", help="serve correlated randomness to n parties")
     p.add_argument("--listen", required=True, metavar="HOST:PORT")
     p.add_argument("-n", "--nparties", type=int, required=True)
+    p.add_argument("--tls", metavar="DIR", help="TLS with DIR/dealer.pem and .key "
+                   "(default: $MPC_TLS_DIR if set)")
     p.set_defaults(func=dealer)
+    p = sub.add_parser("certs", help="make a CA and one TLS key pair per party (for --tls)")
+    p.add_argument("directory", metavar="DIR")
+    p.add_argument("--parties", type=int, required=True, metavar="N")
+    p.add_argument("--dealer", action="store_true", help="also a certificate for the dealer")
+    p.add_argument("--days", type=int, default=365, help="validity (default 365)")
+    p.add_argument("--force", action="store_true", help="replace certificates already in DIR")
+    p.set_defaults(func=certs)
     p = sub.add_parser("demo", help="private CNN training on digits (2 parties + dealer)")
     p.add_argument("--task", choices=["cnn", "linear"], default="cnn")
     p.add_argument("--epochs", type=int, default=None)

@@ -7,6 +7,8 @@ mpc.init() in a party process reads its place from the environment, which
     MPC_PARTY_ADDRS               HOST:PORT of every party, comma-separated, rank order
     MPC_PROVIDER                  tfp | dealer
     MPC_DEALER_ADDR               HOST:PORT of the dealer (provider dealer)
+    MPC_TLS_DIR                   certificate directory (`mpc-ml certs`): every connection
+                                  is mutually authenticated TLS 1.3; unset or empty: plain tcp
     MPC_PRECISION_BITS, MPC_TRUNCATION, MPC_COMM_TIMEOUT_S   Config overrides
 
 Processes are spawned, never forked (forking breaks CUDA and deadlocks threaded BLAS).
@@ -27,6 +29,7 @@ import torch
 from .comm import BACKENDS, DEALER_RANK, CommError, Communicator, PeerError
 from .comm import tcp
 from .comm.inproc import InprocHub
+from .comm.tls import TLSConfig, check_directory
 from .config import PROTOCOL_VERSION, Config
 from .providers import PROVIDERS, serve_dealer
 from .session import Session, activate, current, is_active
@@ -56,15 +59,20 @@ def _check_names(world_size: int, backend: str, provider: str) -> None:
 
 # -- sessions over each backend -----------------------------------------------------
 def tcp_session(rank: int, world_size: int, addrs: list[str], provider: str, config: Config,
-                dealer_addr: str | None = None, listener=None) -> Session:
-    """Connect this party to the mesh (and the dealer) and agree on seeds."""
+                dealer_addr: str | None = None, listener=None,
+                tls: TLSConfig | None = None) -> Session:
+    """Connect this party to the mesh (and the dealer) and agree on seeds.
+
+    tls: this party's TLSConfig (every connection TLS 1.3, both sides authenticated and
+    checked against their ranks), or None for plain tcp.
+    """
     if len(addrs) != world_size:
         raise ValueError(f"{len(addrs)} party addresses for world size {world_size}")
     hello = _hello(rank, world_size, config)
     listener = listener or tcp.listen(addrs[rank])
     try:
         links = tcp.connect_mesh(rank, addrs, listener, hello, config.connect_timeout_s,
-                                 config.max_frame_bytes)
+                                 config.max_frame_bytes, wrap=tls)
     finally:
         listener.close()
     comm = Communicator(rank, world_size, links, config.comm_timeout_s)
@@ -74,7 +82,7 @@ def tcp_session(rank: int, world_size: int, addrs: list[str], provider: str, con
             if not dealer_addr:
                 raise ValueError("provider 'dealer' needs the dealer's address (MPC_DEALER_ADDR)")
             dealer_link = tcp.connect(dealer_addr, rank, DEALER_RANK, hello,
-                                      config.connect_timeout_s, config.max_frame_bytes)
+                                      config.connect_timeout_s, config.max_frame_bytes, wrap=tls)
         return Session(comm, config, provider, dealer_link)
     except BaseException:
         comm.close()
@@ -83,12 +91,15 @@ def tcp_session(rank: int, world_size: int, addrs: list[str], provider: str, con
         raise
 
 
-def run_tcp_dealer(listener, world_size: int, config: Config) -> int:
-    """The dealer's main: accept every party on listener, serve until they finish."""
+def run_tcp_dealer(listener, world_size: int, config: Config, tls: TLSConfig | None = None) -> int:
+    """The dealer's main: accept every party on listener, serve until they finish.
+
+    tls: the dealer's TLSConfig (rank DEALER_RANK), or None for plain tcp.
+    """
     hello = {"rank": DEALER_RANK, "world_size": world_size, "protocol_version": PROTOCOL_VERSION}
     try:
         links = tcp.accept(listener, DEALER_RANK, hello, set(range(world_size)),
-                           config.connect_timeout_s, config.max_frame_bytes)
+                           config.connect_timeout_s, config.max_frame_bytes, wrap=tls)
     finally:
         listener.close()
     return serve_dealer(links, world_size, config.dealer_idle_timeout_s)
@@ -113,7 +124,9 @@ def init(config: Config | None = None) -> Session:
         torch.set_num_threads(int(env["MPC_TORCH_THREADS"]))
     config = Config.from_env(config)
     addrs = env.get("MPC_PARTY_ADDRS", "").split(",")
-    session = tcp_session(rank, world_size, addrs, provider, config, env.get("MPC_DEALER_ADDR"))
+    tls = TLSConfig(env["MPC_TLS_DIR"], rank) if env.get("MPC_TLS_DIR") else None
+    session = tcp_session(rank, world_size, addrs, provider, config, env.get("MPC_DEALER_ADDR"),
+                          tls=tls)
     activate(session)
     return session
 
@@ -139,19 +152,27 @@ def _pick_error(errors: dict[int, tuple[str, str, str]]) -> PartyError:
 
 
 def run(fn: Callable, world_size: int = 2, backend: str = "inproc", provider: str = "tfp",
-        args: tuple = (), kwargs: dict | None = None, config: Config | None = None) -> list[Any]:
+        args: tuple = (), kwargs: dict | None = None, config: Config | None = None,
+        tls_dir: str | os.PathLike | None = None) -> list[Any]:
     """Run fn(*args, **kwargs) in world_size parties; returns each party's result in rank order.
 
     An exception in any party is raised here as PartyError naming the party.
+    tls_dir (backend "tcp" only): a directory from `mpc-ml certs DIR --parties N
+    [--dealer]`; every connection is then mutually authenticated TLS 1.3.
     """
     _check_names(world_size, backend, provider)
+    if tls_dir is not None:
+        if backend != "tcp":
+            raise ValueError(f"tls_dir needs backend 'tcp', got {backend!r}")
+        tls_dir = os.path.abspath(tls_dir)
+        check_directory(tls_dir, world_size, dealer=provider == "dealer")
     config = config or Config()
     if config.truncation == "local" and world_size != 2:
         raise ValueError("truncation='local' is only correct for 2 parties")
     kwargs = kwargs or {}
     if backend == "inproc":
         return _run_inproc(fn, world_size, provider, args, kwargs, config)
-    return _run_tcp(fn, world_size, provider, args, kwargs, config)
+    return _run_tcp(fn, world_size, provider, args, kwargs, config, tls_dir)
 
 
 def _run_inproc(fn, world_size, provider, args, kwargs, config) -> list[Any]:
@@ -201,11 +222,13 @@ def _run_inproc(fn, world_size, provider, args, kwargs, config) -> list[Any]:
 
 
 def _party_process(rank, world_size, fn, args, kwargs, provider, config, addrs, listener,
-                   dealer_addr, threads, results) -> None:
+                   dealer_addr, threads, results, tls_dir=None) -> None:
     torch.set_num_threads(threads)
     session = None
     try:
-        session = tcp_session(rank, world_size, addrs, provider, config, dealer_addr, listener)
+        tls = TLSConfig(tls_dir, rank) if tls_dir else None
+        session = tcp_session(rank, world_size, addrs, provider, config, dealer_addr, listener,
+                              tls=tls)
         activate(session)
         out = fn(*args, **kwargs)
         try:
@@ -223,16 +246,17 @@ def _party_process(rank, world_size, fn, args, kwargs, provider, config, addrs, 
             session.close()
 
 
-def _dealer_process(listener, world_size, config, results) -> None:
+def _dealer_process(listener, world_size, config, results, tls_dir=None) -> None:
     torch.set_num_threads(1)
     try:
-        run_tcp_dealer(listener, world_size, config)
+        tls = TLSConfig(tls_dir, DEALER_RANK) if tls_dir else None
+        run_tcp_dealer(listener, world_size, config, tls=tls)
         results.put((DEALER_RANK, "ok", b""))
     except BaseException as e:
         results.put((DEALER_RANK, "error", _describe(e)))
 
 
-def _run_tcp(fn, world_size, provider, args, kwargs, config) -> list[Any]:
+def _run_tcp(fn, world_size, provider, args, kwargs, config, tls_dir=None) -> list[Any]:
     try:
         pickle.dumps((fn, args, kwargs))
     except Exception as e:
@@ -250,13 +274,13 @@ def _run_tcp(fn, world_size, provider, args, kwargs, config) -> list[Any]:
             dl = tcp.listen("127.0.0.1:0")
             dealer_addr = f"127.0.0.1:{dl.getsockname()[1]}"
             procs[DEALER_RANK] = ctx.Process(target=_dealer_process, name="mpc-dealer",
-                                             args=(dl, world_size, config, results))
+                                             args=(dl, world_size, config, results, tls_dir))
             procs[DEALER_RANK].start()
             dl.close()
         for r in range(world_size):
             procs[r] = ctx.Process(target=_party_process, name=f"mpc-party-{r}", args=(
                 r, world_size, fn, args, kwargs, provider, config, addrs, listeners[r],
-                dealer_addr, threads, results))
+                dealer_addr, threads, results, tls_dir))
             procs[r].start()
             listeners[r].close()
         return _collect(procs, results, world_size, config)

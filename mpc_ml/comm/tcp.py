@@ -8,6 +8,12 @@ Mesh set-up: party i listens on its address, connects to every j < i and accepts
 every j > i. The first frame on each connection is a hello (control message) naming
 the rank and the settings every party must share; a mismatch is refused with an error
 naming both values.
+
+TLS (comm/tls.py) comes in through the `wrap` hook: wrap(sock, server_side=..., peer=...)
+returns a socket-like object that TcpLink reads and writes. When it has a
+`certified_rank` (the rank the peer proved with its certificate), connect compares it
+with the rank it dialled and accept with the rank the peer's hello claims; a mismatch is
+refused with an error naming both.
 """
 from __future__ import annotations
 
@@ -197,7 +203,22 @@ def connect(addr: str, me: int, peer: int, hello: dict, timeout: float,
             delay = min(delay * 2, 0.5)
     _tune(sock)
     if wrap is not None:
-        sock = wrap(sock, server_side=False, peer=peer)
+        sock.settimeout(max(0.1, deadline - time.monotonic()))  # bounds the handshake
+        try:
+            sock = wrap(sock, server_side=False, peer=peer)
+        except BaseException:
+            sock.close()
+            raise
+        certified = getattr(sock, "certified_rank", None)
+        if certified is not None and certified != peer:
+            error = (f"{peer_name(me)}: {peer_name(peer)} at {addr} presented the certificate "
+                     f"of {peer_name(certified)}; refusing the connection")
+            try:  # tell the peer why, in place of a hello
+                sock.sendall(frames.control_frame({"error": error}))
+            except OSError:
+                pass
+            sock.close()
+            raise CommError(error)
     link = TcpLink(sock, me, peer, max_frame_bytes)
     link.send(hello)
     reply = link.recv(max(0.1, deadline - time.monotonic()))
@@ -230,23 +251,53 @@ def accept(listener: socket.socket, me: int, hello: dict, ranks: set[int], timeo
                                 f"did not connect within {timeout:g} s")
             listener.settimeout(remaining)
             try:
-                sock, _ = listener.accept()
+                sock, source = listener.accept()
             except socket.timeout:
                 continue
             _tune(sock)
-            if wrap is not None:
-                sock = wrap(sock, server_side=True, peer=None)
+            where = f"a peer connecting from {source[0]}:{source[1]}"
+            sock.settimeout(max(0.1, deadline - time.monotonic()))  # bounds the handshake
+            try:
+                if wrap is not None:
+                    sock = wrap(sock, server_side=True, peer=None)
+                else:
+                    _refuse_tls(sock, me, where)
+            except BaseException:
+                sock.close()
+                raise
             link = TcpLink(sock, me, -2, max_frame_bytes)
-            first = link.recv(max(0.1, deadline - time.monotonic()))
+            try:
+                first = link.recv(max(0.1, deadline - time.monotonic()))
+            except CommError as e:  # named here by its address: its rank is not known yet
+                link.close()
+                if isinstance(e, CommTimeout):
+                    raise CommError(f"{peer_name(me)}: {where} sent no hello in time") from None
+                if isinstance(e, PeerError):
+                    raise CommError(f"{peer_name(me)}: {where} {str(e)[len(e.peer) + 1:]}") \
+                        from None
+                unnamed = f"{peer_name(me)}: bad frame from {peer_name(-2)}: "
+                raise type(e)(f"{peer_name(me)}: bad frame from {where}: "
+                              f"{str(e).removeprefix(unnamed)}") from None
+            if isinstance(first, dict) and "error" in first:  # it refused this party
+                link.close()
+                raise CommError(f"{peer_name(me)}: refused by {where}: {first['error']}")
             rank = first.get("rank") if isinstance(first, dict) else None
             try:
                 if rank not in ranks or rank in links:
                     raise CommError(f"{peer_name(me)}: unexpected connection claiming rank {rank!r}")
                 link.peer = rank
+                certified = getattr(sock, "certified_rank", None)
+                if certified is not None and certified != rank:
+                    raise CommError(f"{peer_name(me)}: {peer_name(rank)} presented the "
+                                    f"certificate of {peer_name(certified)}; refusing the "
+                                    "connection")
                 _check_hello(first, {k: v for k, v in hello.items() if k != "rank"}, me,
                              peer_name(rank))
             except CommError as e:
-                link.send({"error": str(e)})  # tell the refused peer why
+                try:
+                    link.send({"error": str(e)})  # tell the refused peer why
+                except CommError:
+                    pass  # it is gone already
                 link.close()
                 raise
             link.send(hello)
@@ -256,6 +307,22 @@ def accept(listener: socket.socket, me: int, hello: dict, ranks: set[int], timeo
             link.close()
         raise
     return links
+
+
+def _refuse_tls(sock: socket.socket, me: int, where: str) -> None:
+    """A plain party refuses, with a clear error, a peer that opens a TLS handshake."""
+    try:
+        first = sock.recv(1, socket.MSG_PEEK)
+    except OSError:
+        return  # a timeout or reset: the hello's receive reports it
+    if first == b"\x16":  # a TLS handshake record, where a frame starts with b"MPCF"
+        try:
+            sock.recv(1 << 16, getattr(socket, "MSG_DONTWAIT", 0))  # closing with it unread
+        except OSError:                                             # would reset, not close
+            pass
+        raise CommError(f"{peer_name(me)}: {where} started a TLS handshake, but this party "
+                        "runs without TLS; give every party (and the dealer) the same --tls "
+                        "directory (MPC_TLS_DIR)")
 
 
 def connect_mesh(rank: int, addrs: list[str], listener: socket.socket, hello: dict,
