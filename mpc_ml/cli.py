@@ -1,12 +1,10 @@
-"""The `mpc-ml` command: launch | demo | dealer | certs | bench | infer."""
+"""The `mpc-ml` command: launch | slurm | demo | dealer | certs | bench | infer."""
 from __future__ import annotations
 
 import argparse
 import importlib
 import os
 import runpy
-import signal
-import subprocess
 import sys
 import threading
 import time
@@ -25,14 +23,14 @@ def _free_addresses(count: int, host: str = "127.0.0.1") -> list[str]:
     return addrs
 
 
-def launch(args: argparse.Namespace) -> int:
-    """Start n party processes (and a dealer) running the script; wait for all."""
+def _local_deployment(args: argparse.Namespace):
+    """A deployment of n processes on this machine (loopback, ports free right now)."""
+    from .deploy import Deployment, Endpoint
+
     n = args.nparties
-    if n < 2:
-        raise SystemExit("mpc-ml launch: -n must be at least 2")
-    if not Path(args.script).exists():
-        raise SystemExit(f"mpc-ml launch: no such script {args.script!r}")
-    tls_args: list[str] = []
+    if n is None or n < 2:
+        raise SystemExit("mpc-ml launch: give -n N (at least 2) or --config FILE")
+    tls = None
     if args.tls:
         from .comm.tls import check_directory
 
@@ -40,52 +38,48 @@ def launch(args: argparse.Namespace) -> int:
             check_directory(args.tls, n, dealer=args.provider == "dealer")
         except ValueError as e:
             raise SystemExit(f"mpc-ml launch: {e}") from None
-        tls_args = ["--tls", os.path.abspath(args.tls)]
+        tls = os.path.abspath(args.tls)
     addrs = _free_addresses(n + 1)
-    env = dict(os.environ, MPC_WORLD_SIZE=str(n), MPC_BACKEND=args.backend,
-               MPC_PROVIDER=args.provider, MPC_PARTY_ADDRS=",".join(addrs[:n]),
-               MPC_TORCH_THREADS=str(max(1, (os.cpu_count() or 1) // n)))
-    if args.tls:
-        env["MPC_TLS_DIR"] = os.path.abspath(args.tls)
+    dealer = Endpoint(addrs[n]) if args.provider == "dealer" else None
+    return Deployment([Endpoint(a) for a in addrs[:n]], args.provider, dealer, tls)
+
+
+def launch(args: argparse.Namespace) -> int:
+    """Start the parties (and a dealer) running the script; wait for all of them."""
+    from .deploy import load, run_processes
+
+    if not Path(args.script).exists():
+        raise SystemExit(f"mpc-ml launch: no such script {args.script!r}")
+    if args.backend == "mpi":
+        from .mpi_launch import launch_script
+
+        if args.nparties is None or args.config:
+            raise SystemExit("mpc-ml launch --backend mpi takes -n N (and --hostfile), not --config")
+        return launch_script(args.nparties, args.provider, args.script, args.script_args,
+                             args.hostfile)
+    if args.config:
+        try:
+            deployment = load(args.config)
+        except (OSError, ValueError) as e:
+            raise SystemExit(f"mpc-ml launch: {e}") from None
     else:
-        env.pop("MPC_TLS_DIR", None)
-    procs: dict[str, subprocess.Popen] = {}
-    if args.provider == "dealer":
-        env["MPC_DEALER_ADDR"] = addrs[n]
-        procs["dealer"] = subprocess.Popen(
-            [sys.executable, "-m", "mpc_ml", "dealer", "--listen", addrs[n], "-n", str(n),
-             *tls_args], env=env)
-    for r in range(n):
-        procs[f"party {r}"] = subprocess.Popen([sys.executable, args.script, *args.script_args],
-                                               env=dict(env, MPC_RANK=str(r)))
-    return _wait_all(procs, Config.from_env().comm_timeout_s)
+        deployment = _local_deployment(args)
+    env = dict(os.environ)
+    env.pop("MPC_TLS_DIR", None)  # the deployment says whether TLS is on
+    env.setdefault("MPC_TORCH_THREADS", str(max(1, (os.cpu_count() or 1) // deployment.world_size)))
+    commands = deployment.commands(os.path.abspath(args.script), args.script_args)
+    return run_processes(commands, Config.from_env().comm_timeout_s + 5, env)
 
 
-def _wait_all(procs: dict[str, subprocess.Popen], grace_s: float) -> int:
-    """Wait for every process; once one fails, the rest get grace_s to fail too."""
-    failed: list[tuple[str, int]] = []
-    deadline = None
+def slurm(args: argparse.Namespace) -> int:
+    """Print the sbatch script of a deployment file."""
+    from .deploy import load, slurm_script
+
     try:
-        while any(p.poll() is None for p in procs.values()):
-            for name, p in procs.items():
-                if p.poll() not in (None, 0) and (name, p.returncode) not in failed:
-                    failed.append((name, p.returncode))
-                    deadline = deadline or time.monotonic() + grace_s
-            if deadline and time.monotonic() > deadline:
-                break
-            time.sleep(0.05)  # polling child processes, not synchronising a test
-    finally:
-        for p in procs.values():
-            if p.poll() is None:
-                p.send_signal(signal.SIGKILL)
-            p.wait()
-    for name, p in procs.items():
-        if p.returncode != 0 and name not in [f for f, _ in failed]:
-            failed.append((name, p.returncode))
-    if failed:
-        name, code = failed[0]
-        print(f"mpc-ml launch: {name} exited with code {code}", file=sys.stderr)
-        return code if code > 0 else 1
+        deployment = load(args.config)
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"mpc-ml slurm: {e}") from None
+    print(slurm_script(deployment, os.path.abspath(args.script), args.script_args), end="")
     return 0
 
 
@@ -255,15 +249,25 @@ def infer(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mpc-ml", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("launch", help="run a script as n parties on this machine")
-    p.add_argument("-n", "--nparties", type=int, required=True)
-    p.add_argument("--backend", choices=["tcp"], default="tcp")
+    p = sub.add_parser("launch", help="run a script as n parties (on this machine, or where "
+                                      "a deployment file says)")
+    p.add_argument("-n", "--nparties", type=int)
+    p.add_argument("--config", metavar="FILE", help="a deployment file (TOML: parties, "
+                   "addresses, ssh, namespaces, TLS, dealer; see launchers/)")
+    p.add_argument("--backend", choices=["tcp", "mpi"], default="tcp")
+    p.add_argument("--hostfile", metavar="FILE", help="backend mpi: mpiexec's hostfile "
+                   "(default: every rank on this machine)")
     p.add_argument("--provider", choices=["tfp", "dealer"], default="tfp")
     p.add_argument("--tls", metavar="DIR", help="mutually authenticated TLS 1.3 with the "
                    "certificates in DIR (from `mpc-ml certs`)")
     p.add_argument("script")
     p.add_argument("script_args", nargs=argparse.REMAINDER)
     p.set_defaults(func=launch)
+    p = sub.add_parser("slurm", help="print the sbatch script of a deployment file")
+    p.add_argument("--config", metavar="FILE", required=True)
+    p.add_argument("script")
+    p.add_argument("script_args", nargs=argparse.REMAINDER)
+    p.set_defaults(func=slurm)
     p = sub.add_parser("dealer", help="serve correlated randomness to n parties")
     p.add_argument("--listen", required=True, metavar="HOST:PORT")
     p.add_argument("-n", "--nparties", type=int, required=True)

@@ -38,6 +38,7 @@ from pathlib import Path
 
 from .comm.tcp import parse_address
 from .config import Config
+from .launch import PEER_FAILURE_EXIT
 from .providers import PROVIDERS
 
 CONFIG_KEYS = {"precision_bits": "MPC_PRECISION_BITS", "truncation": "MPC_TRUNCATION",
@@ -232,9 +233,11 @@ def run_processes(commands: dict[str, list[str]], grace_s: float, env: dict | No
             if proc.poll() is None:
                 proc.send_signal(signal.SIGKILL)
             proc.wait()
-    failures = sorted((when, name, code) for name, (when, code) in ended.items() if code != 0)
+    # a party that only lost a peer (PEER_FAILURE_EXIT) is blamed last
+    failures = sorted((code == PEER_FAILURE_EXIT, when, name, code)
+                      for name, (when, code) in ended.items() if code != 0)
     if not failures and all(ended.get(n, (0, None))[1] == 0 for n in parties):
         return 0
-    _, name, code = failures[0] if failures else (0, "a party", 1)
+    _, _, name, code = failures[0] if failures else (0, 0, "a party", 1)
     print(f"mpc-ml launch: {name} exited with code {code}", file=sys.stderr)
     return code if code > 0 else 1

@@ -15,10 +15,12 @@ Processes are spawned, never forked (forking breaks CUDA and deadlocks threaded 
 """
 from __future__ import annotations
 
+import atexit
 import multiprocessing as mp
 import os
 import pickle
 import queue
+import sys
 import threading
 import time
 import traceback
@@ -26,7 +28,7 @@ from typing import Any, Callable
 
 import torch
 
-from .comm import BACKENDS, DEALER_RANK, CommError, Communicator, PeerError
+from .comm import BACKENDS, DEALER_RANK, CommTimeout, Communicator, PeerError
 from .comm import tcp
 from .comm.inproc import InprocHub
 from .comm.tls import TLSConfig, check_directory
@@ -110,6 +112,14 @@ def init(config: Config | None = None) -> Session:
     if is_active():
         return current()
     env = os.environ
+    if "MPC_RANK" not in env:
+        from .mpi_launch import mpi_session, under_mpiexec
+        if env.get("MPC_BACKEND") == "mpi" or under_mpiexec():
+            if "MPC_TORCH_THREADS" in env:
+                torch.set_num_threads(int(env["MPC_TORCH_THREADS"]))
+            session = mpi_session(env.get("MPC_PROVIDER", "tfp"), Config.from_env(config))
+            activate(session)
+            return session
     if "MPC_RANK" not in env or "MPC_WORLD_SIZE" not in env:
         raise RuntimeError("mpc.init(): this process is not a launched party (MPC_RANK and "
                            "MPC_WORLD_SIZE are unset); start it with `mpc-ml launch` or "
@@ -128,7 +138,24 @@ def init(config: Config | None = None) -> Session:
     session = tcp_session(rank, world_size, addrs, provider, config, env.get("MPC_DEALER_ADDR"),
                           tls=tls)
     activate(session)
+    atexit.register(shutdown)  # close the links (and stop their reader threads) at exit
+    sys.excepthook = _exit_marking_peer_failures
     return session
+
+
+PEER_FAILURE_EXIT = 75
+"""Exit status of a launched party that failed because a peer did (EX_TEMPFAIL), so that
+the launcher can name the party that failed first."""
+
+
+def _exit_marking_peer_failures(kind, value, tb) -> None:
+    """Print the traceback; a party that only lost a peer exits with PEER_FAILURE_EXIT."""
+    sys.__excepthook__(kind, value, tb)
+    if issubclass(kind, (PeerError, CommTimeout)):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        shutdown()
+        os._exit(PEER_FAILURE_EXIT)
 
 
 def shutdown() -> None:
@@ -172,6 +199,9 @@ def run(fn: Callable, world_size: int = 2, backend: str = "inproc", provider: st
     kwargs = kwargs or {}
     if backend == "inproc":
         return _run_inproc(fn, world_size, provider, args, kwargs, config)
+    if backend == "mpi":
+        from .mpi_launch import run_mpi
+        return run_mpi(fn, world_size, provider, args, kwargs, config)
     return _run_tcp(fn, world_size, provider, args, kwargs, config, tls_dir)
 
 

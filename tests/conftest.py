@@ -5,7 +5,7 @@ import pytest
 import torch
 
 WORLD_SIZES = (2, 3, 4)
-BACKENDS = ("inproc", "tcp")
+BACKENDS = ("inproc", "tcp", "mpi")  # make test installs mpi4py and mpich
 PROVIDERS = ("tfp", "dealer")
 
 # (world_size, backend, provider) for the full matrix

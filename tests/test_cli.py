@@ -138,7 +138,6 @@ def test_python_m_help():
     (["frobnicate"], "invalid choice: 'frobnicate'"),
     ([], "the following arguments are required: command"),
     (["launch", "--frobnicate", "-n", "2", "x.py"], "unrecognized arguments: --frobnicate"),
-    (["launch", "x.py"], "the following arguments are required: -n/--nparties"),
     (["launch", "-n", "two", "x.py"], "invalid int value: 'two'"),
     (["launch", "-n", "2", "--provider", "oracle", "x.py"], "invalid choice: 'oracle'"),
     (["dealer", "-n", "2"], "the following arguments are required: --listen"),
@@ -151,8 +150,10 @@ def test_argument_errors_exit_2(argv, message, capsys):
 
 
 def test_launch_refuses_bad_requests_before_starting(tmp_path):
-    with pytest.raises(SystemExit, match="-n must be at least 2"):
+    with pytest.raises(SystemExit, match=r"give -n N \(at least 2\) or --config FILE"):
         cli.main(["launch", "-n", "1", str(EXAMPLE)])
+    with pytest.raises(SystemExit, match=r"give -n N \(at least 2\) or --config FILE"):
+        cli.main(["launch", str(EXAMPLE)])
     with pytest.raises(SystemExit, match="no such script"):
         cli.main(["launch", "-n", "2", str(tmp_path / "missing.py")])
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-pytest.importorskip("mpi4py", reason="the mpi backend needs `pip install mpi4py mpich`")
+import mpi4py  # noqa: E402,F401  (make test installs it: the mpi extra)
 
 import mpc_ml as mpc  # noqa: E402
 import test_functions  # noqa: E402

@@ -115,6 +115,7 @@ class TcpLink(Link):
                 self._inbox.put(item)
                 if item is _CLOSED:
                     return
+                del item  # hold no tensor while blocked in the next read
         except FrameError as e:
             self._inbox.put(FrameError(f"{peer_name(self.me)}: bad frame from "
                                        f"{peer_name(self.peer)}: {e}"))
@@ -171,6 +172,10 @@ class TcpLink(Link):
         self._closed = True
         self._shutdown()
         self.sock.close()
+        # Wait for the reader to see the closed socket and stop: a daemon thread still
+        # holding a tensor when the interpreter exits aborts the process in C++.
+        if self._reader is not threading.current_thread():
+            self._reader.join(timeout=5)
 
 
 def _check_hello(hello: dict, expected: dict, me: int, who: str) -> None:
