@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # Pinned here: an unpinned torch pulls a multi-GB CUDA build; 2.13.0 is a CPU wheel.
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: demo test bench venv clean
+.PHONY: demo test test-deps bench venv clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -19,7 +19,13 @@ venv: $(VENV)/.installed
 demo: venv
 	$(VENV)/bin/mpc-ml demo
 
-test: venv
+# The deployment tests start an sshd (Debian's openssh-server) and network namespaces
+# (iproute2's ip and tc); both need root, as on the CI machine.
+test-deps:
+	@command -v sshd >/dev/null 2>&1 || test -x /usr/sbin/sshd || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-server iproute2)
+
+test: venv test-deps
 	$(PY) -m pytest -q tests
 
 bench: venv
