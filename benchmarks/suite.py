@@ -192,15 +192,49 @@ def dealer_worker(listen: str, nparties: int) -> None:
 
 # -- in the parent ----------------------------------------------------------------------------
 def _free_port_addrs(count: int) -> list[str]:
-    from mpc_ml.cli import _free_addresses
-    return _free_addresses(count)
+    """Loopback addresses with ports free right now (the OS picks them)."""
+    import socket
+    socks = []
+    for _ in range(count):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        socks.append(s)
+    addrs = [f"127.0.0.1:{s.getsockname()[1]}" for s in socks]
+    for s in socks:
+        s.close()
+    return addrs
+
+
+def _wait_all(procs: dict, grace_s: float) -> int:
+    """Wait for every process; once one fails the rest get grace_s, then are killed.
+    Returns the first failure's exit code (1 for a signal), or 0."""
+    import signal
+    failed, deadline = [], None
+    try:
+        while any(p.poll() is None for p in procs.values()):
+            for name, p in procs.items():
+                if p.poll() not in (None, 0) and name not in failed:
+                    failed.append(name)
+                    deadline = deadline or time.monotonic() + grace_s
+            if deadline and time.monotonic() > deadline:
+                break
+            time.sleep(0.05)  # polling our own children
+    finally:
+        for p in procs.values():
+            if p.poll() is None:
+                p.send_signal(signal.SIGKILL)
+            p.wait()
+    failed += [n for n, p in procs.items() if p.returncode != 0 and n not in failed]
+    if failed:
+        code = procs[failed[0]].returncode
+        print(f"suite: {failed[0]} exited with code {code}", file=sys.stderr)
+        return code if code > 0 else 1
+    return 0
 
 
 def run_job(profile, parties: int, provider: str, rows: list[str], quick: bool, repeats: int,
             net=None, timeout_s: float = 1800) -> dict:
     """One set of processes (parties and maybe a dealer) running every row."""
-    from mpc_ml.cli import _wait_all
-
     nodes = parties + (provider == "dealer")
     if net is None:
         addrs = _free_port_addrs(nodes)
