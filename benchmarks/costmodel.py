@@ -1,17 +1,20 @@
 """The cost model of protocols/ for the suite's rows: rounds and bytes sent per party.
 
-predict(row name, inputs, n) evaluates the spec section that covers the row whole
-(protocols/approximations.toml: exp, reciprocal, sigmoid, softmax) with mpc_ml.specs;
-rows that compose several specs (products with truncation, comparisons, models) give
-None, and the suite prints '-' in its spec column for them.
+ROWS maps each op row to (spec file, section, a function giving the formula variables
+from the row's inputs); predict() evaluates that section's cost.all formulas with
+mpc_ml.specs after the spec's [sizes] (top level, then each enclosing section's) and
+check() compares them with the measured party-to-party counters. The products are the
+[composed] sections (Beaver product + exact truncation), relu and the tournament max
+come from comparison.toml, the nonlinear functions from approximations.toml. Models
+have no whole-model spec: check() says so. Dealer counters are not checked.
 """
 from __future__ import annotations
 
-from mpc_ml.specs import derive_sizes, evaluate_table, load_spec
+import math
 
-SECTIONS = {"exp1e5": "exp", "exp1e6": "exp", "reciprocal1e5": "reciprocal",
-            "reciprocal1e6": "reciprocal", "sigmoid1e5": "sigmoid", "sigmoid1e6": "sigmoid",
-            "softmax1e5": "softmax", "softmax1e6": "softmax"}
+import torch
+
+from mpc_ml.specs import derive_sizes, evaluate_table, load_spec
 
 
 def _tournament(rows: int, k: int) -> dict:
@@ -27,19 +30,79 @@ def _tournament(rows: int, k: int) -> dict:
     return {"levels": levels, "bit_bytes": bit_bytes, "slice_words": slice_words}
 
 
+def _mul(x, y) -> dict:
+    z = torch.broadcast_shapes(x.shape, y.shape)
+    return {"numel_x": x.numel(), "numel_y": y.numel(), "numel_z": math.prod(z)}
+
+
+def _matmul(x, y) -> dict:  # 2-d operands (the suite's rows)
+    return {"batch_x": 1, "batch_y": 1, "batch_z": 1, "M": x.shape[0], "K": x.shape[1],
+            "N": y.shape[1]}
+
+
+def _conv2d(x, w) -> dict:  # the row's x.conv2d(w, padding=1)
+    return {"N": x.shape[0], "C_in": x.shape[1], "H": x.shape[2], "W": x.shape[3],
+            "C_out": w.shape[0], "kH": w.shape[2], "kW": w.shape[3], "groups": 1,
+            "stride_h": 1, "stride_w": 1, "pad_h": 1, "pad_w": 1, "dil_h": 1, "dil_w": 1}
+
+
+def _numel(x) -> dict:
+    return {"numel": x.numel()}
+
+
+def _max(x) -> dict:  # x.max(-1): values and indices (selected = 2)
+    k = x.shape[-1]
+    return {"rows": x.numel() // k, "k": k, "selected": 2, **_tournament(x.numel() // k, k)}
+
+
+def _softmax(x) -> dict:
+    k = x.shape[-1]
+    return {"numel": x.numel(), "k": k, **_tournament(x.numel() // k, k)}
+
+
+# row -> (spec file, section (dotted), variables from the inputs[, extra [sizes] table])
+ROWS = {
+    "mul1e6": ("beaver_mul", "composed", _mul),
+    "matmul256": ("beaver_matmul", "composed", _matmul),
+    "matmul1024": ("beaver_matmul", "composed", _matmul),
+    "conv2d": ("beaver_conv", "composed", _conv2d, "sizes.conv2d"),
+    **{f"relu{s}": ("comparison", "relu", _numel) for s in ("1e5", "1e6")},
+    "max1e5": ("comparison", "max_along_last.total", _max),
+    **{f"{f}{s}": ("approximations", f, _softmax if f == "softmax" else _numel)
+       for f in ("exp", "reciprocal", "sigmoid", "softmax") for s in ("1e5", "1e6")},
+}
+NO_MODEL_SPEC = "n/a (no model spec)"
+
+
+def _table(node: dict, path: str) -> dict:
+    for key in path.split("."):
+        node = node[key]
+    return node
+
+
 def predict(name: str, inputs: tuple, n: int) -> dict | None:
-    section_name = SECTIONS.get(name)
-    if section_name is None:
+    """{'section', 'rounds', 'bytes_sent'} per party for an op row; None for other rows."""
+    entry = ROWS.get(name)
+    if entry is None:
         return None
-    spec = load_spec("approximations")
-    section = spec[section_name]
-    x = inputs[0]
-    sizes = {"n": n, "numel": x.numel()}
-    if section_name == "softmax":
-        k = x.shape[-1]
-        sizes.update(k=k, **_tournament(x.numel() // k, k))
-    sizes = derive_sizes(spec.get("sizes", {}), **sizes)
-    sizes = derive_sizes(section.get("sizes", {}), **sizes)
-    cost = evaluate_table(section["cost"]["all"], **sizes)
-    return {"section": f"approximations.{section_name}", "rounds": [cost["rounds"]] * n,
+    spec_name, section_name, variables, *extra = entry
+    spec = load_spec(spec_name)
+    sizes = derive_sizes(spec.get("sizes", {}), n=n, **variables(*inputs))
+    parts = section_name.split(".")
+    for i in range(1, len(parts) + 1):  # [section.sizes] of each enclosing section
+        sizes = derive_sizes(_table(spec, ".".join(parts[:i])).get("sizes", {}), **sizes)
+    for path in extra:
+        sizes = derive_sizes(_table(spec, path), **sizes)
+    cost = evaluate_table(_table(spec, section_name)["cost"]["all"], **sizes)
+    return {"section": f"{spec_name}.{section_name}", "rounds": [cost["rounds"]] * n,
             "bytes_sent": [cost["bytes_sent"]] * n}
+
+
+def check(spec: dict | None, rounds: list, bytes_sent: list) -> tuple[bool | None, str]:
+    """(match, text): 'equal', 'differs: ...' with both numbers, or NO_MODEL_SPEC."""
+    if spec is None:
+        return None, NO_MODEL_SPEC
+    diffs = [f"{key} measured {'/'.join(map(str, got))} spec {'/'.join(map(str, spec[key]))}"
+             for key, got in (("rounds", rounds), ("bytes_sent", bytes_sent))
+             if list(got) != list(spec[key])]
+    return (False, "differs: " + "; ".join(diffs)) if diffs else (True, "equal")

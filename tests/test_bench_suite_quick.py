@@ -54,7 +54,10 @@ def test_bench_suite_quick(tmp_path):
         assert r["rounds"] == twin["rounds"] and r["bytes_sent"] == twin["bytes_sent"], where
         if r["spec"] is not None:  # the cost model of protocols/ holds exactly
             assert r["spec_match"], (where, r["spec"], r["rounds"], r["bytes_sent"])
-    assert {r["name"] for r in rows if r["spec"] is not None} >= {"exp1e5", "softmax1e5"}
+    # every op row is checked against protocols/ and equal; models have no whole-model spec
+    assert {r["name"] for r in rows if r["spec_match"]} == set(suite.OP_ROWS)
+    assert all(r["spec_check"] == "equal" for r in rows if r["kind"] == "op")
+    assert all(r["spec_check"] == "n/a (no model spec)" for r in rows if r["kind"] == "model")
     relu = by[("relu1e5", 2, "tfp")]
     assert relu["rounds"] == [9, 9]
     if report["crypten"] is None:
