@@ -33,7 +33,7 @@ import torch
 from .encoding import encode
 from .primitives import beaver_many, ltz, truncate
 from .primitives.comparison import max_along_last
-from .primitives.normalization import SIGN_BIT, leading_bit_and_sign
+from .primitives.normalization import SIGN_BIT, leading_bit_weighted
 from .session import Session
 
 EXP_SQUARINGS = 8
@@ -83,22 +83,14 @@ class _Ops:
         acc = truncate(self.s, acc, self.f)
         return acc + self.const(constant, acc) if constant else acc
 
-    def weigh(self, bits: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        """sum_j bits_j * weights_j for integer bit shares and public int64 weights (local)."""
-        return (bits * weights.to(bits.device)).sum(-1)
-
-    def scale_by_powers(self, y: torch.Tensor, y_bound: float, lead: torch.Tensor,
-                        exponents: np.ndarray) -> torch.Tensor:
-        """y * 2^exponents[j] for the private one-hot leading-bit position j.
-
-        The weights carry h extra fractional bits, as many as keep the product below
-        2^61 for |y| <= y_bound, and one truncation removes them.
-        """
+    def power_weights(self, y_bound: float, exponents: np.ndarray) -> tuple[torch.Tensor, int]:
+        """(weights, h): 2^exponents[j] for each leading-bit position j, with h extra
+        fractional bits, as many as keep y * weight below 2^61 for |y| <= y_bound; the
+        product y * (sum_j lead_j weights_j) is then truncated by f + h."""
         top = float(np.max(exponents))
         h = int(math.floor(61 - math.log2(y_bound * 2 ** self.f) - (top + self.f)))
         h = max(0, min(h, 40))
-        weights = torch.tensor(np.round(np.exp2(exponents + self.f + h)), dtype=torch.int64)
-        return self.mul1(y, self.weigh(lead, weights), self.f + h)
+        return torch.tensor(np.round(np.exp2(exponents + self.f + h)), dtype=torch.int64), h
 
     def newton_reciprocal(self, d: torch.Tensor, y: torch.Tensor, steps: int) -> torch.Tensor:
         """Newton steps y <- y (2 - d y) towards 1/d (2 products each)."""
@@ -152,14 +144,19 @@ def exp(x):
 _POSITIONS = np.arange(63, dtype=np.float64)
 
 
-def _normalise(ops: _Ops, x: torch.Tensor):
-    """(m, lead bits, sign bit): x = m * 2^(j + 1 - f), 0.5 <= |m| <= 1, m with x's sign."""
-    bits = leading_bit_and_sign(ops.s, x)
-    lead, sign = bits[..., :SIGN_BIT], bits[..., SIGN_BIT]
+def _normalise(ops: _Ops, x: torch.Tensor, columns: list[torch.Tensor]):
+    """(m, sign bit, weighted): x = m 2^(j + 1 - f) with 0.5 <= |m| <= 1 (m has x's sign),
+    and sum_j lead_j column_j for each public int64 column (63 weights, one per leading-bit
+    position j), all from one weighted B2A."""
     # 2^-(j + 1 - f) at 62 - f fractional bits is the integer 2^(61 - j)
-    weights = torch.tensor([1 << (61 - j) if j <= 61 else 0 for j in range(63)], dtype=torch.int64)
-    m = ops.mul1(x, ops.weigh(lead, weights), 62 - ops.f)
-    return m, lead, sign
+    norm = torch.tensor([1 << (61 - j) if j <= 61 else 0 for j in range(63)], dtype=torch.int64)
+    lead_columns = torch.stack([norm, *columns], 1)  # (63, k)
+    weights = torch.zeros(64, lead_columns.shape[1] + 1, dtype=torch.int64)
+    weights[:SIGN_BIT, :-1] = lead_columns
+    weights[SIGN_BIT, -1] = 1
+    sums = leading_bit_weighted(ops.s, x, weights)
+    m = ops.mul1(x, sums[..., 0], 62 - ops.f)
+    return m, sums[..., -1], [sums[..., k] for k in range(1, len(columns) + 1)]
 
 
 def _exponents(ops: _Ops, power: float) -> np.ndarray:
@@ -168,11 +165,12 @@ def _exponents(ops: _Ops, power: float) -> np.ndarray:
 
 
 def _reciprocal_shares(ops: _Ops, x: torch.Tensor) -> torch.Tensor:
-    m, lead, sign = _normalise(ops, x)
+    weights, h = ops.power_weights(2.0, _exponents(ops, -1.0))
+    m, sign, (scale,) = _normalise(ops, x, [weights])
     # y0 = sign(m) 48/17 - 32/17 m: relative error <= 1/17 on 0.5 <= |m| <= 1
     y = ops.combine([(m, -32 / 17)], 48 / 17) - 2 * int(encode(48 / 17, ops.f)) * sign
     y = ops.newton_reciprocal(m, y, RECIPROCAL_STEPS)
-    return ops.scale_by_powers(y, 2.0, lead, _exponents(ops, -1.0))
+    return ops.mul1(y, scale, ops.f + h)  # y 2^-(j + 1 - f)
 
 
 def reciprocal(x):
@@ -181,8 +179,8 @@ def reciprocal(x):
     return x._new(_reciprocal_shares(ops, s))
 
 
-def _abs_m_and_inv_sqrt(ops: _Ops, x: torch.Tensor):
-    m, lead, sign = _normalise(ops, x)
+def _abs_m_and_inv_sqrt(ops: _Ops, x: torch.Tensor, columns: list[torch.Tensor]):
+    m, sign, weighted = _normalise(ops, x, columns)
     (neg,) = ops.mul_bits([(m, sign)])
     m = m - 2 * neg  # |m|
     # y0 = 1.785 - 0.805 m: relative error 0.023 for 1/sqrt(m) on [0.5, 1]
@@ -191,22 +189,24 @@ def _abs_m_and_inv_sqrt(ops: _Ops, x: torch.Tensor):
         y2 = ops.mul1(y, y)
         t = ops.mul1(m, y2)
         y = ops.mul1(y, ops.const(3.0, t) - t, ops.f + 1)  # y (3 - m y^2) / 2
-    return m, y, lead
+    return m, y, weighted
 
 
 def inv_sqrt(x):
     """1/sqrt(x) for x > 0 (see the module table)."""
     ops, s = _ops(x)
-    _, y, lead = _abs_m_and_inv_sqrt(ops, s)
-    return x._new(ops.scale_by_powers(y, 1.5, lead, _exponents(ops, -0.5)))
+    weights, h = ops.power_weights(1.5, _exponents(ops, -0.5))
+    _, y, (scale,) = _abs_m_and_inv_sqrt(ops, s, [weights])
+    return x._new(ops.mul1(y, scale, ops.f + h))
 
 
 def sqrt(x):
     """sqrt(x) for x >= 0 (see the module table)."""
     ops, s = _ops(x)
-    m, y, lead = _abs_m_and_inv_sqrt(ops, s)
+    weights, h = ops.power_weights(1.1, _exponents(ops, 0.5))
+    m, y, (scale,) = _abs_m_and_inv_sqrt(ops, s, [weights])
     root_m = ops.mul1(m, y)  # sqrt(|m|) in [0.7, 1]
-    return x._new(ops.scale_by_powers(root_m, 1.1, lead, _exponents(ops, 0.5)))
+    return x._new(ops.mul1(root_m, scale, ops.f + h))
 
 
 def _log_poly_coefficients(degree: int) -> np.ndarray:
@@ -221,7 +221,9 @@ _LOG_COEFFS = _log_poly_coefficients(LOG_DEGREE)
 def log(x):
     """Natural log for x > 0 (see the module table)."""
     ops, s = _ops(x)
-    m, lead, sign = _normalise(ops, s)
+    exponent = torch.tensor(np.round((_POSITIONS + 1 - ops.f) * math.log(2) * 2 ** ops.f),
+                            dtype=torch.int64)
+    m, sign, (exponent_term,) = _normalise(ops, s, [exponent])  # (j + 1 - f) ln 2
     (neg,) = ops.mul_bits([(m, sign)])
     t = m - 2 * neg - ops.const(0.75, m)
     powers = {1: t}
@@ -231,9 +233,7 @@ def log(x):
     powers.update({4 + k: p for k, p in zip(range(1, 5), p5)})
     poly = ops.combine([(powers[k], float(_LOG_COEFFS[k])) for k in range(1, LOG_DEGREE + 1)],
                        float(_LOG_COEFFS[0]))
-    exponent = torch.tensor(np.round((_POSITIONS + 1 - ops.f) * math.log(2) * 2 ** ops.f),
-                            dtype=torch.int64)
-    return x._new(poly + ops.weigh(lead, exponent))
+    return x._new(poly + exponent_term)
 
 
 # -- sigmoid, tanh, erf, gelu --------------------------------------------------------------------

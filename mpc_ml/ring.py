@@ -14,6 +14,7 @@ from __future__ import annotations
 import itertools
 from typing import Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -194,7 +195,13 @@ def conv1d_int64(x: torch.Tensor, w: torch.Tensor, stride=1, padding=0, dilation
 
 def bits_at(word: torch.Tensor, positions) -> torch.Tensor:
     """Bits of each element at these positions, as a trailing dim of 0/1 int64."""
-    pos = torch.as_tensor(list(positions), dtype=torch.int64, device=word.device)
+    positions = list(positions)
+    if positions == list(range(64)) and not word.is_cuda and word.numel():
+        # all 64 bits: unpack the bytes (several times faster than 64 shifts per element)
+        raw = word.contiguous().reshape(-1).view(torch.uint8).reshape(-1, 8).numpy()
+        bits = np.unpackbits(raw, axis=1, bitorder="little")
+        return torch.from_numpy(bits).to(torch.int64).reshape(*word.shape, 64)
+    pos = torch.as_tensor(positions, dtype=torch.int64, device=word.device)
     return (word.unsqueeze(-1) >> pos) & 1
 
 

@@ -182,23 +182,44 @@ def msb(session: Session, x: torch.Tensor) -> torch.Tensor:
     return bits.reshape(x.shape)
 
 
-def b2a_bits(session: Session, word: torch.Tensor, positions: list[int]) -> torch.Tensor:
-    """Additive shares of the bits of an XOR-shared word at these positions (trailing dim).
-
-    One round; ceil(numel * len(positions) / 8) bytes to each peer.
-    """
+def _open_masked_bits(session: Session, word: torch.Tensor, positions: list[int]):
+    """(c, r_bits): the opened bits of word ^ r at positions (0/1 int64, trailing dim) for a
+    fresh daBit word r, and this party's additive shares of r's bits there. One round:
+    all 64 positions travel as the masked word itself, fewer as packed bits."""
     corr = session.provider.request("dabits", shape=list(word.shape), positions=list(positions))
     (r,) = corr.free
-    c = open_bits(session, bits_at(word ^ r.to(word.device), positions))
+    masked = word ^ r.to(word.device)
+    if list(positions) == list(range(WORD_BITS)):
+        c = bits_at(open_words(session, [masked])[0], positions)
+    else:
+        c = open_bits(session, bits_at(masked, positions))
     (r_bits,) = corr.derived()
-    r_bits = r_bits.to(word.device)
-    out = r_bits - 2 * c * r_bits
+    return c, r_bits.to(word.device)
+
+
+def b2a_bits(session: Session, word: torch.Tensor, positions: list[int]) -> torch.Tensor:
+    """Additive shares of the bits of an XOR-shared word at these positions (trailing dim):
+    [b_j] = c_j + [r_j] - 2 c_j [r_j]. One round; ceil(numel * len(positions) / 8) bytes
+    to each peer."""
+    c, r_bits = _open_masked_bits(session, word, positions)
+    out = r_bits * (1 - 2 * c)
     return out + c if session.rank == 0 else out
+
+
+def b2a_weighted(session: Session, word: torch.Tensor, positions: list[int],
+                 weights: torch.Tensor) -> torch.Tensor:
+    """Additive shares of sum_j weights[j, k] * bit_{positions[j]}(word) for each column k
+    of a public int64 matrix (trailing dim k): b2a_bits and the weighting in one int64
+    matmul, without keeping every bit's share. One round, as b2a_bits."""
+    c, r_bits = _open_masked_bits(session, word, positions)
+    p, w = len(positions), weights.to(word.device)
+    out = torch.where(c.bool(), -r_bits, r_bits).reshape(-1, p) @ w  # r_j (1 - 2 c_j)
+    if session.rank == 0:
+        out += c.reshape(-1, p) @ w
+    return out.reshape(*word.shape, w.shape[1])
 
 
 def b2a(session: Session, word: torch.Tensor) -> torch.Tensor:
     """Additive shares of an XOR-shared word: sum_j 2^j [bit_j] (one round, 8 bytes/element)."""
-    bits = b2a_bits(session, word, list(range(WORD_BITS)))
-    weights = torch.ones(WORD_BITS, dtype=torch.int64, device=word.device) << torch.arange(
-        WORD_BITS, device=word.device)
-    return (bits * weights).sum(-1)
+    powers = torch.ones(WORD_BITS, 1, dtype=torch.int64) << torch.arange(WORD_BITS).unsqueeze(1)
+    return b2a_weighted(session, word, list(range(WORD_BITS)), powers)[..., 0]

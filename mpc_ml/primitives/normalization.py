@@ -9,21 +9,22 @@ numbers", FC 2010). Here, in 14 rounds for n = 2:
    local, since an arithmetic shift of each XOR share broadcasts its sign bit;
 3. prefix OR from the top, s |= s >> 2^k for k < 6 (6 AND rounds), then the one-hot
    leading bit lead = s ^ (s >> 1);
-4. one B2A of 64 bits (1 round): bits 0..62 of lead and the sign bit 63 of w.
-Callers then form any public weighting sum_j bit_j * weight_j locally.
+4. one B2A of 64 bits (1 round): bits 0..62 of lead and the sign bit 63 of w, each
+   weighted by the caller's public columns (sum_j bit_j * weight_j) in one int64 matmul.
 """
 from __future__ import annotations
 
 import torch
 
 from ..session import Session
-from .binary import LOG_WORD_BITS, WORD_BITS, a2b, and_many, b2a_bits
+from .binary import LOG_WORD_BITS, WORD_BITS, a2b, and_many, b2a_weighted
 
 SIGN_BIT = 63
 
 
-def leading_bit_and_sign(session: Session, x: torch.Tensor) -> torch.Tensor:
-    """Additive 0/1 integer shares (..., 64): one-hot leading bit of |x| in 0..62, sign at 63."""
+def leading_bit_weighted(session: Session, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Additive shares (..., k) of sum_j weights[j, k] * bit_j, where bits 0..62 are the
+    one-hot leading bit of |x| and bit 63 is the sign of x (weights: public int64 (64, k))."""
     w = a2b(session, x)
     s = w ^ (w >> SIGN_BIT)  # bit 63 is now 0 in the shared value
     for k in range(LOG_WORD_BITS):
@@ -32,4 +33,4 @@ def leading_bit_and_sign(session: Session, x: torch.Tensor) -> torch.Tensor:
         s = s ^ shifted ^ both  # s | shifted
     lead = s ^ (s >> 1)
     word = lead ^ (w & torch.tensor(-(1 << 63), dtype=torch.int64, device=w.device))
-    return b2a_bits(session, word, list(range(WORD_BITS)))
+    return b2a_weighted(session, word, list(range(WORD_BITS)), weights)
