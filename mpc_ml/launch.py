@@ -1,4 +1,4 @@
-"""Starting parties: mpc.run (threads or processes on this machine) and mpc.init.
+"""Starting parties: mpc.run (threads, processes or MPI ranks on this machine) and mpc.init.
 
 mpc.init() in a party process reads its place from the environment, which
 `mpc-ml launch` (or a deployment recipe) sets:
@@ -9,7 +9,13 @@ mpc.init() in a party process reads its place from the environment, which
     MPC_DEALER_ADDR               HOST:PORT of the dealer (provider dealer)
     MPC_TLS_DIR                   certificate directory (`mpc-ml certs`): every connection
                                   is mutually authenticated TLS 1.3; unset or empty: plain tcp
-    MPC_PRECISION_BITS, MPC_TRUNCATION, MPC_COMM_TIMEOUT_S   Config overrides
+    MPC_PRECISION_BITS, MPC_TRUNCATION, MPC_COMM_TIMEOUT_S, MPC_CONNECT_TIMEOUT_S
+                                  Config overrides
+    MPC_BACKEND                   tcp (default) | mpi; under mpiexec without MPC_RANK: mpi
+    MPC_TORCH_THREADS             torch's thread count in this party
+
+A launched party whose uncaught error is a lost peer (PeerError, CommTimeout) exits
+with PEER_FAILURE_EXIT, so that a launcher can name the party that failed first.
 
 Processes are spawned, never forked (forking breaks CUDA and deadlocks threaded BLAS).
 """
