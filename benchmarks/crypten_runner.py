@@ -101,9 +101,7 @@ def _row(name, spec, rank, token, crypten, comm, torch, suite):
         xs = [crypten.cryptensor(t, src=i % 2) for i, t in enumerate(inputs)]
         fn = _op_fn(name)
         run = lambda: fn(*xs)  # noqa: E731
-        before = None
     else:
-        import torch.nn.functional as F
         row = suite.bench_models.ROWS_BY_NAME[name]
         torch_model = row.build(quick)
         model = crypten.nn.from_pytorch(torch_model, inputs[0])

@@ -8,7 +8,6 @@ compared tensor (1e-3 unless the case says otherwise: the nonlinear functions ca
 errors stated in mpc_ml/functions.py). Then the tape's own rules: gradient accumulation
 over two backward() calls, fan-out, detach, no_grad / enable_grad, and torch's errors.
 """
-import math
 
 import pytest
 import torch

@@ -1,17 +1,14 @@
 """Deployment files and the multi-host recipes: ssh (a real sshd on loopback), slurm
 (the generated commands, run here), and parties on separate hosts (network namespaces
 joined by a bridge), over TLS, then with bandwidth shaped by tc tbf."""
-import os
 import re
 import shlex
 import shutil
 import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
-import torch
 
 from mpc_ml import deploy
 from mpc_ml.comm import tcp

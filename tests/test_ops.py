@@ -5,7 +5,6 @@ Each configuration is launched once (module-scoped fixture): the parties run eve
 case and party 0 returns (private result, plaintext result, tolerance) per case; the
 tests below then check one case each, so a failure names the case and configuration.
 """
-import math
 
 import pytest
 import torch

@@ -382,19 +382,16 @@ def product_sizes(op: str, xs, ys, z_shape, kwargs: dict) -> dict:
                 trunc_request_bytes=request_bytes("trunc", shape=list(z_shape), bits=F_BITS))
 
 
-def _pair(v) -> list:
-    return list(v) if isinstance(v, (tuple, list)) else [v, v]
-
-
 def user_triple_request_bytes(op: str, xs, ys, kw: dict) -> int:
     """The triple request MPCTensor's op sends: conv arguments as (h, w) pairs, and conv1d
     as a height-1 conv2d."""
     if op == "conv2d":
-        kw = dict(kw, **{k: _pair(kw.get(k, d)) for k, d in
+        kw = dict(kw, **{k: list(_pair(kw.get(k, d))) for k, d in
                          (("stride", 1), ("padding", 0), ("dilation", 1))})
     elif op == "conv1d":
         op, xs, ys = "conv2d", (xs[0], xs[1], 1, *xs[2:]), (ys[0], ys[1], 1, *ys[2:])
-        one = lambda k, d: _pair(kw.get(k, d))[0]  # noqa: E731
+        def one(k, d):
+            return _pair(kw.get(k, d))[0]
         kw = dict(kw, stride=[1, one("stride", 1)], padding=[0, one("padding", 0)],
                   dilation=[1, one("dilation", 1)])
     return request_bytes("triple", op=op, a_shape=list(xs), b_shape=list(ys),

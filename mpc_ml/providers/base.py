@@ -14,7 +14,6 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import Callable
 
-import torch
 
 from .. import ring
 from ..prg import PRG
