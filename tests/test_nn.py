@@ -851,13 +851,14 @@ def check_training(opt_name, opt_kwargs, steps=2, world_size=2, tol=1e-2):
         assert_near(losses[step], loss, 1e-2, f"loss at step {step + 1}")
         for n, p in tm.named_parameters():
             assert_near(snapshots[step][n], p, tol, f"{n} after step {step + 1}")
-            # The updates are mostly below 1e-2, so hold them (since the start) to 3% of
+            # The updates are mostly below 1e-2, so hold them (since the start) to 6% of
             # their norm too: each variant differs from its neighbour (momentum, Nesterov,
             # weight decay, dampening) by 12% or more here, while a ReLU that flips on a
-            # pre-activation within fixed-point error of 0 moves one bias update by ~2%.
+            # pre-activation within fixed-point error of 0 moves an update by 2-4% (3.7%
+            # seen once in about fifty runs; fresh masks each run decide the rounding).
             update, expected = snapshots[step][n] - state[n], p.detach() - state[n]
             relative = ((update - expected).norm() / expected.norm()).item()
-            assert relative <= 0.03, \
+            assert relative <= 0.06, \
                 f"{n}: update after step {step + 1} off by {relative:.3f} of its norm"
 
 
