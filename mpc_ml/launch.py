@@ -266,20 +266,25 @@ def _party_process(rank, world_size, fn, args, kwargs, provider, config, addrs, 
         session = tcp_session(rank, world_size, addrs, provider, config, dealer_addr, listener,
                               tls=tls)
         activate(session)
-        out = fn(*args, **kwargs)
-        try:
-            # Plain pickle copies tensors by value (multiprocessing's own pickler would pass
-            # shared-memory handles that die with this process). This pipe only connects
-            # the launcher to its own child; nothing from another party is unpickled.
-            payload = pickle.dumps(out)
-        except (pickle.PicklingError, TypeError, AttributeError) as e:
-            raise TypeError(f"the return value of party {rank} cannot be sent back: {e}") from None
-        results.put((rank, "ok", payload))
+        results.put((rank, "ok", pickle_result(fn(*args, **kwargs), rank)))
     except BaseException as e:
         results.put((rank, "error", _describe(e)))
     finally:
         if session is not None:
             session.close()
+
+
+def pickle_result(out: Any, rank: int) -> bytes:
+    """A party's return value for the launcher that started it.
+
+    Plain pickle copies tensors by value (multiprocessing's own pickler would pass
+    shared-memory handles that die with the party's process). This only connects a
+    launcher to its own child; nothing from another party is unpickled.
+    """
+    try:
+        return pickle.dumps(out)
+    except (pickle.PicklingError, TypeError, AttributeError) as e:
+        raise TypeError(f"the return value of party {rank} cannot be sent back: {e}") from None
 
 
 def _dealer_process(listener, world_size, config, results, tls_dir=None) -> None:

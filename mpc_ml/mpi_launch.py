@@ -423,6 +423,7 @@ def _rank_main(job_dir: str) -> int:
     try:
         import torch
 
+        from .launch import pickle_result
         from .session import activate
 
         torch.set_num_threads(1 if key == DEALER_RANK
@@ -445,11 +446,7 @@ def _rank_main(job_dir: str) -> int:
             sys.path[:0] = [p for p in spec["prep"].get("sys_path", []) if p not in sys.path]
         fn, args, kwargs = pickle.loads(spec["payload"])
         activate(session)
-        out = fn(*args, **kwargs)
-        try:
-            result = pickle.dumps(out)
-        except (pickle.PicklingError, TypeError, AttributeError) as e:
-            raise TypeError(f"the return value of party {me} cannot be sent back: {e}") from None
+        result = pickle_result(fn(*args, **kwargs), me)
         _write_atomic(report, pickle.dumps(("ok", result)))
     except BaseException as e:
         _write_atomic(report, pickle.dumps(("error", _describe(e))))

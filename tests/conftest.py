@@ -1,8 +1,12 @@
-"""Shared test settings: every configuration the public API promises."""
+"""Shared test settings (every configuration the public API promises) and helpers."""
 import itertools
+import json
 
 import pytest
 import torch
+
+import mpc_ml as mpc
+from mpc_ml.encoding import encode
 
 WORLD_SIZES = (2, 3, 4)
 BACKENDS = ("inproc", "tcp", "mpi")  # make test installs mpi4py and mpich
@@ -29,3 +33,31 @@ def seeded(name: str) -> torch.Generator:
 @pytest.fixture(params=CONFIGS, ids=config_id)
 def matrix_config(request):
     return request.param
+
+
+def rnd(name: str, *shape, lo: float = -1.0, hi: float = 1.0) -> torch.Tensor:
+    """Seeded float32 uniform data in [lo, hi)."""
+    return torch.rand(tuple(shape), generator=seeded(name), dtype=torch.float32) * (hi - lo) + lo
+
+
+def enc(t: torch.Tensor, src: int) -> "mpc.MPCTensor":
+    """src's t, secret-shared (every party generated the same t; only src's copy is used)."""
+    return mpc.encrypt(t if mpc.rank() == src else None, src=src, shape=t.shape)
+
+
+def rounded(t: torch.Tensor, bits: int = 16) -> torch.Tensor:
+    """t as the parties see it after fixed-point encoding."""
+    return encode(t, bits).to(torch.float64) / 2 ** bits
+
+
+def measured(fn):
+    """(fn(), this party's stats for exactly that call)."""
+    mpc.reset_stats()
+    out = fn()
+    return out, mpc.stats()
+
+
+def request_bytes(kind: str, **params) -> int:
+    """Length of a correlation request as the specs define it (compact sorted JSON)."""
+    return len(json.dumps({"kind": kind, "params": params}, separators=(",", ":"),
+                          sort_keys=True))

@@ -15,14 +15,11 @@ import torch.nn.functional as F
 
 import mpc_ml as mpc
 from conftest import seeded
+from conftest import enc, rnd
 
 
-def rnd(name: str, *shape, lo: float = -1.0, hi: float = 1.0) -> torch.Tensor:
-    return torch.rand(tuple(shape), generator=seeded(name), dtype=torch.float32) * (hi - lo) + lo
 
 
-def enc(t: torch.Tensor, src: int):
-    return mpc.encrypt(t if mpc.rank() == src else None, src=src, shape=t.shape)
 
 
 def assert_near(got, expected, tol: float, what: str) -> None:

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 import mpc_ml as mpc
-from conftest import CONFIGS, FIXED_POINT_UNIT, config_id, seeded
+from conftest import CONFIGS, FIXED_POINT_UNIT, config_id, enc, seeded
 
 MAGNITUDES = (1e-3, 1.0, 1e3)
 
@@ -27,9 +27,6 @@ def tol(*magnitudes, k: int = 1) -> float:
     return 4 * FIXED_POINT_UNIT * total
 
 
-def enc(t, src):
-    """Encrypt t from src (every party generated the same t; only src's copy is used)."""
-    return mpc.encrypt(t if mpc.rank() == src else None, src=src, shape=t.shape)
 
 
 # -- cases: each returns (private result decrypted, expected, tolerance) ------------------

@@ -11,7 +11,6 @@ RNG in the inproc backend, so nothing here relies on torch.manual_seed).
 from __future__ import annotations
 
 import itertools
-import json
 import math
 import threading
 import types
@@ -21,6 +20,8 @@ import torch
 import torch.nn.functional as F
 
 import mpc_ml as mpc
+from conftest import enc as share
+from conftest import measured, request_bytes, rounded
 from mpc_ml.comm.base import Communicator
 from mpc_ml.comm.inproc import InprocHub
 from mpc_ml.encoding import encode
@@ -45,27 +46,12 @@ def randn(seed: int, *shape, scale: float = 1.0) -> torch.Tensor:
     return torch.randn(tuple(size), generator=g, dtype=torch.float64) * scale
 
 
-def rounded(t: torch.Tensor) -> torch.Tensor:
-    """t as the parties see it after fixed-point encoding."""
-    return encode(t, F_BITS).to(torch.float64) / 2 ** F_BITS
 
 
-def share(t: torch.Tensor, src: int) -> mpc.MPCTensor:
-    """src's t, secret-shared (the other parties pass None and the shape)."""
-    return mpc.encrypt(t if mpc.rank() == src else None, src=src, shape=t.shape)
 
 
-def measured(fn):
-    """(fn(), this party's stats for exactly that call)."""
-    mpc.reset_stats()
-    out = fn()
-    return out, mpc.stats()
 
 
-def request_bytes(kind: str, **params) -> int:
-    """Length of a correlation request as the specs define it (compact sorted JSON)."""
-    return len(json.dumps({"kind": kind, "params": params}, separators=(",", ":"),
-                          sort_keys=True))
 
 
 def conv_kwargs(stride, padding, dilation, groups) -> dict:

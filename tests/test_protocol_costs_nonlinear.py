@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import functools
 import itertools
-import json
 import math
 import operator
 import re
@@ -23,6 +22,8 @@ import torch
 import torch.nn.functional as F
 
 import mpc_ml as mpc
+from conftest import enc as share
+from conftest import measured, request_bytes, rounded
 from mpc_ml import functions
 from mpc_ml.encoding import encode
 from mpc_ml.primitives import (a2b, and_many, b2a, b2a_bits, binary_add, ltz, max_along_last,
@@ -85,25 +86,12 @@ def sum_all(shares) -> torch.Tensor:
     return functools.reduce(operator.add, shares)
 
 
-def rounded(t: torch.Tensor) -> torch.Tensor:
-    return encode(t, F_BITS).to(torch.float64) / 2 ** F_BITS
 
 
-def share(t: torch.Tensor, src: int) -> mpc.MPCTensor:
-    return mpc.encrypt(t if mpc.rank() == src else None, src=src, shape=t.shape)
 
 
-def measured(fn):
-    """(fn(), this party's stats for exactly that call)."""
-    mpc.reset_stats()
-    out = fn()
-    return out, mpc.stats()
 
 
-def request_bytes(kind: str, **params) -> int:
-    """Length of a correlation request as the specs define it (compact sorted JSON)."""
-    return len(json.dumps({"kind": kind, "params": params}, separators=(",", ":"),
-                          sort_keys=True))
 
 
 def btriple_bytes(m: int) -> dict:
