@@ -14,7 +14,7 @@ import math
 
 import torch
 
-from mpc_ml.specs import derive_sizes, evaluate_table, load_spec
+from mpc_ml.core.specs import derive_sizes, evaluate_table, load_spec
 
 
 def _tournament(rows: int, k: int) -> dict:

@@ -1,19 +1,35 @@
 """mpc_ml: secure multi-party computation for machine learning on PyTorch.
 
 Semi-honest parties compute on additive secret shares over Z_2^64 with fixed-point
-encoding. See README.md for the threat model and DESIGN.md for the layers.
+encoding. See README.md for the threat model and the layers (one folder each):
+
+    cli/                                    the `mpc-ml` command
+    serving/  compat/                       private inference; other frameworks' APIs
+    nn/  optim/                             layers, losses, from_pytorch, checkpoints; SGD, Adam
+    tensor/                                 MPCTensor, recording point, autograd, validation, trace
+    primitives/                             protocols on shares
+    launch/                                 mpc.run, mpc.init, runners, deployment files
+    session.py                              one Session per party (comm, PRGs, provider)
+    providers/                              correlated randomness: tfp, dealer
+    comm/                                   links, frames, traffic counts
+    core/  config.py                        ring kernels, codec, PRG, Op names; the Config
 """
 from __future__ import annotations
 
-from . import autograd  # installs the autograd recorder on MPCTensor ops
-from .autograd import enable_grad, is_grad_enabled, no_grad
+import sys
+
+from . import nn, optim, serving
 from .config import Config
 from .launch import PartyError, init, run, shutdown
 from .session import current as _current
-from .tensor import MPCTensor, cat, conv1d, conv2d, encrypt, stack, where
-from . import nn, optim  # noqa: E402  (after the tensor layer they build on)
+from .tensor import (MPCTensor, cat, conv1d, conv2d, enable_grad, encrypt, is_grad_enabled,
+                     no_grad, stack, where)
 
 __version__ = "0.1.0"
+
+# `mpc_ml.inference` was the serving module's name before the layers had folders.
+sys.modules[__name__ + ".inference"] = serving.inference
+inference = serving.inference
 
 
 def rank() -> int:
@@ -37,5 +53,6 @@ def reset_stats() -> None:
     _current().reset_stats()
 
 
-__all__ = ["Config", "autograd", "nn", "optim", "enable_grad", "is_grad_enabled", "no_grad", "MPCTensor", "PartyError", "cat", "conv1d", "conv2d", "encrypt", "init",
-           "rank", "reset_stats", "run", "shutdown", "stack", "stats", "where", "world_size"]
+__all__ = ["Config", "MPCTensor", "PartyError", "cat", "conv1d", "conv2d", "enable_grad", "encrypt",
+           "init", "inference", "is_grad_enabled", "nn", "no_grad", "optim", "rank", "reset_stats",
+           "run", "serving", "shutdown", "stack", "stats", "where", "world_size"]

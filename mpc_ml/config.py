@@ -30,6 +30,9 @@ class Config:
     """How long the dealer waits for the next request before giving up."""
     force_limbs: bool = False
     """Compute matmul/conv by the CUDA float64-limb kernels even on CPU (to test them)."""
+    validate: bool = False
+    """Debugging only (it reveals everything): after every op, decrypt and compare with the
+    same op in plaintext; the first op beyond its stated error bound raises ValidationError."""
 
     def __post_init__(self) -> None:
         if not 0 < self.precision_bits <= 30:
@@ -48,7 +51,7 @@ class Config:
     def agreed_fields(self) -> dict:
         """The fields that every party must hold identical values for."""
         return {"precision_bits": self.precision_bits, "truncation": self.truncation,
-                "protocol_version": PROTOCOL_VERSION}
+                "validate": self.validate, "protocol_version": PROTOCOL_VERSION}
 
     @classmethod
     def from_env(cls, base: "Config | None" = None) -> "Config":

@@ -10,12 +10,23 @@ import threading
 
 import torch
 
-from .comm.base import Communicator, Link
+from .comm import Communicator, Link
 from .config import Config
-from .prg import PRG, SEED_BYTES, new_seed
-from .providers import PROVIDERS, DealerProvider, Provider, TrustedFirstParty
+from .core.prg import PRG, SEED_BYTES, new_seed
+from .providers import PROVIDERS, Provider
 
 _local = threading.local()
+
+
+def check_job(world_size: int, provider: str, config: Config | None = None) -> None:
+    """The checks every way of starting a job makes: a known provider, at least two
+    parties, and settings that are correct for this many parties (ValueError otherwise)."""
+    if provider not in PROVIDERS:
+        raise ValueError(f"unknown provider {provider!r}; choose one of {tuple(PROVIDERS)}")
+    if not isinstance(world_size, int) or isinstance(world_size, bool) or world_size < 2:
+        raise ValueError(f"a job needs at least two parties (world_size >= 2), got {world_size!r}")
+    if config is not None and config.truncation == "local" and world_size != 2:
+        raise ValueError("truncation='local' is only correct for 2 parties")
 
 
 class Session:
@@ -23,23 +34,17 @@ class Session:
 
     def __init__(self, comm: Communicator, config: Config, provider: str,
                  dealer_link: Link | None = None):
-        if provider not in PROVIDERS:
-            raise ValueError(f"unknown provider {provider!r}; choose one of {PROVIDERS}")
-        if config.truncation == "local" and comm.world_size != 2:
-            raise ValueError("truncation='local' is only correct for 2 parties")
+        check_job(comm.world_size, provider, config)
         self.comm, self.config = comm, config
         self.rank, self.world_size = comm.rank, comm.world_size
         self.own = PRG(new_seed())
         self.pairwise = self._agree_pairwise_seeds()
         self.zero_streams = {j: prg.derive("zero") for j, prg in self.pairwise.items()}
-        if provider == "tfp":
-            self.provider: Provider = TrustedFirstParty(self.rank, self.world_size, self.own,
-                                                        self.pairwise)
-        else:
-            if dealer_link is None:
-                raise ValueError("provider 'dealer' needs a connection to a dealer")
-            self.provider = DealerProvider(self.rank, self.world_size, dealer_link,
-                                           config.comm_timeout_s)
+        self.provider: Provider = PROVIDERS[provider].create(
+            self.rank, self.world_size, self.own, self.pairwise, dealer_link,
+            config.comm_timeout_s)
+        self.op_observers: list = []
+        """Callables (op, out, inputs, ctx) shown every MPCTensor op (e.g. a CorrelationTrace)."""
         self.reset_stats()
 
     def _agree_pairwise_seeds(self) -> dict[int, PRG]:

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import mpc_ml as mpc
-from mpc_ml.encoding import encode
+from mpc_ml.core.encoding import encode
 
 WORLD_SIZES = (2, 3, 4)
 BACKENDS = ("inproc", "tcp", "mpi")  # make test installs mpi4py and mpich

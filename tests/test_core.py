@@ -3,9 +3,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mpc_ml import ring
-from mpc_ml.encoding import decode, encode, max_encodable
-from mpc_ml.prg import PRG, new_seed
+from mpc_ml.core import ring
+from mpc_ml.core.encoding import decode, encode, max_encodable
+from mpc_ml.core.prg import PRG, new_seed
 
 
 def full_range(*shape, seed=0):

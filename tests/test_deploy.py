@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from mpc_ml import deploy
+from mpc_ml.launch import deploy
 from mpc_ml.comm import tcp
 
 PARTY_SCRIPT = textwrap.dedent('''
@@ -18,7 +18,7 @@ PARTY_SCRIPT = textwrap.dedent('''
     import sys
     import torch
     import mpc_ml as mpc
-    from mpc_ml.inference import private_predict
+    from mpc_ml.serving import private_predict
 
     out_path = sys.argv[1]
     mpc.init()

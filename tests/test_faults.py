@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 import mpc_ml as mpc
-from mpc_ml.checkpoint import CheckpointError
+from mpc_ml.nn.checkpoint import CheckpointError
 from mpc_ml.comm import CommError, Communicator, FrameError, PeerError, tcp
 from mpc_ml.config import PROTOCOL_VERSION, Config
 from mpc_ml.launch import tcp_session

@@ -21,7 +21,7 @@ import torch
 import mpc_ml as mpc
 from mpc_ml import cli
 from mpc_ml.comm import frames, tcp
-from mpc_ml.inference import (InferenceClient, InferenceError, private_predict,
+from mpc_ml.serving import (InferenceClient, InferenceError, private_predict,
                               private_predict_batch, serve_client)
 
 TOL = 1e-2

@@ -1,7 +1,7 @@
 """The MPI backend: parties as ranks of an mpiexec job (mpi4py + MPICH from PyPI).
 
 Arithmetic (mul, matmul, conv) and nonlinear (relu, sigmoid, softmax) operations against
-torch for 2 and 3 parties with both providers, through mpc_ml.mpi_launch.run_mpi (what
+torch for 2 and 3 parties with both providers, through mpc_ml.launch.mpi.run_mpi (what
 mpc.run(backend="mpi") calls); errors and dead ranks named without a hang; and a plain
 `mpiexec -n 3 python script.py` whose script builds its session with mpi_session and
 also checks the link itself (typed messages, timeouts, bad frames, goodbyes).
@@ -22,7 +22,7 @@ import mpi4py  # noqa: E402,F401  (make test installs it: the mpi extra)
 import mpc_ml as mpc  # noqa: E402
 import test_functions  # noqa: E402
 import test_ops  # noqa: E402
-from mpc_ml.mpi_launch import find_mpiexec, run_mpi  # noqa: E402
+from mpc_ml.launch.mpi import find_mpiexec, run_mpi  # noqa: E402
 
 FAST = mpc.Config(comm_timeout_s=10.0, connect_timeout_s=10.0)
 OP_CASES = ("mul", "matmul", "conv")
@@ -112,7 +112,7 @@ SCRIPT = textwrap.dedent('''
     import mpc_ml as mpc
     from mpc_ml.comm import CommTimeout, FrameError, PeerError
     from mpc_ml.comm import mpi
-    from mpc_ml.mpi_launch import mpi_session
+    from mpc_ml.launch.mpi import mpi_session
     from mpc_ml.session import activate
 
     world = MPI.COMM_WORLD

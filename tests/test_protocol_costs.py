@@ -24,10 +24,10 @@ from conftest import enc as share
 from conftest import measured, request_bytes, rounded
 from mpc_ml.comm.base import Communicator
 from mpc_ml.comm.inproc import InprocHub
-from mpc_ml.encoding import encode
+from mpc_ml.core.encoding import encode
 from mpc_ml.primitives import beaver_product, open_shares, reveal, truncate, zero_share
 from mpc_ml.session import Session, current
-from mpc_ml.specs import derive_sizes, evaluate, evaluate_fraction, evaluate_table, load_spec
+from mpc_ml.core.specs import derive_sizes, evaluate, evaluate_fraction, evaluate_table, load_spec
 
 F_BITS = 16
 UNIT = 2.0 ** -F_BITS

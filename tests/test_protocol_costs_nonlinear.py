@@ -24,13 +24,13 @@ import torch.nn.functional as F
 import mpc_ml as mpc
 from conftest import enc as share
 from conftest import measured, request_bytes, rounded
-from mpc_ml import functions
-from mpc_ml.encoding import encode
+from mpc_ml.primitives.approximations import ERROR_BOUNDS
+from mpc_ml.core.encoding import encode
 from mpc_ml.primitives import (a2b, and_many, b2a, b2a_bits, binary_add, ltz, max_along_last,
                                max_one_hot, open_bits, open_words, relu, reveal)
 from mpc_ml.primitives.binary import held_by, reduce_to_two
 from mpc_ml.session import current
-from mpc_ml.specs import derive_sizes, evaluate, evaluate_fraction, evaluate_table, load_spec
+from mpc_ml.core.specs import derive_sizes, evaluate, evaluate_fraction, evaluate_table, load_spec
 
 F_BITS = 16
 N_PROVIDERS = list(itertools.product((2, 3, 4), ("tfp", "dealer")))
@@ -238,12 +238,10 @@ def test_approximations_sections_state_method_domain_error():
             linear = evaluate_fraction(section["bytes_per_element_per_peer"], **sizes)
             rest = sent - (n - 1) * linear * sizes["numel"]
             assert 0 <= rest <= (n - 1) * (tour["bit_bytes"] + 2 * numel // 8), (fname, n, rest)
-    # functions.py's table, as the spec repeats it
-    table = functions.__doc__
-    for fname in ("exp", "reciprocal", "inv_sqrt", "sqrt", "log", "sigmoid", "tanh", "softmax",
-                  "erf"):
-        row = next(line for line in table.splitlines() if line.startswith(f"| {fname} "))
-        assert spec[fname]["domain"] in row and spec[fname]["error_bound"] in row, fname
+    # the one table of bounds (ERROR_BOUNDS), as the spec repeats it
+    for fname, bound in ERROR_BOUNDS.items():
+        assert spec[fname]["domain"] == bound.domain, fname
+        assert spec[fname]["error_bound"] == bound.describe(), fname
 
 
 # -- AND, XOR, opening words and bits ------------------------------------------------------

@@ -1,8 +1,10 @@
-"""Communication layer: knows tensors and messages, nothing of shares."""
-from .base import (DEALER_RANK, CommError, CommTimeout, Communicator, FrameError, Link,
-                   PeerError, Stats, peer_name)
+"""Communication: links to peers (inproc, tcp, tls, mpi), typed frames, traffic counts.
 
-BACKENDS = ("inproc", "tcp", "mpi")
+Knows tensors and small control messages, nothing of shares. Imports only core/ and
+config. Every blocking receive has a timeout; counting happens in Communicator.
+"""
+from .base import Communicator, Link, Message, Stats, message_bytes
+from .errors import CLIENT_RANK, DEALER_RANK, CommError, CommTimeout, FrameError, PeerError, peer_name
 
-__all__ = ["BACKENDS", "DEALER_RANK", "CommError", "CommTimeout", "Communicator", "FrameError",
-           "Link", "PeerError", "Stats", "peer_name"]
+__all__ = ["CLIENT_RANK", "DEALER_RANK", "CommError", "CommTimeout", "Communicator", "FrameError",
+           "Link", "Message", "PeerError", "Stats", "message_bytes", "peer_name"]

@@ -16,7 +16,7 @@ import struct
 import numpy as np
 import torch
 
-from .base import FrameError
+from .errors import FrameError
 
 MAGIC = b"MPCF"
 FRAME_VERSION = 1

@@ -5,7 +5,8 @@ import queue
 
 import torch
 
-from .base import CommTimeout, Link, Message, PeerError, peer_name
+from .base import Link, Message
+from .errors import CommTimeout, PeerError, peer_name
 
 _CLOSED = object()
 

@@ -39,7 +39,8 @@ except ImportError as _e:  # pragma: no cover - depends on the installation
                       "pip install mpi4py mpich") from _e
 
 from . import frames
-from .base import CommError, CommTimeout, FrameError, Link, Message, PeerError, peer_name
+from .base import Link, Message
+from .errors import CommError, CommTimeout, FrameError, PeerError, peer_name
 
 MAGIC = int.from_bytes(b"MPCM", "little")
 KIND_TENSOR, KIND_CONTROL, KIND_CLOSE = frames.KIND_TENSOR, frames.KIND_CONTROL, 3

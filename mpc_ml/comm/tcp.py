@@ -25,7 +25,8 @@ import time
 import torch
 
 from . import frames
-from .base import CommError, CommTimeout, FrameError, Link, Message, PeerError, peer_name
+from .base import Link, Message
+from .errors import CommError, CommTimeout, FrameError, PeerError, peer_name
 
 _CLOSED = object()
 RECV_CHUNK = 1 << 22

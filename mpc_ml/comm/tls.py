@@ -36,7 +36,7 @@ import threading
 from pathlib import Path
 
 from . import frames
-from .base import DEALER_RANK, CommError, peer_name
+from .errors import DEALER_RANK, CommError, peer_name
 
 CA_FILE = "ca.pem"
 DEFAULT_DAYS = 365

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import tensor as T
-from ..autograd import no_grad
+from ..tensor import no_grad
 from ..session import current
 from ..tensor import MPCTensor
 

@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from ..autograd import is_grad_enabled
-from ..tensor import MPCTensor
+from ..tensor import MPCTensor, is_grad_enabled
 from . import functional as F
 from .module import Module
 

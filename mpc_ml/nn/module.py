@@ -165,13 +165,13 @@ class Module:
     def save_shares(self, path, optimizer=None) -> str:
         """Write this party's shares (and optimizer's state) to path, "{rank}" replaced by
         the rank, with a checksum agreed across parties. Collective; returns the file."""
-        from ..checkpoint import save_shares
+        from .checkpoint import save_shares
         return save_shares(self, path, optimizer)
 
     def load_shares(self, path, optimizer=None) -> "Module":
         """Load this party's shares saved by save_shares; refused unless every party's file
         is intact and of the same checkpoint, world size and precision. Collective."""
-        from ..checkpoint import load_shares
+        from .checkpoint import load_shares
         return load_shares(self, path, optimizer)
 
     # -- calling -------------------------------------------------------------------------------

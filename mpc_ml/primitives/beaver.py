@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from .. import ring
+from ..core import ring
 from ..session import Session
 from .sharing import open_shares
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..ring import bits_at
+from ..core.ring import bits_at
 from ..session import Session
 
 WORD_BITS = 64

@@ -35,10 +35,16 @@ def select(session: Session, bit: torch.Tensor, pairs: list[tuple[torch.Tensor, 
     return [b + p for (_, b), p in zip(pairs, products)]
 
 
+def negative_part(session: Session, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x * [x < 0], [x < 0]): what relu, abs and clamp are made of (a comparison, one product)."""
+    negative = ltz(session, x)
+    (part,) = mul_bits(session, [(x, negative)])
+    return part, negative
+
+
 def relu(session: Session, x: torch.Tensor) -> torch.Tensor:
     """max(x, 0): x - x * [x < 0]."""
-    (neg_part,) = mul_bits(session, [(x, ltz(session, x))])
-    return x - neg_part
+    return x - negative_part(session, x)[0]
 
 
 def max_along_last(session: Session, x: torch.Tensor, index_scale: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,9 +1,19 @@
-"""Providers of correlated randomness: trusted first party (tests) and dealer."""
+"""Correlated randomness: Beaver triples, truncation masks, binary triples, daBits.
+
+A provider gives each party its shares of every correlation, in program order: the
+trusted first party (tests only) or a dealer (a separate process, the default).
+Imports comm/ (the dealer's link) and core/; knows nothing of tensors or protocols.
+A new provider is a Provider subclass and an entry in PROVIDERS.
+"""
 from .base import KINDS, Correlation, CorrelationGenerator, Provider
 from .dealer import DealerProvider, serve_dealer
 from .tfp import TrustedFirstParty
 
-PROVIDERS = ("tfp", "dealer")
+PROVIDERS: dict[str, type[Provider]] = {
+    TrustedFirstParty.name: TrustedFirstParty,
+    DealerProvider.name: DealerProvider,
+}
+"""Provider name -> class; the CLI's --provider choices and every job check read it."""
 
 __all__ = ["KINDS", "PROVIDERS", "Correlation", "CorrelationGenerator", "DealerProvider",
            "Provider", "TrustedFirstParty", "serve_dealer"]

@@ -15,8 +15,9 @@ from abc import ABC, abstractmethod
 from typing import Callable
 
 
-from .. import ring
-from ..prg import PRG
+from ..core import ring
+from ..core.prg import PRG
+
 
 class CorrelationKind:
     """How to make one kind of correlation from its parameters.
@@ -147,13 +148,36 @@ class Correlation:
 
 
 class Provider(ABC):
-    """Source of correlations for one party."""
+    """Source of correlations for one party.
+
+    A subclass makes correlations (`_correlation`) and says how it is built for a party
+    (`create`); `request` is the one entry point, where observers (the correlation
+    trace) see every request in program order.
+    """
 
     name: str
+    needs_dealer: bool = False
+    """Whether the party needs a link to a dealer process."""
 
+    def __init__(self) -> None:
+        self.observers: list[Callable[[dict], None]] = []
+
+    @classmethod
     @abstractmethod
+    def create(cls, rank: int, world_size: int, own: PRG, pairwise: dict[int, PRG],
+               dealer_link, timeout: float) -> "Provider":
+        """This party's provider, from its PRGs and (if needs_dealer) its dealer link."""
+
     def request(self, kind: str, **params) -> Correlation:
         """This party's shares of a new correlation (same call order on every party)."""
+        request = make_request(kind, **params)
+        for observe in self.observers:
+            observe(request)
+        return self._correlation(request)
+
+    @abstractmethod
+    def _correlation(self, request: dict) -> Correlation:
+        """Make (or fetch) this party's shares of one checked request."""
 
     def stats(self) -> dict:
         """Traffic to and from a dealer (empty where there is none)."""

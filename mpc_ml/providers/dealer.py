@@ -13,18 +13,19 @@ from __future__ import annotations
 import collections
 
 
-from ..comm.base import CommError, Link, PeerError, Stats, message_bytes
-from ..prg import PRG, new_seed
-from .base import (Correlation, CorrelationGenerator, Provider, draw_shares, kind_of,
-                   make_request)
+from ..comm import CommError, Link, PeerError, Stats, message_bytes
+from ..core.prg import PRG, new_seed
+from .base import Correlation, CorrelationGenerator, Provider, draw_shares, kind_of
 
 
 class DealerProvider(Provider):
     """A party's end of the dealer: local draws, plus corrections for the last party."""
 
     name = "dealer"
+    needs_dealer = True
 
     def __init__(self, rank: int, world_size: int, link: Link, timeout: float):
+        super().__init__()
         self.rank, self.world_size = rank, world_size
         self.link, self.timeout = link, timeout
         self.traffic = Stats()
@@ -35,8 +36,14 @@ class DealerProvider(Provider):
         self.is_correction_party = rank == world_size - 1
         self._pending: collections.deque[Correlation] = collections.deque()
 
-    def request(self, kind: str, **params) -> Correlation:
-        request = make_request(kind, **params)
+    @classmethod
+    def create(cls, rank: int, world_size: int, own: PRG, pairwise: dict[int, PRG],
+               dealer_link: Link | None, timeout: float) -> "DealerProvider":
+        if dealer_link is None:
+            raise ValueError("provider 'dealer' needs a connection to a dealer")
+        return cls(rank, world_size, dealer_link, timeout)
+
+    def _correlation(self, request: dict) -> Correlation:
         free, derived = draw_shares(self._stream, request, with_derived=not self.is_correction_party)
         if not self.is_correction_party:
             return Correlation(free, derived)

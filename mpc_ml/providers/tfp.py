@@ -6,8 +6,8 @@ traffic at all, but party 0 sees every mask, so it must not be a real adversary.
 """
 from __future__ import annotations
 
-from ..prg import PRG
-from .base import Correlation, CorrelationGenerator, Provider, draw_shares, make_request
+from ..core.prg import PRG
+from .base import Correlation, CorrelationGenerator, Provider, draw_shares
 
 TFP_LABEL = "tfp"
 
@@ -18,6 +18,7 @@ class TrustedFirstParty(Provider):
     name = "tfp"
 
     def __init__(self, rank: int, world_size: int, own: PRG, pairwise: dict[int, PRG]):
+        super().__init__()
         self.rank = rank
         if rank == 0:
             streams = [own.derive(TFP_LABEL)] + [pairwise[j].derive(TFP_LABEL)
@@ -26,8 +27,12 @@ class TrustedFirstParty(Provider):
         else:
             self._stream = pairwise[0].derive(TFP_LABEL)
 
-    def request(self, kind: str, **params) -> Correlation:
-        request = make_request(kind, **params)
+    @classmethod
+    def create(cls, rank: int, world_size: int, own: PRG, pairwise: dict[int, PRG],
+               dealer_link=None, timeout: float = 0.0) -> "TrustedFirstParty":
+        return cls(rank, world_size, own, pairwise)
+
+    def _correlation(self, request: dict) -> Correlation:
         if self.rank == 0:
             free, derived = self._generator.generate(request)
             return Correlation(free, derived)

@@ -1,40 +1,31 @@
-"""Nonlinear functions on private tensors, each with its method, domain and error.
+"""Nonlinear functions on shares (exp, log, reciprocal, sqrt, sigmoid, tanh, erf, softmax).
 
-Written once against shares and the primitives, so they work for any number of
-parties and either provider. Errors below are for the default precision_bits = 16
-and are held by tests (tests/test_functions.py) and the accuracy table
-(docs/accuracy.md, made by benchmarks/accuracy.py).
-
-| function   | method                                                       | accurate on          | error bound                    |
-|------------|--------------------------------------------------------------|----------------------|--------------------------------|
-| exp        | degree-4 Taylor at x/2^8, 8 squarings at adaptive precision  | [-8, 8]              | 1e-3 * max(1, e^x)             |
-| reciprocal | leading-bit normalisation, 3 Newton steps, rescale            | |x| in [2^-15, 2^45] | 1e-3 * max(1, 1/|x|)           |
-| inv_sqrt   | normalisation, 2 Newton steps                                 | (0, 2^45]            | 1e-3 * max(1, x^-1/2)          |
-| sqrt       | |m| * inv_sqrt(m) rescaled                                    | [0, 2^45]            | 1e-3 * max(1, sqrt x)          |
-| log        | normalisation, degree-8 fit of ln on [0.5, 1], + e ln 2       | (0, 2^45]            | 1e-3 * max(1, |ln x|)          |
-| sigmoid    | sign, exp(-|x|), 3 Newton steps for 1/(1 + e^-|x|)            | [-700, 700]          | 1e-4 absolute                  |
-| tanh       | 2 sigmoid(2x) - 1                                             | [-350, 350]          | 2e-4 absolute                  |
-| softmax    | x - max (tournament), exp, sum, reciprocal                    | x - max >= -700      | 1e-3 absolute                  |
-| erf        | Abramowitz & Stegun 7.1.26 on min(|x|, 4), sign restored      | all x                | 2e-4 absolute                  |
+Written once against shares and the primitives, so they work for any number of parties
+and either provider. ERROR_BOUNDS below is the one table of each function's method,
+domain and error (for the default precision_bits = 16): the tests, the accuracy report
+(benchmarks/accuracy.py -> docs/accuracy.md) and the validation mode all read it.
 
 Outside the domain (no error can be raised without revealing data): exp(x) for
 x > 12.5 overflows and for x < -710 is garbage; reciprocal(0) = 0, and
-reciprocal(-2^-16) = 0 (the ones' complement used for negative inputs is 0 there); sqrt, inv_sqrt
-and log of a negative x give their value at |x|; inv_sqrt(0) = sqrt(0) = 0; log(0)
-is an unspecified finite value.
+reciprocal(-2^-16) = 0 (the ones' complement used for negative inputs is 0 there); sqrt,
+inv_sqrt and log of a negative x give their value at |x|; inv_sqrt(0) = sqrt(0) = 0;
+log(0) is an unspecified finite value.
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
 
-from .encoding import encode
-from .primitives import beaver_many, ltz, truncate
-from .primitives.comparison import max_along_last
-from .primitives.normalization import SIGN_BIT, leading_bit_weighted
-from .session import Session
+from ..core.encoding import encode
+from ..session import Session
+from .beaver import beaver_many
+from .comparison import ltz, max_along_last
+from .normalization import SIGN_BIT, leading_bit_weighted
+from .truncation import truncate
 
 EXP_SQUARINGS = 8
 EXP_MAX_INPUT = 12.0
@@ -45,6 +36,68 @@ ERF_CLAMP = 4.0
 # Abramowitz & Stegun 7.1.26: erf(x) = 1 - t (a1 + a2 t + ... + a5 t^4) e^(-x^2), t = 1/(1 + p x)
 ERF_P = 0.3275911
 ERF_A = (0.254829592, -0.284496736, 1.421413741, -1.453152027, 1.061405429)
+
+
+@dataclass(frozen=True)
+class ErrorBound:
+    """A function's stated accuracy: |y - f(x)| <= tolerance * (max(1, |f(x)|) if relative
+    else 1) + per_input * |x|, for x in the domain."""
+
+    method: str
+    domain: str
+    in_domain: Callable[[torch.Tensor], torch.Tensor]
+    tolerance: float
+    relative: bool
+    per_input: float = 0.0
+
+    def allowed(self, x: torch.Tensor, true: torch.Tensor) -> torch.Tensor:
+        """The largest error allowed at each point (x and true broadcast together)."""
+        scale = true.abs().clamp(min=1.0) if self.relative else torch.ones_like(true)
+        return self.tolerance * scale + self.per_input * x.abs()
+
+    def describe(self) -> str:
+        """The bound as the specs and docs write it, e.g. "1e-3 * max(1, |f(x)|)"."""
+        text = _short(self.tolerance) + (" * max(1, |f(x)|)" if self.relative else " absolute")
+        return text + (f" + {_short(self.per_input)} |x|" if self.per_input else "")
+
+
+def _short(value: float) -> str:
+    mantissa, exponent = f"{value:e}".split("e")
+    return f"{float(mantissa):g}e{int(exponent)}"
+
+
+def _within(lo: float, hi: float) -> Callable[[torch.Tensor], torch.Tensor]:
+    return lambda x: (x >= lo) & (x <= hi)
+
+
+def _everywhere(x: torch.Tensor) -> torch.Tensor:
+    return torch.ones_like(x, dtype=torch.bool)
+
+
+ERROR_BOUNDS: dict[str, ErrorBound] = {
+    "exp": ErrorBound("degree-4 Taylor at x/2^8, 8 squarings at adaptive precision", "[-8, 8]",
+                      _within(-8, 8), 1e-3, True),
+    "reciprocal": ErrorBound("leading-bit normalisation, 3 Newton steps, rescale",
+                             "|x| in [2^-15, 2^45]",
+                             lambda x: (x.abs() >= 2.0 ** -15) & (x.abs() <= 2.0 ** 45), 1e-3, True),
+    "inv_sqrt": ErrorBound("normalisation, 2 Newton steps", "(0, 2^45]",
+                           lambda x: (x > 0) & (x <= 2.0 ** 45), 1e-3, True),
+    "sqrt": ErrorBound("|m| * inv_sqrt(m) rescaled", "[0, 2^45]", _within(0, 2.0 ** 45), 1e-3, True),
+    "log": ErrorBound("normalisation, degree-8 fit of ln on [0.5, 1], + e ln 2", "(0, 2^45]",
+                      lambda x: (x > 0) & (x <= 2.0 ** 45), 1e-3, True),
+    "sigmoid": ErrorBound("sign, exp(-|x|), 3 Newton steps for 1/(1 + e^-|x|)", "[-700, 700]",
+                          _within(-700, 700), 1e-4, False),
+    "tanh": ErrorBound("2 sigmoid(2x) - 1", "[-350, 350]", _within(-350, 350), 2e-4, False),
+    "erf": ErrorBound("Abramowitz & Stegun 7.1.26 on min(|x|, 4), sign restored", "all x",
+                      _everywhere, 2e-4, False),
+    "gelu": ErrorBound("x (1 + erf(x / sqrt 2)) / 2: erf's error times |x| / 2, plus roundings",
+                       "all x", _everywhere, 1e-4, False, per_input=1e-4),
+    "softmax": ErrorBound("x - max (tournament), exp, sum, reciprocal", "x - max >= -700",
+                          _everywhere, 1e-3, False),
+    "log_softmax": ErrorBound("(x - max) - log(sum exp(x - max))", "x - max >= -700",
+                              _everywhere, 1e-3, True),
+}
+"""Method, domain and error of every function here, at precision_bits = 16."""
 
 
 class _Ops:
@@ -100,10 +153,6 @@ class _Ops:
         return y
 
 
-def _ops(x) -> tuple[_Ops, torch.Tensor]:
-    return _Ops(x.session), x.share
-
-
 # -- exp ------------------------------------------------------------------------------
 def _exp_shares(ops: _Ops, x: torch.Tensor) -> torch.Tensor:
     """e^x: z = x / 2^m by a Taylor polynomial at high precision, then m squarings.
@@ -134,10 +183,9 @@ def _exp_shares(ops: _Ops, x: torch.Tensor) -> torch.Tensor:
     return y
 
 
-def exp(x):
-    """e^x, accurate on [-8, 8] (see the module table)."""
-    ops, s = _ops(x)
-    return x._new(_exp_shares(ops, s))
+def exp(session: Session, x: torch.Tensor) -> torch.Tensor:
+    """Shares of e^x, accurate on [-8, 8] (see ERROR_BOUNDS)."""
+    return _exp_shares(_Ops(session), x)
 
 
 # -- range reduction: reciprocal, inv_sqrt, sqrt, log -----------------------------------------
@@ -173,10 +221,9 @@ def _reciprocal_shares(ops: _Ops, x: torch.Tensor) -> torch.Tensor:
     return ops.mul1(y, scale, ops.f + h)  # y 2^-(j + 1 - f)
 
 
-def reciprocal(x):
-    """1/x for either sign (see the module table); reciprocal(0) = 0."""
-    ops, s = _ops(x)
-    return x._new(_reciprocal_shares(ops, s))
+def reciprocal(session: Session, x: torch.Tensor) -> torch.Tensor:
+    """Shares of 1/x for either sign (see ERROR_BOUNDS); reciprocal(0) = 0."""
+    return _reciprocal_shares(_Ops(session), x)
 
 
 def _abs_m_and_inv_sqrt(ops: _Ops, x: torch.Tensor, columns: list[torch.Tensor]):
@@ -192,21 +239,21 @@ def _abs_m_and_inv_sqrt(ops: _Ops, x: torch.Tensor, columns: list[torch.Tensor])
     return m, y, weighted
 
 
-def inv_sqrt(x):
-    """1/sqrt(x) for x > 0 (see the module table)."""
-    ops, s = _ops(x)
+def inv_sqrt(session: Session, x: torch.Tensor) -> torch.Tensor:
+    """Shares of 1/sqrt(x) for x > 0 (see ERROR_BOUNDS)."""
+    ops = _Ops(session)
     weights, h = ops.power_weights(1.5, _exponents(ops, -0.5))
-    _, y, (scale,) = _abs_m_and_inv_sqrt(ops, s, [weights])
-    return x._new(ops.mul1(y, scale, ops.f + h))
+    _, y, (scale,) = _abs_m_and_inv_sqrt(ops, x, [weights])
+    return ops.mul1(y, scale, ops.f + h)
 
 
-def sqrt(x):
-    """sqrt(x) for x >= 0 (see the module table)."""
-    ops, s = _ops(x)
+def sqrt(session: Session, x: torch.Tensor) -> torch.Tensor:
+    """Shares of sqrt(x) for x >= 0 (see ERROR_BOUNDS)."""
+    ops = _Ops(session)
     weights, h = ops.power_weights(1.1, _exponents(ops, 0.5))
-    m, y, (scale,) = _abs_m_and_inv_sqrt(ops, s, [weights])
+    m, y, (scale,) = _abs_m_and_inv_sqrt(ops, x, [weights])
     root_m = ops.mul1(m, y)  # sqrt(|m|) in [0.7, 1]
-    return x._new(ops.mul1(root_m, scale, ops.f + h))
+    return ops.mul1(root_m, scale, ops.f + h)
 
 
 def _log_poly_coefficients(degree: int) -> np.ndarray:
@@ -218,12 +265,12 @@ def _log_poly_coefficients(degree: int) -> np.ndarray:
 _LOG_COEFFS = _log_poly_coefficients(LOG_DEGREE)
 
 
-def log(x):
-    """Natural log for x > 0 (see the module table)."""
-    ops, s = _ops(x)
+def log(session: Session, x: torch.Tensor) -> torch.Tensor:
+    """Shares of the natural log for x > 0 (see ERROR_BOUNDS)."""
+    ops = _Ops(session)
     exponent = torch.tensor(np.round((_POSITIONS + 1 - ops.f) * math.log(2) * 2 ** ops.f),
                             dtype=torch.int64)
-    m, sign, (exponent_term,) = _normalise(ops, s, [exponent])  # (j + 1 - f) ln 2
+    m, sign, (exponent_term,) = _normalise(ops, x, [exponent])  # (j + 1 - f) ln 2
     (neg,) = ops.mul_bits([(m, sign)])
     t = m - 2 * neg - ops.const(0.75, m)
     powers = {1: t}
@@ -233,7 +280,7 @@ def log(x):
     powers.update({4 + k: p for k, p in zip(range(1, 5), p5)})
     poly = ops.combine([(powers[k], float(_LOG_COEFFS[k])) for k in range(1, LOG_DEGREE + 1)],
                        float(_LOG_COEFFS[0]))
-    return x._new(poly + exponent_term)
+    return poly + exponent_term
 
 
 # -- sigmoid, tanh, erf, gelu --------------------------------------------------------------------
@@ -252,22 +299,21 @@ def _sigmoid_shares(ops: _Ops, x: torch.Tensor) -> torch.Tensor:
     return y + flip  # sigmoid(x) = 1 - sigmoid(|x|) where x < 0
 
 
-def sigmoid(x):
-    """1 / (1 + e^-x) (see the module table)."""
-    ops, s = _ops(x)
-    return x._new(_sigmoid_shares(ops, s))
+def sigmoid(session: Session, x: torch.Tensor) -> torch.Tensor:
+    """Shares of 1 / (1 + e^-x) (see ERROR_BOUNDS)."""
+    return _sigmoid_shares(_Ops(session), x)
 
 
-def tanh(x):
-    """tanh(x) = 2 sigmoid(2x) - 1."""
-    ops, s = _ops(x)
-    return x._new(2 * _sigmoid_shares(ops, 2 * s) - ops.const(1.0, s))
+def tanh(session: Session, x: torch.Tensor) -> torch.Tensor:
+    """Shares of tanh(x) = 2 sigmoid(2x) - 1."""
+    ops = _Ops(session)
+    return 2 * _sigmoid_shares(ops, 2 * x) - ops.const(1.0, x)
 
 
-def erf(x):
-    """The error function (Abramowitz & Stegun 7.1.26; see the module table)."""
-    ops, s = _ops(x)
-    sign, a = _sign_and_abs(ops, s)
+def erf(session: Session, x: torch.Tensor) -> torch.Tensor:
+    """Shares of the error function (Abramowitz & Stegun 7.1.26; see ERROR_BOUNDS)."""
+    ops = _Ops(session)
+    sign, a = _sign_and_abs(ops, x)
     over = ltz(ops.s, ops.const(ERF_CLAMP, a) - a)  # |x| > 4
     (excess,) = ops.mul_bits([(a - ops.const(ERF_CLAMP, a), over)])
     a = a - excess  # min(|x|, 4)
@@ -281,35 +327,29 @@ def erf(x):
     poly = ops.combine([(p, c) for p, c in zip((t, t2, t3, t4, t5), ERF_A)])
     value = ops.const(1.0, a) - ops.mul1(poly, e)
     (neg,) = ops.mul_bits([(value, sign)])
-    return x._new(value - 2 * neg)
-
-
-def gelu(x):
-    """x * Phi(x) = x (1 + erf(x / sqrt 2)) / 2 (exact GELU, error from erf)."""
-    half = ((x * (1 / math.sqrt(2))).erf() + 1.0) * 0.5  # the method: autograd records it
-    return x * half
+    return value - 2 * neg
 
 
 # -- softmax family ------------------------------------------------------------------------------
-def _shift_by_max(x, dim: int) -> torch.Tensor:
+def _shift_by_max(session: Session, x: torch.Tensor, dim: int) -> torch.Tensor:
     """x - max(x, dim) (shares), numerically safe input for exp."""
-    moved = x.share.movedim(dim, -1)
-    top, _ = max_along_last(x.session, moved, 0)
+    moved = x.movedim(dim, -1)
+    top, _ = max_along_last(session, moved, 0)
     return (moved - top.unsqueeze(-1)).movedim(-1, dim)
 
 
-def softmax(x, dim: int):
-    """softmax along dim: exp(x - max) / sum (see the module table)."""
-    ops = _Ops(x.session)
-    e = _exp_shares(ops, _shift_by_max(x, dim))
+def softmax(session: Session, x: torch.Tensor, dim: int) -> torch.Tensor:
+    """Shares of softmax along dim: exp(x - max) / sum (see ERROR_BOUNDS)."""
+    ops = _Ops(session)
+    e = _exp_shares(ops, _shift_by_max(session, x, dim))
     total = e.sum(dim, keepdim=True)  # in [1, k]
     inv = _reciprocal_shares(ops, total)
-    return x._new(ops.mul1(e, inv.expand_as(e)))
+    return ops.mul1(e, inv.expand_as(e))
 
 
-def log_softmax(x, dim: int):
-    """log_softmax along dim: (x - max) - log(sum exp(x - max))."""
-    ops = _Ops(x.session)
-    shifted = _shift_by_max(x, dim)
-    total = x._new(_exp_shares(ops, shifted).sum(dim, keepdim=True))
-    return x._new(shifted) - log(total)
+def log_softmax(session: Session, x: torch.Tensor, dim: int) -> torch.Tensor:
+    """Shares of log_softmax along dim: (x - max) - log(sum exp(x - max))."""
+    ops = _Ops(session)
+    shifted = _shift_by_max(session, x, dim)
+    total = _exp_shares(ops, shifted).sum(dim, keepdim=True)
+    return shifted - log(session, total)

@@ -18,21 +18,22 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .ops import BILINEAR_OPS, Op
+
 LIMB_BITS = 16
 N_LIMBS = 4
 MAX_LIMB_REDUCTION = 1 << 21
 
-BILINEAR_OPS = ("mul", "matmul", "conv1d", "conv2d", "conv2d_input", "conv2d_weight")
 
 
-def _pair(v, n: int) -> tuple:
+def pair(v, n: int) -> tuple:
     return tuple(v) if isinstance(v, (tuple, list)) else (v,) * n
 
 
 def conv_output_shape(input_shape, weight_shape, stride=1, padding=0, dilation=1, nd=2):
     """Output shape of torch's convNd for these shapes and arguments."""
-    stride, dilation = _pair(stride, nd), _pair(dilation, nd)
-    padding = _resolve_padding(padding, weight_shape[2:], dilation, stride, nd)
+    stride, dilation = pair(stride, nd), pair(dilation, nd)
+    padding = resolve_padding(padding, weight_shape[2:], dilation, stride, nd)
     spatial = []
     for i in range(nd):
         size = input_shape[2 + i] + 2 * padding[i] - dilation[i] * (weight_shape[2 + i] - 1) - 1
@@ -43,7 +44,7 @@ def conv_output_shape(input_shape, weight_shape, stride=1, padding=0, dilation=1
     return (input_shape[0], weight_shape[0], *spatial)
 
 
-def _resolve_padding(padding, kernel, dilation, stride, nd) -> tuple:
+def resolve_padding(padding, kernel, dilation, stride, nd) -> tuple:
     if padding == "valid":
         return (0,) * nd
     if padding == "same":
@@ -53,7 +54,7 @@ def _resolve_padding(padding, kernel, dilation, stride, nd) -> tuple:
         if any(t % 2 for t in total):
             raise ValueError("padding='same' with an even effective kernel is not supported")
         return tuple(t // 2 for t in total)
-    return _pair(padding, nd)
+    return pair(padding, nd)
 
 
 def _im2col(x: torch.Tensor, kernel, stride, padding, dilation, groups: int):
@@ -75,8 +76,8 @@ def _im2col(x: torch.Tensor, kernel, stride, padding, dilation, groups: int):
 
 
 def _conv_geometry(x_shape, w_shape, stride, padding, dilation, groups):
-    stride, dilation = _pair(stride, 2), _pair(dilation, 2)
-    padding = _resolve_padding(padding, w_shape[2:], dilation, stride, 2)
+    stride, dilation = pair(stride, 2), pair(dilation, 2)
+    padding = resolve_padding(padding, w_shape[2:], dilation, stride, 2)
     if x_shape[1] != w_shape[1] * groups or w_shape[0] % groups:
         raise ValueError(f"conv2d: input channels {x_shape[1]} and weight {tuple(w_shape)} do not "
                          f"fit groups={groups}")
@@ -138,9 +139,9 @@ def conv2d_weight_int64(x: torch.Tensor, g: torch.Tensor, weight_shape, stride=1
 def _window_geometry(shape, kernel_size, stride, padding, dilation, ceil_mode):
     """kernel, stride, padding, dilation, output size and extra bottom/right padding of
     torch's pool2d windows over an (N, C, H, W) shape."""
-    kernel = _pair(kernel_size, 2)
-    stride = _pair(stride if stride is not None else kernel_size, 2)
-    padding, dilation = _pair(padding, 2), _pair(dilation, 2)
+    kernel = pair(kernel_size, 2)
+    stride = pair(stride if stride is not None else kernel_size, 2)
+    padding, dilation = pair(padding, 2), pair(dilation, 2)
     out, extra = [], []
     for size, k, s, p, d in zip(shape[2:], kernel, stride, padding, dilation):
         span = size + 2 * p - d * (k - 1) - 1
@@ -187,9 +188,9 @@ def conv1d_int64(x: torch.Tensor, w: torch.Tensor, stride=1, padding=0, dilation
                  groups: int = 1) -> torch.Tensor:
     """conv1d mod 2^64 as a conv2d over a height-1 image."""
     if isinstance(padding, str):
-        padding = _resolve_padding(padding, w.shape[2:], _pair(dilation, 1), _pair(stride, 1), 1)
-    out = conv2d_int64(x.unsqueeze(2), w.unsqueeze(2), (1, _pair(stride, 1)[0]),
-                       (0, _pair(padding, 1)[0]), (1, _pair(dilation, 1)[0]), groups)
+        padding = resolve_padding(padding, w.shape[2:], pair(dilation, 1), pair(stride, 1), 1)
+    out = conv2d_int64(x.unsqueeze(2), w.unsqueeze(2), (1, pair(stride, 1)[0]),
+                       (0, pair(padding, 1)[0]), (1, pair(dilation, 1)[0]), groups)
     return out.squeeze(2)
 
 
@@ -213,15 +214,14 @@ def _conv2d_weight_float(x, g, weight_shape, **kwargs):
     return torch.nn.grad.conv2d_weight(x, list(weight_shape), g, **kwargs)
 
 
-def _float_op(op: str) -> Callable:
-    return {"mul": torch.mul, "matmul": torch.matmul, "conv1d": F.conv1d, "conv2d": F.conv2d,
-            "conv2d_input": _conv2d_input_float, "conv2d_weight": _conv2d_weight_float}[op]
+FLOAT_BILINEAR: dict[Op, Callable] = {
+    Op.MUL: torch.mul, Op.MATMUL: torch.matmul, Op.CONV1D: F.conv1d, Op.CONV2D: F.conv2d,
+    Op.CONV2D_INPUT: _conv2d_input_float, Op.CONV2D_WEIGHT: _conv2d_weight_float}
+"""Each bilinear op in floating point: the limb path's products, and plaintext references."""
 
-
-def _int_op(op: str) -> Callable:
-    return {"mul": torch.mul, "matmul": torch.matmul, "conv1d": conv1d_int64,
-            "conv2d": conv2d_int64, "conv2d_input": conv2d_input_int64,
-            "conv2d_weight": conv2d_weight_int64}[op]
+_INT_BILINEAR: dict[Op, Callable] = {
+    Op.MUL: torch.mul, Op.MATMUL: torch.matmul, Op.CONV1D: conv1d_int64, Op.CONV2D: conv2d_int64,
+    Op.CONV2D_INPUT: conv2d_input_int64, Op.CONV2D_WEIGHT: conv2d_weight_int64}
 
 
 def bilinear_output_shape(op: str, a_shape, b_shape, kwargs: dict | None = None) -> tuple:
@@ -277,7 +277,7 @@ def bilinear(op: str, a: torch.Tensor, b: torch.Tensor, force_limbs: bool = Fals
         raise ValueError(f"unknown bilinear op {op!r}")
     needs_limbs = op != "mul" and (a.is_cuda or force_limbs)
     if not needs_limbs:
-        return _int_op(op)(a, b, **kwargs)
+        return _INT_BILINEAR[op](a, b, **kwargs)
     return limb_bilinear(op, a, b, **kwargs)
 
 
@@ -292,7 +292,7 @@ def limb_bilinear(op: str, a: torch.Tensor, b: torch.Tensor, **kwargs) -> torch.
     k = reduction_size(op, a.shape, b.shape, kwargs.get("groups", 1))
     if k >= MAX_LIMB_REDUCTION:
         raise ValueError(f"{op}: reduction of {k} terms is too long for exact limb products")
-    fop = _float_op(op)
+    fop = FLOAT_BILINEAR[op]
     al, bl = split_limbs(a), split_limbs(b)
     out = None
     for i, j in itertools.product(range(N_LIMBS), repeat=2):

@@ -7,8 +7,7 @@ from __future__ import annotations
 
 from typing import Iterable
 
-from .autograd import no_grad
-from .tensor import MPCTensor
+from ..tensor import MPCTensor, no_grad
 
 
 class Optimizer:

@@ -42,16 +42,15 @@ from typing import Sequence
 
 import torch
 
-from .autograd import no_grad
-from .comm import CommError, peer_name, tcp
-from .comm.frames import MAX_NDIM
-from .config import PROTOCOL_VERSION, Config
-from .encoding import decode, encode
-from .nn import Module
-from .primitives.sharing import zero_share
-from .prg import PRG, new_seed
-from .session import Session, current
-from .tensor import MPCTensor, encrypt
+from ..comm import CommError, peer_name, tcp
+from ..comm.frames import MAX_NDIM
+from ..config import PROTOCOL_VERSION, Config
+from ..core.encoding import decode, encode
+from ..core.prg import PRG, new_seed
+from ..nn import Module
+from ..primitives.sharing import zero_share
+from ..session import Session, current
+from ..tensor import MPCTensor, encrypt, no_grad
 
 CLIENT_RANK = -2
 """The client's id on its links (it is no compute party)."""

@@ -3,6 +3,10 @@
 Each party holds `share`, an int64 tensor; the plaintext is sum(shares) / 2^f. This
 module only routes: every protocol lives in primitives/. Public operands (Python
 numbers, torch tensors) are accepted on either side of every binary operator.
+
+Every op ends at one recording point, record(), where its observers see it: the autograd
+tape (tape.py), the validation mode (validation.py, when Config(validate=True)) and any
+observers on the session (the correlation trace, trace.py).
 """
 from __future__ import annotations
 
@@ -12,29 +16,28 @@ from typing import Iterable, Sequence
 import torch
 import torch.nn.functional as F
 
-from . import ring
-from .encoding import decode, encode
-from .primitives import (beaver_product, ltz, max_along_last, max_one_hot, mul_bits, reveal,
-                         share_input, truncate)
-from .session import Session, current
+from ..core import ring
+from ..core.encoding import decode, encode
+from ..core.ops import Op
+from ..primitives import (approximations, beaver_product, ltz, max_along_last, max_one_hot,
+                          negative_part, reveal, share_input, truncate)
+from ..session import Session, current
+from . import tape
+from .validation import validate
 
 Public = torch.Tensor | float | int | bool
 
-# Set by mpc_ml.autograd (a higher layer): an object with record(name, out, inputs, ctx)
-# and wants(inputs) -> bool. None means no autograd.
-_recorder = None
 
-
-def _track(name: str, out: "MPCTensor", inputs: tuple, **ctx) -> "MPCTensor":
-    """Let autograd record `out = name(*inputs)` with what its gradient needs (ctx)."""
-    if _recorder is not None:
-        _recorder.record(name, out, inputs, ctx)
+def record(op: Op, out: "MPCTensor", inputs: tuple, **ctx) -> "MPCTensor":
+    """The recording point: `out = op(*inputs)`, with what its gradient needs (ctx), is
+    shown to the tape, the validation mode and the session's observers; returns out."""
+    tape.record(op, out, inputs, ctx)
+    session = out.session
+    if session.config.validate:
+        validate(op, out, inputs, ctx)
+    for observe in session.op_observers:
+        observe(op, out, inputs, ctx)
     return out
-
-
-def _wants_grad(*inputs) -> bool:
-    """Will autograd record an op on these inputs? (to compute extra state only then)"""
-    return _recorder is not None and _recorder.wants(inputs)
 
 
 def _is_integral(p: torch.Tensor) -> bool:
@@ -134,8 +137,7 @@ class MPCTensor:
     def backward(self, grad=None) -> None:
         """Accumulate d(self)/d(leaf) * grad into every leaf's .grad (grad defaults to 1
         for a single-element tensor)."""
-        from .autograd import backward
-        backward(self, grad)
+        tape.backward(self, grad)
 
     def detach(self) -> "MPCTensor":
         """The same shares, cut from the graph."""
@@ -153,17 +155,18 @@ class MPCTensor:
         if isinstance(other, MPCTensor):
             o = self._coerce(other)
             out = self._new(self.share + o.share, _result_dtype(self.dtype, o.dtype))
-            return _track("add", out, (self, o))
-        enc = encode(self._public(other), self._bits, device=self.share.device)
+            return record(Op.ADD, out, (self, o))
+        p = self._public(other)
+        enc = encode(p, self._bits, device=self.share.device)
         if self.session.rank == 0:
             out = self._new(self.share + enc)
         else:
             out = self._new(self.share.expand(torch.broadcast_shapes(self.shape, enc.shape)).clone())
-        return _track("add", out, (self, None))
+        return record(Op.ADD, out, (self, p))
 
     def neg(self) -> "MPCTensor":
         """-self."""
-        return _track("neg", self._new(-self.share), (self,))
+        return record(Op.NEG, self._new(-self.share), (self,))
 
     def sub(self, other) -> "MPCTensor":
         """self - other."""
@@ -172,7 +175,7 @@ class MPCTensor:
     def sum(self, dim=None, keepdim: bool = False) -> "MPCTensor":
         """Sum over all elements or along dim (as torch.sum)."""
         out = self._new(self.share.sum() if dim is None else self.share.sum(dim, keepdim=keepdim))
-        return _track("sum", out, (self,), dim=dim, keepdim=keepdim)
+        return record(Op.SUM, out, (self,), dim=dim, keepdim=keepdim)
 
     def mean(self, dim=None, keepdim: bool = False) -> "MPCTensor":
         """Mean over all elements or along dim."""
@@ -185,14 +188,14 @@ class MPCTensor:
     # -- products --------------------------------------------------------------------
     def mul(self, other) -> "MPCTensor":
         """Elementwise self * other."""
-        return _bilinear("mul", self, other)
+        return bilinear(Op.MUL, self, other)
 
     def matmul(self, other) -> "MPCTensor":
         """self @ other, with torch.matmul's broadcasting."""
-        return _bilinear("matmul", self, other)
+        return bilinear(Op.MATMUL, self, other)
 
     def div(self, other) -> "MPCTensor":
-        """self / other; a private divisor goes through reciprocal() (see functions)."""
+        """self / other; a private divisor goes through reciprocal()."""
         if isinstance(other, MPCTensor):
             return self.mul(self._coerce(other).reciprocal())
         p = self._public(other).to(torch.float64)
@@ -203,7 +206,7 @@ class MPCTensor:
         bits = self._bits + extra
         recip = encode(1.0 / p, bits, device=self.share.device)
         out = self._new(truncate(self.session, self.share * recip, bits))
-        return _track("div_public", out, (self,), divisor=p)
+        return record(Op.DIV_PUBLIC, out, (self,), divisor=p)
 
     def conv1d(self, weight, bias=None, stride=1, padding=0, dilation=1, groups: int = 1) -> "MPCTensor":
         """torch.nn.functional.conv1d with self as input."""
@@ -241,15 +244,22 @@ class MPCTensor:
         except RuntimeError:
             raise ValueError(f"cannot compare tensors of shapes {tuple(self.shape)} and "
                              f"{tuple(other_shape)}") from None
-        return self.sub(other)
+        with tape.no_grad():
+            return self.sub(other)
+
+    def _operand(self, other):
+        """other as recorded: a private tensor, or the public tensor."""
+        return self._coerce(other) if isinstance(other, MPCTensor) else self._public(other)
 
     def lt(self, other) -> "MPCTensor":
         """Private [self < other] as 0.0/1.0."""
-        return self._bit(ltz(self.session, self._difference(other).share))
+        out = self._bit(ltz(self.session, self._difference(other).share))
+        return record(Op.LT, out, (self, self._operand(other)))
 
     def gt(self, other) -> "MPCTensor":
         """Private [self > other] as 0.0/1.0."""
-        return self._bit(ltz(self.session, self._difference(other).neg().share))
+        out = self._bit(ltz(self.session, -self._difference(other).share))
+        return record(Op.GT, out, (self, self._operand(other)))
 
     def le(self, other) -> "MPCTensor":
         """Private [self <= other] as 0.0/1.0."""
@@ -267,29 +277,28 @@ class MPCTensor:
     def eq(self, other) -> "MPCTensor":
         """Private [self == other] as 0.0/1.0 (equal within the fixed-point resolution)."""
         below, above = self._both_signs(self._difference(other))
-        return self._bit(-(below + above)).add(1.0)
+        out = self._new((-(below + above) << self._bits) + self._public_share(1.0, below.shape))
+        return record(Op.EQ, out, (self, self._operand(other)))
 
     def ne(self, other) -> "MPCTensor":
         """Private [self != other] as 0.0/1.0."""
         below, above = self._both_signs(self._difference(other))
-        return self._bit(below + above)
+        return record(Op.NE, self._bit(below + above), (self, self._operand(other)))
 
     def sign(self) -> "MPCTensor":
         """-1, 0 or 1 per element, as torch.sign."""
         below, above = self._both_signs(self)
-        return self._bit(above - below)
+        return record(Op.SIGN, self._bit(above - below), (self,))
 
     def abs(self) -> "MPCTensor":
         """|self|: self - 2 self [self < 0]."""
-        negative = ltz(self.session, self.share)
-        (neg,) = mul_bits(self.session, [(self.share, negative)])
-        return _track("abs", self._new(self.share - 2 * neg), (self,), negative=negative)
+        neg, negative = negative_part(self.session, self.share)
+        return record(Op.ABS, self._new(self.share - 2 * neg), (self,), negative=negative)
 
     def relu(self) -> "MPCTensor":
-        """max(self, 0)."""
-        negative = ltz(self.session, self.share)
-        (neg,) = mul_bits(self.session, [(self.share, negative)])
-        return _track("relu", self._new(self.share - neg), (self,), negative=negative)
+        """max(self, 0): self - self [self < 0]."""
+        neg, negative = negative_part(self.session, self.share)
+        return record(Op.RELU, self._new(self.share - neg), (self,), negative=negative)
 
     def clamp(self, min=None, max=None) -> "MPCTensor":
         """torch.clamp with public bounds: min + relu(x - min) - relu(x - max), one comparison."""
@@ -299,18 +308,18 @@ class MPCTensor:
             return self.sub(self.sub(max).relu())
         if max is None:
             return self.sub(min).relu().add(min)
-        lo, hi = self.detach().sub(min).share, self.detach().sub(max).share
-        below = ltz(self.session, torch.stack([lo, hi]))  # [x < min], [x < max]
-        (parts,) = mul_bits(self.session, [(torch.stack([lo, hi]), below)])
-        # min + relu(x - min) - relu(x - max) = min + (lo - lo b0) - (hi - hi b1)
+        with tape.no_grad():
+            lo, hi = self.sub(min).share, self.sub(max).share
+        # [x < min], [x < max], and min + relu(x - min) - relu(x - max) = min + (lo - lo b0) - (hi - hi b1)
+        parts, below = negative_part(self.session, torch.stack([lo, hi]))
         out = self._new(lo - parts[0] - hi + parts[1] + self._public_share(min, lo.shape))
-        return _track("clamp", out, (self,), inside=below[1] - below[0])
+        return record(Op.CLAMP, out, (self,), inside=below[1] - below[0], min=min, max=max)
 
     def _reduce_max(self, dim, keepdim: bool, sign: int, one_hot: bool = False):
         """(values, indices, one-hot mask or None) of max (sign 1) / min (-1) along dim."""
         moved = (self.share.reshape(-1) if dim is None else self.share.movedim(dim, -1)) * sign
         hot = None
-        if one_hot or _wants_grad(self):
+        if one_hot or tape.wants((self,)):
             top, hot = max_one_hot(self.session, moved)
             positions = torch.arange(moved.shape[-1], dtype=torch.int64, device=moved.device)
             idx = (hot * (positions << self._bits)).sum(-1)
@@ -318,11 +327,13 @@ class MPCTensor:
             top, idx = max_along_last(self.session, moved, 1 << self._bits)
         if dim is not None and keepdim:
             top, idx = top.unsqueeze(dim), idx.unsqueeze(dim)
-        values = self._new(top * sign)
+        mask = None
         if hot is not None:
             mask = hot.reshape(self.shape) if dim is None else hot.movedim(-1, dim)
-            _track("select_max", values, (self,), mask=mask, dim=dim, keepdim=keepdim)
-        return values, self._new(idx), hot
+        where = dict(dim=dim, keepdim=keepdim, sign=sign)
+        values = record(Op.MAX, self._new(top * sign), (self,), mask=mask, **where)
+        indices = record(Op.ARGMAX, self._new(idx), (self,), one_hot=False, **where)
+        return values, indices, mask
 
     def max(self, dim: int | None = None, keepdim: bool = False):
         """Max of all elements, or (values, private indices) along dim, as torch.max."""
@@ -343,11 +354,11 @@ class MPCTensor:
         return self._arg(dim, keepdim, one_hot, -1)
 
     def _arg(self, dim, keepdim, one_hot, sign) -> "MPCTensor":
-        _, idx, hot = self._reduce_max(dim, keepdim, sign, one_hot)
+        _, idx, mask = self._reduce_max(dim, keepdim, sign, one_hot)
         if not one_hot:
             return idx
-        mask = hot.reshape(self.shape) if dim is None else hot.movedim(-1, dim)
-        return self._bit(mask)
+        return record(Op.ARGMAX, self._bit(mask), (self,), one_hot=True, dim=dim, keepdim=keepdim,
+                      sign=sign)
 
     def max_pool2d(self, kernel_size, stride=None, padding=0, dilation=1,
                    ceil_mode: bool = False) -> "MPCTensor":
@@ -356,10 +367,11 @@ class MPCTensor:
         geometry = dict(kernel_size=kernel_size, stride=stride, padding=padding, dilation=dilation,
                         ceil_mode=ceil_mode)
         win = ring.sliding_windows(self.share, fill=fill, **geometry)
-        if not _wants_grad(self):
-            return self._new(max_along_last(self.session, win, 0)[0])
-        top, hot = max_one_hot(self.session, win)
-        return _track("max_pool2d", self._new(top), (self,), mask=hot, geometry=geometry,
+        if tape.wants((self,)):
+            top, hot = max_one_hot(self.session, win)
+        else:
+            (top, _), hot = max_along_last(self.session, win, 0), None
+        return record(Op.MAX_POOL2D, self._new(top), (self,), mask=hot, geometry=geometry,
                       input_shape=self.shape)
 
     def avg_pool2d(self, kernel_size, stride=None, padding=0, ceil_mode: bool = False,
@@ -367,66 +379,61 @@ class MPCTensor:
         """torch.nn.functional.avg_pool2d."""
         total = self._new(ring.sliding_windows(self.share, kernel_size, stride, padding, 1, 0,
                                                ceil_mode).sum(-1))
-        total = _track("window_sum", total, (self,), input_shape=self.shape, geometry=dict(
+        total = record(Op.WINDOW_SUM, total, (self,), input_shape=self.shape, geometry=dict(
             kernel_size=kernel_size, stride=stride, padding=padding, dilation=1,
             ceil_mode=ceil_mode))
         ones = torch.ones(1, 1, *self.shape[2:], dtype=torch.int64)
         counts = ring.sliding_windows(ones, kernel_size, stride, padding, 1, 0, ceil_mode).sum(-1)
         if count_include_pad:
-            kh, kw = ring._pair(kernel_size, 2)
+            kh, kw = ring.pair(kernel_size, 2)
             counts = torch.minimum(torch.full_like(counts, kh * kw),
                                    ring.sliding_windows(torch.ones(1, 1, *[d + 2 * p for d, p in zip(
-                                       self.shape[2:], ring._pair(padding, 2))], dtype=torch.int64),
+                                       self.shape[2:], ring.pair(padding, 2))], dtype=torch.int64),
                                        kernel_size, stride, 0, 1, 0, ceil_mode).sum(-1))
         return total.div(counts[0, 0].to(torch.float64))
 
-    # -- nonlinear functions (methods, errors and domains in mpc_ml.functions) -------------------
+    # -- nonlinear functions (methods, domains and errors: approximations.ERROR_BOUNDS) -----------
+    def _approximation(self, op: Op, **ctx) -> "MPCTensor":
+        out = self._new(getattr(approximations, op.value)(self.session, self.share, **ctx))
+        return record(op, out, (self,), **ctx)
+
     def exp(self) -> "MPCTensor":
-        from . import functions
-        return _track("exp", functions.exp(self.detach()), (self,))
+        return self._approximation(Op.EXP)
 
     def log(self) -> "MPCTensor":
-        from . import functions
-        return _track("log", functions.log(self.detach()), (self,))
+        return self._approximation(Op.LOG)
 
     def reciprocal(self) -> "MPCTensor":
-        from . import functions
-        return _track("reciprocal", functions.reciprocal(self.detach()), (self,))
+        return self._approximation(Op.RECIPROCAL)
 
     def sqrt(self) -> "MPCTensor":
-        from . import functions
-        return _track("sqrt", functions.sqrt(self.detach()), (self,))
+        return self._approximation(Op.SQRT)
 
     def inv_sqrt(self) -> "MPCTensor":
-        from . import functions
-        return _track("inv_sqrt", functions.inv_sqrt(self.detach()), (self,))
+        return self._approximation(Op.INV_SQRT)
 
     def rsqrt(self) -> "MPCTensor":
         return self.inv_sqrt()
 
     def sigmoid(self) -> "MPCTensor":
-        from . import functions
-        return _track("sigmoid", functions.sigmoid(self.detach()), (self,))
+        return self._approximation(Op.SIGMOID)
 
     def tanh(self) -> "MPCTensor":
-        from . import functions
-        return _track("tanh", functions.tanh(self.detach()), (self,))
+        return self._approximation(Op.TANH)
 
     def erf(self) -> "MPCTensor":
-        from . import functions
-        return _track("erf", functions.erf(self.detach()), (self,))
+        return self._approximation(Op.ERF)
 
     def gelu(self) -> "MPCTensor":
-        from . import functions
-        return functions.gelu(self)
+        """x * Phi(x) = x (1 + erf(x / sqrt 2)) / 2 (exact GELU; its error comes from erf)."""
+        half = ((self * (1 / math.sqrt(2))).erf() + 1.0) * 0.5
+        return self * half
 
     def softmax(self, dim: int) -> "MPCTensor":
-        from . import functions
-        return _track("softmax", functions.softmax(self.detach(), dim), (self,), dim=dim)
+        return self._approximation(Op.SOFTMAX, dim=dim)
 
     def log_softmax(self, dim: int) -> "MPCTensor":
-        from . import functions
-        return _track("log_softmax", functions.log_softmax(self.detach(), dim), (self,), dim=dim)
+        return self._approximation(Op.LOG_SOFTMAX, dim=dim)
 
     # -- operators ---------------------------------------------------------------------
     def __lt__(self, other): return self.lt(other)
@@ -446,15 +453,15 @@ class MPCTensor:
     def __rsub__(self, other): return self.neg().add(other)
     def __neg__(self): return self.neg()
     def __mul__(self, other): return self.mul(other)
-    def __rmul__(self, other): return _bilinear("mul", other, self)
+    def __rmul__(self, other): return bilinear(Op.MUL, other, self)
     def __matmul__(self, other): return self.matmul(other)
-    def __rmatmul__(self, other): return _bilinear("matmul", other, self)
+    def __rmatmul__(self, other): return bilinear(Op.MATMUL, other, self)
     def __truediv__(self, other): return self.div(other)
     def __rtruediv__(self, other): return self.reciprocal().mul(other)
 
     # -- shape operations (local on every share) ----------------------------------------------
     def _reshaped(self, share: torch.Tensor) -> "MPCTensor":
-        return _track("reshape", self._new(share), (self,), shape=self.shape)
+        return record(Op.RESHAPE, self._new(share), (self,), shape=self.shape)
 
     def reshape(self, *shape) -> "MPCTensor":
         return self._reshaped(self.share.reshape(*shape))
@@ -473,7 +480,7 @@ class MPCTensor:
 
     def transpose(self, dim0: int, dim1: int) -> "MPCTensor":
         out = self._new(self.share.transpose(dim0, dim1))
-        return _track("transpose", out, (self,), dim0=dim0, dim1=dim1)
+        return record(Op.TRANSPOSE, out, (self,), dim0=dim0, dim1=dim1)
 
     def t(self) -> "MPCTensor":
         return self.transpose(0, 1) if self.dim() == 2 else self.clone()
@@ -484,10 +491,10 @@ class MPCTensor:
 
     def permute(self, *dims) -> "MPCTensor":
         dims = tuple(dims[0]) if len(dims) == 1 and isinstance(dims[0], (tuple, list)) else dims
-        return _track("permute", self._new(self.share.permute(*dims)), (self,), dims=dims)
+        return record(Op.PERMUTE, self._new(self.share.permute(*dims)), (self,), dims=dims)
 
     def expand(self, *sizes) -> "MPCTensor":
-        return _track("expand", self._new(self.share.expand(*sizes)), (self,), shape=self.shape)
+        return record(Op.EXPAND, self._new(self.share.expand(*sizes)), (self,), shape=self.shape)
 
     def expand_as(self, other) -> "MPCTensor":
         return self.expand(other.shape)
@@ -503,7 +510,7 @@ class MPCTensor:
         return self[tuple(index)]
 
     def flip(self, dims) -> "MPCTensor":
-        return _track("flip", self._new(self.share.flip(dims)), (self,), dims=dims)
+        return record(Op.FLIP, self._new(self.share.flip(dims)), (self,), dims=dims)
 
     def contiguous(self) -> "MPCTensor":
         return self
@@ -527,10 +534,10 @@ class MPCTensor:
             raise NotImplementedError(f"pad mode {mode!r}; only 'constant' is supported")
         fill = int(encode(value, self._bits)) if self.session.rank == 0 else 0
         out = self._new(F.pad(self.share, tuple(pad), value=fill))
-        return _track("pad", out, (self,), pad=tuple(pad))
+        return record(Op.PAD, out, (self,), pad=tuple(pad), value=value)
 
     def __getitem__(self, index) -> "MPCTensor":
-        return _track("getitem", self._new(self.share[index]), (self,), index=index)
+        return record(Op.GETITEM, self._new(self.share[index]), (self,), index=index)
 
     def __setitem__(self, index, value) -> None:
         if isinstance(value, MPCTensor):
@@ -549,7 +556,7 @@ class MPCTensor:
         return self.to("cuda")
 
 
-def _bilinear(op: str, x, y, **kwargs) -> MPCTensor:
+def bilinear(op: Op, x, y, **kwargs) -> MPCTensor:
     """op(x, y) for a bilinear op where at least one operand is private."""
     xp, yp = isinstance(x, MPCTensor), isinstance(y, MPCTensor)
     ref = x if xp else y
@@ -558,7 +565,7 @@ def _bilinear(op: str, x, y, **kwargs) -> MPCTensor:
         y = x._coerce(y)
         z = beaver_product(session, op, x.share, y.share, **kwargs)
         out = ref._new(truncate(session, z, bits), _result_dtype(x.dtype, y.dtype))
-        return _track(op, out, (x, y), **kwargs)
+        return record(op, out, (x, y), **kwargs)
     private, public = (x, y) if xp else (y, x)
     p = private._public(public)
     force = session.config.force_limbs
@@ -569,7 +576,7 @@ def _bilinear(op: str, x, y, **kwargs) -> MPCTensor:
     args = (private.share, enc) if xp else (enc, private.share)
     z = ring.bilinear(op, *args, force, **kwargs)
     out = private._new(truncate(session, z, shift))
-    return _track(op, out, (x, p) if xp else (p, y), **kwargs)
+    return record(op, out, (x, p) if xp else (p, y), **kwargs)
 
 
 def _add_bias(out: MPCTensor, bias, nd: int) -> MPCTensor:
@@ -583,20 +590,20 @@ def _add_bias(out: MPCTensor, bias, nd: int) -> MPCTensor:
 def conv1d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups: int = 1) -> MPCTensor:
     """torch.nn.functional.conv1d where input and/or weight are private (a height-1 conv2d)."""
     if isinstance(padding, str):
-        padding = ring._resolve_padding(padding, weight.shape[2:], ring._pair(dilation, 1),
-                                        ring._pair(stride, 1), 1)
-    out = conv2d(input.unsqueeze(2), weight.unsqueeze(2), None, (1, ring._pair(stride, 1)[0]),
-                 (0, ring._pair(padding, 1)[0]), (1, ring._pair(dilation, 1)[0]), groups)
+        padding = ring.resolve_padding(padding, weight.shape[2:], ring.pair(dilation, 1),
+                                        ring.pair(stride, 1), 1)
+    out = conv2d(input.unsqueeze(2), weight.unsqueeze(2), None, (1, ring.pair(stride, 1)[0]),
+                 (0, ring.pair(padding, 1)[0]), (1, ring.pair(dilation, 1)[0]), groups)
     return _add_bias(out.squeeze(2), bias, 1)
 
 
 def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups: int = 1) -> MPCTensor:
     """torch.nn.functional.conv2d where input and/or weight are private."""
     if isinstance(padding, str):
-        padding = ring._resolve_padding(padding, weight.shape[2:], ring._pair(dilation, 2),
-                                        ring._pair(stride, 2), 2)
-    out = _bilinear("conv2d", input, weight, stride=ring._pair(stride, 2),
-                    padding=ring._pair(padding, 2), dilation=ring._pair(dilation, 2), groups=groups)
+        padding = ring.resolve_padding(padding, weight.shape[2:], ring.pair(dilation, 2),
+                                        ring.pair(stride, 2), 2)
+    out = bilinear(Op.CONV2D, input, weight, stride=ring.pair(stride, 2),
+                    padding=ring.pair(padding, 2), dilation=ring.pair(dilation, 2), groups=groups)
     return _add_bias(out, bias, 2)
 
 
@@ -638,14 +645,14 @@ def cat(tensors: Sequence, dim: int = 0) -> MPCTensor:
     """torch.cat of private (and public) tensors."""
     tensors = list(tensors)
     shares, ref = _shares(tensors)
-    return _track("cat", ref._new(torch.cat(shares, dim)), tuple(tensors), dim=dim)
+    return record(Op.CAT, ref._new(torch.cat(shares, dim)), tuple(tensors), dim=dim)
 
 
 def stack(tensors: Sequence, dim: int = 0) -> MPCTensor:
     """torch.stack of private (and public) tensors."""
     tensors = list(tensors)
     shares, ref = _shares(tensors)
-    return _track("stack", ref._new(torch.stack(shares, dim)), tuple(tensors), dim=dim)
+    return record(Op.STACK, ref._new(torch.stack(shares, dim)), tuple(tensors), dim=dim)
 
 
 def where(condition, input, other) -> MPCTensor:
@@ -656,4 +663,4 @@ def where(condition, input, other) -> MPCTensor:
     cond = torch.as_tensor(condition).to(torch.bool)
     (a, b), ref = _shares([input, other])
     out = ref._new(torch.where(cond.to(a.device), a, b))
-    return _track("where", out, (input, other), condition=cond)
+    return record(Op.WHERE, out, (input, other), condition=cond)

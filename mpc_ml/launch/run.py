@@ -29,40 +29,22 @@ import queue
 import sys
 import threading
 import time
-import traceback
 from typing import Any, Callable
 
 import torch
 
-from .comm import BACKENDS, DEALER_RANK, CommTimeout, Communicator, PeerError
-from .comm import tcp
-from .comm.inproc import InprocHub
-from .comm.tls import TLSConfig, check_directory
-from .config import PROTOCOL_VERSION, Config
-from .providers import PROVIDERS, serve_dealer
-from .session import Session, activate, current, is_active
-
-
-class PartyError(RuntimeError):
-    """A party (or the dealer) raised; carries its rank and traceback."""
-
-    def __init__(self, rank: int, kind: str, message: str, tb: str):
-        who = "the dealer" if rank == DEALER_RANK else f"party {rank}"
-        super().__init__(f"{who} failed with {kind}: {message}\n--- traceback of {who} ---\n{tb}")
-        self.rank, self.kind, self.message, self.traceback = rank, kind, message, tb
+from ..comm import DEALER_RANK, CommTimeout, Communicator, PeerError, tcp
+from ..comm.inproc import InprocHub
+from ..comm.tls import TLSConfig, check_directory
+from ..config import PROTOCOL_VERSION, Config
+from ..providers import serve_dealer
+from ..session import Session, activate, check_job, current, is_active
+from . import mpi
+from .results import PEER_FAILURE_EXIT, describe, pick_error, pickle_result
 
 
 def _hello(rank: int, world_size: int, config: Config) -> dict:
     return {"rank": rank, "world_size": world_size, **config.agreed_fields()}
-
-
-def _check_names(world_size: int, backend: str, provider: str) -> None:
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
-    if provider not in PROVIDERS:
-        raise ValueError(f"unknown provider {provider!r}; choose one of {PROVIDERS}")
-    if not isinstance(world_size, int) or world_size < 2:
-        raise ValueError(f"world_size must be an integer >= 2, got {world_size!r}")
 
 
 # -- sessions over each backend -----------------------------------------------------
@@ -119,11 +101,10 @@ def init(config: Config | None = None) -> Session:
         return current()
     env = os.environ
     if "MPC_RANK" not in env:
-        from .mpi_launch import mpi_session, under_mpiexec
-        if env.get("MPC_BACKEND") == "mpi" or under_mpiexec():
+        if env.get("MPC_BACKEND") == "mpi" or mpi.under_mpiexec():
             if "MPC_TORCH_THREADS" in env:
                 torch.set_num_threads(int(env["MPC_TORCH_THREADS"]))
-            session = mpi_session(env.get("MPC_PROVIDER", "tfp"), Config.from_env(config))
+            session = mpi.mpi_session(env.get("MPC_PROVIDER", "tfp"), Config.from_env(config))
             activate(session)
             return session
     if "MPC_RANK" not in env or "MPC_WORLD_SIZE" not in env:
@@ -133,7 +114,7 @@ def init(config: Config | None = None) -> Session:
     rank, world_size = int(env["MPC_RANK"]), int(env["MPC_WORLD_SIZE"])
     backend = env.get("MPC_BACKEND", "tcp")
     provider = env.get("MPC_PROVIDER", "tfp")
-    _check_names(world_size, backend, provider)
+    check_job(world_size, provider)
     if backend != "tcp":
         raise ValueError(f"mpc.init() from the environment supports backend 'tcp', got {backend!r}")
     if "MPC_TORCH_THREADS" in env:
@@ -147,11 +128,6 @@ def init(config: Config | None = None) -> Session:
     atexit.register(shutdown)  # close the links (and stop their reader threads) at exit
     sys.excepthook = _exit_marking_peer_failures
     return session
-
-
-PEER_FAILURE_EXIT = 75
-"""Exit status of a launched party that failed because a peer did (EX_TEMPFAIL), so that
-the launcher can name the party that failed first."""
 
 
 def _exit_marking_peer_failures(kind, value, tb) -> None:
@@ -172,18 +148,6 @@ def shutdown() -> None:
 
 
 # -- mpc.run ---------------------------------------------------------------------------
-def _describe(exc: BaseException) -> tuple[str, str, str]:
-    return type(exc).__name__, str(exc), "".join(traceback.format_exception(exc))
-
-
-def _pick_error(errors: dict[int, tuple[str, str, str]]) -> PartyError:
-    """The root cause: a party's own error beats the others' 'peer went away' errors."""
-    secondary = (PeerError.__name__, "CommTimeout")
-    ranks = sorted(errors, key=lambda r: (errors[r][0] in secondary, r == DEALER_RANK, r))
-    r = ranks[0]
-    return PartyError(r, *errors[r])
-
-
 def run(fn: Callable, world_size: int = 2, backend: str = "inproc", provider: str = "tfp",
         args: tuple = (), kwargs: dict | None = None, config: Config | None = None,
         tls_dir: str | os.PathLike | None = None) -> list[Any]:
@@ -193,25 +157,21 @@ def run(fn: Callable, world_size: int = 2, backend: str = "inproc", provider: st
     tls_dir (backend "tcp" only): a directory from `mpc-ml certs DIR --parties N
     [--dealer]`; every connection is then mutually authenticated TLS 1.3.
     """
-    _check_names(world_size, backend, provider)
+    runner = backend_runner(backend)
+    config = config or Config()
+    check_job(world_size, provider, config)
     if tls_dir is not None:
         if backend != "tcp":
             raise ValueError(f"tls_dir needs backend 'tcp', got {backend!r}")
         tls_dir = os.path.abspath(tls_dir)
         check_directory(tls_dir, world_size, dealer=provider == "dealer")
-    config = config or Config()
-    if config.truncation == "local" and world_size != 2:
-        raise ValueError("truncation='local' is only correct for 2 parties")
-    kwargs = kwargs or {}
-    if backend == "inproc":
-        return _run_inproc(fn, world_size, provider, args, kwargs, config)
-    if backend == "mpi":
-        from .mpi_launch import run_mpi
-        return run_mpi(fn, world_size, provider, args, kwargs, config)
-    return _run_tcp(fn, world_size, provider, args, kwargs, config, tls_dir)
+    extra = {"tls_dir": tls_dir} if tls_dir is not None else {}
+    return runner(fn, world_size, provider, tuple(args), kwargs or {}, config, **extra)
 
 
-def _run_inproc(fn, world_size, provider, args, kwargs, config) -> list[Any]:
+def run_inproc(fn: Callable, world_size: int, provider: str, args: tuple, kwargs: dict,
+               config: Config) -> list[Any]:
+    """The inproc backend: each party (and the dealer) a thread of this interpreter."""
     hub = InprocHub()
     results: dict[int, Any] = {}
     errors: dict[int, tuple[str, str, str]] = {}
@@ -226,7 +186,7 @@ def _run_inproc(fn, world_size, provider, args, kwargs, config) -> list[Any]:
             activate(session)
             results[rank] = fn(*args, **kwargs)
         except BaseException as e:  # reported to the caller below
-            errors[rank] = _describe(e)
+            errors[rank] = describe(e)
         finally:
             activate(None)
             if session is not None:
@@ -242,7 +202,7 @@ def _run_inproc(fn, world_size, provider, args, kwargs, config) -> list[Any]:
             serve_dealer({r: hub.link(DEALER_RANK, r) for r in range(world_size)}, world_size,
                          config.dealer_idle_timeout_s)
         except BaseException as e:
-            errors[DEALER_RANK] = _describe(e)
+            errors[DEALER_RANK] = describe(e)
 
     threads = [threading.Thread(target=party, args=(r,), name=f"mpc-party-{r}")
                for r in range(world_size)]
@@ -253,7 +213,7 @@ def _run_inproc(fn, world_size, provider, args, kwargs, config) -> list[Any]:
     for t in threads:
         t.join()
     if errors:
-        raise _pick_error(errors)
+        raise pick_error(errors)
     return [results[r] for r in range(world_size)]
 
 
@@ -268,23 +228,10 @@ def _party_process(rank, world_size, fn, args, kwargs, provider, config, addrs, 
         activate(session)
         results.put((rank, "ok", pickle_result(fn(*args, **kwargs), rank)))
     except BaseException as e:
-        results.put((rank, "error", _describe(e)))
+        results.put((rank, "error", describe(e)))
     finally:
         if session is not None:
             session.close()
-
-
-def pickle_result(out: Any, rank: int) -> bytes:
-    """A party's return value for the launcher that started it.
-
-    Plain pickle copies tensors by value (multiprocessing's own pickler would pass
-    shared-memory handles that die with the party's process). This only connects a
-    launcher to its own child; nothing from another party is unpickled.
-    """
-    try:
-        return pickle.dumps(out)
-    except (pickle.PicklingError, TypeError, AttributeError) as e:
-        raise TypeError(f"the return value of party {rank} cannot be sent back: {e}") from None
 
 
 def _dealer_process(listener, world_size, config, results, tls_dir=None) -> None:
@@ -294,10 +241,12 @@ def _dealer_process(listener, world_size, config, results, tls_dir=None) -> None
         run_tcp_dealer(listener, world_size, config, tls=tls)
         results.put((DEALER_RANK, "ok", b""))
     except BaseException as e:
-        results.put((DEALER_RANK, "error", _describe(e)))
+        results.put((DEALER_RANK, "error", describe(e)))
 
 
-def _run_tcp(fn, world_size, provider, args, kwargs, config, tls_dir=None) -> list[Any]:
+def run_tcp(fn: Callable, world_size: int, provider: str, args: tuple, kwargs: dict,
+            config: Config, tls_dir: str | None = None) -> list[Any]:
+    """The tcp backend: each party (and the dealer) a spawned process on loopback."""
     try:
         pickle.dumps((fn, args, kwargs))
     except Exception as e:
@@ -368,5 +317,22 @@ def _collect(procs: dict[int, mp.Process], results, world_size: int, config: Con
             if grace_deadline is None:
                 grace_deadline = time.monotonic() + config.comm_timeout_s + 5
     if errors:
-        raise _pick_error(errors)
+        raise pick_error(errors)
     return [outs[r] for r in range(world_size)]
+
+
+BACKENDS: dict[str, Callable[..., list[Any]]] = {
+    "inproc": run_inproc,
+    "tcp": run_tcp,
+    "mpi": mpi.run_mpi,
+}
+"""mpc.run's backends: name -> runner(fn, world_size, provider, args, kwargs, config).
+A new backend is a Link in comm/ and an entry here."""
+
+
+def backend_runner(name: str) -> Callable[..., list[Any]]:
+    """The runner of a backend, or a ValueError listing the known ones."""
+    try:
+        return BACKENDS[name]
+    except KeyError:
+        raise ValueError(f"unknown backend {name!r}; choose one of {tuple(BACKENDS)}") from None

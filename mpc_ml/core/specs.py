@@ -10,13 +10,11 @@ import ast
 import os
 import re
 from fractions import Fraction
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10
-    import tomli as tomllib  # type: ignore[no-redef]
+import tomllib
 
 _NAME = re.compile(r"[a-z0-9_]+")
 _MAX_EXPONENT = 4096
@@ -26,13 +24,14 @@ _BINOPS = (ast.Add, ast.Sub, ast.Mult, ast.FloorDiv, ast.Div, ast.Pow)
 
 
 def protocols_dir(directory: str | os.PathLike | None = None) -> Path:
-    """The specs folder: the argument, else $MPC_PROTOCOLS_DIR, else protocols/ at the repo root."""
+    """The specs folder: the argument, else $MPC_PROTOCOLS_DIR, else the package's own copy
+    (mpc_ml/protocols: package data in a wheel, a link to the checkout's protocols/ here)."""
     if directory is not None:
         return Path(directory)
     env = os.environ.get("MPC_PROTOCOLS_DIR")
     if env:
         return Path(env)
-    return Path(__file__).resolve().parent.parent / "protocols"
+    return Path(str(resources.files("mpc_ml") / "protocols"))
 
 
 def load_spec(name: str, directory: str | os.PathLike | None = None) -> dict[str, Any]:

@@ -44,9 +44,9 @@ from collections import OrderedDict
 
 import torch
 
-from .config import PROTOCOL_VERSION
-from .session import Session, current
-from .tensor import MPCTensor
+from ..config import PROTOCOL_VERSION
+from ..session import Session, current
+from ..tensor import MPCTensor
 
 MAGIC = b"MPCSHARE"
 FORMAT_VERSION = 1

@@ -8,7 +8,7 @@ correlations there and then exits the process, so every rank can run the same sc
     mpiexec -n 4 -genv MPC_PROVIDER dealer python script.py   # 3 parties and a dealer
 
 run_mpi() is mpc.run's "mpi" backend: it writes the pickled function to a temp file,
-starts `mpiexec -n N(+1) python -m mpc_ml.mpi_launch DIR`, and reads each rank's
+starts `mpiexec -n N(+1) python -m mpc_ml.launch DIR`, and reads each rank's
 pickled result or error back from DIR. Those files pass only between this launcher and
 its own child processes; nothing a peer sends is unpickled.
 """
@@ -26,9 +26,11 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from .comm import DEALER_RANK, CommError, Communicator, peer_name
-from .config import Config
-from .providers import PROVIDERS, serve_dealer
+from ..comm import DEALER_RANK, CommError, Communicator, peer_name
+from ..config import Config
+from ..providers import serve_dealer
+from ..session import Session, activate, check_job
+from .results import describe, pick_error, pickle_result
 
 # Variables an MPI launcher sets in each rank's environment (MPICH/Hydra, Open MPI, PMIx,
 # Intel MPI): mpc.init() may take any of them as "started by mpiexec".
@@ -49,15 +51,14 @@ def under_mpiexec(env=None) -> bool:
 
 
 def _mpi():
-    from .comm import mpi
+    from ..comm import mpi  # imports mpi4py, which initialises MPI: only when used
     return mpi
 
 
 # -- sessions -------------------------------------------------------------------------
 def _layout(provider: str, comm=None):
     """(private communicator, number of parties, this rank) for a job; checks the sizes."""
-    if provider not in PROVIDERS:
-        raise ValueError(f"unknown provider {provider!r}; choose one of {PROVIDERS}")
+    check_job(2, provider)
     MPI = _mpi().MPI
     world = MPI.COMM_WORLD if comm is None else comm
     size, me = world.Get_size(), world.Get_rank()
@@ -73,8 +74,6 @@ def _layout(provider: str, comm=None):
 
 def _party_session(comm, n: int, me: int, provider: str, config: Config):
     """Links to every party (and the dealer), hello check, seeds: this party's Session."""
-    from .session import Session
-
     mpi = _mpi()
     links = {j: mpi.MPILink(comm, me, j, j, mpi.PARTY_TAGS, config.max_frame_bytes,
                             config.comm_timeout_s) for j in range(n) if j != me}
@@ -225,10 +224,7 @@ def launch_script(nparties: int, provider: str, script: str, script_args: list[s
                   hostfile: str | None = None) -> int:
     """`mpc-ml launch --backend mpi`: run script as the ranks of one mpiexec job (each
     rank's mpc.init() finds MPI); returns mpiexec's exit status."""
-    if provider not in PROVIDERS:
-        raise ValueError(f"unknown provider {provider!r}; choose one of {PROVIDERS}")
-    if nparties < 2:
-        raise ValueError(f"at least 2 parties are needed, got {nparties}")
+    check_job(nparties, provider)
     job_env = {"MPC_BACKEND": "mpi", "MPC_PROVIDER": provider,
                "MPC_TORCH_THREADS": os.environ.get(
                    "MPC_TORCH_THREADS", str(max(1, (os.cpu_count() or 1) // nparties)))}
@@ -267,15 +263,8 @@ def run_mpi(fn: Callable, world_size: int = 2, provider: str = "tfp", args: tupl
     """Run fn(*args, **kwargs) in world_size parties, each a rank of one mpiexec job on
     this machine (plus a dealer rank with provider "dealer"); each party's result in rank
     order. An exception in any party is raised as PartyError naming the party."""
-    from .launch import _pick_error
-
-    if provider not in PROVIDERS:
-        raise ValueError(f"unknown provider {provider!r}; choose one of {PROVIDERS}")
-    if not isinstance(world_size, int) or world_size < 2:
-        raise ValueError(f"world_size must be an integer >= 2, got {world_size!r}")
     config = config or Config()
-    if config.truncation == "local" and world_size != 2:
-        raise ValueError("truncation='local' is only correct for 2 parties")
+    check_job(world_size, provider, config)
     try:
         payload = pickle.dumps((fn, tuple(args), kwargs or {}))
     except Exception as e:
@@ -291,10 +280,10 @@ def run_mpi(fn: Callable, world_size: int = 2, provider: str = "tfp", args: tupl
             "world_size": world_size, "config": config}))
         env = {k: v for k, v in os.environ.items() if not k.startswith(_JOB_VAR_PREFIXES)}
         env["MPC_TORCH_THREADS"] = str(max(1, (os.cpu_count() or 1) // world_size))
-        here = str(Path(__file__).resolve().parent.parent)  # so `-m mpc_ml.mpi_launch` imports
+        here = str(Path(__file__).resolve().parents[2])  # so `-m mpc_ml.launch` imports
         env["PYTHONPATH"] = os.pathsep.join([here, *filter(None, [env.get("PYTHONPATH")])])
         cmd = [mpiexec, *_mpiexec_flags(mpiexec), "-n", str(nprocs), sys.executable, "-m",
-               "mpc_ml.mpi_launch", str(job)]
+               "mpc_ml.launch", str(job)]
         with open(job / "mpiexec.err", "w+b") as err:
             proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stderr=err,
                                     start_new_session=True)
@@ -320,7 +309,7 @@ def run_mpi(fn: Callable, world_size: int = 2, provider: str = "tfp", args: tupl
                                     f"without reporting; mpiexec's stderr ends: "
                                     f"{err_text.strip()[-1000:]}", "")
     if errors:
-        raise _pick_error(errors)
+        raise pick_error(errors)
     return [outs[r] for r in range(world_size)]
 
 
@@ -405,12 +394,8 @@ def _stop(proc: subprocess.Popen, job: Path, keys: list[int]) -> None:
 
 
 # -- a rank of run_mpi's job -----------------------------------------------------------------
-def _describe(exc: BaseException) -> tuple[str, str, str]:
-    import traceback
-    return type(exc).__name__, str(exc), "".join(traceback.format_exception(exc))
-
-
-def _rank_main(job_dir: str) -> int:
+def rank_main(job_dir: str) -> int:
+    """One rank of run_mpi's job (`python -m mpc_ml.launch JOB_DIR`): run, write the report."""
     job = Path(job_dir)
     spec = pickle.loads((job / "job.pkl").read_bytes())  # written by our own launcher
     provider, world_size, config = spec["provider"], spec["world_size"], spec["config"]
@@ -422,9 +407,6 @@ def _rank_main(job_dir: str) -> int:
     session = None
     try:
         import torch
-
-        from .launch import pickle_result
-        from .session import activate
 
         torch.set_num_threads(1 if key == DEALER_RANK
                               else int(os.environ.get("MPC_TORCH_THREADS", "1")))
@@ -449,18 +431,11 @@ def _rank_main(job_dir: str) -> int:
         result = pickle_result(fn(*args, **kwargs), me)
         _write_atomic(report, pickle.dumps(("ok", result)))
     except BaseException as e:
-        _write_atomic(report, pickle.dumps(("error", _describe(e))))
+        _write_atomic(report, pickle.dumps(("error", describe(e))))
     finally:
         if session is not None:
-            from .session import activate
             activate(None)
             session.close()
         mpi.drain()
     return 0
 
-
-if __name__ == "__main__":
-    if len(sys.argv) != 2:
-        raise SystemExit("usage: mpiexec -n N python -m mpc_ml.mpi_launch JOB_DIR "
-                         "(started by mpc.run(backend='mpi'))")
-    sys.exit(_rank_main(sys.argv[1]))

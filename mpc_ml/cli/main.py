@@ -10,8 +10,10 @@ import threading
 import time
 from pathlib import Path
 
-from .comm import tcp
-from .config import Config
+from ..comm import tcp
+from ..config import Config
+from ..launch import BACKENDS
+from ..providers import PROVIDERS
 
 
 def _free_addresses(count: int, host: str = "127.0.0.1") -> list[str]:
@@ -25,14 +27,14 @@ def _free_addresses(count: int, host: str = "127.0.0.1") -> list[str]:
 
 def _local_deployment(args: argparse.Namespace):
     """A deployment of n processes on this machine (loopback, ports free right now)."""
-    from .deploy import Deployment, Endpoint
+    from ..launch.deploy import Deployment, Endpoint
 
     n = args.nparties
     if n is None or n < 2:
         raise SystemExit("mpc-ml launch: give -n N (at least 2) or --config FILE")
     tls = None
     if args.tls:
-        from .comm.tls import check_directory
+        from ..comm.tls import check_directory
 
         try:
             check_directory(args.tls, n, dealer=args.provider == "dealer")
@@ -46,12 +48,12 @@ def _local_deployment(args: argparse.Namespace):
 
 def launch(args: argparse.Namespace) -> int:
     """Start the parties (and a dealer) running the script; wait for all of them."""
-    from .deploy import load, run_processes
+    from ..launch.deploy import load, run_processes
 
     if not Path(args.script).exists():
         raise SystemExit(f"mpc-ml launch: no such script {args.script!r}")
     if args.backend == "mpi":
-        from .mpi_launch import launch_script
+        from ..launch.mpi import launch_script
 
         if args.nparties is None or args.config:
             raise SystemExit("mpc-ml launch --backend mpi takes -n N (and --hostfile), not --config")
@@ -73,7 +75,7 @@ def launch(args: argparse.Namespace) -> int:
 
 def slurm(args: argparse.Namespace) -> int:
     """Print the sbatch script of a deployment file."""
-    from .deploy import load, slurm_script
+    from ..launch.deploy import load, slurm_script
 
     try:
         deployment = load(args.config)
@@ -87,14 +89,14 @@ def dealer(args: argparse.Namespace) -> int:
     """Run a dealer for one job of n parties."""
     import torch
 
-    from .launch import run_tcp_dealer
+    from ..launch import run_tcp_dealer
 
     torch.set_num_threads(1)
     tls = None
     tls_dir = args.tls or os.environ.get("MPC_TLS_DIR")
     if tls_dir:
-        from .comm import DEALER_RANK
-        from .comm.tls import TLSConfig
+        from ..comm import DEALER_RANK
+        from ..comm.tls import TLSConfig
 
         tls = TLSConfig(tls_dir, DEALER_RANK)
     served = run_tcp_dealer(tcp.listen(args.listen), args.nparties, Config.from_env(), tls=tls)
@@ -104,7 +106,7 @@ def dealer(args: argparse.Namespace) -> int:
 
 def certs(args: argparse.Namespace) -> int:
     """Make a job's CA and one key pair and certificate per party (and the dealer)."""
-    from .comm.tls import make_certificates
+    from ..comm.tls import make_certificates
 
     try:
         written = make_certificates(args.directory, args.parties, dealer=args.dealer,
@@ -169,7 +171,7 @@ def _infer_party(model_spec: str, sample_shape: tuple, addrs: list[str], seed: i
     import torch
 
     import mpc_ml as mpc
-    from .inference import serve_client
+    from ..serving import serve_client
 
     with _CONVERT_LOCK:
         torch.manual_seed(seed)  # the factory's random init, reproducible (party 0's is used)
@@ -183,8 +185,8 @@ def infer(args: argparse.Namespace) -> int:
     result is printed next to the plaintext model's."""
     import torch
 
-    from .inference import InferenceClient, InferenceError
-    from .launch import run
+    from ..serving import InferenceClient, InferenceError
+    from ..launch import run
 
     if args.nparties < 2:
         raise SystemExit("mpc-ml infer: -n must be at least 2")
@@ -254,10 +256,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("-n", "--nparties", type=int)
     p.add_argument("--config", metavar="FILE", help="a deployment file (TOML: parties, "
                    "addresses, ssh, namespaces, TLS, dealer; see launchers/)")
-    p.add_argument("--backend", choices=["tcp", "mpi"], default="tcp")
+    p.add_argument("--backend", choices=[b for b in BACKENDS if b != "inproc"], default="tcp",
+                   help="inproc is not offered: a launched script runs as processes")
     p.add_argument("--hostfile", metavar="FILE", help="backend mpi: mpiexec's hostfile "
                    "(default: every rank on this machine)")
-    p.add_argument("--provider", choices=["tfp", "dealer"], default="tfp")
+    p.add_argument("--provider", choices=list(PROVIDERS), default="tfp")
     p.add_argument("--tls", metavar="DIR", help="mutually authenticated TLS 1.3 with the "
                    "certificates in DIR (from `mpc-ml certs`)")
     p.add_argument("script")
@@ -287,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=demo)
     p = sub.add_parser("infer", help="private inference on loopback: n parties serve an "
                                      "outside client; prints its result and the plaintext one")
-    p.add_argument("--model", default="mpc_ml.inference:demo_model", metavar="MODULE:FACTORY",
+    p.add_argument("--model", default="mpc_ml.serving:demo_model", metavar="MODULE:FACTORY",
                    help="a function returning a torch.nn.Module (default: a 64-32-10 MLP)")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--input", metavar="FILE.pt", help="a tensor saved with torch.save")
@@ -295,8 +298,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("-n", "--nparties", type=int, default=2)
     p.add_argument("--requests", type=int, default=1,
                    help="split the input's batch into this many requests")
-    p.add_argument("--backend", choices=["tcp", "inproc"], default="tcp")
-    p.add_argument("--provider", choices=["tfp", "dealer"], default="tfp")
+    p.add_argument("--backend", choices=[b for b in BACKENDS if b != "mpi"], default="tcp")
+    p.add_argument("--provider", choices=list(PROVIDERS), default="tfp")
     p.add_argument("--seed", type=int, default=0, help="seeds the model's init and --random")
     p.set_defaults(func=infer)
     sub.add_parser("bench", help="run the benchmark suite (from a checkout); options go to "
@@ -308,6 +311,3 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     return args.func(args)
 
-
-if __name__ == "__main__":
-    sys.exit(main())

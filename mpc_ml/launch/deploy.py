@@ -36,10 +36,10 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .comm.tcp import parse_address
-from .config import Config
-from .launch import PEER_FAILURE_EXIT
-from .providers import PROVIDERS
+from ..comm.tcp import parse_address
+from ..config import Config
+from ..session import check_job
+from .results import PEER_FAILURE_EXIT
 
 CONFIG_KEYS = {"precision_bits": "MPC_PRECISION_BITS", "truncation": "MPC_TRUNCATION",
                "comm_timeout_s": "MPC_COMM_TIMEOUT_S"}
@@ -164,15 +164,14 @@ def load(path: str | Path) -> Deployment:
     job = dict(data.get("job", {}))
     provider = job.pop("provider", "tfp")
     tls = job.pop("tls", None)
-    if provider not in PROVIDERS:
-        raise ValueError(f"{path}: unknown provider {provider!r}; choose one of {PROVIDERS}")
     bad = set(job) - set(CONFIG_KEYS)
     if bad:
         raise ValueError(f"{path}: unknown [job] keys {sorted(bad)}")
-    Config(**{k: v for k, v in job.items()})  # validates the values
     parties = [_endpoint(p, f"{path}: party {i}") for i, p in enumerate(data.get("party", []))]
-    if len(parties) < 2:
-        raise ValueError(f"{path}: needs at least two [[party]] entries")
+    try:
+        check_job(len(parties), provider, Config(**job))  # validates the values too
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
     addresses = [p.address for p in parties]
     if len(set(addresses)) != len(addresses):
         raise ValueError(f"{path}: two parties share an address")

@@ -1,0 +1,150 @@
+"""Reverse-mode autograd: grad mode, the tape observer, and backward().
+
+Every MPCTensor op reaches the recording point (mpctensor.record) with its Op, output,
+inputs and what its gradient needs (e.g. the private sign bits relu computed). When an
+input requires grad and grad mode is on (per party thread), the tape gives the output a
+Node. backward() walks the graph in reverse topological order under no_grad, so
+gradients are themselves private tensors computed with the ordinary MPCTensor ops
+(gradients.py, keyed by Op). Public operands (torch tensors) get no gradient.
+"""
+from __future__ import annotations
+
+import contextlib
+import threading
+from typing import Any, Callable
+
+import torch
+
+from ..core.ops import Op
+
+_mode = threading.local()
+
+
+def is_grad_enabled() -> bool:
+    """Whether this party thread records ops for autograd."""
+    return getattr(_mode, "enabled", True)
+
+
+class _GradMode(contextlib.ContextDecorator):
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+
+    def __enter__(self) -> None:
+        self.previous = is_grad_enabled()
+        _mode.enabled = self.enabled
+
+    def __exit__(self, *exc) -> bool:
+        _mode.enabled = self.previous
+        return False
+
+
+def no_grad() -> _GradMode:
+    """Context manager / decorator: record nothing (inference, optimizer steps)."""
+    return _GradMode(False)
+
+
+def enable_grad() -> _GradMode:
+    """Context manager / decorator: record ops again inside a no_grad block."""
+    return _GradMode(True)
+
+
+class Node:
+    """How an output was made: its Op, inputs, and saved context."""
+
+    __slots__ = ("op", "inputs", "ctx")
+
+    def __init__(self, op: Op, inputs: tuple, ctx: dict):
+        self.op, self.inputs, self.ctx = op, inputs, ctx
+
+    def __repr__(self) -> str:
+        return f"<{self.op.value}Backward>"
+
+
+GradFn = Callable[[Node, Any, Any], tuple]
+GRADIENTS: dict[Op, GradFn] = {}
+"""Op -> gradient function (node, output, grad of output) -> grads of the inputs."""
+
+
+def gradient(op: Op) -> Callable[[GradFn], GradFn]:
+    """Register the gradient function of an Op (gradients.py)."""
+    def register(fn: GradFn) -> GradFn:
+        GRADIENTS[op] = fn
+        return fn
+    return register
+
+
+def missing_gradients() -> list[Op]:
+    """Differentiable ops with no registered gradient (empty once gradients.py is imported)."""
+    return [op for op in Op if op.differentiable and op not in GRADIENTS]
+
+
+def requires_grad(t) -> bool:
+    """A private tensor that autograd tracks (public operands never are)."""
+    return getattr(t, "requires_grad", False) and hasattr(t, "share")
+
+
+def wants(inputs) -> bool:
+    """Will the tape record an op on these inputs? (to compute extra state only then)"""
+    return is_grad_enabled() and any(requires_grad(t) for t in inputs)
+
+
+def record(op: Op, out, inputs: tuple, ctx: dict) -> None:
+    """The tape observer: give `out` a Node when autograd must reach through it."""
+    if not op.differentiable or not wants(inputs):
+        return
+    if op not in GRADIENTS:
+        raise NotImplementedError(f"{op} of a tensor that requires grad: no gradient "
+                                  "is implemented (use mpc.no_grad())")
+    out.requires_grad = True
+    out.grad_fn = Node(op, inputs, ctx)
+
+
+def _topological(root) -> list:
+    """Tensors that need gradients, each before every tensor it was computed from."""
+    order, seen, stack = [], set(), [(root, False)]
+    while stack:
+        t, expanded = stack.pop()
+        if expanded:
+            order.append(t)
+            continue
+        if id(t) in seen:
+            continue
+        seen.add(id(t))
+        stack.append((t, True))
+        if t.grad_fn is not None:
+            stack.extend((i, False) for i in t.grad_fn.inputs
+                         if requires_grad(i) and id(i) not in seen)
+    return order[::-1]
+
+
+def backward(root, grad=None) -> None:
+    """Accumulate gradients of root into the .grad of every leaf that requires grad."""
+    if not root.requires_grad:
+        raise RuntimeError("backward() on a tensor that does not require grad")
+    if grad is None:
+        if root.numel() != 1:
+            raise RuntimeError("grad can be implicitly created only for single-element outputs")
+        grad = root._new(root._public_share(1.0, root.shape))
+    elif not hasattr(grad, "share"):
+        grad = root._new(root._public_share(torch.as_tensor(grad), root.shape))
+    if tuple(grad.shape) != tuple(root.shape):
+        raise ValueError(f"grad of shape {tuple(grad.shape)} for an output of shape "
+                         f"{tuple(root.shape)}")
+    grads = {id(root): grad}
+    with no_grad():
+        for t in _topological(root):
+            g = grads.pop(id(t), None)
+            if g is None:
+                continue
+            if t.grad_fn is None:
+                t.grad = g if t.grad is None else t.grad + g
+                continue
+            node = t.grad_fn
+            for inp, ig in zip(node.inputs, GRADIENTS[node.op](node, t, g)):
+                if ig is None or not requires_grad(inp):
+                    continue
+                if tuple(ig.shape) != tuple(inp.shape):
+                    raise AssertionError(f"{node.op} gradient shape {tuple(ig.shape)} != "
+                                         f"{tuple(inp.shape)}")
+                prev = grads.get(id(inp))
+                grads[id(inp)] = ig if prev is None else prev + ig
