@@ -6,6 +6,7 @@ run several parties as threads of one interpreter.
 """
 from __future__ import annotations
 
+import json
 import threading
 
 import torch
@@ -69,6 +70,28 @@ class Session:
                 common = raw[SEED_BYTES:]
         self.common = PRG(common)
         return {j: PRG(s) for j, s in seeds.items()}
+
+    def gather_verdicts(self, verdict: dict) -> list[dict]:
+        """Every party's verdict (a small JSON object), in rank order, on every party: one
+        all_gather, so that all parties can raise the same error together. A malformed
+        verdict from a peer is a ValueError naming it."""
+        raw = json.dumps(verdict, sort_keys=True).encode()
+        gathered = self.comm.all_gather(torch.frombuffer(bytearray(raw), dtype=torch.uint8))
+        verdicts = []
+        for rank, t in enumerate(gathered):
+            if rank == self.rank:
+                verdicts.append(verdict)
+                continue
+            try:
+                if t.dtype != torch.uint8 or t.dim() != 1:
+                    raise ValueError("not a byte string")
+                got = json.loads(bytes(t.numpy().tobytes()).decode())
+                if not isinstance(got, dict):
+                    raise ValueError("not a JSON object")
+            except (ValueError, UnicodeDecodeError) as e:
+                raise ValueError(f"party {self.rank}: malformed verdict from party {rank}: {e}") from None
+            verdicts.append(got)
+        return verdicts
 
     def stats(self) -> dict:
         """Traffic since the last reset: the communicator's, plus the dealer link's."""

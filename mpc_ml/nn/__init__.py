@@ -1,4 +1,9 @@
-"""Neural networks on private tensors: layers, losses and from_pytorch."""
+"""Neural networks on private tensors: Module, layers, losses, functional, from_pytorch,
+and checkpoints of shares.
+
+Layers are written against MPCTensor's API (tensor/); nn never imports comm/ or
+providers/ and knows nothing of Beaver triples. State dict keys are torch's own.
+"""
 from . import functional
 from .convert import from_pytorch
 from .layers import (GELU, AdaptiveAvgPool2d, AvgPool2d, BatchNorm1d, BatchNorm2d, Conv1d, Conv2d,

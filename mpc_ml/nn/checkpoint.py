@@ -108,44 +108,13 @@ def _checkpoint_digest(party_digests: list[bytes]) -> bytes:
 
 def _session_of(module) -> Session:
     session = current()
-    for _, value in _named_state(module):
+    for _, value in module.named_state():
         if isinstance(value, MPCTensor) and value.session is not session:
             raise CheckpointError("the model's shares belong to another MPC session")
     return session
 
 
-def _named_state(module):
-    """(key, value) of every parameter and buffer, under torch's state_dict keys."""
-    for module_name, owner in module.named_modules():
-        for table in ("_parameters", "_buffers"):
-            for name, value in getattr(owner, table).items():
-                if value is not None:
-                    yield (f"{module_name}.{name}" if module_name else name), value
-
-
 # -- agreement across parties ------------------------------------------------------------
-def _exchange_verdicts(session: Session, verdict: dict) -> list[dict]:
-    """Every party's verdict (a small JSON object), in rank order. One round."""
-    raw = json.dumps(verdict, sort_keys=True).encode()
-    mine = torch.frombuffer(bytearray(raw), dtype=torch.uint8)
-    verdicts = []
-    for rank, t in enumerate(session.comm.all_gather(mine)):
-        if rank == session.rank:
-            verdicts.append(verdict)
-            continue
-        try:
-            if t.dtype != torch.uint8 or t.dim() != 1:
-                raise ValueError("not a byte string")
-            got = json.loads(bytes(t.numpy().tobytes()).decode())
-            if not isinstance(got, dict):
-                raise ValueError("not a JSON object")
-        except (ValueError, UnicodeDecodeError) as e:
-            raise CheckpointError(f"party {session.rank}: malformed checkpoint message from "
-                                  f"party {rank}: {e}") from None
-        verdicts.append(got)
-    return verdicts
-
-
 def _raise_for_failures(session: Session, verdicts: list[dict], action: str) -> None:
     failed = [(r, v) for r, v in enumerate(verdicts) if not v.get("ok")]
     if not failed:
@@ -156,7 +125,10 @@ def _raise_for_failures(session: Session, verdicts: list[dict], action: str) -> 
 
 
 def _agree(session: Session, action: str, verdict: dict) -> list[dict]:
-    verdicts = _exchange_verdicts(session, verdict)
+    try:
+        verdicts = session.gather_verdicts(verdict)
+    except ValueError as e:
+        raise CheckpointError(f"{e} (about a checkpoint)") from None
     _raise_for_failures(session, verdicts, action)
     return verdicts
 
@@ -207,7 +179,7 @@ def _entry(name: str, value, offset: int) -> tuple[dict, bytes]:
 def _snapshot(module, session: Session, optimizer) -> tuple[dict, bytes]:
     """This party's header (without digests) and payload."""
     chunks, entries, offset = [], [], 0
-    for name, value in _named_state(module):
+    for name, value in module.named_state():
         entry, data = _entry(name, value, offset)
         entries.append(entry)
         chunks.append(data)
@@ -369,7 +341,7 @@ def _check_matches(header: dict, session: Session) -> None:
 
 def _plan(module, header: dict, payload: bytes, optimizer):
     """What load_shares will assign, checked against the module, before touching it."""
-    own = OrderedDict(_named_state(module))
+    own = OrderedDict(module.named_state())
     entries = header.get("entries")
     if not isinstance(entries, list):
         raise CheckpointError("malformed header: no entry list")

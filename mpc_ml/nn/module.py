@@ -68,20 +68,26 @@ class Module:
     def modules(self) -> Iterator["Module"]:
         return (m for _, m in self.named_modules())
 
-    def _named(self, table: str, prefix: str = "") -> Iterator[tuple[str, Tensor]]:
+    def _named(self, tables: tuple[str, ...], prefix: str = "") -> Iterator[tuple[str, Tensor]]:
+        """The one walk: (key, value) of each entry of these tables, under torch's keys."""
         for module_name, module in self.named_modules(prefix):
-            for name, value in getattr(module, table).items():
-                if value is not None:
-                    yield (f"{module_name}.{name}" if module_name else name), value
+            for table in tables:
+                for name, value in getattr(module, table).items():
+                    if value is not None:
+                        yield (f"{module_name}.{name}" if module_name else name), value
+
+    def named_state(self, prefix: str = "") -> Iterator[tuple[str, Tensor]]:
+        """Every parameter and buffer, module by module, under torch's state_dict keys."""
+        return self._named(("_parameters", "_buffers"), prefix)
 
     def named_parameters(self, prefix: str = "") -> Iterator[tuple[str, Tensor]]:
-        return self._named("_parameters", prefix)
+        return self._named(("_parameters",), prefix)
 
     def parameters(self) -> Iterator[Tensor]:
         return (p for _, p in self.named_parameters())
 
     def named_buffers(self, prefix: str = "") -> Iterator[tuple[str, Tensor]]:
-        return self._named("_buffers", prefix)
+        return self._named(("_buffers",), prefix)
 
     def buffers(self) -> Iterator[Tensor]:
         return (b for _, b in self.named_buffers())
@@ -103,13 +109,7 @@ class Module:
     # -- state -----------------------------------------------------------------------------
     def state_dict(self) -> "OrderedDict[str, Tensor]":
         """Parameters and buffers under torch's keys (plaintext after decrypt())."""
-        state = OrderedDict()
-        for module_name, module in self.named_modules():
-            for table in ("_parameters", "_buffers"):
-                for name, value in getattr(module, table).items():
-                    if value is not None:
-                        state[f"{module_name}.{name}" if module_name else name] = value
-        return state
+        return OrderedDict(self.named_state())
 
     def load_state_dict(self, state: dict, strict: bool = True) -> None:
         """Copy plaintext tensors in by key (shapes must match)."""

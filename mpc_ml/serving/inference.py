@@ -43,7 +43,6 @@ from typing import Sequence
 import torch
 
 from ..comm import CommError, peer_name, tcp
-from ..comm.frames import MAX_NDIM
 from ..config import PROTOCOL_VERSION, Config
 from ..core.encoding import decode, encode
 from ..core.prg import PRG, new_seed
@@ -236,27 +235,22 @@ def _receive_request(link, me: int, timeout: float,
 def _agree(session: Session, status: int, payload) -> None:
     """All parties check they received the same kind of request, of the same shape.
 
-    One all_gather of [status, ndim, *shape] (padded); a party whose client link failed
-    also sends its reason, so that every party raises the same error.
+    One gather of every party's verdict (status, shape, and the reason where its client
+    link failed), so that every party raises the same error.
     """
-    shape = tuple(payload.shape) if status == _REQUEST else ()
-    desc = torch.zeros(2 + MAX_NDIM, dtype=torch.int64)
-    desc[0], desc[1] = status, len(shape)
-    desc[2:2 + len(shape)] = torch.tensor(shape, dtype=torch.int64)
-    comm = session.comm
-    descs = comm.all_gather(desc)
-    failed = [r for r, d in enumerate(descs) if int(d[0]) == _FAILED]
-    if failed:
-        if status == _FAILED:
-            for p in comm.peers:
-                comm.send_control({"error": payload}, p)
-        reasons = [payload if r == session.rank else str(comm.recv_control(r).get("error"))
-                   for r in failed]
+    verdict = {"status": status, "shape": list(payload.shape) if status == _REQUEST else [],
+               "error": payload if status == _FAILED else None}
+    try:
+        verdicts = session.gather_verdicts(verdict)
+    except ValueError as e:
+        raise InferenceError(str(e)) from None
+    reasons = [str(v.get("error")) for v in verdicts if v.get("status") == _FAILED]
+    if reasons:
         raise InferenceError("; ".join(reasons))
-    if any(not torch.equal(d, descs[0]) for d in descs):
-        seen = ", ".join(f"party {r}: " + ("done" if int(d[0]) == _DONE else
-                                           f"a share of shape {tuple(d[2:2 + int(d[1])].tolist())}")
-                         for r, d in enumerate(descs))
+    if any(v != verdicts[0] for v in verdicts):
+        seen = ", ".join(f"party {r}: " + ("done" if v.get("status") == _DONE else
+                                           f"a share of shape {tuple(v.get('shape', []))}")
+                         for r, v in enumerate(verdicts))
         raise InferenceError(f"the inference client sent the parties different requests ({seen})")
 
 
