@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # Pinned here: an unpinned torch pulls a multi-GB CUDA build; 2.13.0 is a CPU wheel.
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: demo test test-deps bench venv clean
+.PHONY: demo test test-deps lint bench venv clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -25,7 +25,11 @@ test-deps:
 	@command -v sshd >/dev/null 2>&1 || test -x /usr/sbin/sshd || \
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-server iproute2)
 
-test: venv test-deps
+# ruff is pinned in the dev extra (setup.cfg); its rules are in pyproject.toml.
+lint: venv
+	$(VENV)/bin/ruff check mpc_ml tests benchmarks launchers
+
+test: venv test-deps lint
 	$(PY) -m pytest -q tests
 
 bench: venv

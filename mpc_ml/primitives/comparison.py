@@ -29,7 +29,8 @@ def mul_bits(session: Session, pairs: list[tuple[torch.Tensor, torch.Tensor]]) -
     return beaver_many(session, [("mul", x, b, {}) for x, b in pairs])
 
 
-def select(session: Session, bit: torch.Tensor, pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> list[torch.Tensor]:
+def select(session: Session, bit: torch.Tensor,
+           pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> list[torch.Tensor]:
     """For each (a, b): bit ? a : b, i.e. b + bit * (a - b), in one round."""
     products = mul_bits(session, [(a - b, bit) for a, b in pairs])
     return [b + p for (_, b), p in zip(pairs, products)]
