@@ -40,11 +40,21 @@ def record(op: Op, out: "MPCTensor", inputs: tuple, **ctx) -> "MPCTensor":
     return out
 
 
+PUBLIC_INTEGER_BOUND = 2 ** 31
+"""Public whole-number multipliers below this multiply shares exactly, with no truncation."""
+
+
 def _is_integral(p: torch.Tensor) -> bool:
-    """Public values that are whole numbers multiply shares exactly, with no truncation."""
+    """Whether a public multiplier is a whole number |p| < 2^31 (exact, no truncation); an
+    integer tensor beyond that bound would wrap the ring and is refused."""
     if not p.is_floating_point():
+        if p.numel() and int(p.to(torch.int64).abs().max()) >= PUBLIC_INTEGER_BOUND:
+            raise ValueError(f"public integer operand {int(p.to(torch.int64).abs().max())} is "
+                             f"too large: |p| < 2^31 multiplies shares exactly; pass a float "
+                             "tensor to have it encoded instead")
         return True
-    return p.numel() > 0 and bool(torch.all(p == torch.round(p))) and bool(p.abs().max() < 2 ** 31)
+    return p.numel() > 0 and bool(torch.all(p == torch.round(p))) and bool(
+        p.abs().max() < PUBLIC_INTEGER_BOUND)
 
 
 def _result_dtype(*dtypes: torch.dtype) -> torch.dtype:
