@@ -7,6 +7,8 @@ Decoding divides in float64 so negative values round correctly (no floor bias).
 """
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 ENCODE_BOUND_BITS = 62
@@ -22,7 +24,7 @@ def max_encodable(precision_bits: int) -> float:
     return float(2 ** (ENCODE_BOUND_BITS - precision_bits))
 
 
-def encode(x, precision_bits: int, device=None) -> torch.Tensor:
+def encode(x: Any, precision_bits: int, device: torch.device | str | None = None) -> torch.Tensor:
     """round(x * 2^f) as int64; raises ValueError on non-finite or out-of-range values."""
     t = torch.as_tensor(x, device=device)
     if t.dtype == torch.bool:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -44,13 +45,13 @@ class PRG:
         assert written == n
         return out[:n]
 
-    def random_ring(self, shape, device=None) -> torch.Tensor:
+    def random_ring(self, shape: Sequence[int], device: torch.device | str | None = None) -> torch.Tensor:
         """Uniform elements of Z_2^64 (int64) of the given shape."""
         shape = tuple(shape)
         numel = int(np.prod(shape, dtype=np.int64)) if shape else 1
         t = torch.from_numpy(self.random_bytes(8 * numel).view(np.int64)).reshape(shape)
         return t if device is None else t.to(device)
 
-    def random_bits(self, shape, device=None) -> torch.Tensor:
+    def random_bits(self, shape: Sequence[int], device: torch.device | str | None = None) -> torch.Tensor:
         """Uniform 0/1 int64 elements of the given shape."""
         return self.random_ring(shape, device) & 1

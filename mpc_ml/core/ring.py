@@ -12,6 +12,7 @@ Bilinear ops (mul, matmul, conv1d, conv2d) are computed exactly mod 2^64:
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterable, Sequence
 from typing import Callable
 
 import numpy as np
@@ -24,13 +25,21 @@ LIMB_BITS = 16
 N_LIMBS = 4
 MAX_LIMB_REDUCTION = 1 << 21
 
+Shape = Sequence[int]
+"""A tensor shape: a torch.Size, tuple or list of ints."""
+IntOrTuple = int | tuple[int, ...] | list[int]
+"""One int for every spatial dimension, or one per dimension (what ``pair`` accepts)."""
+Padding = int | tuple[int, ...] | list[int] | str
+"""An IntOrTuple, or torch's 'valid' / 'same'."""
 
 
-def pair(v, n: int) -> tuple:
+def pair(v: IntOrTuple, n: int) -> tuple[int, ...]:
+    """v as an n-tuple: a tuple or list as a tuple, a single value repeated n times."""
     return tuple(v) if isinstance(v, (tuple, list)) else (v,) * n
 
 
-def conv_output_shape(input_shape, weight_shape, stride=1, padding=0, dilation=1, nd=2):
+def conv_output_shape(input_shape: Shape, weight_shape: Shape, stride: IntOrTuple = 1,
+                      padding: Padding = 0, dilation: IntOrTuple = 1, nd: int = 2) -> tuple[int, ...]:
     """Output shape of torch's convNd for these shapes and arguments."""
     stride, dilation = pair(stride, nd), pair(dilation, nd)
     padding = resolve_padding(padding, weight_shape[2:], dilation, stride, nd)
@@ -44,7 +53,9 @@ def conv_output_shape(input_shape, weight_shape, stride=1, padding=0, dilation=1
     return (input_shape[0], weight_shape[0], *spatial)
 
 
-def resolve_padding(padding, kernel, dilation, stride, nd) -> tuple:
+def resolve_padding(padding: Padding, kernel: Shape, dilation: Sequence[int], stride: Sequence[int],
+                    nd: int) -> tuple[int, ...]:
+    """Per-dimension padding of a convNd: 'valid', 'same' (stride 1 only) or given ints."""
     if padding == "valid":
         return (0,) * nd
     if padding == "same":
@@ -92,8 +103,8 @@ def _weight_matrix(w: torch.Tensor, groups: int) -> torch.Tensor:
             .reshape(groups, kh * kw * cg, o // groups))
 
 
-def conv2d_int64(x: torch.Tensor, w: torch.Tensor, stride=1, padding=0, dilation=1,
-                 groups: int = 1) -> torch.Tensor:
+def conv2d_int64(x: torch.Tensor, w: torch.Tensor, stride: IntOrTuple = 1, padding: Padding = 0,
+                 dilation: IntOrTuple = 1, groups: int = 1) -> torch.Tensor:
     """conv2d mod 2^64 via im2col windows and a batched int64 matmul (about as fast as
     torch's int64 direct convolution on one thread)."""
     geometry = _conv_geometry(x.shape, w.shape, stride, padding, dilation, groups)
@@ -111,8 +122,9 @@ def _grad_matrix(g: torch.Tensor, groups: int) -> torch.Tensor:
         groups, n * oh * ow, o // groups)
 
 
-def conv2d_input_int64(g: torch.Tensor, w: torch.Tensor, input_shape, stride=1, padding=0,
-                       dilation=1, groups: int = 1) -> torch.Tensor:
+def conv2d_input_int64(g: torch.Tensor, w: torch.Tensor, input_shape: Shape, stride: IntOrTuple = 1,
+                       padding: Padding = 0, dilation: IntOrTuple = 1,
+                       groups: int = 1) -> torch.Tensor:
     """d conv2d / d input applied to g (conv_transpose2d), mod 2^64: g W^T, then col2im."""
     (kh, kw), stride, padding, dilation = _conv_geometry(input_shape, w.shape, stride, padding,
                                                          dilation, groups)
@@ -125,8 +137,9 @@ def conv2d_input_int64(g: torch.Tensor, w: torch.Tensor, input_shape, stride=1, 
     return fold_windows(cols, input_shape, (kh, kw), stride, padding, dilation)
 
 
-def conv2d_weight_int64(x: torch.Tensor, g: torch.Tensor, weight_shape, stride=1, padding=0,
-                        dilation=1, groups: int = 1) -> torch.Tensor:
+def conv2d_weight_int64(x: torch.Tensor, g: torch.Tensor, weight_shape: Shape, stride: IntOrTuple = 1,
+                        padding: Padding = 0, dilation: IntOrTuple = 1,
+                        groups: int = 1) -> torch.Tensor:
     """d conv2d / d weight applied to g, mod 2^64: im2col(x)^T g."""
     geometry = _conv_geometry(x.shape, weight_shape, stride, padding, dilation, groups)
     cols, _ = _im2col(x, *geometry, groups)
@@ -155,7 +168,8 @@ def _window_geometry(shape, kernel_size, stride, padding, dilation, ceil_mode):
     return kernel, stride, padding, dilation, tuple(out), tuple(extra)
 
 
-def sliding_windows(x: torch.Tensor, kernel_size, stride=None, padding=0, dilation=1,
+def sliding_windows(x: torch.Tensor, kernel_size: IntOrTuple, stride: IntOrTuple | None = None,
+                    padding: IntOrTuple = 0, dilation: IntOrTuple = 1,
                     fill: int = 0, ceil_mode: bool = False) -> torch.Tensor:
     """(N, C, OH, OW, kh * kw) windows of an (N, C, H, W) tensor, as torch's pool2d sees them."""
     (kh, kw), (sh, sw), (ph, pw), (dh, dw), (oh, ow), (eh, ew) = _window_geometry(
@@ -170,8 +184,9 @@ def sliding_windows(x: torch.Tensor, kernel_size, stride=None, padding=0, dilati
     return win.reshape(n, c, oh, ow, kh * kw)
 
 
-def fold_windows(cols: torch.Tensor, input_shape, kernel_size, stride=None, padding=0,
-                 dilation=1, ceil_mode: bool = False) -> torch.Tensor:
+def fold_windows(cols: torch.Tensor, input_shape: Shape, kernel_size: IntOrTuple,
+                 stride: IntOrTuple | None = None, padding: IntOrTuple = 0, dilation: IntOrTuple = 1,
+                 ceil_mode: bool = False) -> torch.Tensor:
     """The adjoint of sliding_windows: add each window's values back where they came from."""
     (kh, kw), (sh, sw), (ph, pw), (dh, dw), (oh, ow), (eh, ew) = _window_geometry(
         input_shape, kernel_size, stride, padding, dilation, ceil_mode)
@@ -184,8 +199,8 @@ def fold_windows(cols: torch.Tensor, input_shape, kernel_size, stride=None, padd
     return out[:, :, ph:ph + h, pw:pw + w]
 
 
-def conv1d_int64(x: torch.Tensor, w: torch.Tensor, stride=1, padding=0, dilation=1,
-                 groups: int = 1) -> torch.Tensor:
+def conv1d_int64(x: torch.Tensor, w: torch.Tensor, stride: IntOrTuple = 1, padding: Padding = 0,
+                 dilation: IntOrTuple = 1, groups: int = 1) -> torch.Tensor:
     """conv1d mod 2^64 as a conv2d over a height-1 image."""
     if isinstance(padding, str):
         padding = resolve_padding(padding, w.shape[2:], pair(dilation, 1), pair(stride, 1), 1)
@@ -194,7 +209,7 @@ def conv1d_int64(x: torch.Tensor, w: torch.Tensor, stride=1, padding=0, dilation
     return out.squeeze(2)
 
 
-def bits_at(word: torch.Tensor, positions) -> torch.Tensor:
+def bits_at(word: torch.Tensor, positions: Iterable[int]) -> torch.Tensor:
     """Bits of each element at these positions, as a trailing dim of 0/1 int64."""
     positions = list(positions)
     if positions == list(range(64)) and not word.is_cuda and word.numel():
@@ -224,7 +239,8 @@ _INT_BILINEAR: dict[Op, Callable] = {
     Op.CONV2D_INPUT: conv2d_input_int64, Op.CONV2D_WEIGHT: conv2d_weight_int64}
 
 
-def bilinear_output_shape(op: str, a_shape, b_shape, kwargs: dict | None = None) -> tuple:
+def bilinear_output_shape(op: str, a_shape: Shape, b_shape: Shape,
+                          kwargs: dict | None = None) -> tuple[int, ...]:
     """Shape of op(a, b) by torch's rules, computed without touching data."""
     kwargs = kwargs or {}
     a_shape, b_shape = tuple(a_shape), tuple(b_shape)
@@ -257,7 +273,7 @@ def bilinear_output_shape(op: str, a_shape, b_shape, kwargs: dict | None = None)
                                    kwargs.get("dilation", 1), nd))
 
 
-def reduction_size(op: str, a_shape, b_shape, groups: int = 1) -> int:
+def reduction_size(op: str, a_shape: Shape, b_shape: Shape, groups: int = 1) -> int:
     """Number of products summed into one output element (bounds the limb path)."""
     if op == "mul":
         return 1
