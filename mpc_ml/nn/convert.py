@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import operator
 import threading
+from typing import Any
 
 import torch
 import torch.fx
@@ -113,7 +114,8 @@ class ConvertedModule(Module):
                 return table[name]
         return getattr(module, name)
 
-    def forward(self, *inputs):
+    def forward(self, *inputs) -> Any:
+        """Run the traced graph on inputs (private or plaintext)."""
         env: dict[str, object] = {}
         inputs = list(inputs)
 
@@ -163,7 +165,8 @@ def _holder(root: Module, path: str) -> Module:
     return holder
 
 
-def from_pytorch(module: torch.nn.Module, example_input) -> ConvertedModule:
+def from_pytorch(module: torch.nn.Module,
+                 example_input: torch.Tensor | tuple[torch.Tensor, ...]) -> ConvertedModule:
     """A plaintext mpc_ml copy of a torch model (same weights, same state_dict keys).
 
     The model is traced with torch.fx; example_input (a tensor or a tuple of them) is

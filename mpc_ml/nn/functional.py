@@ -9,16 +9,20 @@ import torch
 import torch.nn.functional as F
 
 from .. import tensor as T
+from ..core.ring import IntOrTuple, Padding
 from ..tensor import no_grad
 from ..session import current
 from ..tensor import MPCTensor
+
+TensorLike = MPCTensor | torch.Tensor
+"""A private (MPCTensor) or plaintext (torch.Tensor) value."""
 
 
 def _private(*values) -> bool:
     return any(isinstance(v, MPCTensor) for v in values)
 
 
-def linear(input, weight, bias=None):
+def linear(input: TensorLike, weight: TensorLike, bias: TensorLike | None = None) -> TensorLike:
     """input @ weight.T + bias."""
     if not _private(input, weight, bias):
         return F.linear(input, weight, bias)
@@ -26,46 +30,58 @@ def linear(input, weight, bias=None):
     return out if bias is None else out + bias
 
 
-def conv1d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups: int = 1):
+def conv1d(input: TensorLike, weight: TensorLike, bias: TensorLike | None = None, stride: IntOrTuple = 1,
+           padding: Padding = 0, dilation: IntOrTuple = 1, groups: int = 1) -> TensorLike:
+    """1-d convolution over (N, C, L) inputs, as torch.nn.functional.conv1d."""
     if not _private(input, weight, bias):
         return F.conv1d(input, weight, bias, stride, padding, dilation, groups)
     return T.conv1d(input, weight, bias, stride, padding, dilation, groups)
 
 
-def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups: int = 1):
+def conv2d(input: TensorLike, weight: TensorLike, bias: TensorLike | None = None, stride: IntOrTuple = 1,
+           padding: Padding = 0, dilation: IntOrTuple = 1, groups: int = 1) -> TensorLike:
+    """2-d convolution over (N, C, H, W) inputs, as torch.nn.functional.conv2d."""
     if not _private(input, weight, bias):
         return F.conv2d(input, weight, bias, stride, padding, dilation, groups)
     return T.conv2d(input, weight, bias, stride, padding, dilation, groups)
 
 
-def relu(input, inplace: bool = False):
+def relu(input: TensorLike, inplace: bool = False) -> TensorLike:
+    """max(input, 0) elementwise (`inplace` is accepted for torch's signature and ignored)."""
     return input.relu()
 
 
-def sigmoid(input):
+def sigmoid(input: TensorLike) -> TensorLike:
+    """1 / (1 + e^-input) elementwise."""
     return input.sigmoid()
 
 
-def tanh(input):
+def tanh(input: TensorLike) -> TensorLike:
+    """Hyperbolic tangent elementwise."""
     return input.tanh()
 
 
-def gelu(input, approximate: str = "none"):
+def gelu(input: TensorLike, approximate: str = "none") -> TensorLike:
+    """x * Phi(x) elementwise, the exact (erf) form only."""
     if approximate != "none":
         raise ValueError("only the exact (erf) GELU is supported")
     return input.gelu() if _private(input) else F.gelu(input)
 
 
-def softmax(input, dim: int):
+def softmax(input: TensorLike, dim: int) -> TensorLike:
+    """e^x / sum(e^x) along dim."""
     return input.softmax(dim)
 
 
-def log_softmax(input, dim: int):
+def log_softmax(input: TensorLike, dim: int) -> TensorLike:
+    """log(softmax(input, dim))."""
     return input.log_softmax(dim)
 
 
-def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode: bool = False,
-               return_indices: bool = False):
+def max_pool2d(input: TensorLike, kernel_size: IntOrTuple, stride: IntOrTuple | None = None,
+               padding: IntOrTuple = 0, dilation: IntOrTuple = 1, ceil_mode: bool = False,
+               return_indices: bool = False) -> TensorLike:
+    """2-d max pooling, as torch.nn.functional.max_pool2d (without return_indices)."""
     if return_indices:
         raise ValueError("max_pool2d(return_indices=True) is not supported")
     if not _private(input):
@@ -73,8 +89,10 @@ def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
     return input.max_pool2d(kernel_size, stride, padding, dilation, ceil_mode)
 
 
-def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode: bool = False,
-               count_include_pad: bool = True, divisor_override=None):
+def avg_pool2d(input: TensorLike, kernel_size: IntOrTuple, stride: IntOrTuple | None = None,
+               padding: IntOrTuple = 0, ceil_mode: bool = False, count_include_pad: bool = True,
+               divisor_override: int | None = None) -> TensorLike:
+    """2-d average pooling, as torch.nn.functional.avg_pool2d (without divisor_override)."""
     if divisor_override is not None:
         raise ValueError("avg_pool2d(divisor_override=...) is not supported")
     if not _private(input):
@@ -82,7 +100,8 @@ def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode: bool = Fal
     return input.avg_pool2d(kernel_size, stride, padding, ceil_mode, count_include_pad)
 
 
-def adaptive_avg_pool2d(input, output_size):
+def adaptive_avg_pool2d(input: TensorLike,
+                        output_size: int | tuple[int | None, int | None]) -> TensorLike:
     """Adaptive average pooling where the input size is a multiple of the output size."""
     if not _private(input):
         return F.adaptive_avg_pool2d(input, output_size)
@@ -96,11 +115,12 @@ def adaptive_avg_pool2d(input, output_size):
     return input.avg_pool2d(kernel, kernel)
 
 
-def flatten(input, start_dim: int = 0, end_dim: int = -1):
+def flatten(input: TensorLike, start_dim: int = 0, end_dim: int = -1) -> TensorLike:
+    """Dimensions start_dim..end_dim merged into one."""
     return input.flatten(start_dim, end_dim)
 
 
-def dropout(input, p: float = 0.5, training: bool = True, inplace: bool = False):
+def dropout(input: TensorLike, p: float = 0.5, training: bool = True, inplace: bool = False) -> TensorLike:
     """Dropout with a public mask drawn from the parties' common PRG (it reveals nothing)."""
     if not _private(input):
         return F.dropout(input, p, training)
@@ -113,8 +133,10 @@ def dropout(input, p: float = 0.5, training: bool = True, inplace: bool = False)
     return input * (keep / (1 - p))
 
 
-def batch_norm(input, running_mean, running_var, weight=None, bias=None, training: bool = False,
-               momentum: float = 0.1, eps: float = 1e-5):
+def batch_norm(input: TensorLike, running_mean: TensorLike | None, running_var: TensorLike | None,
+               weight: TensorLike | None = None, bias: TensorLike | None = None, training: bool = False,
+               momentum: float = 0.1,
+               eps: float = 1e-5) -> tuple[TensorLike, TensorLike | None, TensorLike | None]:
     """Batch normalisation; returns (output, new running mean, new running var).
 
     Training uses the batch's mean and (biased) variance and 1/sqrt(var + eps) from
@@ -165,20 +187,22 @@ def _reduce(loss, reduction: str, count: int | None = None):
     raise ValueError(f"unknown reduction {reduction!r}")
 
 
-def mse_loss(input, target, reduction: str = "mean"):
+def mse_loss(input: TensorLike, target: TensorLike, reduction: str = "mean") -> TensorLike:
+    """(input - target)^2, reduced by `reduction` ('mean', 'sum' or 'none')."""
     if not _private(input, target):
         return F.mse_loss(input, target, reduction=reduction)
     diff = input - target
     return _reduce(diff * diff, reduction)
 
 
-def l1_loss(input, target, reduction: str = "mean"):
+def l1_loss(input: TensorLike, target: TensorLike, reduction: str = "mean") -> TensorLike:
+    """|input - target|, reduced by `reduction` ('mean', 'sum' or 'none')."""
     if not _private(input, target):
         return F.l1_loss(input, target, reduction=reduction)
     return _reduce((input - target).abs(), reduction)
 
 
-def binary_cross_entropy(input, target, reduction: str = "mean"):
+def binary_cross_entropy(input: TensorLike, target: TensorLike, reduction: str = "mean") -> TensorLike:
     """-(t log p + (1 - t) log(1 - p)); p must lie in log's domain (0, 1)."""
     if not _private(input, target):
         return F.binary_cross_entropy(input, target, reduction=reduction)
@@ -186,7 +210,8 @@ def binary_cross_entropy(input, target, reduction: str = "mean"):
     return _reduce(loss, reduction)
 
 
-def binary_cross_entropy_with_logits(input, target, reduction: str = "mean"):
+def binary_cross_entropy_with_logits(input: TensorLike, target: TensorLike,
+                                     reduction: str = "mean") -> TensorLike:
     """relu(x) - x t + log(1 + e^-|x|), stable for any x."""
     if not _private(input, target):
         return F.binary_cross_entropy_with_logits(input, target, reduction=reduction)
@@ -194,7 +219,7 @@ def binary_cross_entropy_with_logits(input, target, reduction: str = "mean"):
     return _reduce(loss, reduction)
 
 
-def cross_entropy(input, target, reduction: str = "mean"):
+def cross_entropy(input: TensorLike, target: TensorLike, reduction: str = "mean") -> TensorLike:
     """-sum(t * log_softmax(input, 1)); target: class indices (public integer tensor) or
     (private or public) probabilities / one-hot of input's shape."""
     if not _private(input, target):

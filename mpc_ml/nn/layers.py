@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import torch
 
+from ..core.ring import IntOrTuple
 from ..tensor import MPCTensor, is_grad_enabled
 from . import functional as F
+from .functional import TensorLike
 from .module import Module
 
 
@@ -16,83 +18,114 @@ class _Stateless(Module):
     """A layer with no parameters calling one functional op."""
 
     def extra_repr(self) -> str:
+        """The layer's public attributes, as key=value."""
         return ", ".join(f"{k}={v!r}" for k, v in self.__dict__.items()
                          if not k.startswith("_") and k != "training")
 
 
 class Identity(_Stateless):
+    """Returns its input; any arguments are ignored, as torch's."""
+
     def __init__(self, *args, **kwargs):
         super().__init__()
 
-    def forward(self, x):
+    def forward(self, x: TensorLike) -> TensorLike:
+        """x itself."""
         return x
 
 
 class ReLU(_Stateless):
+    """max(x, 0) elementwise."""
+
     def __init__(self, inplace: bool = False):
         super().__init__()
 
-    def forward(self, x):
+    def forward(self, x: TensorLike) -> TensorLike:
+        """relu(x)."""
         return F.relu(x)
 
 
 class Sigmoid(_Stateless):
-    def forward(self, x):
+    """1 / (1 + e^-x) elementwise."""
+
+    def forward(self, x: TensorLike) -> TensorLike:
+        """sigmoid(x)."""
         return F.sigmoid(x)
 
 
 class Tanh(_Stateless):
-    def forward(self, x):
+    """Hyperbolic tangent elementwise."""
+
+    def forward(self, x: TensorLike) -> TensorLike:
+        """tanh(x)."""
         return F.tanh(x)
 
 
 class GELU(_Stateless):
+    """x * Phi(x) elementwise (the exact, erf form)."""
+
     def __init__(self, approximate: str = "none"):
         super().__init__()
         self.approximate = approximate
 
-    def forward(self, x):
+    def forward(self, x: TensorLike) -> TensorLike:
+        """gelu(x)."""
         return F.gelu(x, self.approximate)
 
 
 class Softmax(_Stateless):
+    """Softmax along dim (default: the last)."""
+
     def __init__(self, dim: int | None = None):
         super().__init__()
         self.dim = dim
 
-    def forward(self, x):
+    def forward(self, x: TensorLike) -> TensorLike:
+        """softmax(x, dim)."""
         return F.softmax(x, self.dim if self.dim is not None else -1)
 
 
 class LogSoftmax(_Stateless):
+    """log(softmax) along dim (default: the last)."""
+
     def __init__(self, dim: int | None = None):
         super().__init__()
         self.dim = dim
 
-    def forward(self, x):
+    def forward(self, x: TensorLike) -> TensorLike:
+        """log_softmax(x, dim)."""
         return F.log_softmax(x, self.dim if self.dim is not None else -1)
 
 
 class Flatten(_Stateless):
+    """Merges dimensions start_dim..end_dim (default: all but the batch)."""
+
     def __init__(self, start_dim: int = 1, end_dim: int = -1):
         super().__init__()
         self.start_dim, self.end_dim = start_dim, end_dim
 
-    def forward(self, x):
+    def forward(self, x: TensorLike) -> TensorLike:
+        """x flattened."""
         return F.flatten(x, self.start_dim, self.end_dim)
 
 
 class Dropout(_Stateless):
+    """Zeroes elements with probability p in training, with a public mask."""
+
     def __init__(self, p: float = 0.5, inplace: bool = False):
         super().__init__()
         self.p = p
 
-    def forward(self, x):
+    def forward(self, x: TensorLike) -> TensorLike:
+        """dropout(x) in training mode, x in eval mode."""
         return F.dropout(x, self.p, self.training)
 
 
 class MaxPool2d(_Stateless):
-    def __init__(self, kernel_size, stride=None, padding=0, dilation=1, return_indices=False,
+    """2-d max pooling over (N, C, H, W) inputs."""
+
+    def __init__(self, kernel_size: IntOrTuple, stride: IntOrTuple | None = None,
+                 padding: IntOrTuple = 0, dilation: IntOrTuple = 1, return_indices: bool = False,
                  ceil_mode: bool = False):
         super().__init__()
         self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
@@ -100,30 +133,38 @@ class MaxPool2d(_Stateless):
         if return_indices:
             raise ValueError("MaxPool2d(return_indices=True) is not supported")
 
-    def forward(self, x):
+    def forward(self, x: TensorLike) -> TensorLike:
+        """max_pool2d(x)."""
         return F.max_pool2d(x, self.kernel_size, self.stride, self.padding, self.dilation,
                             self.ceil_mode)
 
 
 class AvgPool2d(_Stateless):
-    def __init__(self, kernel_size, stride=None, padding=0, ceil_mode: bool = False,
-                 count_include_pad: bool = True, divisor_override=None):
+    """2-d average pooling over (N, C, H, W) inputs."""
+
+    def __init__(self, kernel_size: IntOrTuple, stride: IntOrTuple | None = None,
+                 padding: IntOrTuple = 0, ceil_mode: bool = False, count_include_pad: bool = True,
+                 divisor_override: int | None = None):
         super().__init__()
         self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
         self.ceil_mode, self.count_include_pad = ceil_mode, count_include_pad
         self.divisor_override = divisor_override
 
-    def forward(self, x):
+    def forward(self, x: TensorLike) -> TensorLike:
+        """avg_pool2d(x)."""
         return F.avg_pool2d(x, self.kernel_size, self.stride, self.padding, self.ceil_mode,
                             self.count_include_pad, self.divisor_override)
 
 
 class AdaptiveAvgPool2d(_Stateless):
-    def __init__(self, output_size):
+    """Average pooling to a fixed output size (the input a multiple of it)."""
+
+    def __init__(self, output_size: int | tuple[int | None, int | None]):
         super().__init__()
         self.output_size = output_size
 
-    def forward(self, x):
+    def forward(self, x: TensorLike) -> TensorLike:
+        """adaptive_avg_pool2d(x, output_size)."""
         return F.adaptive_avg_pool2d(x, self.output_size)
 
 
@@ -167,10 +208,12 @@ class Linear(_FromTorch):
     def _configure(self, source) -> None:
         self.in_features, self.out_features = source.in_features, source.out_features
 
-    def forward(self, x):
+    def forward(self, x: TensorLike) -> TensorLike:
+        """x W^T + b."""
         return F.linear(x, self.weight, self.bias)
 
     def extra_repr(self) -> str:
+        """The layer's sizes."""
         return f"in_features={self.in_features}, out_features={self.out_features}"
 
 
@@ -183,22 +226,29 @@ class _ConvNd(_FromTorch):
         self.dilation, self.groups = source.dilation, source.groups
 
     def extra_repr(self) -> str:
+        """The convolution's channels and geometry."""
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
                 f"stride={self.stride}, padding={self.padding}")
 
 
 class Conv1d(_ConvNd):
+    """1-d convolution over (N, C, L) inputs."""
+
     torch_type = torch.nn.Conv1d
 
-    def forward(self, x):
+    def forward(self, x: TensorLike) -> TensorLike:
+        """conv1d(x, weight, bias)."""
         return F.conv1d(x, self.weight, self.bias, self.stride, self.padding, self.dilation,
                         self.groups)
 
 
 class Conv2d(_ConvNd):
+    """2-d convolution over (N, C, H, W) inputs."""
+
     torch_type = torch.nn.Conv2d
 
-    def forward(self, x):
+    def forward(self, x: TensorLike) -> TensorLike:
+        """conv2d(x, weight, bias)."""
         return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation,
                         self.groups)
 
@@ -225,7 +275,8 @@ class _BatchNorm(_FromTorch):
             object.__setattr__(self, "_affine", (key, scale, shift))
         return self.__dict__["_affine"][1:]
 
-    def forward(self, x):
+    def forward(self, x: TensorLike) -> TensorLike:
+        """Batch-normalised x; in training, updates the running statistics."""
         self._check_input(x)
         use_batch = self.training or not self.track_running_stats
         if (not use_batch and not is_grad_enabled()
@@ -243,10 +294,13 @@ class _BatchNorm(_FromTorch):
         return out
 
     def extra_repr(self) -> str:
+        """Features, eps and momentum."""
         return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}"
 
 
 class BatchNorm1d(_BatchNorm):
+    """Batch normalisation over (N, C) or (N, C, L) inputs."""
+
     torch_type = torch.nn.BatchNorm1d
 
     def _check_input(self, x) -> None:
@@ -255,6 +309,8 @@ class BatchNorm1d(_BatchNorm):
 
 
 class BatchNorm2d(_BatchNorm):
+    """Batch normalisation over (N, C, H, W) inputs."""
+
     torch_type = torch.nn.BatchNorm2d
 
     def _check_input(self, x) -> None:

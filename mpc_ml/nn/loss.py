@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from . import functional as F
+from .functional import TensorLike
 from .module import Module
 
 
@@ -13,37 +14,51 @@ class _Loss(Module):
         self.reduction = reduction
 
     def extra_repr(self) -> str:
+        """The reduction."""
         return f"reduction={self.reduction!r}"
 
 
 class MSELoss(_Loss):
-    def forward(self, input, target):
+    """Mean squared error."""
+
+    def forward(self, input: TensorLike, target: TensorLike) -> TensorLike:
+        """mse_loss(input, target)."""
         return F.mse_loss(input, target, self.reduction)
 
 
 class L1Loss(_Loss):
-    def forward(self, input, target):
+    """Mean absolute error."""
+
+    def forward(self, input: TensorLike, target: TensorLike) -> TensorLike:
+        """l1_loss(input, target)."""
         return F.l1_loss(input, target, self.reduction)
 
 
 class BCELoss(_Loss):
-    def forward(self, input, target):
+    """Binary cross-entropy of probabilities in (0, 1)."""
+
+    def forward(self, input: TensorLike, target: TensorLike) -> TensorLike:
+        """binary_cross_entropy(input, target)."""
         return F.binary_cross_entropy(input, target, self.reduction)
 
 
 class BCEWithLogitsLoss(_Loss):
-    def forward(self, input, target):
+    """Binary cross-entropy of logits (sigmoid folded in, stable)."""
+
+    def forward(self, input: TensorLike, target: TensorLike) -> TensorLike:
+        """binary_cross_entropy_with_logits(input, target)."""
         return F.binary_cross_entropy_with_logits(input, target, self.reduction)
 
 
 class CrossEntropyLoss(_Loss):
     """Softmax cross-entropy; target: public class indices, or private/public probabilities."""
 
-    def __init__(self, weight=None, ignore_index: int = -100, reduction: str = "mean",
+    def __init__(self, weight: TensorLike | None = None, ignore_index: int = -100, reduction: str = "mean",
                  label_smoothing: float = 0.0):
         super().__init__(reduction)
         if weight is not None or label_smoothing:
             raise ValueError("CrossEntropyLoss: class weights and label smoothing are not supported")
 
-    def forward(self, input, target):
+    def forward(self, input: TensorLike, target: TensorLike) -> TensorLike:
+        """cross_entropy(input, target)."""
         return F.cross_entropy(input, target, self.reduction)

@@ -7,8 +7,9 @@ become private leaves that require grad, so loss.backward() fills their .grad.
 """
 from __future__ import annotations
 
+import os
 from collections import OrderedDict
-from typing import Iterator
+from typing import Any, Iterable, Iterator
 
 import torch
 
@@ -28,12 +29,15 @@ class Module:
 
     # -- registration ---------------------------------------------------------------------
     def register_parameter(self, name: str, value: Tensor | None) -> None:
+        """Add (or replace) parameter `name`; None registers an absent one."""
         self._parameters[name] = value
 
     def register_buffer(self, name: str, value: Tensor | None) -> None:
+        """Add (or replace) buffer `name`; None registers an absent one."""
         self._buffers[name] = value
 
     def add_module(self, name: str, module: "Module | None") -> None:
+        """Add (or replace) child module `name`."""
         self._modules[name] = module
 
     def __setattr__(self, name: str, value) -> None:
@@ -55,17 +59,21 @@ class Module:
 
     # -- traversal --------------------------------------------------------------------------
     def named_children(self) -> Iterator[tuple[str, "Module"]]:
+        """(name, module) of each direct child."""
         return ((n, m) for n, m in self._modules.items() if m is not None)
 
     def children(self) -> Iterator["Module"]:
+        """The direct children."""
         return (m for _, m in self.named_children())
 
     def named_modules(self, prefix: str = "") -> Iterator[tuple[str, "Module"]]:
+        """(dotted name, module) of this module and every descendant, depth first."""
         yield prefix, self
         for name, child in self.named_children():
             yield from child.named_modules(f"{prefix}.{name}" if prefix else name)
 
     def modules(self) -> Iterator["Module"]:
+        """This module and every descendant."""
         return (m for _, m in self.named_modules())
 
     def _named(self, tables: tuple[str, ...], prefix: str = "") -> Iterator[tuple[str, Tensor]]:
@@ -81,27 +89,34 @@ class Module:
         return self._named(("_parameters", "_buffers"), prefix)
 
     def named_parameters(self, prefix: str = "") -> Iterator[tuple[str, Tensor]]:
+        """(torch key, value) of every parameter."""
         return self._named(("_parameters",), prefix)
 
     def parameters(self) -> Iterator[Tensor]:
+        """Every parameter (private after encrypt())."""
         return (p for _, p in self.named_parameters())
 
     def named_buffers(self, prefix: str = "") -> Iterator[tuple[str, Tensor]]:
+        """(torch key, value) of every buffer."""
         return self._named(("_buffers",), prefix)
 
     def buffers(self) -> Iterator[Tensor]:
+        """Every buffer."""
         return (b for _, b in self.named_buffers())
 
     # -- modes -----------------------------------------------------------------------------
     def train(self, mode: bool = True) -> "Module":
+        """Set training mode on this module and its descendants."""
         for module in self.modules():
             object.__setattr__(module, "training", mode)
         return self
 
     def eval(self) -> "Module":
+        """train(False)."""
         return self.train(False)
 
     def zero_grad(self) -> None:
+        """Drop the gradient of every private parameter."""
         for p in self.parameters():
             if isinstance(p, MPCTensor):
                 p.grad = None
@@ -130,6 +145,7 @@ class Module:
             table[name] = value.detach().clone() if isinstance(value, torch.Tensor) else value
 
     def get_submodule(self, target: str) -> "Module":
+        """The descendant at dotted path target ("" is self)."""
         module = self
         for part in filter(None, target.split(".")):
             module = module._modules[part]
@@ -138,6 +154,7 @@ class Module:
     # -- privacy -----------------------------------------------------------------------------
     @property
     def encrypted(self) -> bool:
+        """Whether any parameter is private."""
         return any(isinstance(p, MPCTensor) for p in self.parameters())
 
     def encrypt(self, src: int = 0) -> "Module":
@@ -162,26 +179,29 @@ class Module:
         return self
 
     # -- checkpoints (format and checks in mpc_ml.checkpoint) -----------------------------------
-    def save_shares(self, path, optimizer=None) -> str:
+    def save_shares(self, path: str | os.PathLike[str], optimizer: Any = None) -> str:
         """Write this party's shares (and optimizer's state) to path, "{rank}" replaced by
         the rank, with a checksum agreed across parties. Collective; returns the file."""
         from .checkpoint import save_shares
         return save_shares(self, path, optimizer)
 
-    def load_shares(self, path, optimizer=None) -> "Module":
+    def load_shares(self, path: str | os.PathLike[str], optimizer: Any = None) -> "Module":
         """Load this party's shares saved by save_shares; refused unless every party's file
         is intact and of the same checkpoint, world size and precision. Collective."""
         from .checkpoint import load_shares
         return load_shares(self, path, optimizer)
 
     # -- calling -------------------------------------------------------------------------------
-    def forward(self, *args, **kwargs):
+    def forward(self, *args, **kwargs) -> Any:
+        """The computation; subclasses define it."""
         raise NotImplementedError(f"{type(self).__name__}.forward")
 
-    def __call__(self, *args, **kwargs):
+    def __call__(self, *args, **kwargs) -> Any:
+        """forward(*args, **kwargs)."""
         return self.forward(*args, **kwargs)
 
     def extra_repr(self) -> str:
+        """What repr() shows inside the parentheses."""
         return ""
 
     def __repr__(self) -> str:
@@ -199,7 +219,8 @@ class Sequential(Module):
         for i, module in enumerate(modules):
             self.add_module(str(i), module)
 
-    def forward(self, x):
+    def forward(self, x: Any) -> Any:
+        """x through every module in order."""
         for module in self.children():
             x = module(x)
         return x
@@ -214,7 +235,7 @@ class Sequential(Module):
 class ModuleList(Module):
     """A list of modules registered as children."""
 
-    def __init__(self, modules=()):
+    def __init__(self, modules: Iterable[Module] = ()):
         super().__init__()
         for i, module in enumerate(modules):
             self.add_module(str(i), module)
@@ -225,5 +246,5 @@ class ModuleList(Module):
     def __len__(self) -> int:
         return len(self._modules)
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[Module]:
         return self.children()
