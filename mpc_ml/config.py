@@ -24,8 +24,9 @@ class Config:
     """Every blocking receive gives up after this long, naming the silent peer."""
     connect_timeout_s: float = 30.0
     """How long a party keeps trying to reach peers that have not started listening yet."""
-    max_frame_bytes: int = 1 << 32
-    """A frame announcing a larger payload is refused before anything is allocated."""
+    max_frame_bytes: int = 1 << 30
+    """A frame announcing a larger payload is refused before anything is allocated (the
+    largest message of the benchmarks' models is 8 MiB; memory grows only as bytes arrive)."""
     dealer_idle_timeout_s: float = 3600.0
     """How long the dealer waits for the next request before giving up."""
     force_limbs: bool = False

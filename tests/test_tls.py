@@ -9,12 +9,10 @@ the connect timeout; certificates are made in temporary directories.
 from __future__ import annotations
 
 import os
-import socket
 import stat
 import subprocess
 import sys
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -23,10 +21,10 @@ import torch
 from cryptography import x509
 
 import mpc_ml as mpc
+from helpers import link_pair, on_matrix, tcp_sessions
 from mpc_ml import cli
-from mpc_ml.comm import DEALER_RANK, CommError, PeerError, tcp
+from mpc_ml.comm import DEALER_RANK, PeerError
 from mpc_ml.comm.tls import TLSConfig, make_certificates, rank_of_certificate
-from mpc_ml.launch import run_tcp_dealer, tcp_session
 
 FAST = mpc.Config(connect_timeout_s=5, comm_timeout_s=5)
 TIMEOUT_S = 120  # a hung subprocess fails the test instead of hanging the suite
@@ -103,14 +101,15 @@ def test_missing_certificates_are_a_clear_error_before_any_party_starts(tmp_path
 # -- a TLS link on its own -----------------------------------------------------------------
 def _tls_pair(directory, server_rank=0, client_rank=1):
     """Two TcpLinks over a TLS connection on a socket pair."""
-    a, b = socket.socketpair()
-    with ThreadPoolExecutor(2) as pool:
-        server = pool.submit(TLSConfig(directory, server_rank), a, server_side=True, peer=None)
-        client = pool.submit(TLSConfig(directory, client_rank), b, server_side=False,
-                             peer=server_rank)
-        sa, sb = server.result(10), client.result(10)
-    return (tcp.TcpLink(sa, server_rank, client_rank, 1 << 30),
-            tcp.TcpLink(sb, client_rank, server_rank, 1 << 30))
+    def handshake(a, b):
+        with ThreadPoolExecutor(2) as pool:
+            server = pool.submit(TLSConfig(directory, server_rank), a, server_side=True,
+                                 peer=None)
+            client = pool.submit(TLSConfig(directory, client_rank), b, server_side=False,
+                                 peer=server_rank)
+            return server.result(10), client.result(10), server_rank, client_rank
+
+    return link_pair(1 << 30, wrap=handshake)
 
 
 def test_tls_link_carries_large_frames_both_ways_at_once_and_closes_cleanly(certs):
@@ -170,15 +169,13 @@ def _private_affine_relu(world_size: int):
     return y.decrypt(), torch.relu(x @ w + b) * x[:, :4], _tls_links()
 
 
-@pytest.mark.parametrize("world_size,provider", [(2, "tfp"), (2, "dealer"), (3, "tfp"),
-                                                 (3, "dealer")])
-def test_private_computation_over_tls(certs, world_size, provider):
-    outs = mpc.run(_private_affine_relu, world_size=world_size, backend="tcp", provider=provider,
-                   args=(world_size,), config=FAST, tls_dir=certs)
+@on_matrix(n=(2, 3), backend="tcp")
+def test_private_computation_over_tls(certs, matrix):
+    outs = matrix.run(_private_affine_relu, args=(matrix.n,), config=FAST, tls_dir=certs)
     for rank, (got, expected, links) in enumerate(outs):
         assert torch.allclose(got, expected, atol=1e-2), (rank, got, expected)
-        peers = [r for r in range(world_size) if r != rank]
-        peers += [DEALER_RANK] if provider == "dealer" else []
+        peers = [r for r in range(matrix.n) if r != rank]
+        peers += [DEALER_RANK] if matrix.provider == "dealer" else []
         assert links == {p: ("TLSv1.3", p) for p in peers}
 
 
@@ -215,42 +212,21 @@ def test_launch_with_missing_certificates_exits_before_starting(tmp_path):
 def _set_up(world_size, tls_for, dealer_tls=None, plain_dealer=False):
     """Start world_size parties (and a dealer if dealer_tls or plain_dealer) as threads;
     {rank: (error text or None, seconds)} once every one has finished."""
-    listeners = [tcp.listen("127.0.0.1:0") for _ in range(world_size)]
-    addrs = [f"127.0.0.1:{s.getsockname()[1]}" for s in listeners]
-    with_dealer = dealer_tls is not None or plain_dealer
-    dealer_listener = tcp.listen("127.0.0.1:0") if with_dealer else None
-    dealer_addr = (f"127.0.0.1:{dealer_listener.getsockname()[1]}" if with_dealer else None)
-    results: dict = {}
-
-    def timed(rank, body):
-        start = time.monotonic()
-        try:
-            body()
-            results[rank] = (None, time.monotonic() - start)
-        except CommError as e:
-            results[rank] = (str(e), time.monotonic() - start)
-
-    def party(rank):
-        session = tcp_session(rank, world_size, addrs, "dealer" if with_dealer else "tfp",
-                              FAST, dealer_addr, listener=listeners[rank], tls=tls_for(rank))
-        session.close()
-
-    threads = [threading.Thread(target=timed, args=(r, lambda r=r: party(r)))
-               for r in range(world_size)]
-    if with_dealer:
-        threads.append(threading.Thread(target=timed, args=(DEALER_RANK, lambda: run_tcp_dealer(
-            dealer_listener, world_size, FAST, tls=dealer_tls))))
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(30)
-    assert all(not t.is_alive() for t in threads), "a party hung"
-    return results
+    return tcp_sessions([FAST] * world_size, tls=tls_for, dealer=dealer_tls is not None or plain_dealer,
+                        dealer_tls=dealer_tls, timeout=30)
 
 
 def _assert_quick(results):
     for rank, (_, seconds) in results.items():
         assert seconds < FAST.connect_timeout_s, (rank, seconds)
+
+
+def _assert_dropped_then_timed_out(results, acceptor: int):
+    """The connecting party fails at once; the accepting one drops the connection as a
+    stray and gives up only at its connect timeout (the real peer might still come)."""
+    for rank, (_, seconds) in results.items():
+        limit = FAST.connect_timeout_s + 2 if rank == acceptor else FAST.connect_timeout_s
+        assert seconds < limit, (rank, seconds)
 
 
 def test_party_holding_another_partys_certificate_is_refused(certs):
@@ -294,33 +270,37 @@ def test_certificate_of_another_ca_is_refused(certs, other_ca):
     results = _set_up(2, lambda r: TLSConfig(certs, r, cert=other_ca / "party-1.pem",
                                              key=other_ca / "party-1.key") if r == 1
                       else TLSConfig(certs, r))
-    assert results[0][0].startswith("party 0: TLS handshake with a peer connecting from "
+    # the accepting party drops the stray connection, names it, and waits for the real peer
+    assert results[0][0].startswith("party 0: party 1 did not connect within 5 s (dropped: "
+                                    "party 0: TLS handshake with a peer connecting from "
                                     "127.0.0.1:")
     assert f"certificate does not verify against {certs / 'ca.pem'}" in results[0][0]
     # (party 1 learns it from party 0's alert, reading the reply or sending its hello)
     assert results[1][0].startswith("party 0 ")
     assert "TLS: the peer refused this party's certificate" in results[1][0]
-    _assert_quick(results)
+    _assert_dropped_then_timed_out(results, acceptor=0)
 
     # party 1 belongs to the other CA altogether: it refuses party 0 as well
     results = _set_up(2, lambda r: TLSConfig(other_ca if r == 1 else certs, r))
     assert results[1][0].startswith("party 1: TLS handshake with party 0 at 127.0.0.1:")
     assert f"does not verify against {other_ca / 'ca.pem'}" in results[1][0]
     assert "refused this party's certificate" in results[0][0]
-    _assert_quick(results)
+    _assert_dropped_then_timed_out(results, acceptor=0)
 
 
 def test_plain_party_meeting_a_tls_party_fails_cleanly(certs):
     # a plain client connecting to a TLS party gets a refusal it can read
     results = _set_up(2, lambda r: TLSConfig(certs, r) if r == 0 else None)
-    assert results[0][0].startswith("party 0 requires TLS")
+    assert results[0][0].startswith("party 0: party 1 did not connect within 5 s (dropped: "
+                                    "party 0 requires TLS")
     assert results[1][0].startswith("party 1: refused by party 0: party 0 requires TLS")
-    _assert_quick(results)
+    _assert_dropped_then_timed_out(results, acceptor=0)
     # a TLS client connecting to a plain party
     results = _set_up(2, lambda r: TLSConfig(certs, r) if r == 1 else None)
     assert "started a TLS handshake, but this party runs without TLS" in results[0][0]
+    assert "did not connect within 5 s (dropped: " in results[0][0]
     assert results[1][0].startswith("party 1: TLS handshake with party 0 at 127.0.0.1:")
-    _assert_quick(results)
+    _assert_dropped_then_timed_out(results, acceptor=0)
 
 
 def test_plain_dealer_meeting_tls_parties_fails_cleanly(certs):

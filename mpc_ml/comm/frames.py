@@ -23,6 +23,12 @@ FRAME_VERSION = 1
 HEADER = struct.Struct("<4sBBBBQ")
 HEADER_SIZE = HEADER.size  # 16
 MAX_NDIM = 16
+MAX_CONTROL_BYTES = 64 << 10
+"""Control messages (hellos, requests, verdicts) are small: a larger one is refused."""
+DEFAULT_MAX_FRAME_BYTES = 1 << 30
+"""The default cap on one tensor frame (Config.max_frame_bytes)."""
+MAX_DIM = 1 << 48
+"""No dimension of a real tensor comes near this; a larger one is refused."""
 KIND_TENSOR, KIND_CONTROL = 1, 2
 
 DTYPES = {1: torch.int64, 2: torch.uint8, 3: torch.float32, 4: torch.float64,
@@ -79,6 +85,9 @@ def parse_header(header: bytes, max_bytes: int) -> tuple[int, int, int, int]:
     elif kind == KIND_CONTROL:
         if code or ndim:
             raise FrameError("control frame with dtype or dims")
+        if length > MAX_CONTROL_BYTES:
+            raise FrameError(f"control frame of {length} bytes exceeds the cap of "
+                             f"{MAX_CONTROL_BYTES} bytes")
     else:
         raise FrameError(f"unknown frame kind {kind}")
     if length > max_bytes:
@@ -91,6 +100,8 @@ def parse_shape(dims: bytes, ndim: int, code: int, length: int) -> tuple[int, ..
     shape = struct.unpack(f"<{ndim}q", dims)
     if any(d < 0 for d in shape):
         raise FrameError(f"negative dimension in shape {shape}")
+    if any(d > MAX_DIM for d in shape):
+        raise FrameError(f"dimension larger than 2^48 in shape {shape}")
     itemsize = torch.empty(0, dtype=DTYPES[code]).element_size()
     if int(np.prod(shape, dtype=object)) * itemsize != length:
         raise FrameError(f"shape {shape} of {DTYPES[code]} does not match payload of {length} bytes")
@@ -100,7 +111,10 @@ def parse_shape(dims: bytes, ndim: int, code: int, length: int) -> tuple[int, ..
 def empty_tensor(code: int, shape: tuple[int, ...]) -> tuple[torch.Tensor, memoryview]:
     """A tensor to receive a payload into, and a writable byte view of it."""
     dtype = DTYPES[code]
-    t = torch.empty(shape, dtype=torch.uint8 if dtype == torch.bool else dtype)
+    try:
+        t = torch.empty(shape, dtype=torch.uint8 if dtype == torch.bool else dtype)
+    except (RuntimeError, ValueError, OverflowError) as e:  # e.g. strides that overflow
+        raise FrameError(f"shape {shape} cannot be allocated: {e}") from None
     view = memoryview(t.numpy()).cast("B") if t.numel() else memoryview(bytearray(0))
     return (t.view(torch.bool) if dtype == torch.bool else t), view
 
@@ -116,7 +130,7 @@ def parse_control(payload: bytes) -> dict:
     return msg
 
 
-def decode_frame(data: bytes, max_bytes: int = 1 << 32):
+def decode_frame(data: bytes, max_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> "dict | torch.Tensor":
     """Decode one whole frame from bytes (the socket reader's logic, for tests and fuzzing)."""
     kind, code, ndim, length = parse_header(bytes(data[:HEADER_SIZE]), max_bytes)
     rest = data[HEADER_SIZE:]

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import queue
 import socket
+import sys
 import threading
 import time
 
@@ -26,10 +27,14 @@ import torch
 
 from . import frames
 from .base import Link, Message
-from .errors import CommError, CommTimeout, FrameError, PeerError, peer_name
+from .errors import CLIENT_RANK, CommError, CommTimeout, FrameError, PeerError, peer_name
 
 _CLOSED = object()
 RECV_CHUNK = 1 << 22
+GROW_START = 1 << 20
+"""Payloads up to this size are read straight into their tensor; larger ones into buffers
+that double as bytes arrive, so a peer that announces a large frame and then stalls
+holds at most about twice what it really sent."""
 
 
 def parse_address(addr: str) -> tuple[str, int]:
@@ -104,8 +109,29 @@ class TcpLink(Link):
         if ndim and not self._read_exact(memoryview(dims)):
             raise PeerError(peer_name(self.peer), "closed the connection mid-frame")
         shape = frames.parse_shape(bytes(dims), ndim, code, length)
+        if length <= GROW_START:
+            tensor, view = frames.empty_tensor(code, shape)
+            if length and not self._read_exact(view):
+                raise PeerError(peer_name(self.peer), "closed the connection mid-frame")
+            return tensor
+        return self._read_growing(code, shape, length)
+
+    def _read_growing(self, code: int, shape: tuple, length: int):
+        """A large payload: doubling chunks until half has arrived, then the tensor itself."""
+        chunks, got = [], 0
+        while got < length - got:
+            chunk = bytearray(min(max(GROW_START, got), length - got))
+            if not self._read_exact(memoryview(chunk)):
+                raise PeerError(peer_name(self.peer), "closed the connection mid-frame")
+            chunks.append(chunk)
+            got += len(chunk)
         tensor, view = frames.empty_tensor(code, shape)
-        if length and not self._read_exact(view):
+        offset = 0
+        for chunk in chunks:
+            view[offset:offset + len(chunk)] = chunk
+            offset += len(chunk)
+        del chunks
+        if not self._read_exact(view[offset:]):
             raise PeerError(peer_name(self.peer), "closed the connection mid-frame")
         return tensor
 
@@ -128,6 +154,10 @@ class TcpLink(Link):
                 self._inbox.put(PeerError(peer_name(self.peer), f"connection failed: {e}"))
             else:
                 self._inbox.put(_CLOSED)
+        except Exception as e:  # anything else still reaches the waiting receive, named
+            self._inbox.put(FrameError(f"{peer_name(self.me)}: unreadable frame from "
+                                       f"{peer_name(self.peer)}: {type(e).__name__}: {e}"))
+            self._shutdown()
 
     def recv(self, timeout: float) -> Message:
         try:
@@ -243,71 +273,129 @@ def connect(addr: str, me: int, peer: int, hello: dict, timeout: float,
     return link
 
 
+HELLO_TIMEOUT_S = 10.0
+"""How long an accepted connection may take to present its hello before it is dropped."""
+
+
+class _Refused(CommError):
+    """A well-formed peer of this job whose settings differ: the job cannot go on."""
+
+
+def _handshake(sock: socket.socket, source, me: int, hello: dict, ranks: set[int],
+               deadline: float, max_frame_bytes: int, wrap) -> TcpLink:
+    """One accepted connection to a link: TLS (or the refusal of TLS), its hello, checks.
+
+    A _Refused error means a real peer with other settings; any other CommError (garbage,
+    silence, a failed TLS handshake, a rank this party does not expect) marks a stray."""
+    where = f"a peer connecting from {source[0]}:{source[1]}"
+    sock.settimeout(max(0.1, min(deadline - time.monotonic(), HELLO_TIMEOUT_S)))
+    try:
+        if wrap is not None:
+            sock = wrap(sock, server_side=True, peer=None)
+        else:
+            _refuse_tls(sock, me, where)
+    except BaseException as e:
+        sock.close()
+        if isinstance(e, CommError):
+            raise
+        raise CommError(f"{peer_name(me)}: {where} failed the TLS handshake: {e}") from None
+    link = TcpLink(sock, me, CLIENT_RANK, max_frame_bytes)
+    try:
+        first = link.recv(max(0.1, min(deadline - time.monotonic(), HELLO_TIMEOUT_S)))
+    except CommError as e:  # named here by its address: its rank is not known yet
+        link.close()
+        if isinstance(e, CommTimeout):
+            raise CommError(f"{peer_name(me)}: {where} sent no hello in time") from None
+        if isinstance(e, PeerError):
+            raise CommError(f"{peer_name(me)}: {where} {str(e)[len(e.peer) + 1:]}") from None
+        unnamed = f"{peer_name(me)}: bad frame from {peer_name(CLIENT_RANK)}: "
+        raise CommError(f"{peer_name(me)}: bad frame from {where}: "
+                        f"{str(e).removeprefix(unnamed)}") from None
+    if isinstance(first, dict) and "error" in first:  # it refused this party
+        link.close()
+        raise _Refused(f"{peer_name(me)}: refused by {where}: {first['error']}")
+    rank = first.get("rank") if isinstance(first, dict) else None
+    try:
+        if rank not in ranks:
+            raise CommError(f"{peer_name(me)}: {where} claims rank {rank!r}, not one this "
+                            f"party waits for")
+        link.peer = rank
+        certified = getattr(sock, "certified_rank", None)
+        if certified is not None and certified != rank:
+            raise _Refused(f"{peer_name(me)}: {peer_name(rank)} presented the certificate of "
+                           f"{peer_name(certified)}; refusing the connection")
+        try:
+            _check_hello(first, {k: v for k, v in hello.items() if k != "rank"}, me,
+                         peer_name(rank))
+        except CommError as e:
+            raise _Refused(str(e)) from None
+    except CommError as e:
+        try:
+            link.send({"error": str(e)})  # tell the refused peer why
+        except CommError:
+            pass  # it is gone already
+        link.close()
+        raise
+    return link
+
+
 def accept(listener: socket.socket, me: int, hello: dict, ranks: set[int], timeout: float,
            max_frame_bytes: int, wrap=None) -> dict[int, TcpLink]:
-    """Accept one connection from each rank in `ranks`, checking each hello."""
+    """Accept one connection from each rank in `ranks`, checking each hello.
+
+    Each accepted connection shakes hands in its own thread, so a silent one cannot hold
+    up the real peers. A stray (garbage, silence, failed TLS, an unexpected rank) is
+    logged to stderr and dropped; a peer of this job with other settings is refused and
+    fails the set-up, naming the setting.
+    """
     links: dict[int, TcpLink] = {}
+    done: queue.Queue = queue.Queue()
+    dropped: list[str] = []
     deadline = time.monotonic() + timeout
+    pending = 0
+
+    def shake(sock, source) -> None:
+        try:
+            done.put(_handshake(sock, source, me, hello, ranks, deadline, max_frame_bytes, wrap))
+        except BaseException as e:
+            done.put(e)
+
     try:
         while len(links) < len(ranks):
+            while True:  # collect finished handshakes
+                try:
+                    outcome = done.get_nowait()
+                except queue.Empty:
+                    break
+                pending -= 1
+                if isinstance(outcome, _Refused) or not isinstance(outcome, (TcpLink, CommError)):
+                    raise outcome
+                if isinstance(outcome, CommError):
+                    dropped.append(str(outcome))
+                    print(f"mpc_ml: dropped a connection: {outcome}", file=sys.stderr)
+                elif outcome.peer in links:
+                    outcome.close()
+                    dropped.append(f"a second connection claiming {peer_name(outcome.peer)}")
+                else:
+                    links[outcome.peer] = outcome
+                    outcome.send(hello)
+            if len(links) == len(ranks):
+                break
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 missing = sorted(ranks - set(links))
+                extra = f" (dropped: {'; '.join(dropped)})" if dropped else ""
                 raise CommError(f"{peer_name(me)}: {', '.join(peer_name(r) for r in missing)} "
-                                f"did not connect within {timeout:g} s")
-            listener.settimeout(remaining)
+                                f"did not connect within {timeout:g} s{extra}")
+            listener.settimeout(min(remaining, 0.01) if pending else remaining)
             try:
                 sock, source = listener.accept()
-            except socket.timeout:
+            except (socket.timeout, BlockingIOError):
                 continue
             _tune(sock)
-            where = f"a peer connecting from {source[0]}:{source[1]}"
-            sock.settimeout(max(0.1, deadline - time.monotonic()))  # bounds the handshake
-            try:
-                if wrap is not None:
-                    sock = wrap(sock, server_side=True, peer=None)
-                else:
-                    _refuse_tls(sock, me, where)
-            except BaseException:
-                sock.close()
-                raise
-            link = TcpLink(sock, me, -2, max_frame_bytes)
-            try:
-                first = link.recv(max(0.1, deadline - time.monotonic()))
-            except CommError as e:  # named here by its address: its rank is not known yet
-                link.close()
-                if isinstance(e, CommTimeout):
-                    raise CommError(f"{peer_name(me)}: {where} sent no hello in time") from None
-                if isinstance(e, PeerError):
-                    raise CommError(f"{peer_name(me)}: {where} {str(e)[len(e.peer) + 1:]}") \
-                        from None
-                unnamed = f"{peer_name(me)}: bad frame from {peer_name(-2)}: "
-                raise type(e)(f"{peer_name(me)}: bad frame from {where}: "
-                              f"{str(e).removeprefix(unnamed)}") from None
-            if isinstance(first, dict) and "error" in first:  # it refused this party
-                link.close()
-                raise CommError(f"{peer_name(me)}: refused by {where}: {first['error']}")
-            rank = first.get("rank") if isinstance(first, dict) else None
-            try:
-                if rank not in ranks or rank in links:
-                    raise CommError(f"{peer_name(me)}: unexpected connection claiming rank {rank!r}")
-                link.peer = rank
-                certified = getattr(sock, "certified_rank", None)
-                if certified is not None and certified != rank:
-                    raise CommError(f"{peer_name(me)}: {peer_name(rank)} presented the "
-                                    f"certificate of {peer_name(certified)}; refusing the "
-                                    "connection")
-                _check_hello(first, {k: v for k, v in hello.items() if k != "rank"}, me,
-                             peer_name(rank))
-            except CommError as e:
-                try:
-                    link.send({"error": str(e)})  # tell the refused peer why
-                except CommError:
-                    pass  # it is gone already
-                link.close()
-                raise
-            link.send(hello)
-            links[rank] = link
+            pending += 1
+            threading.Thread(target=shake, args=(sock, source), daemon=True,
+                             name=f"mpc-handshake-{me}").start()
     except BaseException:
         for link in links.values():
             link.close()
