@@ -13,6 +13,7 @@ import torch
 
 from .comm import Communicator, Link
 from .config import Config
+from .core.keys import PUBLIC_KEY_BYTES, SEAL_OVERHEAD, KeyAgreement, seal, transcript, unseal
 from .core.prg import PRG, SEED_BYTES, new_seed
 from .providers import PROVIDERS, Provider
 
@@ -39,7 +40,8 @@ class Session:
         self.comm, self.config = comm, config
         self.rank, self.world_size = comm.rank, comm.world_size
         self.own = PRG(new_seed())
-        self.pairwise = self._agree_pairwise_seeds()
+        self.pairwise = self._agree_pairwise_seeds(
+            json.dumps(config.agreed_fields(), sort_keys=True).encode())
         self.zero_streams = {j: prg.derive("zero") for j, prg in self.pairwise.items()}
         self.provider: Provider = PROVIDERS[provider].create(
             self.rank, self.world_size, self.own, self.pairwise, dealer_link,
@@ -48,26 +50,38 @@ class Session:
         """Callables (op, out, inputs, ctx) shown every MPCTensor op (e.g. a CorrelationTrace)."""
         self.reset_stats()
 
-    def _agree_pairwise_seeds(self) -> dict[int, PRG]:
-        """Party i < j picks the seed of pair (i, j) and sends it to j (one round, set-up).
+    def _agree_pairwise_seeds(self, context: bytes = b"") -> dict[int, PRG]:
+        """Pair seeds by X25519 key agreement, and the seed common to all parties (2 rounds).
 
-        Party 0 appends a seed common to all parties (self.common: public randomness
-        such as dropout masks, which reveals nothing about data).
+        1. every party sends its ephemeral X25519 public key to every peer;
+        2. parties i and j derive s_ij = HKDF(X25519(k_i, K_j), "pair seed", i, j, K_i, K_j,
+           context) (context: the agreed settings), and a single-use sealing key likewise;
+        3. party 0 draws the common seed (public randomness such as dropout masks, which
+           reveals nothing about data) and sends it sealed to every peer.
+        No seed crosses a link in the clear (core/keys.py).
         """
-        mine = {j: new_seed() for j in range(self.rank + 1, self.world_size)}
-        common = new_seed() if self.rank == 0 else b""
-        outgoing = {j: torch.frombuffer(bytearray(s + common), dtype=torch.uint8)
-                    for j, s in mine.items()}
-        got = self.comm.exchange(outgoing, list(range(self.rank)))
-        seeds = dict(mine)
-        for i, t in got.items():
-            expected = SEED_BYTES * (2 if i == 0 else 1)
-            if t.dtype != torch.uint8 or t.numel() != expected:
-                raise ValueError(f"party {self.rank}: malformed seed from party {i}")
-            raw = bytes(t.numpy().tobytes())
-            seeds[i] = raw[:SEED_BYTES]
-            if i == 0:
-                common = raw[SEED_BYTES:]
+        agreement = KeyAgreement()
+        peers = [j for j in range(self.world_size) if j != self.rank]
+        mine = torch.frombuffer(bytearray(agreement.public), dtype=torch.uint8)
+        got = self.comm.exchange({j: mine for j in peers}, peers)
+        seeds, sealing = {}, {}
+        for j, t in got.items():
+            if t.dtype != torch.uint8 or t.numel() != PUBLIC_KEY_BYTES:
+                raise ValueError(f"party {self.rank}: malformed public key from party {j}")
+            theirs = bytes(t.numpy().tobytes())
+            low, high = sorted([(self.rank, agreement.public), (j, theirs)])
+            pair = transcript(low[0], high[0], low[1], high[1], context)
+            seeds[j] = agreement.derive(theirs, "pair seed", pair, SEED_BYTES)
+            sealing[j] = agreement.derive(theirs, "pair sealing key", pair, 32)
+        if self.rank == 0:
+            common = new_seed()
+            self.comm.exchange({j: torch.frombuffer(bytearray(seal(sealing[j], common)),
+                                                    dtype=torch.uint8) for j in peers}, [])
+        else:
+            t = self.comm.recv(0)
+            if t.dtype != torch.uint8 or t.numel() != SEED_BYTES + SEAL_OVERHEAD:
+                raise ValueError(f"party {self.rank}: malformed common seed from party 0")
+            common = unseal(sealing[0], bytes(t.numpy().tobytes()))
         self.common = PRG(common)
         return {j: PRG(s) for j, s in seeds.items()}
 

@@ -1,12 +1,12 @@
 """Dealer: a process that is not a compute party makes every correlation.
 
-At start the dealer sends each party a fresh PRG seed (its only message to most
-parties). Afterwards only the last party talks to it: it sends each correlation
-request as it reaches the operation, keeps computing (opening its masked inputs,
-doing its local products) and collects the correction when it needs it, so the
-dealer's work (e.g. the product a @ b) overlaps the parties' instead of sitting on
-their critical path. The dealer learns shapes, never data; it must not collude with
-any party.
+At start the dealer agrees a PRG seed with each party by X25519 key agreement (its
+only exchange with most parties; no seed crosses the link). Afterwards only the last
+party talks to it: it sends each correlation request as it reaches the operation,
+keeps computing (opening its masked inputs, doing its local products) and collects the
+correction when it needs it, so the dealer's work (e.g. the product a @ b) overlaps the
+parties' instead of sitting on their critical path. The dealer learns shapes, never
+data; it must not collude with any party.
 """
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ import collections
 
 
 from ..comm import CommError, Link, PeerError, Stats, message_bytes
-from ..core.prg import PRG, new_seed
+from ..core.keys import PUBLIC_KEY_BYTES, KeyAgreement, transcript
+from ..core.prg import PRG
 from .base import Correlation, CorrelationGenerator, Provider, draw_shares, kind_of
 
 
@@ -29,10 +30,7 @@ class DealerProvider(Provider):
         self.rank, self.world_size = rank, world_size
         self.link, self.timeout = link, timeout
         self.traffic = Stats()
-        hello = link.recv(timeout)
-        if not isinstance(hello, dict) or "seed" not in hello:
-            raise CommError(f"party {rank}: the dealer's first message carries no seed")
-        self._stream = PRG(bytes.fromhex(hello["seed"]))
+        self._stream = PRG(party_seed_agreement(link, rank, timeout))
         self.is_correction_party = rank == world_size - 1
         self._pending: collections.deque[Correlation] = collections.deque()
 
@@ -79,18 +77,48 @@ class DealerProvider(Provider):
         self.link.close()
 
 
-def serve_dealer(links: dict[int, Link], world_size: int, idle_timeout: float) -> int:
-    """Seed every party, then answer the last party's requests until it hangs up.
+def _public_key_of(msg, who: str) -> bytes:
+    if not isinstance(msg, dict) or not isinstance(msg.get("x25519"), str):
+        raise CommError(f"{who} sent no X25519 public key")
+    try:
+        key = bytes.fromhex(msg["x25519"])
+    except ValueError:
+        raise CommError(f"{who} sent a malformed X25519 public key") from None
+    if len(key) != PUBLIC_KEY_BYTES:
+        raise CommError(f"{who} sent a public key of {len(key)} bytes")
+    return key
 
-    Returns the number of correlations served.
+
+def _seed_context(rank: int, dealer_key: bytes, party_key: bytes) -> bytes:
+    return transcript("dealer", rank, dealer_key, party_key)
+
+
+def party_seed_agreement(link: Link, rank: int, timeout: float) -> bytes:
+    """A party's seed shared with the dealer: the dealer's X25519 public key arrives, the
+    party answers with its own, both derive the seed (no seed crosses the link)."""
+    dealer_key = _public_key_of(link.recv(timeout), f"party {rank}: the dealer")
+    agreement = KeyAgreement()
+    link.send({"x25519": agreement.public.hex()})
+    return agreement.derive(dealer_key, "dealer seed", _seed_context(rank, dealer_key,
+                                                                       agreement.public))
+
+
+def serve_dealer(links: dict[int, Link], world_size: int, idle_timeout: float) -> int:
+    """Agree a seed with every party, then answer the last party's requests until it
+    hangs up. Returns the number of correlations served.
     """
-    seeds = {r: new_seed() for r in range(world_size)}
-    generator = CorrelationGenerator([PRG(seeds[r]) for r in range(world_size)],
-                                     correction_party=world_size - 1)
     served = 0
     try:
+        agreement = KeyAgreement()
+        for link in links.values():
+            link.send({"x25519": agreement.public.hex()})
+        seeds = {}
         for rank, link in links.items():
-            link.send({"seed": seeds[rank].hex()})
+            party_key = _public_key_of(link.recv(idle_timeout), f"the dealer: party {rank}")
+            seeds[rank] = agreement.derive(party_key, "dealer seed",
+                                           _seed_context(rank, agreement.public, party_key))
+        generator = CorrelationGenerator([PRG(seeds[r]) for r in range(world_size)],
+                                         correction_party=world_size - 1)
         last = links[world_size - 1]
         while True:
             try:
