@@ -4,12 +4,15 @@ A value x is held as shares x_0 .. x_{n-1} with sum x_i = x mod 2^64.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 from ..session import Session
 
 
-def zero_share(session: Session, shape, device=None) -> torch.Tensor:
+def zero_share(session: Session, shape: Sequence[int],
+               device: torch.device | str | None = None) -> torch.Tensor:
     """This party's share of a fresh sharing of zero; costs no traffic.
 
     z_i = sum_{j > i} G(s_ij) - sum_{j < i} G(s_ij), where s_ij is the pairwise seed of
@@ -23,7 +26,8 @@ def zero_share(session: Session, shape, device=None) -> torch.Tensor:
     return z if device is None else z.to(device)
 
 
-def share_input(session: Session, value: torch.Tensor | None, src: int, shape=None,
+def share_input(session: Session, value: torch.Tensor | None, src: int,
+                shape: Sequence[int] | None = None,
                 tag: int = 0) -> tuple[torch.Tensor, int]:
     """This party's share of src's encoded value (int64 on src), and src's `tag`.
 
