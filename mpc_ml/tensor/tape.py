@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import torch
 
@@ -78,17 +78,17 @@ def missing_gradients() -> list[Op]:
     return [op for op in Op if op.differentiable and op not in GRADIENTS]
 
 
-def requires_grad(t) -> bool:
+def requires_grad(t: Any) -> bool:
     """A private tensor that autograd tracks (public operands never are)."""
     return getattr(t, "requires_grad", False) and hasattr(t, "share")
 
 
-def wants(inputs) -> bool:
+def wants(inputs: Iterable[Any]) -> bool:
     """Will the tape record an op on these inputs? (to compute extra state only then)"""
     return is_grad_enabled() and any(requires_grad(t) for t in inputs)
 
 
-def record(op: Op, out, inputs: tuple, ctx: dict) -> None:
+def record(op: Op, out: Any, inputs: tuple, ctx: dict) -> None:
     """The tape observer: give `out` a Node when autograd must reach through it."""
     if not op.differentiable or not wants(inputs):
         return
@@ -117,8 +117,12 @@ def _topological(root) -> list:
     return order[::-1]
 
 
-def backward(root, grad=None) -> None:
-    """Accumulate gradients of root into the .grad of every leaf that requires grad."""
+def backward(root: Any, grad: Any = None) -> None:
+    """Accumulate gradients of root into the .grad of every leaf that requires grad.
+
+    root is an MPCTensor (this module sits below mpctensor, hence Any); grad an MPCTensor,
+    or a public tensor or number of root's shape (default 1 for a single-element root).
+    """
     if not root.requires_grad:
         raise RuntimeError("backward() on a tensor that does not require grad")
     if grad is None:

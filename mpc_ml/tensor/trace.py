@@ -10,9 +10,13 @@ forward/backward tells a dealer what to make ahead for the next batches.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from ..core.ops import Op
 from ..session import Session, current
+
+if TYPE_CHECKING:
+    from .mpctensor import MPCTensor
 
 
 @dataclass
@@ -36,7 +40,7 @@ class CorrelationTrace:
         """Provider observer: a request made by the op now running."""
         self._pending.append(request)
 
-    def __call__(self, op: Op, out, inputs: tuple, ctx: dict) -> None:
+    def __call__(self, op: Op, out: MPCTensor, inputs: tuple, ctx: dict) -> None:
         """Op observer: the op finished; the requests since the last op are its own."""
         self.entries.append(TraceEntry(op, tuple(out.shape), self._pending))
         self._pending = []

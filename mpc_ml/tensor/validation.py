@@ -128,7 +128,7 @@ def _shapes(inputs: tuple) -> str:
                      f"{tuple(t.shape) if hasattr(t, 'shape') else '()'}" for t in inputs)
 
 
-def validate(op: Op, out, inputs: tuple, ctx: dict) -> None:
+def validate(op: Op, out: Any, inputs: tuple, ctx: dict) -> None:
     """The validation observer: raise ValidationError if `out` drifted from plaintext."""
     bits = out.session.config.precision_bits
     plain = [_plain(t, bits) for t in inputs]
