@@ -11,7 +11,7 @@ observers on the session (the correlation trace, trace.py).
 from __future__ import annotations
 
 import math
-from typing import Iterable, Sequence
+from typing import Any, Iterable, NoReturn, Sequence, overload
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +26,7 @@ from . import tape
 from .validation import validate
 
 Public = torch.Tensor | float | int | bool
+"""A public operand: a torch tensor or a Python number (encoded on the fly)."""
 
 
 def record(op: Op, out: "MPCTensor", inputs: tuple, **ctx) -> "MPCTensor":
@@ -104,27 +105,34 @@ class MPCTensor:
     # -- properties ---------------------------------------------------------------
     @property
     def shape(self) -> torch.Size:
+        """The shape (the same on every party)."""
         return self.share.shape
 
-    def size(self, dim: int | None = None):
+    def size(self, dim: int | None = None) -> torch.Size | int:
+        """The shape, or the length of one dimension."""
         return self.share.size() if dim is None else self.share.size(dim)
 
     def dim(self) -> int:
+        """The number of dimensions."""
         return self.share.dim()
 
     @property
     def ndim(self) -> int:
+        """The number of dimensions."""
         return self.share.dim()
 
     def numel(self) -> int:
+        """The number of elements."""
         return self.share.numel()
 
     @property
     def device(self) -> torch.device:
+        """The device the shares live on."""
         return self.share.device
 
     @property
     def is_cuda(self) -> bool:
+        """Whether the shares live on a CUDA device."""
         return self.share.is_cuda
 
     def __len__(self) -> int:
@@ -142,9 +150,10 @@ class MPCTensor:
 
     @property
     def is_leaf(self) -> bool:
+        """Whether no tracked op made this tensor (autograd accumulates .grad in leaves)."""
         return self.grad_fn is None
 
-    def backward(self, grad=None) -> None:
+    def backward(self, grad: MPCTensor | Public | None = None) -> None:
         """Accumulate d(self)/d(leaf) * grad into every leaf's .grad (grad defaults to 1
         for a single-element tensor)."""
         tape.backward(self, grad)
@@ -160,7 +169,7 @@ class MPCTensor:
         return None if value is None else decode(value, self._bits, self.dtype)
 
     # -- linear operations (local) -------------------------------------------------
-    def add(self, other) -> "MPCTensor":
+    def add(self, other: MPCTensor | Public) -> "MPCTensor":
         """self + other."""
         if isinstance(other, MPCTensor):
             o = self._coerce(other)
@@ -178,16 +187,16 @@ class MPCTensor:
         """-self."""
         return record(Op.NEG, self._new(-self.share), (self,))
 
-    def sub(self, other) -> "MPCTensor":
+    def sub(self, other: MPCTensor | Public) -> "MPCTensor":
         """self - other."""
         return self.add(other.neg() if isinstance(other, MPCTensor) else -self._public(other))
 
-    def sum(self, dim=None, keepdim: bool = False) -> "MPCTensor":
+    def sum(self, dim: int | Sequence[int] | None = None, keepdim: bool = False) -> "MPCTensor":
         """Sum over all elements or along dim (as torch.sum)."""
         out = self._new(self.share.sum() if dim is None else self.share.sum(dim, keepdim=keepdim))
         return record(Op.SUM, out, (self,), dim=dim, keepdim=keepdim)
 
-    def mean(self, dim=None, keepdim: bool = False) -> "MPCTensor":
+    def mean(self, dim: int | Sequence[int] | None = None, keepdim: bool = False) -> "MPCTensor":
         """Mean over all elements or along dim."""
         total = self.sum(dim, keepdim)
         count = self.numel() // max(total.numel(), 1) if dim is not None else self.numel()
@@ -196,15 +205,15 @@ class MPCTensor:
         return total.div(count)
 
     # -- products --------------------------------------------------------------------
-    def mul(self, other) -> "MPCTensor":
+    def mul(self, other: MPCTensor | Public) -> "MPCTensor":
         """Elementwise self * other."""
         return bilinear(Op.MUL, self, other)
 
-    def matmul(self, other) -> "MPCTensor":
+    def matmul(self, other: MPCTensor | Public) -> "MPCTensor":
         """self @ other, with torch.matmul's broadcasting."""
         return bilinear(Op.MATMUL, self, other)
 
-    def div(self, other) -> "MPCTensor":
+    def div(self, other: MPCTensor | Public) -> "MPCTensor":
         """self / other; a private divisor goes through reciprocal()."""
         if isinstance(other, MPCTensor):
             return self.mul(self._coerce(other).reciprocal())
@@ -218,11 +227,15 @@ class MPCTensor:
         out = self._new(truncate(self.session, self.share * recip, bits))
         return record(Op.DIV_PUBLIC, out, (self,), divisor=p)
 
-    def conv1d(self, weight, bias=None, stride=1, padding=0, dilation=1, groups: int = 1) -> "MPCTensor":
+    def conv1d(self, weight: MPCTensor | torch.Tensor, bias: MPCTensor | torch.Tensor | None = None,
+               stride: ring.IntOrTuple = 1, padding: ring.Padding = 0, dilation: ring.IntOrTuple = 1,
+               groups: int = 1) -> "MPCTensor":
         """torch.nn.functional.conv1d with self as input."""
         return conv1d(self, weight, bias, stride, padding, dilation, groups)
 
-    def conv2d(self, weight, bias=None, stride=1, padding=0, dilation=1, groups: int = 1) -> "MPCTensor":
+    def conv2d(self, weight: MPCTensor | torch.Tensor, bias: MPCTensor | torch.Tensor | None = None,
+               stride: ring.IntOrTuple = 1, padding: ring.Padding = 0, dilation: ring.IntOrTuple = 1,
+               groups: int = 1) -> "MPCTensor":
         """torch.nn.functional.conv2d with self as input."""
         return conv2d(self, weight, bias, stride, padding, dilation, groups)
 
@@ -240,6 +253,7 @@ class MPCTensor:
         return result if result is not None else self._new(self._public_share(1.0, self.shape))
 
     def square(self) -> "MPCTensor":
+        """self * self."""
         return self * self
 
     # -- comparisons (private 0/1 results, in fixed point) ---------------------------------
@@ -261,21 +275,21 @@ class MPCTensor:
         """other as recorded: a private tensor, or the public tensor."""
         return self._coerce(other) if isinstance(other, MPCTensor) else self._public(other)
 
-    def lt(self, other) -> "MPCTensor":
+    def lt(self, other: MPCTensor | Public) -> "MPCTensor":
         """Private [self < other] as 0.0/1.0."""
         out = self._bit(ltz(self.session, self._difference(other).share))
         return record(Op.LT, out, (self, self._operand(other)))
 
-    def gt(self, other) -> "MPCTensor":
+    def gt(self, other: MPCTensor | Public) -> "MPCTensor":
         """Private [self > other] as 0.0/1.0."""
         out = self._bit(ltz(self.session, -self._difference(other).share))
         return record(Op.GT, out, (self, self._operand(other)))
 
-    def le(self, other) -> "MPCTensor":
+    def le(self, other: MPCTensor | Public) -> "MPCTensor":
         """Private [self <= other] as 0.0/1.0."""
         return self.gt(other).neg().add(1.0)
 
-    def ge(self, other) -> "MPCTensor":
+    def ge(self, other: MPCTensor | Public) -> "MPCTensor":
         """Private [self >= other] as 0.0/1.0."""
         return self.lt(other).neg().add(1.0)
 
@@ -284,13 +298,13 @@ class MPCTensor:
         bits = ltz(self.session, torch.stack([d.share, -d.share]))
         return bits[0], bits[1]
 
-    def eq(self, other) -> "MPCTensor":
+    def eq(self, other: MPCTensor | Public) -> "MPCTensor":
         """Private [self == other] as 0.0/1.0 (equal within the fixed-point resolution)."""
         below, above = self._both_signs(self._difference(other))
         out = self._new((-(below + above) << self._bits) + self._public_share(1.0, below.shape))
         return record(Op.EQ, out, (self, self._operand(other)))
 
-    def ne(self, other) -> "MPCTensor":
+    def ne(self, other: MPCTensor | Public) -> "MPCTensor":
         """Private [self != other] as 0.0/1.0."""
         below, above = self._both_signs(self._difference(other))
         return record(Op.NE, self._bit(below + above), (self, self._operand(other)))
@@ -310,7 +324,7 @@ class MPCTensor:
         neg, negative = negative_part(self.session, self.share)
         return record(Op.RELU, self._new(self.share - neg), (self,), negative=negative)
 
-    def clamp(self, min=None, max=None) -> "MPCTensor":
+    def clamp(self, min: Public | None = None, max: Public | None = None) -> "MPCTensor":
         """torch.clamp with public bounds: min + relu(x - min) - relu(x - max), one comparison."""
         if min is None and max is None:
             raise ValueError("clamp needs min or max")
@@ -345,12 +359,24 @@ class MPCTensor:
         indices = record(Op.ARGMAX, self._new(idx), (self,), one_hot=False, **where)
         return values, indices, mask
 
-    def max(self, dim: int | None = None, keepdim: bool = False):
+    @overload
+    def max(self, dim: None = None, keepdim: bool = False) -> MPCTensor: ...
+    @overload
+    def max(self, dim: int, keepdim: bool = False) -> tuple[MPCTensor, MPCTensor]: ...
+
+    def max(self, dim: int | None = None,
+            keepdim: bool = False) -> MPCTensor | tuple[MPCTensor, MPCTensor]:
         """Max of all elements, or (values, private indices) along dim, as torch.max."""
         values, indices, _ = self._reduce_max(dim, keepdim, 1)
         return values if dim is None else (values, indices)
 
-    def min(self, dim: int | None = None, keepdim: bool = False):
+    @overload
+    def min(self, dim: None = None, keepdim: bool = False) -> MPCTensor: ...
+    @overload
+    def min(self, dim: int, keepdim: bool = False) -> tuple[MPCTensor, MPCTensor]: ...
+
+    def min(self, dim: int | None = None,
+            keepdim: bool = False) -> MPCTensor | tuple[MPCTensor, MPCTensor]:
         """Min of all elements, or (values, private indices) along dim, as torch.min."""
         values, indices, _ = self._reduce_max(dim, keepdim, -1)
         return values if dim is None else (values, indices)
@@ -370,7 +396,8 @@ class MPCTensor:
         return record(Op.ARGMAX, self._bit(mask), (self,), one_hot=True, dim=dim, keepdim=keepdim,
                       sign=sign)
 
-    def max_pool2d(self, kernel_size, stride=None, padding=0, dilation=1,
+    def max_pool2d(self, kernel_size: ring.IntOrTuple, stride: ring.IntOrTuple | None = None,
+                   padding: ring.IntOrTuple = 0, dilation: ring.IntOrTuple = 1,
                    ceil_mode: bool = False) -> "MPCTensor":
         """torch.nn.functional.max_pool2d (padding counts as -inf)."""
         fill = int(encode(-(2.0 ** 30), self._bits)) if self.session.rank == 0 else 0
@@ -384,7 +411,8 @@ class MPCTensor:
         return record(Op.MAX_POOL2D, self._new(top), (self,), mask=hot, geometry=geometry,
                       input_shape=self.shape)
 
-    def avg_pool2d(self, kernel_size, stride=None, padding=0, ceil_mode: bool = False,
+    def avg_pool2d(self, kernel_size: ring.IntOrTuple, stride: ring.IntOrTuple | None = None,
+                   padding: ring.IntOrTuple = 0, ceil_mode: bool = False,
                    count_include_pad: bool = True) -> "MPCTensor":
         """torch.nn.functional.avg_pool2d."""
         total = self._new(ring.sliding_windows(self.share, kernel_size, stride, padding, 1, 0,
@@ -408,30 +436,39 @@ class MPCTensor:
         return record(op, out, (self,), **ctx)
 
     def exp(self) -> "MPCTensor":
+        """e^self."""
         return self._approximation(Op.EXP)
 
     def log(self) -> "MPCTensor":
+        """Natural logarithm (self > 0)."""
         return self._approximation(Op.LOG)
 
     def reciprocal(self) -> "MPCTensor":
+        """1 / self (self != 0)."""
         return self._approximation(Op.RECIPROCAL)
 
     def sqrt(self) -> "MPCTensor":
+        """Square root (self >= 0)."""
         return self._approximation(Op.SQRT)
 
     def inv_sqrt(self) -> "MPCTensor":
+        """1 / sqrt(self) (self > 0)."""
         return self._approximation(Op.INV_SQRT)
 
     def rsqrt(self) -> "MPCTensor":
+        """inv_sqrt(), under torch's name."""
         return self.inv_sqrt()
 
     def sigmoid(self) -> "MPCTensor":
+        """1 / (1 + e^-self)."""
         return self._approximation(Op.SIGMOID)
 
     def tanh(self) -> "MPCTensor":
+        """Hyperbolic tangent."""
         return self._approximation(Op.TANH)
 
     def erf(self) -> "MPCTensor":
+        """The error function."""
         return self._approximation(Op.ERF)
 
     def gelu(self) -> "MPCTensor":
@@ -440,95 +477,118 @@ class MPCTensor:
         return self * half
 
     def softmax(self, dim: int) -> "MPCTensor":
+        """e^x / sum(e^x) along dim."""
         return self._approximation(Op.SOFTMAX, dim=dim)
 
     def log_softmax(self, dim: int) -> "MPCTensor":
+        """log(softmax(dim))."""
         return self._approximation(Op.LOG_SOFTMAX, dim=dim)
 
     # -- operators ---------------------------------------------------------------------
-    def __lt__(self, other): return self.lt(other)
-    def __le__(self, other): return self.le(other)
-    def __gt__(self, other): return self.gt(other)
-    def __ge__(self, other): return self.ge(other)
-    def __eq__(self, other): return self.eq(other)  # noqa: E704 - a private tensor, as torch
-    def __ne__(self, other): return self.ne(other)
+    def __lt__(self, other: MPCTensor | Public) -> MPCTensor: return self.lt(other)
+    def __le__(self, other: MPCTensor | Public) -> MPCTensor: return self.le(other)
+    def __gt__(self, other: MPCTensor | Public) -> MPCTensor: return self.gt(other)
+    def __ge__(self, other: MPCTensor | Public) -> MPCTensor: return self.ge(other)
+    def __eq__(self, other: MPCTensor | Public) -> MPCTensor:  # type: ignore[override]  # private, as torch
+        return self.eq(other)
+
+    def __ne__(self, other: MPCTensor | Public) -> MPCTensor:  # type: ignore[override]
+        return self.ne(other)
+
     __hash__ = object.__hash__
 
-    def __bool__(self):
+    def __bool__(self) -> NoReturn:
         raise TypeError("the truth value of a private tensor is secret; decrypt() it first")
 
-    def __add__(self, other): return self.add(other)
-    def __radd__(self, other): return self.add(other)
-    def __sub__(self, other): return self.sub(other)
-    def __rsub__(self, other): return self.neg().add(other)
-    def __neg__(self): return self.neg()
-    def __mul__(self, other): return self.mul(other)
-    def __rmul__(self, other): return bilinear(Op.MUL, other, self)
-    def __matmul__(self, other): return self.matmul(other)
-    def __rmatmul__(self, other): return bilinear(Op.MATMUL, other, self)
-    def __truediv__(self, other): return self.div(other)
-    def __rtruediv__(self, other): return self.reciprocal().mul(other)
+    def __add__(self, other: MPCTensor | Public) -> MPCTensor: return self.add(other)
+    def __radd__(self, other: MPCTensor | Public) -> MPCTensor: return self.add(other)
+    def __sub__(self, other: MPCTensor | Public) -> MPCTensor: return self.sub(other)
+    def __rsub__(self, other: MPCTensor | Public) -> MPCTensor: return self.neg().add(other)
+    def __neg__(self) -> MPCTensor: return self.neg()
+    def __mul__(self, other: MPCTensor | Public) -> MPCTensor: return self.mul(other)
+    def __rmul__(self, other: MPCTensor | Public) -> MPCTensor: return bilinear(Op.MUL, other, self)
+    def __matmul__(self, other: MPCTensor | Public) -> MPCTensor: return self.matmul(other)
+    def __rmatmul__(self, other: MPCTensor | Public) -> MPCTensor: return bilinear(Op.MATMUL, other, self)
+    def __truediv__(self, other: MPCTensor | Public) -> MPCTensor: return self.div(other)
+    def __rtruediv__(self, other: MPCTensor | Public) -> MPCTensor: return self.reciprocal().mul(other)
 
     # -- shape operations (local on every share) ----------------------------------------------
     def _reshaped(self, share: torch.Tensor) -> "MPCTensor":
         return record(Op.RESHAPE, self._new(share), (self,), shape=self.shape)
 
-    def reshape(self, *shape) -> "MPCTensor":
+    def reshape(self, *shape: int | Sequence[int]) -> "MPCTensor":
+        """The same elements in another shape (ints, or one sequence of them)."""
         return self._reshaped(self.share.reshape(*shape))
 
-    def view(self, *shape) -> "MPCTensor":
+    def view(self, *shape: int | Sequence[int]) -> "MPCTensor":
+        """reshape(), under torch's name."""
         return self._reshaped(self.share.view(*shape))
 
     def flatten(self, start_dim: int = 0, end_dim: int = -1) -> "MPCTensor":
+        """Dimensions start_dim..end_dim merged into one."""
         return self._reshaped(self.share.flatten(start_dim, end_dim))
 
-    def squeeze(self, dim=None) -> "MPCTensor":
+    def squeeze(self, dim: int | Sequence[int] | None = None) -> "MPCTensor":
+        """Size-1 dimensions removed (all, or those in dim)."""
         return self._reshaped(self.share.squeeze() if dim is None else self.share.squeeze(dim))
 
     def unsqueeze(self, dim: int) -> "MPCTensor":
+        """A size-1 dimension inserted at dim."""
         return self._reshaped(self.share.unsqueeze(dim))
 
     def transpose(self, dim0: int, dim1: int) -> "MPCTensor":
+        """dim0 and dim1 swapped."""
         out = self._new(self.share.transpose(dim0, dim1))
         return record(Op.TRANSPOSE, out, (self,), dim0=dim0, dim1=dim1)
 
     def t(self) -> "MPCTensor":
+        """The transpose of a 2-d tensor (a copy of a 0-d or 1-d one)."""
         return self.transpose(0, 1) if self.dim() == 2 else self.clone()
 
     @property
     def T(self) -> "MPCTensor":
+        """All dimensions reversed."""
         return self.permute(*reversed(range(self.dim())))
 
-    def permute(self, *dims) -> "MPCTensor":
+    def permute(self, *dims: int | Sequence[int]) -> "MPCTensor":
+        """Dimensions reordered (ints, or one sequence of them)."""
         dims = tuple(dims[0]) if len(dims) == 1 and isinstance(dims[0], (tuple, list)) else dims
         return record(Op.PERMUTE, self._new(self.share.permute(*dims)), (self,), dims=dims)
 
-    def expand(self, *sizes) -> "MPCTensor":
+    def expand(self, *sizes: int | Sequence[int]) -> "MPCTensor":
+        """Size-1 dimensions broadcast to sizes (-1 keeps a dimension)."""
         return record(Op.EXPAND, self._new(self.share.expand(*sizes)), (self,), shape=self.shape)
 
-    def expand_as(self, other) -> "MPCTensor":
+    def expand_as(self, other: MPCTensor | torch.Tensor) -> "MPCTensor":
+        """expand() to other's shape."""
         return self.expand(other.shape)
 
-    def repeat(self, *sizes) -> "MPCTensor":
+    def repeat(self, *sizes: int | Sequence[int]) -> "MPCTensor":
+        """Tiled copies along each dimension (not differentiable: use expand())."""
         if self.requires_grad:
             raise NotImplementedError("repeat() of a tensor that requires grad; use expand()")
         return self._new(self.share.repeat(*sizes))
 
     def narrow(self, dim: int, start: int, length: int) -> "MPCTensor":
+        """Elements start..start+length-1 along dim."""
         index = [slice(None)] * self.dim()
         index[dim] = slice(start, start + length)
         return self[tuple(index)]
 
-    def flip(self, dims) -> "MPCTensor":
+    def flip(self, dims: int | Sequence[int]) -> "MPCTensor":
+        """Order reversed along dims."""
         return record(Op.FLIP, self._new(self.share.flip(dims)), (self,), dims=dims)
 
     def contiguous(self) -> "MPCTensor":
+        """self (shares are always usable as they are)."""
         return self
 
     def clone(self) -> "MPCTensor":
+        """A copy of the shares, on the graph."""
         return self._reshaped(self.share.clone())
 
-    def split(self, split_size, dim: int = 0) -> list["MPCTensor"]:
+    def split(self, split_size: int | Sequence[int], dim: int = 0) -> list["MPCTensor"]:
+        """Pieces along dim: of split_size each (the last smaller), or of the given sizes."""
         sizes = ([split_size] * (self.shape[dim] // split_size) + (
             [self.shape[dim] % split_size] if self.shape[dim] % split_size else [])
             if isinstance(split_size, int) else list(split_size))
@@ -536,6 +596,7 @@ class MPCTensor:
         return [self.narrow(dim, s, n) for s, n in zip(starts, sizes)]
 
     def chunk(self, chunks: int, dim: int = 0) -> list["MPCTensor"]:
+        """At most `chunks` pieces of equal size (the last smaller) along dim."""
         return self.split(-(-self.shape[dim] // chunks), dim)
 
     def pad(self, pad: Sequence[int], mode: str = "constant", value: float = 0.0) -> "MPCTensor":
@@ -546,27 +607,29 @@ class MPCTensor:
         out = self._new(F.pad(self.share, tuple(pad), value=fill))
         return record(Op.PAD, out, (self,), pad=tuple(pad), value=value)
 
-    def __getitem__(self, index) -> "MPCTensor":
+    def __getitem__(self, index: Any) -> "MPCTensor":
         return record(Op.GETITEM, self._new(self.share[index]), (self,), index=index)
 
-    def __setitem__(self, index, value) -> None:
+    def __setitem__(self, index: Any, value: MPCTensor | Public) -> None:
         if isinstance(value, MPCTensor):
             self.share[index] = self._coerce(value).share
         else:
             self.share[index] = self._public_share(value)
 
-    def to(self, device) -> "MPCTensor":
+    def to(self, device: torch.device | str | int) -> "MPCTensor":
         """The same shares on another device (e.g. 'cuda')."""
         return self._new(self.share.to(device))
 
     def cpu(self) -> "MPCTensor":
+        """to('cpu')."""
         return self.to("cpu")
 
     def cuda(self) -> "MPCTensor":
+        """to('cuda')."""
         return self.to("cuda")
 
 
-def bilinear(op: Op, x, y, **kwargs) -> MPCTensor:
+def bilinear(op: Op, x: MPCTensor | Public, y: MPCTensor | Public, **kwargs) -> MPCTensor:
     """op(x, y) for a bilinear op where at least one operand is private."""
     xp, yp = isinstance(x, MPCTensor), isinstance(y, MPCTensor)
     ref = x if xp else y
@@ -597,7 +660,9 @@ def _add_bias(out: MPCTensor, bias, nd: int) -> MPCTensor:
                   else torch.as_tensor(bias).reshape(shape))
 
 
-def conv1d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups: int = 1) -> MPCTensor:
+def conv1d(input: MPCTensor | torch.Tensor, weight: MPCTensor | torch.Tensor,
+           bias: MPCTensor | torch.Tensor | None = None, stride: ring.IntOrTuple = 1,
+           padding: ring.Padding = 0, dilation: ring.IntOrTuple = 1, groups: int = 1) -> MPCTensor:
     """torch.nn.functional.conv1d where input and/or weight are private (a height-1 conv2d)."""
     if isinstance(padding, str):
         padding = ring.resolve_padding(padding, weight.shape[2:], ring.pair(dilation, 1),
@@ -607,7 +672,9 @@ def conv1d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups: in
     return _add_bias(out.squeeze(2), bias, 1)
 
 
-def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups: int = 1) -> MPCTensor:
+def conv2d(input: MPCTensor | torch.Tensor, weight: MPCTensor | torch.Tensor,
+           bias: MPCTensor | torch.Tensor | None = None, stride: ring.IntOrTuple = 1,
+           padding: ring.Padding = 0, dilation: ring.IntOrTuple = 1, groups: int = 1) -> MPCTensor:
     """torch.nn.functional.conv2d where input and/or weight are private."""
     if isinstance(padding, str):
         padding = ring.resolve_padding(padding, weight.shape[2:], ring.pair(dilation, 2),
@@ -617,7 +684,8 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups: in
     return _add_bias(out, bias, 2)
 
 
-def encrypt(tensor: torch.Tensor | None, src: int = 0, shape=None, device=None) -> MPCTensor:
+def encrypt(tensor: torch.Tensor | None, src: int = 0, shape: Sequence[int] | None = None,
+            device: torch.device | str | None = None) -> MPCTensor:
     """Secret-share src's tensor among all parties (others pass None, optionally shape=)."""
     session = current()
     if isinstance(tensor, MPCTensor):
@@ -651,21 +719,22 @@ def _shares(items: Iterable, ref: MPCTensor | None = None) -> tuple[list[torch.T
     return [ref._coerce(t).share for t in items], ref
 
 
-def cat(tensors: Sequence, dim: int = 0) -> MPCTensor:
+def cat(tensors: Sequence[MPCTensor | Public], dim: int = 0) -> MPCTensor:
     """torch.cat of private (and public) tensors."""
     tensors = list(tensors)
     shares, ref = _shares(tensors)
     return record(Op.CAT, ref._new(torch.cat(shares, dim)), tuple(tensors), dim=dim)
 
 
-def stack(tensors: Sequence, dim: int = 0) -> MPCTensor:
+def stack(tensors: Sequence[MPCTensor | Public], dim: int = 0) -> MPCTensor:
     """torch.stack of private (and public) tensors."""
     tensors = list(tensors)
     shares, ref = _shares(tensors)
     return record(Op.STACK, ref._new(torch.stack(shares, dim)), tuple(tensors), dim=dim)
 
 
-def where(condition, input, other) -> MPCTensor:
+def where(condition: MPCTensor | torch.Tensor, input: MPCTensor | Public,
+          other: MPCTensor | Public) -> MPCTensor:
     """torch.where: a public bool condition selects shares locally; a private 0/1
     condition costs one product: other + condition * (input - other)."""
     if isinstance(condition, MPCTensor):
