@@ -13,7 +13,7 @@ from ..tensor import MPCTensor, no_grad
 class Optimizer:
     """Holds the parameters and per-parameter state."""
 
-    def __init__(self, params: Iterable, defaults: dict):
+    def __init__(self, params: Iterable[MPCTensor], defaults: dict):
         self.params = list(params)
         if not self.params:
             raise ValueError("optimizer got an empty parameter list")
@@ -25,6 +25,7 @@ class Optimizer:
         self.state: dict[int, dict] = {id(p): {} for p in self.params}
 
     def zero_grad(self, set_to_none: bool = True) -> None:
+        """Drop every parameter's gradient (always to None, whatever set_to_none)."""
         for p in self.params:
             p.grad = None
 
@@ -33,13 +34,14 @@ class Optimizer:
         p.share = value.share
 
     def step(self) -> None:
+        """Update every parameter from its gradient; subclasses define it."""
         raise NotImplementedError
 
 
 class SGD(Optimizer):
     """Stochastic gradient descent with momentum, dampening, weight decay and Nesterov."""
 
-    def __init__(self, params, lr: float, momentum: float = 0.0, dampening: float = 0.0,
+    def __init__(self, params: Iterable[MPCTensor], lr: float, momentum: float = 0.0, dampening: float = 0.0,
                  weight_decay: float = 0.0, nesterov: bool = False):
         if lr <= 0 or momentum < 0 or weight_decay < 0:
             raise ValueError("lr must be positive; momentum and weight_decay non-negative")
@@ -52,6 +54,7 @@ class SGD(Optimizer):
 
     @no_grad()
     def step(self) -> None:
+        """One SGD update of every parameter that has a gradient."""
         for p in self.params:
             if p.grad is None:
                 continue
@@ -78,7 +81,8 @@ class Adam(Optimizer):
 
     SCALE = 2.0 ** 8
 
-    def __init__(self, params, lr: float = 1e-3, betas: tuple = (0.9, 0.999), eps: float = 1e-3,
+    def __init__(self, params: Iterable[MPCTensor], lr: float = 1e-3,
+                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-3,
                  weight_decay: float = 0.0):
         if lr <= 0 or not (0 <= betas[0] < 1 and 0 <= betas[1] < 1) or eps <= 0:
             raise ValueError("invalid Adam hyper-parameters")
@@ -88,6 +92,7 @@ class Adam(Optimizer):
 
     @no_grad()
     def step(self) -> None:
+        """One Adam update of every parameter that has a gradient."""
         self.steps += 1
         b1, b2 = self.betas
         correction1, correction2 = 1 - b1 ** self.steps, 1 - b2 ** self.steps
