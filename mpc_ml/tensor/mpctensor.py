@@ -27,6 +27,8 @@ from .validation import validate
 
 Public = torch.Tensor | float | int | bool
 """A public operand: a torch tensor or a Python number (encoded on the fly)."""
+Dims = int | tuple[int, ...] | list[int]
+"""One dimension, or a tuple or list of them (as torch's dim arguments)."""
 
 
 def record(op: Op, out: "MPCTensor", inputs: tuple, **ctx) -> "MPCTensor":
@@ -191,12 +193,12 @@ class MPCTensor:
         """self - other."""
         return self.add(other.neg() if isinstance(other, MPCTensor) else -self._public(other))
 
-    def sum(self, dim: int | Sequence[int] | None = None, keepdim: bool = False) -> "MPCTensor":
+    def sum(self, dim: Dims | None = None, keepdim: bool = False) -> "MPCTensor":
         """Sum over all elements or along dim (as torch.sum)."""
         out = self._new(self.share.sum() if dim is None else self.share.sum(dim, keepdim=keepdim))
         return record(Op.SUM, out, (self,), dim=dim, keepdim=keepdim)
 
-    def mean(self, dim: int | Sequence[int] | None = None, keepdim: bool = False) -> "MPCTensor":
+    def mean(self, dim: Dims | None = None, keepdim: bool = False) -> "MPCTensor":
         """Mean over all elements or along dim."""
         total = self.sum(dim, keepdim)
         count = self.numel() // max(total.numel(), 1) if dim is not None else self.numel()
@@ -528,7 +530,7 @@ class MPCTensor:
         """Dimensions start_dim..end_dim merged into one."""
         return self._reshaped(self.share.flatten(start_dim, end_dim))
 
-    def squeeze(self, dim: int | Sequence[int] | None = None) -> "MPCTensor":
+    def squeeze(self, dim: Dims | None = None) -> "MPCTensor":
         """Size-1 dimensions removed (all, or those in dim)."""
         return self._reshaped(self.share.squeeze() if dim is None else self.share.squeeze(dim))
 
@@ -575,7 +577,7 @@ class MPCTensor:
         index[dim] = slice(start, start + length)
         return self[tuple(index)]
 
-    def flip(self, dims: int | Sequence[int]) -> "MPCTensor":
+    def flip(self, dims: Dims) -> "MPCTensor":
         """Order reversed along dims."""
         return record(Op.FLIP, self._new(self.share.flip(dims)), (self,), dims=dims)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Literal
 
 import torch
 
@@ -33,7 +33,7 @@ class _GradMode(contextlib.ContextDecorator):
         self.previous = is_grad_enabled()
         _mode.enabled = self.enabled
 
-    def __exit__(self, *exc) -> bool:
+    def __exit__(self, *exc) -> Literal[False]:
         _mode.enabled = self.previous
         return False
 

@@ -10,7 +10,7 @@ forward/backward tells a dealer what to make ahead for the next batches.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from ..core.ops import Op
 from ..session import Session, current
@@ -54,7 +54,7 @@ class CorrelationTrace:
         self.session.op_observers.append(self)
         return self
 
-    def __exit__(self, *exc) -> bool:
+    def __exit__(self, *exc) -> Literal[False]:
         self.session.provider.observers.remove(self.on_request)
         self.session.op_observers.remove(self)
         return False
