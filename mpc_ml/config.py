@@ -31,6 +31,9 @@ class Config:
     """How long the dealer waits for the next request before giving up."""
     force_limbs: bool = False
     """Compute matmul/conv by the CUDA float64-limb kernels even on CPU (to test them)."""
+    allow_insecure: bool = False
+    """Let parties on non-loopback addresses run without TLS (shares then cross the network
+    in the clear). Also MPC_ALLOW_INSECURE=1 or --allow-insecure."""
     validate: bool = False
     """Debugging only (it reveals everything): after every op, decrypt and compare with the
     same op in plaintext; the first op beyond its stated error bound raises ValidationError."""
@@ -56,8 +59,8 @@ class Config:
 
     @classmethod
     def from_env(cls, base: "Config | None" = None) -> "Config":
-        """Apply MPC_PRECISION_BITS, MPC_TRUNCATION, MPC_COMM_TIMEOUT_S and
-        MPC_CONNECT_TIMEOUT_S overrides."""
+        """Apply MPC_PRECISION_BITS, MPC_TRUNCATION, MPC_COMM_TIMEOUT_S,
+        MPC_CONNECT_TIMEOUT_S and MPC_ALLOW_INSECURE overrides."""
         cfg = base or cls()
         changes = {}
         if "MPC_PRECISION_BITS" in os.environ:
@@ -68,4 +71,6 @@ class Config:
             changes["comm_timeout_s"] = float(os.environ["MPC_COMM_TIMEOUT_S"])
         if "MPC_CONNECT_TIMEOUT_S" in os.environ:
             changes["connect_timeout_s"] = float(os.environ["MPC_CONNECT_TIMEOUT_S"])
+        if os.environ.get("MPC_ALLOW_INSECURE", "").strip().lower() in ("1", "true", "yes"):
+            changes["allow_insecure"] = True
         return cfg.replace(**changes) if changes else cfg

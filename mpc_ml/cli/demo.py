@@ -165,7 +165,7 @@ def linear_party(epochs: int, lr: float) -> dict:
 def run_linear(epochs: int = 60, lr: float = 0.05) -> None:
     print("mpc_ml demo: private linear regression, 2 parties, tcp on loopback")
     print("party 0 holds the diabetes features (442 x 10), party 1 the targets\n")
-    results = mpc.run(linear_party, world_size=2, backend="tcp", provider="tfp",
+    results = mpc.run(linear_party, world_size=2, backend="tcp", provider="dealer",
                       kwargs={"epochs": epochs, "lr": lr})
     print(f"\n{'epoch':>6} {'private MSE':>12} {'plaintext MSE':>14}")
     for epoch, private_loss, plain_loss in results[0]["history"]:

@@ -13,7 +13,8 @@ from pathlib import Path
 from ..comm import tcp
 from ..config import Config
 from ..launch import BACKENDS
-from ..providers import PROVIDERS
+from ..launch.run import check_transport
+from ..providers import DEFAULT_PROVIDER, PROVIDERS
 
 
 def _free_addresses(count: int, host: str = "127.0.0.1") -> list[str]:
@@ -67,6 +68,14 @@ def launch(args: argparse.Namespace) -> int:
     else:
         deployment = _local_deployment(args)
     env = dict(os.environ)
+    if args.allow_insecure:
+        env["MPC_ALLOW_INSECURE"] = "1"
+    insecure = deployment.settings.get("allow_insecure") or Config.from_env().allow_insecure
+    try:
+        check_transport("mpc-ml launch", [e.address for e in deployment.endpoints()],
+                        deployment.tls, Config(allow_insecure=bool(insecure or args.allow_insecure)))
+    except ValueError as e:
+        raise SystemExit(str(e)) from None
     env.pop("MPC_TLS_DIR", None)  # the deployment says whether TLS is on
     env.setdefault("MPC_TORCH_THREADS", str(max(1, (os.cpu_count() or 1) // deployment.world_size)))
     commands = deployment.commands(os.path.abspath(args.script), args.script_args)
@@ -89,7 +98,7 @@ def dealer(args: argparse.Namespace) -> int:
     """Run a dealer for one job of n parties."""
     import torch
 
-    from ..launch import run_tcp_dealer
+    from ..launch.run import run_tcp_dealer
 
     torch.set_num_threads(1)
     tls = None
@@ -99,7 +108,13 @@ def dealer(args: argparse.Namespace) -> int:
         from ..comm.tls import TLSConfig
 
         tls = TLSConfig(tls_dir, DEALER_RANK)
-    served = run_tcp_dealer(tcp.listen(args.listen), args.nparties, Config.from_env(), tls=tls)
+    config = Config.from_env()
+    if args.allow_insecure:
+        config = config.replace(allow_insecure=True)
+    try:
+        served = run_tcp_dealer(tcp.listen(args.listen), args.nparties, config, tls=tls)
+    except ValueError as e:
+        raise SystemExit(f"mpc-ml dealer: {e}") from None
     print(f"dealer: served {served} correlations", file=sys.stderr)
     return 0
 
@@ -260,9 +275,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="inproc is not offered: a launched script runs as processes")
     p.add_argument("--hostfile", metavar="FILE", help="backend mpi: mpiexec's hostfile "
                    "(default: every rank on this machine)")
-    p.add_argument("--provider", choices=list(PROVIDERS), default="tfp")
+    p.add_argument("--provider", choices=list(PROVIDERS), default=DEFAULT_PROVIDER)
     p.add_argument("--tls", metavar="DIR", help="mutually authenticated TLS 1.3 with the "
                    "certificates in DIR (from `mpc-ml certs`)")
+    p.add_argument("--allow-insecure", action="store_true", help="let parties on non-loopback "
+                   "addresses run without TLS (shares cross the network in the clear)")
     p.add_argument("script")
     p.add_argument("script_args", nargs=argparse.REMAINDER)
     p.set_defaults(func=launch)
@@ -276,6 +293,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("-n", "--nparties", type=int, required=True)
     p.add_argument("--tls", metavar="DIR", help="TLS with DIR/dealer.pem and .key "
                    "(default: $MPC_TLS_DIR if set)")
+    p.add_argument("--allow-insecure", action="store_true", help="listen on a non-loopback "
+                   "address without TLS")
     p.set_defaults(func=dealer)
     p = sub.add_parser("certs", help="make a CA and one TLS key pair per party (for --tls)")
     p.add_argument("directory", metavar="DIR")
@@ -299,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--requests", type=int, default=1,
                    help="split the input's batch into this many requests")
     p.add_argument("--backend", choices=[b for b in BACKENDS if b != "mpi"], default="tcp")
-    p.add_argument("--provider", choices=list(PROVIDERS), default="tfp")
+    p.add_argument("--provider", choices=list(PROVIDERS), default=DEFAULT_PROVIDER)
     p.add_argument("--seed", type=int, default=0, help="seeds the model's init and --random")
     p.set_defaults(func=infer)
     sub.add_parser("bench", help="run the benchmark suite (from a checkout); options go to "

@@ -17,6 +17,7 @@ refused with an error naming both.
 """
 from __future__ import annotations
 
+import ipaddress
 import queue
 import socket
 import sys
@@ -43,6 +44,17 @@ def parse_address(addr: str) -> tuple[str, int]:
     if not sep or not port.isdigit():
         raise ValueError(f"address {addr!r} is not HOST:PORT")
     return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def is_loopback(addr: str) -> bool:
+    """Whether HOST:PORT names this machine only (127.0.0.0/8, ::1, localhost)."""
+    host, _ = parse_address(addr)
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve anywhere
 
 
 def listen(addr: str) -> socket.socket:

@@ -38,11 +38,12 @@ from pathlib import Path
 
 from ..comm.tcp import parse_address
 from ..config import Config
+from ..providers import DEFAULT_PROVIDER
 from ..session import check_job
 from .results import PEER_FAILURE_EXIT
 
 CONFIG_KEYS = {"precision_bits": "MPC_PRECISION_BITS", "truncation": "MPC_TRUNCATION",
-               "comm_timeout_s": "MPC_COMM_TIMEOUT_S"}
+               "comm_timeout_s": "MPC_COMM_TIMEOUT_S", "allow_insecure": "MPC_ALLOW_INSECURE"}
 
 
 @dataclass
@@ -79,7 +80,7 @@ class Deployment:
     """A parsed deployment file."""
 
     parties: list[Endpoint]
-    provider: str = "tfp"
+    provider: str = DEFAULT_PROVIDER
     dealer: Endpoint | None = None
     tls: str | None = None
     settings: dict = field(default_factory=dict)
@@ -88,6 +89,10 @@ class Deployment:
     @property
     def world_size(self) -> int:
         return len(self.parties)
+
+    def endpoints(self) -> list[Endpoint]:
+        """Every process's endpoint: the parties, then the dealer if there is one."""
+        return [*self.parties, *([self.dealer] if self.dealer else [])]
 
     def _python(self, endpoint: Endpoint) -> str:
         return endpoint.python or sys.executable
@@ -162,7 +167,7 @@ def load(path: str | Path) -> Deployment:
     if unknown:
         raise ValueError(f"{path}: unknown sections {sorted(unknown)}")
     job = dict(data.get("job", {}))
-    provider = job.pop("provider", "tfp")
+    provider = job.pop("provider", DEFAULT_PROVIDER)
     tls = job.pop("tls", None)
     bad = set(job) - set(CONFIG_KEYS)
     if bad:

@@ -28,7 +28,7 @@ from typing import Any, Callable
 
 from ..comm import DEALER_RANK, CommError, Communicator, peer_name
 from ..config import Config
-from ..providers import serve_dealer
+from ..providers import DEFAULT_PROVIDER, serve_dealer
 from ..session import Session, activate, check_job
 from .results import describe, pick_error, pickle_result
 
@@ -74,6 +74,9 @@ def _layout(provider: str, comm=None):
 
 def _party_session(comm, n: int, me: int, provider: str, config: Config):
     """Links to every party (and the dealer), hello check, seeds: this party's Session."""
+    if me == 0:
+        print("mpc_ml: the MPI backend's links are not encrypted: run it only on a network "
+              "you trust (the tcp backend with --tls encrypts and authenticates)", file=sys.stderr)
     mpi = _mpi()
     links = {j: mpi.MPILink(comm, me, j, j, mpi.PARTY_TAGS, config.max_frame_bytes,
                             config.comm_timeout_s) for j in range(n) if j != me}
@@ -117,7 +120,7 @@ def _close_at_exit(session) -> None:
         _mpi().drain()
 
 
-def mpi_session(provider: str = "tfp", config: Config | None = None, comm=None):
+def mpi_session(provider: str = DEFAULT_PROVIDER, config: Config | None = None, comm=None):
     """This rank's Session in an MPI job (collective: every rank of the job calls it).
 
     Ranks 0..n-1 are the parties. With provider "dealer" the last rank is the dealer: it
@@ -258,7 +261,7 @@ def _alive(pid: int) -> bool:
         return True
 
 
-def run_mpi(fn: Callable, world_size: int = 2, provider: str = "tfp", args: tuple = (),
+def run_mpi(fn: Callable, world_size: int = 2, provider: str = DEFAULT_PROVIDER, args: tuple = (),
             kwargs: dict | None = None, config: Config | None = None) -> list[Any]:
     """Run fn(*args, **kwargs) in world_size parties, each a rank of one mpiexec job on
     this machine (plus a dealer rank with provider "dealer"); each party's result in rank

@@ -37,14 +37,27 @@ from ..comm import DEALER_RANK, CommTimeout, Communicator, PeerError, tcp
 from ..comm.inproc import InprocHub
 from ..comm.tls import TLSConfig, check_directory
 from ..config import PROTOCOL_VERSION, Config
-from ..providers import serve_dealer
+from ..providers import DEFAULT_PROVIDER, serve_dealer
 from ..session import Session, activate, check_job, current, is_active
 from . import mpi
 from .results import PEER_FAILURE_EXIT, describe, pick_error, pickle_result
 
 
-def _hello(rank: int, world_size: int, config: Config) -> dict:
-    return {"rank": rank, "world_size": world_size, **config.agreed_fields()}
+def _hello(rank: int, world_size: int, provider: str, config: Config) -> dict:
+    return {"rank": rank, "world_size": world_size, "provider": provider, **config.agreed_fields()}
+
+
+INSECURE_HINT = ("give every party (and the dealer) a --tls DIR from `mpc-ml certs`, or opt out "
+                 "explicitly with Config(allow_insecure=True), MPC_ALLOW_INSECURE=1 or "
+                 "--allow-insecure")
+
+
+def check_transport(who: str, addrs: list[str], tls, config: Config) -> None:
+    """Refuse plain tcp between addresses that are not all loopback, unless opted out."""
+    remote = [a for a in addrs if a and not tcp.is_loopback(a)]
+    if remote and tls is None and not config.allow_insecure:
+        raise ValueError(f"{who}: {', '.join(remote)} not on loopback and TLS is off, so shares "
+                         f"would cross the network in the clear; {INSECURE_HINT}")
 
 
 # -- sessions over each backend -----------------------------------------------------
@@ -58,7 +71,8 @@ def tcp_session(rank: int, world_size: int, addrs: list[str], provider: str, con
     """
     if len(addrs) != world_size:
         raise ValueError(f"{len(addrs)} party addresses for world size {world_size}")
-    hello = _hello(rank, world_size, config)
+    check_transport(f"party {rank}", [*addrs, dealer_addr or ""], tls, config)
+    hello = _hello(rank, world_size, provider, config)
     listener = listener or tcp.listen(addrs[rank])
     try:
         links = tcp.connect_mesh(rank, addrs, listener, hello, config.connect_timeout_s,
@@ -86,6 +100,9 @@ def run_tcp_dealer(listener, world_size: int, config: Config, tls: TLSConfig | N
 
     tls: the dealer's TLSConfig (rank DEALER_RANK), or None for plain tcp.
     """
+    host, port = listener.getsockname()[:2]
+    check_transport("the dealer", [f"{host}:{port}" if ":" not in host else f"[{host}]:{port}"],
+                    tls, config)
     hello = {"rank": DEALER_RANK, "world_size": world_size, "protocol_version": PROTOCOL_VERSION}
     try:
         links = tcp.accept(listener, DEALER_RANK, hello, set(range(world_size)),
@@ -104,7 +121,7 @@ def init(config: Config | None = None) -> Session:
         if env.get("MPC_BACKEND") == "mpi" or mpi.under_mpiexec():
             if "MPC_TORCH_THREADS" in env:
                 torch.set_num_threads(int(env["MPC_TORCH_THREADS"]))
-            session = mpi.mpi_session(env.get("MPC_PROVIDER", "tfp"), Config.from_env(config))
+            session = mpi.mpi_session(env.get("MPC_PROVIDER", DEFAULT_PROVIDER), Config.from_env(config))
             activate(session)
             return session
     if "MPC_RANK" not in env or "MPC_WORLD_SIZE" not in env:
@@ -113,7 +130,7 @@ def init(config: Config | None = None) -> Session:
                            "use mpc.run")
     rank, world_size = int(env["MPC_RANK"]), int(env["MPC_WORLD_SIZE"])
     backend = env.get("MPC_BACKEND", "tcp")
-    provider = env.get("MPC_PROVIDER", "tfp")
+    provider = env.get("MPC_PROVIDER", DEFAULT_PROVIDER)
     check_job(world_size, provider)
     if backend != "tcp":
         raise ValueError(f"mpc.init() from the environment supports backend 'tcp', got {backend!r}")
@@ -148,7 +165,7 @@ def shutdown() -> None:
 
 
 # -- mpc.run ---------------------------------------------------------------------------
-def run(fn: Callable, world_size: int = 2, backend: str = "inproc", provider: str = "tfp",
+def run(fn: Callable, world_size: int = 2, backend: str = "inproc", provider: str = DEFAULT_PROVIDER,
         args: tuple = (), kwargs: dict | None = None, config: Config | None = None,
         tls_dir: str | os.PathLike | None = None) -> list[Any]:
     """Run fn(*args, **kwargs) in world_size parties; returns each party's result in rank order.

@@ -15,5 +15,8 @@ PROVIDERS: dict[str, type[Provider]] = {
 }
 """Provider name -> class; the CLI's --provider choices and every job check read it."""
 
-__all__ = ["KINDS", "PROVIDERS", "Correlation", "CorrelationGenerator", "DealerProvider",
+DEFAULT_PROVIDER = DealerProvider.name
+"""Everywhere a provider is not named: a separate dealer. `tfp` runs only when named."""
+
+__all__ = ["DEFAULT_PROVIDER", "KINDS", "PROVIDERS", "Correlation", "CorrelationGenerator", "DealerProvider",
            "Provider", "TrustedFirstParty", "serve_dealer"]

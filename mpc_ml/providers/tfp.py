@@ -6,6 +6,8 @@ traffic at all, but party 0 sees every mask, so it must not be a real adversary.
 """
 from __future__ import annotations
 
+import sys
+
 from ..core.prg import PRG
 from .base import Correlation, CorrelationGenerator, Provider, draw_shares
 
@@ -30,6 +32,9 @@ class TrustedFirstParty(Provider):
     @classmethod
     def create(cls, rank: int, world_size: int, own: PRG, pairwise: dict[int, PRG],
                dealer_link=None, timeout: float = 0.0) -> "TrustedFirstParty":
+        print(f"mpc_ml: party {rank}: provider 'tfp' is insecure: party 0 makes every "
+              "correlation and can read the other parties' inputs; for tests only "
+              "(the default provider is 'dealer')", file=sys.stderr)
         return cls(rank, world_size, own, pairwise)
 
     def _correlation(self, request: dict) -> Correlation:
