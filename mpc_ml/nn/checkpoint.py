@@ -272,6 +272,8 @@ def _read_header_from(f, size: int) -> dict:
         header = json.loads(f.read(length).decode())
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise CheckpointError(f"malformed header: {e}") from None
+    except RecursionError:
+        raise CheckpointError("malformed header: JSON nested too deeply") from None
     if not isinstance(header, dict):
         raise CheckpointError("malformed header: not a JSON object")
     return header
@@ -409,9 +411,10 @@ def load_shares(module, path, optimizer=None):
         verdict = {"ok": False, "error": f"no checkpoint file {target}"}
     except (OSError, CheckpointError) as e:
         verdict = {"ok": False, "error": f"{target}: {e.strerror if isinstance(e, OSError) else e}"}
-    except (TypeError, ValueError, KeyError, AttributeError) as e:  # fields of the wrong type
+    except Exception as e:  # fields of the wrong type, nesting too deep, sizes that overflow:
+        # whatever a crafted file does, this party says so and every party refuses together
         verdict = {"ok": False, "error": f"{target}: malformed checkpoint header "
-                                         f"({type(e).__name__}: {e})"}
+                                         f"({type(e).__name__}: {str(e)[:200]})"}
     verdicts = _agree(session, "load the checkpoint", verdict)
 
     # every file is sound on its own; do they belong to one checkpoint?
