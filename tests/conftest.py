@@ -1,63 +1,34 @@
-"""Shared test settings (every configuration the public API promises) and helpers."""
-import itertools
-import json
-
+"""Fixtures the test files share; the helpers and parameter lists they use live in helpers.py."""
 import pytest
-import torch
 
-import mpc_ml as mpc
-from mpc_ml.core.encoding import encode
-
-WORLD_SIZES = (2, 3, 4)
-BACKENDS = ("inproc", "tcp", "mpi")  # make test installs mpi4py and mpich
-PROVIDERS = ("tfp", "dealer")
-
-# (world_size, backend, provider) for the full matrix
-CONFIGS = list(itertools.product(WORLD_SIZES, BACKENDS, PROVIDERS))
-
-FIXED_POINT_UNIT = 2.0 ** -16
+from helpers import INPROC, MATRIX, link_pair, matrix_params
+from mpc_ml.comm import Communicator
 
 
-def config_id(cfg) -> str:
-    n, backend, provider = cfg
-    return f"n{n}-{backend}-{provider}"
-
-
-def seeded(name: str) -> torch.Generator:
-    """A generator seeded by a name: the same data in every party thread or process."""
-    g = torch.Generator()
-    g.manual_seed(sum(ord(c) * (i + 1) for i, c in enumerate(name)))
-    return g
-
-
-@pytest.fixture(params=CONFIGS, ids=config_id)
-def matrix_config(request):
+@pytest.fixture(params=matrix_params(MATRIX))
+def matrix(request):
+    """A PartyConfig (n, backend, provider): every world size x backend x provider, or the
+    part of it that the test's helpers.on_matrix(...) mark names."""
     return request.param
 
 
-def rnd(name: str, *shape, lo: float = -1.0, hi: float = 1.0) -> torch.Tensor:
-    """Seeded float32 uniform data in [lo, hi)."""
-    return torch.rand(tuple(shape), generator=seeded(name), dtype=torch.float32) * (hi - lo) + lo
+@pytest.fixture(params=matrix_params(INPROC))
+def inproc_matrix(request):
+    """A PartyConfig of every world size x provider, the parties threads (inproc)."""
+    return request.param
 
 
-def enc(t: torch.Tensor, src: int) -> "mpc.MPCTensor":
-    """src's t, secret-shared (every party generated the same t; only src's copy is used)."""
-    return mpc.encrypt(t if mpc.rank() == src else None, src=src, shape=t.shape)
+@pytest.fixture
+def socket_links():
+    """TcpLinks of party 0 and party 1 on a socket pair (1 MiB frame cap)."""
+    left, right = link_pair()
+    yield left, right
+    left.close()
+    right.close()
 
 
-def rounded(t: torch.Tensor, bits: int = 16) -> torch.Tensor:
-    """t as the parties see it after fixed-point encoding."""
-    return encode(t, bits).to(torch.float64) / 2 ** bits
-
-
-def measured(fn):
-    """(fn(), this party's stats for exactly that call)."""
-    mpc.reset_stats()
-    out = fn()
-    return out, mpc.stats()
-
-
-def request_bytes(kind: str, **params) -> int:
-    """Length of a correlation request as the specs define it (compact sorted JSON)."""
-    return len(json.dumps({"kind": kind, "params": params}, separators=(",", ":"),
-                          sort_keys=True))
+@pytest.fixture
+def socket_comms(socket_links):
+    """Communicators of party 0 and party 1 over socket_links (5 s receive timeout)."""
+    left, right = socket_links
+    yield Communicator(0, 2, {1: left}, timeout=5), Communicator(1, 2, {0: right}, timeout=5)

@@ -5,8 +5,9 @@ by party 0 and party 1, public operands mixed in where the op takes them), the o
 gets a random public upstream gradient, and the forward value and every leaf's .grad
 are compared with torch.autograd. Tolerance: `tol * max(1, max |torch value|)` per
 compared tensor (1e-3 unless the case says otherwise: the nonlinear functions carry the
-errors stated in mpc_ml/functions.py). Then the tape's own rules: gradient accumulation
-over two backward() calls, fan-out, detach, no_grad / enable_grad, and torch's errors.
+errors of their ERROR_BOUNDS entries, mpc_ml/primitives/approximations.py). Then the
+tape's own rules: gradient accumulation over two backward() calls, fan-out, detach,
+no_grad / enable_grad, and torch's errors.
 """
 
 import pytest
@@ -14,23 +15,7 @@ import torch
 import torch.nn.functional as F
 
 import mpc_ml as mpc
-from conftest import seeded
-from conftest import enc, rnd
-
-
-
-
-
-
-def assert_near(got, expected, tol: float, what: str) -> None:
-    assert got is not None, f"{what}: got None"
-    expected = expected.detach().to(torch.float64)
-    got = torch.as_tensor(got).to(torch.float64)
-    assert tuple(got.shape) == tuple(expected.shape), \
-        f"{what}: shape {tuple(got.shape)} != torch's {tuple(expected.shape)}"
-    bound = tol * max(1.0, expected.abs().max().item() if expected.numel() else 1.0)
-    err = (got - expected).abs().max().item() if expected.numel() else 0.0
-    assert err <= bound, f"{what}: max error {err:.3g} > {bound:.3g}"
+from helpers import assert_near, enc, rnd, seeded
 
 
 class TorchLib:
@@ -149,7 +134,8 @@ CASES = {
     "avg_pool2d_padding": (lambda L, a: L.avg_pool2d(a, 3, 2, 1), [P(2, 2, 7, 7)], 1e-3),
     "avg_pool2d_exclude_pad": (lambda L, a: L.avg_pool2d(a, 3, 2, 1, count_include_pad=False),
                                [P(2, 2, 7, 7)], 1e-3),
-    # nonlinear functions (domains and errors from mpc_ml/functions.py)
+    # nonlinear functions (in the domains of approximations.ERROR_BOUNDS; looser than its
+    # errors: a gradient composes the function's error with its derivative's)
     "exp": (lambda L, a: a.exp(), [P(3, 4, lo=-3.0, hi=2.0)], 2e-3),
     "log": (lambda L, a: a.log(), [P(3, 4, lo=0.3, hi=5.0)], 3e-3),
     "reciprocal": (lambda L, a: a.reciprocal(), [P(3, 4, lo=0.5, hi=4.0)], 3e-3),

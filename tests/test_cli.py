@@ -18,6 +18,7 @@ import pytest
 import torch
 
 import mpc_ml as mpc
+from helpers import WORLD_SIZES
 from mpc_ml import cli
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,7 +69,7 @@ def _check_example_output(res: subprocess.CompletedProcess, n: int) -> None:
     assert out.count("parties:") == 1 and out.count("party 0 traffic") == 1
 
 
-@pytest.mark.parametrize("n", [2, 3, 4])
+@pytest.mark.parametrize("n", WORLD_SIZES)
 def test_launch_example(n):
     if n == 2:  # through the recipe's wrapper, which calls `mpc-ml launch -n "${N:-2}"`
         res = _run(["bash", str(RUN_SH)], _env(N=str(n)))

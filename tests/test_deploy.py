@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from helpers import PROVIDERS, free_addresses
 from mpc_ml.launch import deploy
-from mpc_ml.comm import tcp
 
 PARTY_SCRIPT = textwrap.dedent('''
     """Private inference: party 0 owns an MLP, party 1 the input; party 1 writes the result."""
@@ -32,14 +32,6 @@ PARTY_SCRIPT = textwrap.dedent('''
         expected = model(x).detach()
         open(out_path, "w").write(f"{(got - expected).abs().max().item()}\\n")
 ''')
-
-
-def free_addresses(count: int, host: str = "127.0.0.1") -> list[str]:
-    socks = [tcp.listen(f"{host}:0") for _ in range(count)]
-    addrs = [f"{host}:{s.getsockname()[1]}" for s in socks]
-    for s in socks:
-        s.close()
-    return addrs
 
 
 def write(path: Path, text: str) -> Path:
@@ -118,7 +110,7 @@ def local_job(tmp_path, provider="tfp", extra="") -> Path:
                  f'[job]\nprovider = "{provider}"\ncomm_timeout_s = 20\n{parties}{dealer}')
 
 
-@pytest.mark.parametrize("provider", ["tfp", "dealer"])
+@pytest.mark.parametrize("provider", PROVIDERS)
 def test_run_processes_locally(tmp_path, provider):
     script = write(tmp_path / "party.py", PARTY_SCRIPT)
     job = deploy.load(local_job(tmp_path, provider))

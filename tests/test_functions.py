@@ -1,35 +1,29 @@
-"""The error bounds of mpc_ml.functions, and exactness of relu, comparisons, max and pooling,
-against torch (the full-size table is benchmarks/accuracy.py -> docs/accuracy.md).
+"""The error bounds of mpc_ml.primitives.approximations (its ERROR_BOUNDS table), and
+exactness of relu, comparisons, max and pooling, against torch (the full-size table is
+benchmarks/accuracy.py -> docs/accuracy.md).
 
 Each function runs on a fixed grid of multiples of 2^-16 (so encryption is exact and the
-error is the function's), for 2 and 3 parties; softmax also over tcp with the dealer.
-Targets hold per point: `abs c` is |err| <= c, `rel c` is |err| <= c * max(1, |true|).
-Grids marked xfail cover a part of a documented domain where the implementation is
-known to miss (strict: they fail loudly once it is fixed, so the mark can go).
+error is the function's), for 2 and 3 parties; softmax also over tcp with the dealer, and
+sigmoid, softmax and relu over mpi. Each grid lies in the function's stated domain and
+holds its stated bound at every point: ERROR_BOUNDS[name].allowed(x, true). Grids marked
+xfail cover a part of a documented domain where the implementation is known to miss
+(strict: they fail loudly once it is fixed, so the mark can go).
 """
+import dataclasses
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 import mpc_ml as mpc
-from conftest import FIXED_POINT_UNIT as UNIT
-from conftest import config_id, seeded
+from helpers import FIXED_POINT_UNIT as UNIT
+from helpers import enc, on_matrix, seeded, snap
+from mpc_ml.primitives.approximations import ERROR_BOUNDS
 
 POINTS = 2001
-CONFIGS = [(2, "inproc", "tfp"), (3, "inproc", "tfp")]
 
 
-def snap(t: torch.Tensor) -> torch.Tensor:
-    """Round to multiples of 2^-16: the values encrypt() shares exactly."""
-    return torch.round(t / UNIT) * UNIT
-
-
-def enc(t: torch.Tensor, src: int = 0):
-    return mpc.encrypt(t if mpc.rank() == src else None, src=src, shape=t.shape)
-
-
-# -- grids: name -> (inputs, private op, torch op, per-element bound) ----------------------------
+# -- grids: name -> (inputs, private op, torch op, error bound) --------------------------------
 def linear(lo, hi):
     return lambda: (snap(torch.linspace(lo, hi, POINTS, dtype=torch.float64)),)
 
@@ -61,17 +55,9 @@ def quotient():
     return x, y[torch.randperm(POINTS, generator=seeded("quotient"))]
 
 
-def absolute(c):
-    return lambda inputs, true: torch.full_like(true, c)
-
-
-def relative(c):
-    return lambda inputs, true: c * true.abs().clamp(min=1.0)
-
-
-def quotient_bound(inputs, true):
-    """x / y = x * reciprocal(y): the reciprocal's 2^-16 resolution, scaled by |x|."""
-    return 1e-3 * true.abs().clamp(min=1.0) + UNIT * inputs[0].abs()
+# x / y = x * reciprocal(y) is composed, not in the table: the reciprocal's bound plus its
+# 2^-16 resolution scaled by |x| (per_input applies to the first input, x).
+QUOTIENT_BOUND = dataclasses.replace(ERROR_BOUNDS["reciprocal"], per_input=UNIT)
 
 
 def method(name, *args):
@@ -79,36 +65,43 @@ def method(name, *args):
 
 
 GRIDS = {
-    "exp[-8,8]": (linear(-8, 8), method("exp"), torch.exp, relative(1e-3)),
+    "exp[-8,8]": (linear(-8, 8), method("exp"), torch.exp, ERROR_BOUNDS["exp"]),
     "reciprocal[0.1,100]": (linear(0.1, 100), method("reciprocal"), torch.reciprocal,
-                            relative(1e-3)),
+                            ERROR_BOUNDS["reciprocal"]),
     "reciprocal±[2^-15,2^45]": (logspaced(-15, 45, alternate=True), method("reciprocal"),
-                                torch.reciprocal, relative(1e-3)),
-    "sqrt[0.01,100]": (linear(0.01, 100), method("sqrt"), torch.sqrt, relative(1e-3)),
-    "sqrt[0,2^45]": (logspaced(-16, 45, zero=True), method("sqrt"), torch.sqrt, relative(1e-3)),
-    "inv_sqrt[0.01,100]": (linear(0.01, 100), method("inv_sqrt"), torch.rsqrt, relative(1e-3)),
-    "inv_sqrt[2^-16,2^45]": (logspaced(-16, 45), method("inv_sqrt"), torch.rsqrt, relative(1e-3)),
-    "log[0.01,100]": (linear(0.01, 100), method("log"), torch.log, relative(1e-3)),
-    "log[2^-16,2^45]": (logspaced(-16, 45), method("log"), torch.log, relative(1e-3)),
-    "sigmoid[-10,10]": (linear(-10, 10), method("sigmoid"), torch.sigmoid, absolute(1e-4)),
-    "sigmoid[-500,500]": (linear(-500, 500), method("sigmoid"), torch.sigmoid, absolute(1e-4)),
-    "sigmoid[-700,700]": (linear(-700, 700), method("sigmoid"), torch.sigmoid, absolute(1e-4)),
-    "tanh[-10,10]": (linear(-10, 10), method("tanh"), torch.tanh, absolute(2e-4)),
-    "tanh[-250,250]": (linear(-250, 250), method("tanh"), torch.tanh, absolute(2e-4)),
-    "tanh[-350,350]": (linear(-350, 350), method("tanh"), torch.tanh, absolute(2e-4)),
-    "erf[-6,6]": (linear(-6, 6), method("erf"), torch.erf, absolute(2e-4)),
-    "erf[-1e4,1e4]": (linear(-1e4, 1e4), method("erf"), torch.erf, absolute(2e-4)),
-    "gelu[-6,6]": (linear(-6, 6), method("gelu"), F.gelu, absolute(1e-3)),
+                                torch.reciprocal, ERROR_BOUNDS["reciprocal"]),
+    "sqrt[0.01,100]": (linear(0.01, 100), method("sqrt"), torch.sqrt, ERROR_BOUNDS["sqrt"]),
+    "sqrt[0,2^45]": (logspaced(-16, 45, zero=True), method("sqrt"), torch.sqrt,
+                     ERROR_BOUNDS["sqrt"]),
+    "inv_sqrt[0.01,100]": (linear(0.01, 100), method("inv_sqrt"), torch.rsqrt,
+                           ERROR_BOUNDS["inv_sqrt"]),
+    "inv_sqrt[2^-16,2^45]": (logspaced(-16, 45), method("inv_sqrt"), torch.rsqrt,
+                             ERROR_BOUNDS["inv_sqrt"]),
+    "log[0.01,100]": (linear(0.01, 100), method("log"), torch.log, ERROR_BOUNDS["log"]),
+    "log[2^-16,2^45]": (logspaced(-16, 45), method("log"), torch.log, ERROR_BOUNDS["log"]),
+    "sigmoid[-10,10]": (linear(-10, 10), method("sigmoid"), torch.sigmoid,
+                        ERROR_BOUNDS["sigmoid"]),
+    "sigmoid[-500,500]": (linear(-500, 500), method("sigmoid"), torch.sigmoid,
+                          ERROR_BOUNDS["sigmoid"]),
+    "sigmoid[-700,700]": (linear(-700, 700), method("sigmoid"), torch.sigmoid,
+                          ERROR_BOUNDS["sigmoid"]),
+    "tanh[-10,10]": (linear(-10, 10), method("tanh"), torch.tanh, ERROR_BOUNDS["tanh"]),
+    "tanh[-250,250]": (linear(-250, 250), method("tanh"), torch.tanh, ERROR_BOUNDS["tanh"]),
+    "tanh[-350,350]": (linear(-350, 350), method("tanh"), torch.tanh, ERROR_BOUNDS["tanh"]),
+    "erf[-6,6]": (linear(-6, 6), method("erf"), torch.erf, ERROR_BOUNDS["erf"]),
+    "erf[-1e4,1e4]": (linear(-1e4, 1e4), method("erf"), torch.erf, ERROR_BOUNDS["erf"]),
+    "gelu[-6,6]": (linear(-6, 6), method("gelu"), F.gelu, ERROR_BOUNDS["gelu"]),
     "softmax N(0,5²)": (logits(5.0), method("softmax", -1), lambda t: t.softmax(-1),
-                        absolute(1e-3)),
+                        ERROR_BOUNDS["softmax"]),
     "softmax U(±250)": (logits(250.0, normal=False), method("softmax", 1),
-                        lambda t: t.softmax(1), absolute(1e-3)),
+                        lambda t: t.softmax(1), ERROR_BOUNDS["softmax"]),
     "softmax U(±350)": (logits(350.0, normal=False), method("softmax", 1),
-                        lambda t: t.softmax(1), absolute(1e-3)),
-    "softmax dim0": (logits(3.0), method("softmax", 0), lambda t: t.softmax(0), absolute(1e-3)),
+                        lambda t: t.softmax(1), ERROR_BOUNDS["softmax"]),
+    "softmax dim0": (logits(3.0), method("softmax", 0), lambda t: t.softmax(0),
+                     ERROR_BOUNDS["softmax"]),
     "log_softmax N(0,5²)": (logits(5.0), method("log_softmax", -1), lambda t: t.log_softmax(-1),
-                            relative(1e-3)),
-    "x/y": (quotient, lambda x, y: x / y, torch.div, quotient_bound),
+                            ERROR_BOUNDS["log_softmax"]),
+    "x/y": (quotient, lambda x, y: x / y, torch.div, QUOTIENT_BOUND),
 }
 KNOWN_MISSES: dict[str, str] = {}  # grids of a documented domain the code misses (none now)
 
@@ -131,14 +124,16 @@ def grid_party(names):
 def check_grid(name, got):
     inputs, _, plain, bound = GRIDS[name]
     xs = inputs()
+    # the domain is the last input's: the only one, or the divisor y of x / y
+    assert bool(bound.in_domain(xs[-1]).all()), f"{name}: the grid leaves {bound.domain}"
     true = plain(*xs)
     assert got.shape == true.shape
     err = (got - true).abs()
-    allowed = bound(xs, true)
+    allowed = bound.allowed(xs[0], true)
     worst = int((err / allowed).argmax())
     at = ", ".join(f"{x.reshape(-1)[worst].item():.6g}" for x in xs)
     assert bool((err <= allowed).all()), (
-        f"{name}: {int((err > allowed).sum())} points over the bound; worst at ({at}): "
+        f"{name}: {int((err > allowed).sum())} points over {bound.describe()}; worst at ({at}): "
         f"got {got.reshape(-1)[worst].item():.6g}, true {true.reshape(-1)[worst].item():.6g}, "
         f"allowed error {allowed.reshape(-1)[worst].item():.3g}")
 
@@ -150,35 +145,63 @@ def grid_results():
     def get(cfg, names):
         key = (cfg, tuple(names))
         if key not in cache:
-            n, backend, provider = cfg
-            cache[key] = mpc.run(grid_party, world_size=n, backend=backend, provider=provider,
-                                 args=(list(names),))[0]
+            cache[key] = cfg.run(grid_party, args=(list(names),))[0]
         return cache[key]
 
     return get
 
 
 @pytest.mark.parametrize("name", grid_params())
-@pytest.mark.parametrize("cfg", CONFIGS, ids=config_id)
-def test_function_within_bound(grid_results, cfg, name):
-    check_grid(name, grid_results(cfg, list(GRIDS))[name])
+@on_matrix(n=(2, 3), backend="inproc", provider="tfp")
+def test_function_within_bound(grid_results, matrix, name):
+    check_grid(name, grid_results(matrix, list(GRIDS))[name])
 
 
-def test_softmax_tcp_dealer(grid_results):
+@on_matrix((2, "tcp", "dealer"))
+def test_softmax_over_sockets_with_the_dealer(grid_results, matrix):
     """One function end to end over sockets with the dealer providing the correlations."""
     name = "softmax N(0,5²)"
-    check_grid(name, grid_results((2, "tcp", "dealer"), [name])[name])
+    check_grid(name, grid_results(matrix, [name])[name])
+
+
+MPI_GRIDS = ("sigmoid[-10,10]", "softmax N(0,5²)")
+
+
+def relu_input():
+    a = (torch.rand(100_000, generator=seeded("mpi-relu"), dtype=torch.float64) * 2 - 1)
+    a = snap(a * 1e3)
+    a[:50] = 0.0
+    return a
+
+
+def mpi_party():
+    """Party body: two grids and relu of 1e5 values on party 0; the others their rank."""
+    grids = grid_party(list(MPI_GRIDS))
+    relu = enc(relu_input(), src=mpc.world_size() - 1).relu().decrypt(dst=0)
+    return (grids, relu) if mpc.rank() == 0 else mpc.rank()
+
+
+@on_matrix(n=(2, 3), backend="mpi")
+def test_functions_over_mpi(matrix):
+    """Parties as ranks of one mpiexec job: results in rank order, the bounds, exact relu."""
+    outs = matrix.run(mpi_party, config=mpc.Config(comm_timeout_s=10.0, connect_timeout_s=10.0))
+    assert outs[1:] == list(range(1, matrix.n))
+    grids, relu = outs[0]
+    for name in MPI_GRIDS:
+        check_grid(name, grids[name])
+    assert torch.equal(relu.double(), relu_input().relu())
 
 
 # -- documented behaviour outside the domain ---------------------------------------------------
+OUTSIDE = torch.tensor([4.0, 0.25, 100.0, 2.0 ** -10, 3e4], dtype=torch.float64)
+
+
 def out_of_domain_party():
-    x = torch.tensor([4.0, 0.25, 100.0, 2.0 ** -10, 3e4], dtype=torch.float64)
-    neg, zero = enc(-x), enc(torch.zeros(3, dtype=torch.float64))
+    neg, zero = enc(-OUTSIDE), enc(torch.zeros(3, dtype=torch.float64))
     return {"reciprocal(0)": zero.reciprocal().decrypt(), "sqrt(0)": zero.sqrt().decrypt(),
             "inv_sqrt(0)": zero.inv_sqrt().decrypt(), "log(0)": zero.log().decrypt(),
-            "sqrt(-x)": (neg.sqrt().decrypt(), x.sqrt()),
-            "inv_sqrt(-x)": (neg.inv_sqrt().decrypt(), x.rsqrt()),
-            "log(-x)": (neg.log().decrypt(), x.log())}
+            "sqrt": neg.sqrt().decrypt(), "inv_sqrt": neg.inv_sqrt().decrypt(),
+            "log": neg.log().decrypt()}
 
 
 def test_out_of_domain_results():
@@ -186,21 +209,25 @@ def test_out_of_domain_results():
     for name in ("reciprocal(0)", "sqrt(0)", "inv_sqrt(0)"):
         assert torch.equal(out[name], torch.zeros(3, dtype=torch.float64)), (name, out[name])
     assert torch.isfinite(out["log(0)"]).all()  # documented: an unspecified finite value
-    for name in ("sqrt(-x)", "inv_sqrt(-x)", "log(-x)"):
-        got, value_at_abs = out[name]
-        assert ((got - value_at_abs).abs() <= 1e-3 * value_at_abs.abs().clamp(min=1)).all(), (
-            name, got, value_at_abs)
-    assert abs(out["sqrt(-x)"][0][0].item() - 2.0) <= 1e-3  # sqrt(-4) == 2
+    # of a negative x: the value at |x|, within the function's bound there
+    for name, plain in (("sqrt", torch.sqrt), ("inv_sqrt", torch.rsqrt), ("log", torch.log)):
+        got, value_at_abs = out[name], plain(OUTSIDE)
+        allowed = ERROR_BOUNDS[name].allowed(OUTSIDE, value_at_abs)
+        assert ((got - value_at_abs).abs() <= allowed).all(), (name, got, value_at_abs)
+    assert abs(out["sqrt"][0].item() - 2.0) <= 1e-3  # sqrt(-4) == 2
 
 
 def test_reciprocal_of_smallest_values():
-    """Documented: +2^-16 and -2^-15 invert; -2^-16 gives 0 (its ones' complement is 0)."""
+    """Documented: +2^-16 (below the domain) and -2^-15 invert within the reciprocal's
+    bound; -2^-16 gives 0 (its ones' complement is 0)."""
+    x = torch.tensor([UNIT, -2 * UNIT, -UNIT], dtype=torch.float64)
+
     def body():
-        return enc(torch.tensor([UNIT, -2 * UNIT, -UNIT], dtype=torch.float64)).reciprocal().decrypt()
+        return enc(x).reciprocal().decrypt()
 
     got = mpc.run(body, world_size=2)[0]
-    assert abs(got[0].item() - 2 ** 16) <= 1e-3 * 2 ** 16
-    assert abs(got[1].item() + 2 ** 15) <= 1e-3 * 2 ** 15
+    true = x[:2].reciprocal()
+    assert bool(((got[:2] - true).abs() <= ERROR_BOUNDS["reciprocal"].allowed(x[:2], true)).all())
     assert got[2].item() == 0.0
 
 

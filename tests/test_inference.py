@@ -19,8 +19,9 @@ import pytest
 import torch
 
 import mpc_ml as mpc
+from helpers import listeners
 from mpc_ml import cli
-from mpc_ml.comm import frames, tcp
+from mpc_ml.comm import frames
 from mpc_ml.serving import (InferenceClient, InferenceError, private_predict,
                               private_predict_batch, serve_client)
 
@@ -118,11 +119,6 @@ def test_private_predict_argument_errors():
 
 
 # -- an outside client ------------------------------------------------------------------
-def listeners(n: int):
-    socks = [tcp.listen("127.0.0.1:0") for _ in range(n)]
-    return socks, [f"127.0.0.1:{s.getsockname()[1]}" for s in socks]
-
-
 def serve_in_background(socks, n: int = 2, config=FAST, **kwargs):
     """mpc.run of serve_client in a thread; returns (thread, result dict)."""
     result: dict = {}

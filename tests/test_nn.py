@@ -19,24 +19,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import mpc_ml as mpc
-from conftest import seeded
-from conftest import enc, rnd
+from helpers import assert_near, enc, rnd, seeded
 
 
 # -- helpers --------------------------------------------------------------------------------------
-
-
-
-
-def assert_near(got, expected, tol: float, what: str) -> None:
-    assert got is not None, f"{what}: got None"
-    expected = torch.as_tensor(expected).detach().to(torch.float64)
-    got = torch.as_tensor(got).detach().to(torch.float64)
-    assert tuple(got.shape) == tuple(expected.shape), \
-        f"{what}: shape {tuple(got.shape)} != torch's {tuple(expected.shape)}"
-    bound = tol * max(1.0, expected.abs().max().item() if expected.numel() else 1.0)
-    err = (got - expected).abs().max().item() if expected.numel() else 0.0
-    assert err <= bound, f"{what}: max error {err:.3g} > {bound:.3g}"
 
 
 def randomize(module: nn.Module, name: str) -> nn.Module:
@@ -183,7 +169,7 @@ BATCH_NORMS = [
 def test_batch_norm(spec, shape, train):
     """Batch statistics, running statistics (momentum, unbiased variance,
     num_batches_tracked) and gradients in train mode; running statistics in eval mode.
-    1/sqrt(var + eps) is inv_sqrt's 1e-3 relative approximation (functions.py), which the
+    1/sqrt(var + eps) is inv_sqrt's 1e-3 relative approximation (ERROR_BOUNDS), which the
     output and its gradients inherit, hence 3e-3."""
     x = rnd(f"{spec}bn", *shape, lo=-1.5, hi=2.5) * 1.5
     check_layer(spec, x, train=train, tol=3e-3, prepare=lambda m: randomize(m, str(spec)))
@@ -302,7 +288,7 @@ def test_l1_private_target_with_target_grad():
 
 
 def test_bce_on_probabilities():
-    """p in (0.05, 0.95): log's and reciprocal's errors (functions.py) bound the result."""
+    """p in (0.05, 0.95): log's and reciprocal's errors (ERROR_BOUNDS) bound the result."""
     p = rnd("bce-p", 4, 6, lo=0.05, hi=0.95)
     target = (rnd("bce-t", 4, 6) > 0).float()
     check_loss("BCELoss", p, target, tol=3e-3)
@@ -643,25 +629,34 @@ def test_from_pytorch_forward(make, shape):
     assert_near(out, expected, 1e-2, "private forward")
 
 
+def _loss_backward_party(models, x, labels):
+    """One private cross-entropy forward and backward through this party's converted model:
+    the loss, the parameters' gradients and the state afterwards, decrypted."""
+    m = models[mpc.rank()].encrypt(0)
+    loss = mpc.nn.CrossEntropyLoss()(m(enc(x, 1)), labels)
+    loss.backward()
+    grads = {n: p.grad.decrypt() for n, p in m.named_parameters()}
+    return loss.decrypt(), grads, dict(m.decrypt().state_dict())
+
+
+def _private_and_torch_backward(tm, x, labels):
+    """The private loss, gradients and state after one cross-entropy backward through tm
+    converted in each party, and torch's loss (its backward fills tm's .grad)."""
+    models = _convert_per_party(tm, x)
+    loss, grads, state = mpc.run(_loss_backward_party, world_size=2, backend="inproc",
+                                 args=(models, x, labels))[0]
+    expected = F.cross_entropy(tm(x), labels)
+    expected.backward()
+    return loss, grads, state, expected
+
+
 def test_from_pytorch_backward_and_state_round_trip():
     """A converted model trains like any Module, and its state loads back into torch."""
     torch.manual_seed(4)
     tm = MLP((20, 8, 4))
     x = rnd("fp-mlp-x", 5, 20)
     labels = _labels("fp-mlp-y", 5, 4)
-    models = _convert_per_party(tm, x)
-
-    def party(models, x, labels):
-        m = models[mpc.rank()].encrypt(0)
-        loss = mpc.nn.CrossEntropyLoss()(m(enc(x, 1)), labels)
-        loss.backward()
-        grads = {n: p.grad.decrypt() for n, p in m.named_parameters()}
-        return loss.decrypt(), grads, dict(m.decrypt().state_dict())
-
-    loss, grads, state = mpc.run(party, world_size=2, backend="inproc",
-                                 args=(models, x, labels))[0]
-    expected = F.cross_entropy(tm(x), labels)
-    expected.backward()
+    loss, grads, state, expected = _private_and_torch_backward(tm, x, labels)
     assert_near(loss, expected, 3e-3, "loss")
     assert set(grads) == {n for n, _ in tm.named_parameters()}
     for n, p in tm.named_parameters():
@@ -692,19 +687,7 @@ def test_from_pytorch_train_mode_backward(make, shape):
     tm = make().train()
     x = rnd(f"fp-train{shape}", *shape, lo=0.0, hi=1.0)
     labels = _labels(f"fp-train{shape}", shape[0], 10)
-    models = _convert_per_party(tm, x)
-
-    def party(models, x, labels):
-        m = models[mpc.rank()].encrypt(0)
-        loss = mpc.nn.CrossEntropyLoss()(m(enc(x, 1)), labels)
-        loss.backward()
-        grads = {n: p.grad.decrypt() for n, p in m.named_parameters()}
-        return loss.decrypt(), grads, dict(m.decrypt().state_dict())
-
-    loss, grads, state = mpc.run(party, world_size=2, backend="inproc",
-                                 args=(models, x, labels))[0]
-    expected = F.cross_entropy(tm(x), labels)
-    expected.backward()
+    loss, grads, state, expected = _private_and_torch_backward(tm, x, labels)
     assert_near(loss, expected, 1e-2, "loss")
     elementwise = [n for n, _ in tm.named_parameters()]
     if isinstance(tm, ResNet18):

@@ -1,5 +1,5 @@
 """Every arithmetic operation of MPCTensor against plaintext torch, over the full
-matrix of party counts (2, 3, 4), backends (inproc, tcp) and providers (tfp, dealer).
+matrix of party counts (2, 3, 4), backends (inproc, tcp, mpi) and providers (tfp, dealer).
 
 Each configuration is launched once (module-scoped fixture): the parties run every
 case and party 0 returns (private result, plaintext result, tolerance) per case; the
@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 import mpc_ml as mpc
-from conftest import CONFIGS, FIXED_POINT_UNIT, config_id, enc, seeded
+from helpers import FIXED_POINT_UNIT, enc, seeded
 
 MAGNITUDES = (1e-3, 1.0, 1e3)
 
@@ -222,17 +222,15 @@ def matrix_results():
 
     def get(cfg):
         if cfg not in cache:
-            n, backend, provider = cfg
-            cache[cfg] = mpc.run(run_all_cases, world_size=n, backend=backend, provider=provider)
+            cache[cfg] = cfg.run(run_all_cases)
         return cache[cfg]
 
     return get
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-@pytest.mark.parametrize("cfg", CONFIGS, ids=config_id)
-def test_op_against_torch(matrix_results, cfg, case):
-    outs = matrix_results(cfg)
+def test_op_against_torch(matrix_results, matrix, case):
+    outs = matrix_results(matrix)
     checks = outs[0][case]
     assert checks, f"case {case} checked nothing"
     for i, (got, expected, bound) in enumerate(checks):

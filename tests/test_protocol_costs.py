@@ -10,7 +10,6 @@ RNG in the inproc backend, so nothing here relies on torch.manual_seed).
 """
 from __future__ import annotations
 
-import itertools
 import math
 import threading
 import types
@@ -20,8 +19,9 @@ import torch
 import torch.nn.functional as F
 
 import mpc_ml as mpc
-from conftest import enc as share
-from conftest import measured, request_bytes, rounded
+from helpers import COUNTERS, DEALER_COUNTERS, WORLD_SIZES, check_spec, dealer_counters
+from helpers import enc as share
+from helpers import measured, on_matrix, randn, request_bytes, rounded
 from mpc_ml.comm.base import Communicator
 from mpc_ml.comm.inproc import InprocHub
 from mpc_ml.core.encoding import encode
@@ -31,29 +31,9 @@ from mpc_ml.core.specs import derive_sizes, evaluate, evaluate_fraction, evaluat
 
 F_BITS = 16
 UNIT = 2.0 ** -F_BITS
-N_PROVIDERS = list(itertools.product((2, 3, 4), ("tfp", "dealer")))
-IDS = [f"n{n}-{p}" for n, p in N_PROVIDERS]
-COUNTERS = ("rounds", "bytes_sent", "bytes_received", "messages")
-DEALER_COUNTERS = ("dealer_bytes_sent", "dealer_bytes_received", "dealer_messages")
 
 
 # -- helpers -------------------------------------------------------------------------------
-def randn(seed: int, *shape, scale: float = 1.0) -> torch.Tensor:
-    """Seeded float64 normal data (an explicit generator: the global RNG is shared)."""
-    g = torch.Generator()
-    g.manual_seed(seed)
-    size = shape[0] if len(shape) == 1 and isinstance(shape[0], tuple) else shape
-    return torch.randn(tuple(size), generator=g, dtype=torch.float64) * scale
-
-
-
-
-
-
-
-
-
-
 def conv_kwargs(stride, padding, dilation, groups) -> dict:
     return {"stride": stride, "padding": padding, "dilation": dilation, "groups": groups}
 
@@ -69,13 +49,7 @@ def expected_stats(section: dict, *, n: int, rank: int, provider: str, role: str
     cost = section["cost"]
     out = evaluate_table(cost["all"] if "all" in cost else cost[role], **sizes)
     if provider == "dealer":
-        dealer = section["dealer"]
-        if "all" in dealer:
-            table = dealer["all"]
-        else:
-            is_corr = rank == evaluate(dealer["correction_rank"], **sizes)
-            table = dealer["correction_party" if is_corr else "others"]
-        out.update(evaluate_table(table, **sizes))
+        out.update(dealer_counters(section["dealer"], **sizes))
     return out
 
 
@@ -87,10 +61,6 @@ def assert_costs(stats: dict, section: dict, where: str, **kw) -> None:
     assert stats == want, f"{where} (party {kw['rank']}): measured {stats}, spec {want}"
 
 
-def run(fn, n: int, provider: str, **kw) -> list:
-    return mpc.run(fn, world_size=n, backend="inproc", provider=provider, **kw)
-
-
 # -- the spec files and their loader ---------------------------------------------------------
 SPEC_NAMES = ("input_sharing", "reveal", "beaver_mul", "beaver_matmul", "beaver_conv",
               "truncation", "zero_sharing")
@@ -98,43 +68,17 @@ REQUIRED_REFERENCES = {"beaver_mul": ["Beaver"], "beaver_matmul": ["Beaver"],
                        "beaver_conv": ["Beaver"], "truncation": ["Escudero", "SecureML"],
                        "zero_sharing": ["CrypTen"], "input_sharing": ["CrypTen"],
                        "reveal": ["Beaver"]}
-PROSE_KEYS = {"tfp", "note", "summary"}
-
-
-def formula_tables(node: dict, path: tuple = ()):
-    """(path, table) of every cost, dealer and sizes table of a spec, at any depth."""
-    for key, value in node.items():
-        if isinstance(value, dict):
-            here = path + (key,)
-            if any(k in ("cost", "dealer", "sizes") for k in here):
-                yield here, value
-            yield from formula_tables(value, here)
 
 
 @pytest.mark.parametrize("name", SPEC_NAMES)
 def test_spec_is_complete_and_its_formulas_evaluate(name):
     spec = load_spec(name)
-    assert spec["name"] == name
-    for key in ("title", "computes", "security_model", "references", "variables"):
-        assert spec[key], f"{name}: empty {key}"
-    assert "semi-honest" in spec["security_model"].lower()
-    for ref in REQUIRED_REFERENCES[name]:
-        assert any(ref in r for r in spec["references"]), f"{name}: no {ref} reference"
     names = dict.fromkeys(spec["variables"], 7) | {"rank": 1}
     sizes = spec.get("sizes", {})
     for table in [sizes, *(v for v in sizes.values() if isinstance(v, dict))]:
         names.update(dict.fromkeys(table, 7))
-    n_roles = 0
-    for path, table in formula_tables(spec):
-        formulas = {k: v for k, v in table.items() if isinstance(v, str) and k not in PROSE_KEYS}
-        for key, formula in formulas.items():
-            assert isinstance(evaluate(formula, **names), int), (path, key)
-        if path[-2:-1] == ("cost",):  # one role's party-to-party counters
-            n_roles += 1
-            assert set(formulas) == set(COUNTERS), (path, sorted(formulas))
-        elif path[-2:-1] == ("dealer",):  # one role's dealer counters
-            assert set(formulas) == set(DEALER_COUNTERS), (path, sorted(formulas))
-    assert n_roles >= 1, f"{name}: no cost tables"
+    check_spec(spec, name, ("title", "computes", "security_model", "references", "variables"),
+               REQUIRED_REFERENCES[name], names)
 
 
 def test_spec_dir_from_argument_and_environment(tmp_path, monkeypatch):
@@ -165,8 +109,8 @@ def test_evaluate_is_exact_and_refuses_code():
 SHARE_SHAPES = [(), (5,), (3, 4), (2, 3, 1, 4)]
 
 
-@pytest.mark.parametrize("n,provider", N_PROVIDERS, ids=IDS)
-def test_input_sharing(n, provider):
+def test_input_sharing(inproc_matrix):
+    n, provider = inproc_matrix.n, inproc_matrix.provider
     spec = load_spec("input_sharing")
     data = [randn(10 + i, *shape, scale=100.0) for i, shape in enumerate(SHARE_SHAPES)]
 
@@ -178,7 +122,7 @@ def test_input_sharing(n, provider):
             out.append((src, stats, x.decrypt()))
         return out
 
-    for rank, records in enumerate(run(party, n, provider)):
+    for rank, records in enumerate(inproc_matrix.run(party)):
         for t, (src, stats, value) in zip(data, records):
             assert_costs(stats, spec, f"encrypt {tuple(t.shape)} from {src}", n=n, rank=rank,
                          provider=provider, role="src" if rank == src else "others",
@@ -188,8 +132,8 @@ def test_input_sharing(n, provider):
 
 
 # -- reveal -------------------------------------------------------------------------------------
-@pytest.mark.parametrize("n,provider", N_PROVIDERS, ids=IDS)
-def test_reveal(n, provider):
+def test_reveal(inproc_matrix):
+    n, provider = inproc_matrix.n, inproc_matrix.provider
     spec = load_spec("reveal")
     a, b = randn(20, 3, 5, scale=10.0), randn(21, 7)
 
@@ -201,7 +145,7 @@ def test_reveal(n, provider):
         pair, s_pair = measured(lambda: open_shares(session, [x.share, y.share]))
         return opened, s_open, to_dst, pair, s_pair
 
-    for rank, (opened, s_open, to_dst, pair, s_pair) in enumerate(run(party, n, provider)):
+    for rank, (opened, s_open, to_dst, pair, s_pair) in enumerate(inproc_matrix.run(party)):
         kw = dict(n=n, rank=rank, provider=provider)
         assert_costs(s_open, spec["open"], "decrypt()", numel=a.numel(), **kw)
         assert torch.allclose(opened, a, rtol=0, atol=UNIT / 2)
@@ -218,8 +162,8 @@ def test_reveal(n, provider):
 
 
 # -- zero sharing ---------------------------------------------------------------------------------
-@pytest.mark.parametrize("n,provider", N_PROVIDERS, ids=IDS)
-def test_zero_sharing(n, provider):
+def test_zero_sharing(inproc_matrix):
+    n, provider = inproc_matrix.n, inproc_matrix.provider
     spec = load_spec("zero_sharing")
     shapes = [(4,), (2, 3, 5)]
 
@@ -231,7 +175,7 @@ def test_zero_sharing(n, provider):
             out.append((z, stats, reveal(session, z)))
         return out
 
-    results = run(party, n, provider)
+    results = inproc_matrix.run(party)
     for rank, records in enumerate(results):
         for shape, (z, stats, total) in zip(shapes, records):
             assert_costs(stats, spec, f"zero_share {shape}", n=n, rank=rank, provider=provider,
@@ -243,7 +187,7 @@ def test_zero_sharing(n, provider):
     assert not torch.equal(results[0][0][0], results[0][1][0].flatten()[:4])
 
 
-@pytest.mark.parametrize("n", (2, 3, 4))
+@pytest.mark.parametrize("n", WORLD_SIZES)
 def test_pairwise_seed_setup(n):
     """The session's one-time seed agreement (reset away before any protocol) per spec."""
     spec = load_spec("zero_sharing")["setup"]
@@ -293,8 +237,8 @@ def check_trunc_result(result: torch.Tensor, t: torch.Tensor, bits: int, section
     assert bool(((diff >= lo) & (diff <= hi)).all()), f"{where}: off by {diff.unique().tolist()}"
 
 
-@pytest.mark.parametrize("n,provider", N_PROVIDERS, ids=IDS)
-def test_truncation_exact(n, provider):
+def test_truncation_exact(inproc_matrix):
+    n, provider = inproc_matrix.n, inproc_matrix.provider
     spec = load_spec("truncation")
     section = spec["exact"]
     cases = trunc_inputs()
@@ -309,7 +253,7 @@ def test_truncation_exact(n, provider):
         z, free = measured(lambda: truncate(session, x.share, 0))
         return out, free, z is x.share
 
-    for rank, (records, free, same) in enumerate(run(party, n, provider)):
+    for rank, (records, free, same) in enumerate(inproc_matrix.run(party)):
         for (t, bits), (stats, result) in zip(cases, records):
             where = f"exact truncation of {tuple(t.shape)} by {bits}"
             assert_costs(stats, section, where, n=n, rank=rank, provider=provider,
@@ -319,8 +263,9 @@ def test_truncation_exact(n, provider):
         assert same and all(v == 0 for v in free.values()), f"bits=0 is free: {free}"
 
 
-@pytest.mark.parametrize("provider", ("tfp", "dealer"))
-def test_truncation_local(provider):
+@on_matrix(n=2, backend="inproc")
+def test_truncation_local(matrix):
+    provider = matrix.provider
     section = load_spec("truncation")["local"]
     cases = trunc_inputs()[:3]
     bits, elements = 16, 1 << 15
@@ -337,7 +282,7 @@ def test_truncation_local(provider):
         return out, reveal(session, truncate(session, x.share, bits))
 
     config = mpc.Config(truncation="local")
-    for rank, (records, big_result) in enumerate(run(party, 2, provider, config=config)):
+    for rank, (records, big_result) in enumerate(matrix.run(party, config=config)):
         for (t, b), (stats, result) in zip(cases, records):
             where = f"local truncation of {tuple(t.shape)} by {b}"
             assert_costs(stats, section, where, n=2, rank=rank, provider=provider)
@@ -356,7 +301,7 @@ def test_truncation_local(provider):
 
 def test_local_truncation_refused_beyond_two_parties():
     with pytest.raises((ValueError, mpc.PartyError), match="only correct for 2 parties"):
-        run(lambda: None, 3, "tfp", config=mpc.Config(truncation="local"))
+        mpc.run(lambda: None, world_size=3, config=mpc.Config(truncation="local"))
 
 
 # -- Beaver products ----------------------------------------------------------------------------
@@ -384,10 +329,10 @@ def user_triple_request_bytes(op: str, xs, ys, kw: dict) -> int:
                          kwargs=jsonable(kw))
 
 
-def run_products(op: str, cases: list, n: int, provider: str, *, config=None,
-                 direct: bool = True) -> list:
+def run_products(op: str, cases: list, cfg, *, config=None, direct: bool = True) -> list:
     """Per party, per case: (beaver_product's stats, its revealed ring result, the MPCTensor
     op's stats, its decrypted result). Each case is (x, y, kwargs)."""
+    n = cfg.n
     user_op = {"mul": lambda x, y, kw: x * y, "matmul": lambda x, y, kw: x @ y,
                "conv1d": lambda x, y, kw: mpc.conv1d(x, y, **kw),
                "conv2d": lambda x, y, kw: mpc.conv2d(x, y, **kw)}[op]
@@ -407,7 +352,7 @@ def run_products(op: str, cases: list, n: int, provider: str, *, config=None,
         return out
 
     kw = {} if config is None else {"config": config}
-    return run(party, n, provider, **kw)
+    return cfg.run(party, **kw)
 
 
 def check_products(op: str, spec: dict, sizes_table: dict | None, cases: list, results: list,
@@ -454,15 +399,15 @@ MUL_CASES = [(randn(40, 3, 4, scale=3.0), randn(41, 3, 4, scale=3.0), {}),
              (randn(44, 6, scale=2.0), randn(45, (), scale=4.0), {})]
 
 
-@pytest.mark.parametrize("n,provider", N_PROVIDERS, ids=IDS)
-def test_beaver_mul(n, provider):
+def test_beaver_mul(inproc_matrix):
+    n, provider = inproc_matrix.n, inproc_matrix.provider
     spec = load_spec("beaver_mul")
-    results = run_products("mul", MUL_CASES, n, provider)
+    results = run_products("mul", MUL_CASES, inproc_matrix)
     check_products("mul", spec, None, MUL_CASES, results, n, provider, None)
 
 
-@pytest.mark.parametrize("n,provider", N_PROVIDERS, ids=IDS)
-def test_product_with_public_operand(n, provider):
+def test_product_with_public_operand(inproc_matrix):
+    n, provider = inproc_matrix.n, inproc_matrix.provider
     section = load_spec("beaver_mul")["public_operand"]
     t = randn(50, 3, 5, scale=4.0)
     frac, whole = randn(51, 5, scale=2.0), torch.tensor([3.0, -2.0, 0.0, 7.0, 1.0])
@@ -482,7 +427,7 @@ def test_product_with_public_operand(n, provider):
     wants = [(r(t) * r(frac), "fractional"), (r(t) * 0.375, "fractional"),
              (r(t) * whole, "integral"), (r(t) * 3, "integral"),
              (r(t) @ r(mat), "fractional"), (r(mat).T @ r(t).T, "fractional")]
-    for rank, records in enumerate(run(party, n, provider)):
+    for rank, records in enumerate(inproc_matrix.run(party)):
         for i, ((want, kind), (stats, value)) in enumerate(zip(wants, records)):
             where = f"public operand case {i} ({kind})"
             assert_costs(stats, section[kind], where, n=n, rank=rank, provider=provider,
@@ -493,15 +438,16 @@ def test_product_with_public_operand(n, provider):
             assert float((value - want).abs().max()) <= tol, where
 
 
-@pytest.mark.parametrize("provider", ("tfp", "dealer"))
-def test_products_with_local_truncation(provider):
+@on_matrix(n=2, backend="inproc")
+def test_products_with_local_truncation(matrix):
     config = mpc.Config(truncation="local")
     for name, op, cases in (("beaver_mul", "mul", MUL_CASES),
                             ("beaver_matmul", "matmul", MATMUL_CASES[:2]),
                             ("beaver_conv", "conv2d", CONV2D_CASES[1:])):
         spec = load_spec(name)
-        results = run_products(op, cases, 2, provider, config=config, direct=False)
-        check_products(op, spec, None, cases, results, 2, provider, None, "composed_local")
+        results = run_products(op, cases, matrix, config=config, direct=False)
+        check_products(op, spec, None, cases, results, 2, matrix.provider, None,
+                       "composed_local")
 
 
 def matmul_shape_sizes(xs, ys, kw) -> dict:
@@ -523,10 +469,10 @@ MATMUL_CASES = [(randn(60, 3, 4, scale=2.0), randn(61, 4, 5, scale=2.0), {}),
                 (randn(68, 2, 3, 6), randn(69, 6), {})]  # batched matrix @ vector
 
 
-@pytest.mark.parametrize("n,provider", N_PROVIDERS, ids=IDS)
-def test_beaver_matmul(n, provider):
+def test_beaver_matmul(inproc_matrix):
+    n, provider = inproc_matrix.n, inproc_matrix.provider
     spec = load_spec("beaver_matmul")
-    results = run_products("matmul", MATMUL_CASES, n, provider)
+    results = run_products("matmul", MATMUL_CASES, inproc_matrix)
     check_products("matmul", spec, spec["sizes"], MATMUL_CASES, results, n, provider,
                    matmul_shape_sizes)
 
@@ -556,12 +502,12 @@ CONV1D_CASES = [(randn(76, 2, 3, 9), randn(77, 4, 3, 3), conv_kwargs(2, 1, 1, 1)
                 (randn(78, 1, 4, 10), randn(79, 4, 2, 3), conv_kwargs(1, 2, 2, 2))]
 
 
-@pytest.mark.parametrize("n,provider", N_PROVIDERS, ids=IDS)
-def test_beaver_conv(n, provider):
+def test_beaver_conv(inproc_matrix):
+    n, provider = inproc_matrix.n, inproc_matrix.provider
     spec = load_spec("beaver_conv")
     for op, cases, shape_sizes in (("conv2d", CONV2D_CASES, conv2d_shape_sizes),
                                    ("conv1d", CONV1D_CASES, conv1d_shape_sizes)):
-        results = run_products(op, cases, n, provider)
+        results = run_products(op, cases, inproc_matrix)
         check_products(op, spec, spec["sizes"][op], cases, results, n, provider, shape_sizes)
 
 
@@ -577,7 +523,7 @@ def test_conv_bias_is_free():
         return stats, out.decrypt()
 
     want = F.conv2d(rounded(a), rounded(w), rounded(bias), **kw)
-    for rank, (stats, value) in enumerate(run(party, n, provider)):
+    for rank, (stats, value) in enumerate(mpc.run(party, world_size=n, provider=provider)):
         assert_costs(stats, spec["composed"], "conv2d with a private bias", n=n, rank=rank,
                      provider=provider, **dict(product_sizes("conv2d", a.shape, w.shape, want.shape, kw),
                                                triple_request_bytes=user_triple_request_bytes(
@@ -598,10 +544,11 @@ def tcp_party(a, b, t):
     return out
 
 
-@pytest.mark.parametrize("n,provider", [(2, "tfp"), (3, "dealer")], ids=["n2-tfp", "n3-dealer"])
-def test_tcp_counts_the_same(n, provider):
+@on_matrix((2, "tcp", "tfp"), (3, "tcp", "dealer"))
+def test_tcp_counts_the_same(matrix):
+    n, provider = matrix.n, matrix.provider
     a, b, t = MATMUL_CASES[1][0], MATMUL_CASES[1][1], randn(90, 2, 3)
-    results = mpc.run(tcp_party, world_size=n, backend="tcp", provider=provider, args=(a, b, t))
+    results = matrix.run(tcp_party, args=(a, b, t))
     want = rounded(a) @ rounded(b)
     enc, mm, rv = load_spec("input_sharing"), load_spec("beaver_matmul"), load_spec("reveal")
     for rank, out in enumerate(results):
