@@ -9,27 +9,33 @@ interpreter (default .venv-crypten/bin/python; recipe in benchmarks/README.md):
 For each world size it starts one process per party (this file with --party, env RANK,
 WORLD_SIZE, MASTER_ADDR/PORT, RENDEZVOUS=env://, one torch thread, OMP_NUM_THREADS=1),
 each of which applies benchmarks/crypten_compat.py, crypten.init() with the
-communicator's counters on, and runs every row as ours does: inputs from
-benchmarks/suite.py (the same seeded tensors), input i private to party i % 2, the model
-to party 0 and the data to party 1, a barrier, counters reset, party 0 times one
-warm-up and --repeats runs with perf_counter. Training steps: forward, CrossEntropyLoss,
-backward, update_parameters(0.1). Loopback only (profile lan).
+communicator's counters on, and runs every row as ours does: inputs, operations and
+torch models from benchmarks/rows.py (the same seeded tensors), input i private to
+party i % 2, the model to party 0 and the data to party 1, then common.timed: a
+barrier, counters reset, one warm-up and --repeats runs timed with perf_counter.
+Training steps: forward, CrossEntropyLoss, backward, update_parameters(rows.LR).
+Loopback only (profile lan).
+
+Inside CrypTen's virtualenv there is no mpc_ml: this file and what it imports
+(crypten_compat.py, rows.py, common.py) import torch and the standard library only
+(tests/test_bench_imports.py holds this).
 """
 from __future__ import annotations
 
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import common  # noqa: E402  (benchmarks/common.py: torch and the standard library only)
+import rows  # noqa: E402  (benchmarks/rows.py: the rows' inputs and models, torch only)
 
 
-def run_from_suite(python: str, rows, parties, quick: bool, repeats: int,
+def run_from_suite(python: str, names, parties, quick: bool, repeats: int,
                    timeout_s: float = 3600):
     """(results keyed 'row/parties', None) or (None, why it did not run)."""
     if not Path(python).exists():
@@ -38,7 +44,7 @@ def run_from_suite(python: str, rows, parties, quick: bool, repeats: int,
     import tempfile
     with tempfile.TemporaryDirectory(prefix="mpcb-crypten-") as tmp:
         out = Path(tmp, "crypten.json")
-        cmd = [python, str(Path(__file__)), "--rows", *rows, "--parties", *map(str, parties),
+        cmd = [python, str(Path(__file__)), "--rows", *names, "--parties", *map(str, parties),
                "--repeats", str(repeats), "--out", str(out)] + (["--quick"] if quick else [])
         print("running CrypTen 0.4.1: " + " ".join(cmd[1:]), file=sys.stderr)
         try:
@@ -54,18 +60,6 @@ def run_from_suite(python: str, rows, parties, quick: bool, repeats: int,
 
 
 # -- inside the CrypTen interpreter ---------------------------------------------------------
-def _op_fn(name: str):
-    fams = {"mul": lambda a, b: a * b, "matmul": lambda a, b: a.matmul(b),
-            "conv2d": lambda x, w: x.conv2d(w, padding=1), "relu": lambda x: x.relu(),
-            "max": lambda x: x.max(dim=-1)[0], "softmax": lambda x: x.softmax(-1),
-            "sigmoid": lambda x: x.sigmoid(), "reciprocal": lambda x: x.reciprocal(),
-            "exp": lambda x: x.exp()}
-    for fam in sorted(fams, key=len, reverse=True):
-        if name.startswith(fam):
-            return fams[fam]
-    raise KeyError(name)
-
-
 def party(spec_path: str) -> None:
     import crypten_compat
     crypten_compat.apply()
@@ -75,9 +69,6 @@ def party(spec_path: str) -> None:
     import crypten.communicator as comm
     from crypten.config import cfg
 
-    sys.path.insert(0, str(HERE))
-    import suite  # noqa: E402  (our rows: same inputs, same torch models)
-
     spec = json.loads(Path(spec_path).read_text())
     cfg.communicator.verbose = True
     crypten.init()
@@ -86,7 +77,7 @@ def party(spec_path: str) -> None:
     results, failed = {}, []
     for name in spec["rows"]:
         try:
-            results[name] = _row(name, spec, rank, token, crypten, comm, torch, suite)
+            results[name] = _row(name, spec, token, crypten, comm)
         except Exception as e:  # one unsupported row must not lose the others
             failed.append(f"{name}: {type(e).__name__}: {e}"[:300])
             token.get_plain_text()
@@ -94,15 +85,16 @@ def party(spec_path: str) -> None:
         json.dumps({"rows": results, "failed": failed}))
 
 
-def _row(name, spec, rank, token, crypten, comm, torch, suite):
+def _row(name, spec, token, crypten, comm):
+    """One row as ours runs it (rows.py: the same inputs, operation and torch model)."""
     quick, repeats = spec["quick"], spec["repeats"]
-    inputs = suite.row_inputs(name, quick)
-    if suite.row_kind(name) == "op":
+    inputs = rows.inputs(name, quick)
+    if rows.kind(name) == "op":
         xs = [crypten.cryptensor(t, src=i % 2) for i, t in enumerate(inputs)]
-        fn = _op_fn(name)
-        run = lambda: fn(*xs)  # noqa: E731
+        private = rows.ALL_OPS[name].private  # torch-like methods: CrypTen's tensors have them
+        run = lambda: private(*xs)  # noqa: E731
     else:
-        row = suite.bench_models.ROWS_BY_NAME[name]
+        row = rows.ALL_MODELS[name]
         torch_model = row.build(quick)
         model = crypten.nn.from_pytorch(torch_model, inputs[0])
         model.encrypt(src=0)
@@ -116,7 +108,7 @@ def _row(name, spec, rank, token, crypten, comm, torch, suite):
                 model.zero_grad()
                 loss = loss_fn(model(x), y)
                 loss.backward()
-                model.update_parameters(0.1)
+                model.update_parameters(rows.LR)
                 return loss
         else:
             model.eval()
@@ -124,17 +116,9 @@ def _row(name, spec, rank, token, crypten, comm, torch, suite):
             def run():
                 with crypten.no_grad():
                     return model(x)
-        del F
-    times, stats = [], {}
-    for rep in range(repeats + 1):
-        token.get_plain_text()  # barrier
-        comm.get().reset_communication_stats()
-        start = time.perf_counter()
-        run()
-        elapsed = time.perf_counter() - start
-        stats = dict(comm.get().get_communication_stats())
-        if rep:
-            times.append(elapsed)
+    times, stats, _ = common.timed(run, repeats, token.get_plain_text,
+                                   comm.get().reset_communication_stats,
+                                   lambda: dict(comm.get().get_communication_stats()))
     return {"times_s": times, "rounds": int(stats.get("rounds", 0)),
             "bytes": int(stats.get("bytes", 0))}
 
@@ -149,16 +133,13 @@ def main(argv) -> None:
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
     import tempfile
-    rows, failed = {}, []
+    results, failed = {}, []
     for n in args.parties:
         with tempfile.TemporaryDirectory(prefix="mpcb-crypten-job-") as tmp:
             spec = Path(tmp, "spec.json")
             spec.write_text(json.dumps({"rows": args.rows, "quick": args.quick,
                                         "repeats": args.repeats, "out_dir": tmp}))
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-            s.close()
+            (port,) = common.free_ports(1)
             env = dict(os.environ, WORLD_SIZE=str(n), MASTER_ADDR="127.0.0.1",
                        MASTER_PORT=str(port), RENDEZVOUS="env://", OMP_NUM_THREADS="1")
             procs = [subprocess.Popen([sys.executable, __file__, "--party", str(spec)],
@@ -171,11 +152,11 @@ def main(argv) -> None:
             failed += [f"n={n} {f}" for f in per[0]["failed"]]
             for name, r0 in per[0]["rows"].items():
                 parts = [pr["rows"][name] for pr in per]
-                rows[f"{name}/{n}"] = {
+                results[f"{name}/{n}"] = {
                     "median_s": statistics.median(r0["times_s"]), "times_s": r0["times_s"],
                     "rounds": [pt["rounds"] for pt in parts],
                     "bytes_sent": [pt["bytes"] for pt in parts]}
-    Path(args.out).write_text(json.dumps({"rows": rows, "failed": failed}))
+    Path(args.out).write_text(json.dumps({"rows": results, "failed": failed}))
 
 
 if __name__ == "__main__":

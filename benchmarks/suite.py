@@ -16,9 +16,10 @@ for latency, benchmarks/netdelay.py). At the start of each job parties 0 and 1 m
 the achieved RTT (TCP ping-pong of one value) and bandwidth (a bulk transfer) over the
 library's own links, which the suite prints.
 
-Rows reuse benchmarks/ops.py and benchmarks/models.py (their Op/ModelRow entries and
-their party loops: a barrier, reset counters, party 0 times with perf_counter, one
-warm-up then --repeats timed runs). Per row: median and spread (min, quartiles, max) of
+Rows are those of benchmarks/rows.py (ops.py's and models.py's, and the suite's own
+max1e5 and lenet5_step), run by the party loops of ops.py and models.py (common.timed: a
+barrier, reset counters, party 0 times with perf_counter, one warm-up then --repeats
+timed runs). Per row: median and spread (min, quartiles, max) of
 party 0's wall time, rounds, bytes sent per party, peak RSS per party (VmHWM, reset
 before the row), plaintext torch time (one thread) and the ratio; for shaped profiles a
 predicted time (rounds x latency + bytes / bandwidth + the lan row's compute); for op
@@ -48,57 +49,26 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 
+import common  # noqa: E402  (benchmarks/common.py)
 import costmodel  # noqa: E402
 import models as bench_models  # noqa: E402
 import ops as bench_ops  # noqa: E402
-from ops import MB, Op, _fmt, machine_info, uniform  # noqa: E402
+import rows as bench_rows  # noqa: E402  (every row's inputs, ours and CrypTen's)
+from common import MB, fmt  # noqa: E402
 
 import mpc_ml as mpc  # noqa: E402
 
 # -- rows ---------------------------------------------------------------------------------
-# Rows the older scripts lack are registered into their tables (here, so that the worker
-# processes, which import this module, see them too).
-if "max1e5" not in bench_ops.OPS_BY_NAME:
-    for _op in (Op("max1e5", uniform(-10, 10, (10**4, 10)), uniform(-10, 10, (100, 10)),
-                   lambda x: x.max(-1)[0], lambda x: x.max(-1)[0], size="1e5",
-                   truncations=("exact",), err_bound=2.0 ** -16),):
-        bench_ops.OPS.append(_op)
-        bench_ops.OPS_BY_NAME[_op.name] = _op
-
-
-def _images_with_targets(n: int, classes: int = 10):
-    def make() -> tuple:
-        g = torch.Generator().manual_seed(0)
-        x = torch.rand(n, 1, 28, 28, generator=g)
-        return x, F.one_hot(torch.randint(classes, (n,), generator=g), classes).float()
-    return make
-
-
-if "lenet5_step" not in bench_models.ROWS_BY_NAME:
-    _row = bench_models.ModelRow("lenet5_step", "LeNet-5, SGD step", bench_models._lenet5,
-                                 _images_with_targets(128), _images_with_targets(8), train=True)
-    bench_models.ROWS.append(_row)
-    bench_models.ROWS_BY_NAME[_row.name] = _row
-
+# The rows of ops.py and models.py, and the suite's own (rows.SUITE_OPS: max1e5,
+# rows.SUITE_MODELS: lenet5_step); all of them are in rows.ALL_OPS / rows.ALL_MODELS.
 OP_ROWS = ["mul1e6", "matmul256", "matmul1024", "conv2d", "relu1e5", "max1e5", "softmax1e5",
            "sigmoid1e5", "reciprocal1e5", "exp1e5"]
 MODEL_ROWS = ["lenet5_b1", "lenet5_b32", "resnet18", "mlp_step", "lenet5_step"]
 PROFILE_NAMES = ["lan", "lan1g", "wan400", "wan100"]
-PROVIDERS = ["tfp", "dealer"]
+PROVIDERS = list(common.PROVIDERS)
 PARTIES = [2, 3]
 PORT = 29400
-
-
-def row_kind(name: str) -> str:
-    return "op" if name in bench_ops.OPS_BY_NAME else "model"
-
-
-def row_inputs(name: str, quick: bool) -> tuple:
-    if row_kind(name) == "op":
-        return bench_ops.inputs_of(bench_ops.OPS_BY_NAME[name], quick)
-    return bench_models.ROWS_BY_NAME[name].inputs(quick)
 
 
 # -- inside a party -------------------------------------------------------------------------
@@ -132,28 +102,23 @@ def _probe(bulk_bytes: int) -> dict | None:
         return None
     peer = 1 - rank
     one = torch.zeros(1, dtype=torch.int64)
-    rtts = []
-    for _ in range(12):
+
+    def round_trip(message: torch.Tensor) -> float:
+        """Seconds for party 0 to send message and get one value back from party 1."""
         start = time.perf_counter()
         if rank == 0:
-            comm.send(one, peer)
+            comm.send(message, peer)
             comm.recv(peer)
         else:
             comm.recv(peer)
             comm.send(one, peer)
-        rtts.append(time.perf_counter() - start)
+        return time.perf_counter() - start
+
+    rtts = [round_trip(one) for _ in range(12)]
     rtt = statistics.median(rtts[2:])
     rates = []
     for size in (bulk_bytes // 4, bulk_bytes, bulk_bytes):  # the first warms the window up
-        block = torch.zeros(size // 8, dtype=torch.int64)
-        start = time.perf_counter()
-        if rank == 0:
-            comm.send(block, peer)
-            comm.recv(peer)
-        else:
-            comm.recv(peer)
-            comm.send(one, peer)
-        elapsed = time.perf_counter() - start
+        elapsed = round_trip(torch.zeros(size // 8, dtype=torch.int64))
         rates.append(8 * size / max(elapsed - rtt, 1e-6))
     return {"rtt_s": rtt, "rtt_samples_s": rtts, "bandwidth_bit_s": statistics.median(rates[1:]),
             "bulk_bytes": bulk_bytes}
@@ -171,7 +136,7 @@ def worker(spec_path: str) -> None:
     rows = []
     for name in spec["rows"]:
         _reset_peak()
-        if row_kind(name) == "op":
+        if bench_rows.kind(name) == "op":
             out = bench_ops._party([name], spec["quick"], spec["repeats"])[0]
         else:
             out = bench_models._party([name], spec["quick"], spec["repeats"], False)[0]
@@ -193,20 +158,6 @@ def dealer_worker(listen: str, nparties: int) -> None:
 
 
 # -- in the parent ----------------------------------------------------------------------------
-def _free_port_addrs(count: int) -> list[str]:
-    """Loopback addresses with ports free right now (the OS picks them)."""
-    import socket
-    socks = []
-    for _ in range(count):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        socks.append(s)
-    addrs = [f"127.0.0.1:{s.getsockname()[1]}" for s in socks]
-    for s in socks:
-        s.close()
-    return addrs
-
-
 def _wait_all(procs: dict, grace_s: float) -> int:
     """Wait for every process; once one fails the rest get grace_s, then are killed.
     Returns the first failure's exit code (1 for a signal), or 0."""
@@ -239,7 +190,7 @@ def run_job(profile, parties: int, provider: str, rows: list[str], quick: bool, 
     """One set of processes (parties and maybe a dealer) running every row."""
     nodes = parties + (provider == "dealer")
     if net is None:
-        addrs = _free_port_addrs(nodes)
+        addrs = [f"127.0.0.1:{port}" for port in common.free_ports(nodes)]
         prefixes = [[] for _ in range(nodes)]
     else:
         addrs = [f"{net.addr[i]}:{PORT}" for i in range(nodes)]
@@ -288,38 +239,32 @@ def job_rows(profile, parties: int, provider: str, per_rank: dict, quick: bool) 
         parts = [per_rank[r]["rows"][i] for r in range(parties)]
         stats = [p["stats"] for p in parts]
         times = parts[0]["times_s"]
+        kind = bench_rows.kind(name)
         out.append({
-            "name": name, "kind": row_kind(name), "profile": profile.name, "parties": parties,
+            "name": name, "kind": kind, "profile": profile.name, "parties": parties,
             "provider": provider, "times_s": times, "median_s": statistics.median(times),
             "min_s": min(times), "max_s": max(times), "q1_s": _quantile(times, 0.25),
             "q3_s": _quantile(times, 0.75),
-            "rounds": [s["rounds"] for s in stats],
-            "messages": [s["messages"] for s in stats],
-            "bytes_sent": [s["bytes_sent"] for s in stats],
-            "bytes_received": [s["bytes_received"] for s in stats],
-            "dealer_bytes": sum(s.get("dealer_bytes_sent", 0) + s.get("dealer_bytes_received", 0)
-                                for s in stats),
+            **common.traffic(stats),
             "peak_rss_bytes": [p["peak_rss_bytes"] for p in parts],
             "max_abs_err": parts[0]["max_abs_err"],
             "max_scaled_err": parts[0].get("max_scaled_err"),
-            "err_bound": bench_ops.OPS_BY_NAME[name].err_bound if row_kind(name) == "op"
+            "err_bound": bench_ops.err_bound(bench_rows.ALL_OPS[name]) if kind == "op"
             else bench_models.ERR_BOUND,
-            "shapes": [list(t.shape) for t in row_inputs(name, quick)],
+            "shapes": [list(t.shape) for t in bench_rows.inputs(name, quick)],
         })
     return out
 
 
 def time_plain(name: str, quick: bool, repeats: int) -> float:
-    if row_kind(name) == "op":
-        return bench_ops.time_plain(bench_ops.OPS_BY_NAME[name], quick, max(3, repeats))
-    return bench_models.time_plain(bench_models.ROWS_BY_NAME[name], quick, max(3, repeats))
+    return common.time_plain(*bench_rows.plain(name, quick), max(3, repeats))
 
 
 # -- cost model --------------------------------------------------------------------------------
 def spec_cost(name: str, parties: int, quick: bool) -> dict | None:
     """Rounds and bytes sent per party that protocols/ predicts for an op row (None for
     the model rows: no whole-model spec)."""
-    return costmodel.predict(name, row_inputs(name, quick), parties)
+    return costmodel.predict(name, bench_rows.inputs(name, quick), parties)
 
 
 def predicted_time(row: dict, lan_row: dict | None, probe: dict | None, profile) -> dict | None:
@@ -350,24 +295,25 @@ def markdown(report: dict) -> str:
             "plain ms", "ratio", "rounds", "MB sent per party", "peak MB per party",
             "spec check (rounds, bytes sent)", "pred ms (r*RTT/2)", "pred ms (r*RTT)",
             "CrypTen ms", "CrypTen rounds", "CrypTen MB sent per party", "ours/CrypTen"]
-    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    cells = []
     for r in report["rows"]:
         pred = r.get("predicted") or {}
         cr = r.get("crypten") or {}
         spread = "/".join(f"{1e3 * r[k]:.3g}" for k in ("min_s", "q1_s", "q3_s", "max_s"))
-        lines.append("| " + " | ".join([
+        cells.append([
             r["name"], r["profile"], str(r["parties"]), r["provider"],
-            f"{1e3 * r['median_s']:.4g}", spread, _fmt(1e3 * r["plain_median_s"], ".3g"),
-            _fmt(r["ratio"], ".3g"), bench_ops._per_party(r["rounds"]),
+            f"{1e3 * r['median_s']:.4g}", spread, fmt(1e3 * r["plain_median_s"], ".3g"),
+            fmt(r["ratio"], ".3g"), common.per_party(r["rounds"]),
             "/".join(f"{b / MB:.3g}" for b in r["bytes_sent"]),
             "/".join(f"{b / 2**20:.0f}" for b in r["peak_rss_bytes"]),
             r.get("spec_check", "-"),
-            _fmt(pred.get("one_way_s") and 1e3 * pred["one_way_s"], ".4g"),
-            _fmt(pred.get("issue_formula_s") and 1e3 * pred["issue_formula_s"], ".4g"),
-            _fmt(cr.get("median_s") and 1e3 * cr["median_s"], ".4g"),
-            bench_ops._per_party(cr["rounds"]) if cr else "-",
+            fmt(pred.get("one_way_s") and 1e3 * pred["one_way_s"], ".4g"),
+            fmt(pred.get("issue_formula_s") and 1e3 * pred["issue_formula_s"], ".4g"),
+            fmt(cr.get("median_s") and 1e3 * cr["median_s"], ".4g"),
+            common.per_party(cr["rounds"]) if cr else "-",
             "/".join(f"{b / MB:.3g}" for b in cr["bytes_sent"]) if cr else "-",
-            _fmt(r.get("vs_crypten"), ".3g")]) + " |")
+            fmt(r.get("vs_crypten"), ".3g")])
+    lines.append(common.markdown_table(head, cells))
     return "\n".join(lines)
 
 
@@ -377,6 +323,16 @@ def plots(report: dict, out_dir: Path) -> list[str]:
     import matplotlib.pyplot as plt
 
     written = []
+
+    def save(fig, ax, ylabel: str, title: str, name: str) -> None:
+        ax.set_yscale("log")
+        ax.set_ylabel(ylabel)
+        ax.set_title(title)
+        fig.tight_layout()
+        fig.savefig(out_dir / name, dpi=110)
+        plt.close(fig)
+        written.append(str(out_dir / name))
+
     rows = report["rows"]
     names = list(dict.fromkeys(r["name"] for r in rows))
     configs = list(dict.fromkeys((r["profile"], r["parties"], r["provider"]) for r in rows))
@@ -389,14 +345,8 @@ def plots(report: dict, out_dir: Path) -> list[str]:
                label=f"{cfg[0]} n={cfg[1]} {cfg[2]}")
     ax.set_xticks([i + 0.4 - width / 2 for i in range(len(names))], names, rotation=45,
                   ha="right")
-    ax.set_yscale("log")
-    ax.set_ylabel("median wall time (s)")
-    ax.set_title("time per row per profile")
     ax.legend(fontsize=6, ncol=2)
-    fig.tight_layout()
-    fig.savefig(out_dir / "time_per_profile.png", dpi=110)
-    plt.close(fig)
-    written.append(str(out_dir / "time_per_profile.png"))
+    save(fig, ax, "median wall time (s)", "time per row per profile", "time_per_profile.png")
     paired = [r for r in rows if r.get("vs_crypten")]
     if paired:
         fig, ax = plt.subplots(figsize=(max(8, len(paired) * 0.5), 5))
@@ -404,22 +354,15 @@ def plots(report: dict, out_dir: Path) -> list[str]:
         ax.bar(range(len(paired)), [r["vs_crypten"] for r in paired])
         ax.axhline(1.0, color="k", lw=0.8)
         ax.set_xticks(range(len(paired)), labels, rotation=60, ha="right", fontsize=6)
-        ax.set_yscale("log")
-        ax.set_ylabel("our time / CrypTen's time")
-        ax.set_title("ours vs CrypTen 0.4.1 (below 1: ours faster)")
-        fig.tight_layout()
-        fig.savefig(out_dir / "vs_crypten.png", dpi=110)
-        plt.close(fig)
-        written.append(str(out_dir / "vs_crypten.png"))
+        save(fig, ax, "our time / CrypTen's time", "ours vs CrypTen 0.4.1 (below 1: ours faster)",
+             "vs_crypten.png")
     return written
 
 
 # -- main ----------------------------------------------------------------------------------------
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true",
-                   help="small sizes, 1 repeat, profile lan only unless --profiles")
-    p.add_argument("--repeats", type=int, default=None, help="timed runs per row (default 5; 1 quick)")
+    common.add_quick_and_repeats(p, "small sizes, 1 repeat, profile lan only unless --profiles")
     p.add_argument("--ops", nargs="*", default=None, metavar="ROW", help=", ".join(OP_ROWS))
     p.add_argument("--models", nargs="*", default=None, metavar="ROW", help=", ".join(MODEL_ROWS))
     p.add_argument("--parties", nargs="+", type=int, default=PARTIES)
@@ -430,15 +373,13 @@ def parse_args(argv):
         "MPC_CRYPTEN_PYTHON", str(ROOT / ".venv-crypten" / "bin" / "python")),
         help="interpreter with CrypTen 0.4.1 (default .venv-crypten, see README)")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "suite")
-    args = p.parse_args(argv)
-    if args.repeats is None:
-        args.repeats = 1 if args.quick else 5
+    args = common.parse(p, argv)
     if args.profiles is None:
         args.profiles = ["lan"] if args.quick else PROFILE_NAMES
     args.ops = OP_ROWS if args.ops is None else args.ops
     args.models = MODEL_ROWS if args.models is None else args.models
     for name in args.ops + args.models:
-        if name not in bench_ops.OPS_BY_NAME and name not in bench_models.ROWS_BY_NAME:
+        if name not in bench_rows.ALL_OPS and name not in bench_rows.ALL_MODELS:
             p.error(f"unknown row {name!r}")
     return args
 
@@ -449,7 +390,7 @@ def main(argv=None) -> dict:
 
     args = parse_args(sys.argv[1:] if argv is None else argv)
     rows_wanted = args.ops + args.models
-    info = machine_info()
+    info = common.machine_info(mpc.__version__)
     notes = []
     profiles = [netns.PROFILES[n] for n in args.profiles]
     shaped = [p for p in profiles if p.name != "lan"]
@@ -513,7 +454,7 @@ def main(argv=None) -> dict:
         ref = (crypten or {}).get(f"{r['name']}/{r['parties']}") if r["profile"] == "lan" else None
         r["crypten"] = ref
         r["vs_crypten"] = r["median_s"] / ref["median_s"] if ref else None
-    info["loadavg_end"] = list(os.getloadavg())
+    info["loadavg_end"] = common.loadavg()
     report = {"benchmark": "suite", "command": "mpc-ml bench " + " ".join(
         sys.argv[1:] if argv is None else argv), "quick": args.quick, "repeats": args.repeats,
         "backend": "tcp", "threads_per_party": 1, "machine": info,

@@ -29,7 +29,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -42,6 +41,9 @@ import mpc_ml as mpc
 from mpc_ml.comm import tcp
 from mpc_ml.comm.tls import TLSConfig, make_certificates
 from mpc_ml.launch import tcp_session
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402  (benchmarks/common.py: the timing loop, the table writer, git)
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = mpc.Config(connect_timeout_s=30, comm_timeout_s=120)
@@ -74,20 +76,13 @@ def _party(quick: bool, repeats: int) -> dict:
                     for i, t in enumerate(plain)]
         else:
             payload = torch.randint(-2 ** 62, 2 ** 62, shapes[0], generator=g)
-        times, sent = [], 0
-        for i in range(repeats + 1):
-            token.decrypt()  # barrier: both parties start together
-            mpc.reset_stats()
-            start = time.perf_counter()
-            if op is not None:
-                op(*args)
-            else:
-                comm.exchange({other: payload}, [other])
-            elapsed = time.perf_counter() - start
-            sent = mpc.stats()["bytes_sent"]
-            if i:  # the first run is a warm-up
-                times.append(elapsed)
-        out[name] = {"times": times if me == 0 else [], "mb_sent": sent / 1e6}
+        if op is not None:
+            run = lambda: op(*args)  # noqa: E731
+        else:
+            run = lambda: comm.exchange({other: payload}, [other])  # noqa: E731
+        # a warm-up, then the timed runs, each after a barrier (both parties start together)
+        times, stats, _ = common.timed(run, repeats, token.decrypt, mpc.reset_stats, mpc.stats)
+        out[name] = {"times": times if me == 0 else [], "mb_sent": stats["bytes_sent"] / 1e6}
     return out
 
 
@@ -161,19 +156,15 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n2 parties over tcp on loopback, provider {args.provider}, one torch thread each; "
           f"median of {repeats * args.runs} timed runs per configuration; "
           f"load average {load and round(load[0], 2)}\n")
-    print("| operation | MB sent per party | plain tcp ms | TLS 1.3 ms | TLS / plain "
-          "| fastest: plain / TLS ms | fastest: TLS / plain |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
-    for r in rows:
-        mbs = "" if r["mb_sent_per_party"] is None else f"{r['mb_sent_per_party']:.1f}"
-        print(f"| {r['op']} | {mbs} | {r['tcp_ms']:.1f} | {r['tls_ms']:.1f} | {r['ratio']:.2f} "
-              f"| {r['best_tcp_ms']:.1f} / {r['best_tls_ms']:.1f} | {r['best_ratio']:.2f} |")
+    head = ["operation", "MB sent per party", "plain tcp ms", "TLS 1.3 ms", "TLS / plain",
+            "fastest: plain / TLS ms", "fastest: TLS / plain"]
+    cells = [[r["op"], "" if r["mb_sent_per_party"] is None else f"{r['mb_sent_per_party']:.1f}",
+              f"{r['tcp_ms']:.1f}", f"{r['tls_ms']:.1f}", f"{r['ratio']:.2f}",
+              f"{r['best_tcp_ms']:.1f} / {r['best_tls_ms']:.1f}", f"{r['best_ratio']:.2f}"]
+             for r in rows]
+    print(common.markdown_table(head, cells, align="lrrrrrr"))
 
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
-                                text=True).stdout.strip()
-    except OSError:
-        commit = None
+    commit = common.git("rev-parse", "HEAD")
     import ssl
 
     result = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(),

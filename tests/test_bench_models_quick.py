@@ -9,6 +9,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "benchmarks" / "models.py"
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 
 @pytest.fixture(scope="module")
@@ -53,11 +54,13 @@ def test_bench_models_quick(tmp_path, models):
 
 
 def test_models_and_options(models):
+    import rows  # benchmarks/rows.py: the torch models
+
     # the architectures the issue names, at full size (parameter counts of LeNet-5 and
     # of the CIFAR-style ResNet-18 with 10 classes)
-    assert sum(p.numel() for p in models.LeNet5().parameters()) == 61706
-    assert sum(p.numel() for p in models.ResNet18().parameters()) == 11173962
-    resnet = models._resnet18(True)
+    assert sum(p.numel() for p in rows.LeNet5().parameters()) == 61706
+    assert sum(p.numel() for p in rows.ResNet18().parameters()) == 11173962
+    resnet = rows.resnet18(True)
     assert not resnet.training
     assert any(float((m.running_var - 1).abs().max()) > 0.05 for m in resnet.modules()
                if hasattr(m, "running_var"))

@@ -46,10 +46,12 @@ def test_bench_quick(tmp_path, ops):
         assert r["elements"] == math.prod(r["shapes"][0]), where
         assert r["bytes_per_elem"] == max(r["bytes_sent"]) / r["elements"], where
         assert min(r["rounds"]) >= 1, where
-        if op.err_bound is None:
+        bound = ops.err_bound(op)
+        assert r["err_bound"] == bound, where
+        if bound is None:
             assert r["max_abs_err"] < 1e-2, where
-        else:  # within the function's stated bound (mpc_ml/functions.py)
-            assert r["max_scaled_err"] <= op.err_bound, where
+        else:  # within the function's bound (ERROR_BOUNDS, mpc_ml/primitives/approximations.py)
+            assert r["max_scaled_err"] <= bound, where
         assert r["max_scaled_err"] <= r["max_abs_err"], where
         assert (r["dealer_bytes"] > 0) == (r["provider"] == "dealer"), where
         assert r["crypten"] is None and r["aim"] is None and r["aim_missed"] is None, where
@@ -73,6 +75,16 @@ def test_row_selection(ops):
         with pytest.raises(SystemExit):
             ops.parse_args(bad)
     assert all(name in ops.OPS_BY_NAME for name in list(ops.CRYPTEN) + list(ops.AIMS))
+
+
+def test_err_bounds_come_from_error_bounds(ops):
+    from mpc_ml.primitives.approximations import ERROR_BOUNDS
+
+    bounds = {op.family: ops.err_bound(op) for op in ops.OPS}
+    for family in ("sigmoid", "exp", "reciprocal", "softmax"):
+        assert bounds[family] == ERROR_BOUNDS[family].tolerance, family
+    assert bounds["relu"] == 2.0 ** -16  # exact but for the rounding to fixed point
+    assert bounds["matmul"] is bounds["mul"] is bounds["conv2d"] is None
 
 
 def test_aim_missed(ops):

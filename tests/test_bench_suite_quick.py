@@ -44,7 +44,7 @@ def test_bench_suite_quick(tmp_path):
         assert min(r["rounds"]) >= 1 and min(r["bytes_sent"]) > 0, where
         assert sum(r["bytes_sent"]) == sum(r["bytes_received"]), where
         assert all(50 << 20 < m < 8 << 30 for m in r["peak_rss_bytes"]), where
-        if r["max_scaled_err"] is not None:  # ops: |err| / max(1, |value|), functions.py
+        if r["max_scaled_err"] is not None:  # ops: |err| / max(1, |value|), ERROR_BOUNDS' form
             assert r["max_scaled_err"] <= (r["err_bound"] or 1e-2), where
         else:
             assert r["max_abs_err"] is not None and r["max_abs_err"] < 1e-2, where

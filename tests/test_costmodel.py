@@ -12,8 +12,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import costmodel  # noqa: E402
-import suite  # noqa: E402  (registers max1e5 and lenet5_step)
-from ops import OPS_BY_NAME, WORLD_SIZE  # noqa: E402
+import rows  # noqa: E402  (every row: ops.py's, models.py's and the suite's own)
+import suite  # noqa: E402
+from common import WORLD_SIZE  # noqa: E402
 
 
 def measure(names: list[str], n: int, provider: str) -> dict:
@@ -22,11 +23,11 @@ def measure(names: list[str], n: int, provider: str) -> dict:
         rank = mpc.rank()
         out = {}
         for name in names:
-            inputs = suite.row_inputs(name, quick=True)
+            inputs = rows.inputs(name, quick=True)
             xs = [mpc.encrypt(t if rank == i % WORLD_SIZE else None, src=i % WORLD_SIZE,
                               shape=t.shape) for i, t in enumerate(inputs)]
             mpc.reset_stats()
-            OPS_BY_NAME[name].private(*xs)
+            rows.ALL_OPS[name].private(*xs)
             s = mpc.stats()
             out[name] = (s["rounds"], s["bytes_sent"])
         return out
@@ -40,7 +41,7 @@ def test_every_op_row_has_a_spec():
     assert set(suite.OP_ROWS) <= set(costmodel.ROWS)
     for name in suite.OP_ROWS:
         for quick in (True, False):
-            spec = costmodel.predict(name, suite.row_inputs(name, quick), 3)
+            spec = costmodel.predict(name, rows.inputs(name, quick), 3)
             assert len(spec["rounds"]) == len(spec["bytes_sent"]) == 3, name
             assert min(spec["rounds"]) >= 1 and min(spec["bytes_sent"]) > 0, name
 
@@ -49,7 +50,7 @@ def test_every_op_row_has_a_spec():
 def test_spec_equals_measured_for_every_op_row(n, provider):
     measured = measure(suite.OP_ROWS, n, provider)
     for name in suite.OP_ROWS:
-        spec = costmodel.predict(name, suite.row_inputs(name, quick=True), n)
+        spec = costmodel.predict(name, rows.inputs(name, quick=True), n)
         rounds, sent = measured[name]
         assert costmodel.check(spec, rounds, sent) == (True, "equal"), (name, n, spec, rounds, sent)
 
