@@ -5,10 +5,12 @@ Parties run as threads (mpc.run, backend inproc, provider tfp, default Config). 
 function is evaluated on a fixed grid over its domain; the grid points are multiples of
 2^-16 (the fixed-point resolution), so the shared inputs are exactly the grid and the
 error is the function's own. Party 0 returns the decrypted results; errors are taken
-against torch in float64. Targets are per element:
+against torch in float64. Each function's target is its entry in the one table of
+error bounds, mpc_ml.primitives.approximations.ERROR_BOUNDS, per element:
 
-    abs c       |err| <= c
-    rel c       |err| <= c * max(1, |true|)   (relative above 1, absolute below)
+    c absolute             |err| <= c
+    c * max(1, |f(x)|)     |err| <= c * max(1, |true|)   (relative above 1, absolute below)
+    ... + c |x|            plus c times the input's magnitude
 
 and a row passes when every grid point meets its target. The exact operations (relu,
 comparisons, max/argmax, max_pool2d) are checked on --exact-n random inputs in
@@ -26,6 +28,7 @@ Exits 1 when a row misses its target.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import sys
 import time
@@ -36,7 +39,11 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-import mpc_ml as mpc
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402  (benchmarks/common.py: the Markdown table writer)
+
+import mpc_ml as mpc  # noqa: E402
+from mpc_ml.primitives.approximations import ERROR_BOUNDS, ErrorBound  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 UNIT = 2.0 ** -16  # fixed-point resolution at the default precision_bits
@@ -87,78 +94,60 @@ def quotient_inputs(n: int) -> tuple[torch.Tensor, torch.Tensor]:
     return x, y
 
 
+# x / y is x * reciprocal(y): the reciprocal's bound on the quotient, plus the 2^-16
+# resolution of 1/y scaled by |x|; its domain is the reciprocal's, for y.
+QUOTIENT_BOUND = dataclasses.replace(ERROR_BOUNDS["reciprocal"], method="x * reciprocal(y)",
+                                     per_input=UNIT)
+
+
 @dataclass
 class Row:
-    """One function on one domain: private op, torch op, target."""
+    """One function on one grid over (part of) its domain: private op, torch op, bound."""
 
-    name: str
-    domain: str
+    name: str  # the function: its key in ERROR_BOUNDS
+    domain: str  # what the grid covers
     make: Callable[[int], torch.Tensor | tuple]  # grid size -> input(s)
     private: Callable  # MPCTensor(s) -> MPCTensor
     plain: Callable  # float64 tensor(s) -> tensor
-    target: str  # the target as written in the table
-    bound: Callable  # (inputs, true values) -> per-element allowed error
     grid: str = "linear"
+    bound: ErrorBound | None = None  # default ERROR_BOUNDS[name]
+
+    def __post_init__(self):
+        if self.bound is None:
+            self.bound = ERROR_BOUNDS[self.name]
 
 
-def abs_bound(c: float):
-    return lambda inputs, true: torch.full_like(true, c)
-
-
-def rel_bound(c: float):
-    return lambda inputs, true: c * true.abs().clamp(min=1.0)
-
-
-def quotient_bound(inputs, true):
-    """The quotient inherits the reciprocal's 2^-16 resolution, scaled by |x|."""
-    x, _ = inputs
-    return 1e-3 * true.abs().clamp(min=1.0) + UNIT * x.abs()
-
-
-REL = "1e-3·max(1,|f|)"
 ROWS = [
-    Row("exp", "[-8, 8]", linear(-8, 8), lambda x: x.exp(), torch.exp, REL, rel_bound(1e-3)),
-    Row("reciprocal", "[0.1, 100]", linear(0.1, 100), lambda x: x.reciprocal(), torch.reciprocal,
-        REL, rel_bound(1e-3)),
+    Row("exp", "[-8, 8]", linear(-8, 8), lambda x: x.exp(), torch.exp),
+    Row("reciprocal", "[0.1, 100]", linear(0.1, 100), lambda x: x.reciprocal(), torch.reciprocal),
     Row("reciprocal", "±[2^-15, 2^45]", logspaced(-15, 45, alternate=True),
-        lambda x: x.reciprocal(), torch.reciprocal, REL, rel_bound(1e-3), "log, ± alternating"),
-    Row("sqrt", "[0.01, 100]", linear(0.01, 100), lambda x: x.sqrt(), torch.sqrt, REL,
-        rel_bound(1e-3)),
-    Row("sqrt", "[0, 2^45]", logspaced(-16, 45, zero=True), lambda x: x.sqrt(), torch.sqrt, REL,
-        rel_bound(1e-3), "log, and 0"),
-    Row("inv_sqrt", "[0.01, 100]", linear(0.01, 100), lambda x: x.inv_sqrt(), torch.rsqrt, REL,
-        rel_bound(1e-3)),
-    Row("inv_sqrt", "[2^-16, 2^45]", logspaced(-16, 45), lambda x: x.inv_sqrt(), torch.rsqrt, REL,
-        rel_bound(1e-3), "log"),
-    Row("log", "[0.01, 100]", linear(0.01, 100), lambda x: x.log(), torch.log, REL,
-        rel_bound(1e-3)),
-    Row("log", "[2^-16, 2^45]", logspaced(-16, 45), lambda x: x.log(), torch.log, REL,
-        rel_bound(1e-3), "log"),
-    Row("sigmoid", "[-10, 10]", linear(-10, 10), lambda x: x.sigmoid(), torch.sigmoid,
-        "1e-4 abs", abs_bound(1e-4)),
-    Row("sigmoid", "[-700, 700]", linear(-700, 700), lambda x: x.sigmoid(), torch.sigmoid,
-        "1e-4 abs", abs_bound(1e-4)),
-    Row("tanh", "[-10, 10]", linear(-10, 10), lambda x: x.tanh(), torch.tanh, "2e-4 abs",
-        abs_bound(2e-4)),
-    Row("tanh", "[-350, 350]", linear(-350, 350), lambda x: x.tanh(), torch.tanh, "2e-4 abs",
-        abs_bound(2e-4)),
-    Row("erf", "[-6, 6]", linear(-6, 6), lambda x: x.erf(), torch.erf, "2e-4 abs",
-        abs_bound(2e-4)),
-    Row("erf", "[-1e4, 1e4]", linear(-1e4, 1e4), lambda x: x.erf(), torch.erf, "2e-4 abs",
-        abs_bound(2e-4)),
-    Row("gelu", "[-6, 6]", linear(-6, 6), lambda x: x.gelu(), F.gelu, "1e-3 abs",
-        abs_bound(1e-3)),
+        lambda x: x.reciprocal(), torch.reciprocal, "log, ± alternating"),
+    Row("sqrt", "[0.01, 100]", linear(0.01, 100), lambda x: x.sqrt(), torch.sqrt),
+    Row("sqrt", "[0, 2^45]", logspaced(-16, 45, zero=True), lambda x: x.sqrt(), torch.sqrt,
+        "log, and 0"),
+    Row("inv_sqrt", "[0.01, 100]", linear(0.01, 100), lambda x: x.inv_sqrt(), torch.rsqrt),
+    Row("inv_sqrt", "[2^-16, 2^45]", logspaced(-16, 45), lambda x: x.inv_sqrt(), torch.rsqrt,
+        "log"),
+    Row("log", "[0.01, 100]", linear(0.01, 100), lambda x: x.log(), torch.log),
+    Row("log", "[2^-16, 2^45]", logspaced(-16, 45), lambda x: x.log(), torch.log, "log"),
+    Row("sigmoid", "[-10, 10]", linear(-10, 10), lambda x: x.sigmoid(), torch.sigmoid),
+    Row("sigmoid", "[-700, 700]", linear(-700, 700), lambda x: x.sigmoid(), torch.sigmoid),
+    Row("tanh", "[-10, 10]", linear(-10, 10), lambda x: x.tanh(), torch.tanh),
+    Row("tanh", "[-350, 350]", linear(-350, 350), lambda x: x.tanh(), torch.tanh),
+    Row("erf", "[-6, 6]", linear(-6, 6), lambda x: x.erf(), torch.erf),
+    Row("erf", "[-1e4, 1e4]", linear(-1e4, 1e4), lambda x: x.erf(), torch.erf),
+    Row("gelu", "[-6, 6]", linear(-6, 6), lambda x: x.gelu(), F.gelu),
     Row("softmax", "rows of 10, N(0, 5²)", logits(5.0), lambda x: x.softmax(-1),
-        lambda t: torch.softmax(t, -1), "1e-3 abs", abs_bound(1e-3), "random"),
+        lambda t: torch.softmax(t, -1), "random"),
     Row("softmax", "rows of 10, U(±350)", logits(-350.0), lambda x: x.softmax(-1),
-        lambda t: torch.softmax(t, -1), "1e-3 abs", abs_bound(1e-3), "random"),
+        lambda t: torch.softmax(t, -1), "random"),
     Row("log_softmax", "rows of 10, N(0, 5²)", logits(5.0), lambda x: x.log_softmax(-1),
-        lambda t: torch.log_softmax(t, -1), REL, rel_bound(1e-3), "random"),
+        lambda t: torch.log_softmax(t, -1), "random"),
     Row("x / y", "x ∈ [-100, 100], y ∈ [0.1, 100]", quotient_inputs, lambda x, y: x / y,
-        torch.div, "1e-3·max(1,|f|) + 2^-16·|x|", quotient_bound, "linear, y shuffled"),
+        torch.div, "linear, y shuffled", QUOTIENT_BOUND),
 ]
 
-# Results outside the domain as mpc_ml/functions.py documents them:
+# Results outside the domain as mpc_ml/primitives/approximations.py documents them:
 # (op, input, what the docs say, the value that implies or None where any value will do).
 OUT_OF_DOMAIN = [
     ("reciprocal", 0.0, "0", 0.0),
@@ -255,43 +244,38 @@ def exact_expected(n: int) -> dict:
 
 
 # -- report --------------------------------------------------------------------------------
-def cell(text: str) -> str:
-    """Text for a Markdown table cell (a bare | would end the cell)."""
-    return text.replace("|", "\\|")
-
-
 def fmt(v: float) -> str:
     return "0" if v == 0 else f"{v:.2e}"
 
 
-def function_rows(results: dict, points: int) -> tuple[list[str], bool]:
-    lines = ["| function | domain | grid | max abs err | mean abs err "
-             "| max err / max(1,\\|f\\|) | worst at | target | pass | rounds |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
-    ok = True
+def function_rows(results: dict, points: int) -> tuple[str, bool]:
+    head = ["function", "domain", "grid", "max abs err", "mean abs err", "max err / max(1,|f|)",
+            "worst at", "target", "pass", "rounds"]
+    cells, ok = [], True
     for row, (got, rounds) in zip(ROWS, results["rows"]):
         inputs = row.make(points)
         inputs = inputs if isinstance(inputs, tuple) else (inputs,)
         true = row.plain(*inputs)
         err = (got - true).abs()
-        over = err / row.bound(inputs, true)
+        over = err / row.bound.allowed(inputs[0], true)
         worst = int(over.argmax())
         at = ", ".join(f"{t.reshape(-1)[worst].item():.6g}" for t in inputs)
         if row.name.endswith("softmax"):
             at = f"row {worst // LOGIT_ROWS_OF}"
-        passed = bool((over <= 1).all())
+        # the bound holds on the domain: a grid must stay inside it (x / y: the divisor's)
+        inside = bool(row.bound.in_domain(inputs[-1]).all())
+        passed = inside and bool((over <= 1).all())
         ok &= passed
         rel = (err / true.abs().clamp(min=1.0)).max().item()
-        lines.append(f"| {row.name} | {row.domain} | {true.numel():,} {row.grid} | "
-                     f"{fmt(err.max().item())} | {fmt(err.mean().item())} | {fmt(rel)} | {at} | "
-                     f"{cell(row.target)} | {'pass' if passed else '**FAIL**'} | {rounds} |")
-    return lines, ok
+        verdict = "pass" if passed else "**FAIL**" if inside else "**FAIL** (grid outside the domain)"
+        cells.append([row.name, row.domain, f"{true.numel():,} {row.grid}", fmt(err.max().item()),
+                      fmt(err.mean().item()), fmt(rel), at, row.bound.describe(), verdict, rounds])
+    return common.markdown_table(head, cells), ok
 
 
-def exact_rows(results: dict, n: int) -> tuple[list[str], bool]:
-    lines = ["| op | inputs | compared | mismatches | near-ties left out | rounds |",
-             "|---|---|---|---|---|---|"]
-    ok = True
+def exact_rows(results: dict, n: int) -> tuple[str, bool]:
+    head = ["op", "inputs", "compared", "mismatches", "near-ties left out", "rounds"]
+    cells, ok = [], True
     for op, (expected, leave_out) in exact_expected(n).items():
         got, rounds = results[op]
         got = got.reshape(expected.shape)
@@ -305,22 +289,23 @@ def exact_rows(results: dict, n: int) -> tuple[list[str], bool]:
             what = f"x as a 1x4x{pool_side(n)}x{pool_side(n)} image, kernel 3, stride 2, padding 1"
         else:
             what = "rows of 10, dim 1 (ties: 1 row in 10 has its max twice, 1 its min twice)"
-        lines.append(f"| {op} | {what} | {expected.numel():,} | "
-                     f"{bad if bad == 0 else f'**{bad}**'} | {int(leave_out.sum())} | {rounds} |")
-    return lines, ok
+        cells.append([op, what, f"{expected.numel():,}", bad if bad == 0 else f"**{bad}**",
+                      int(leave_out.sum()), rounds])
+    return common.markdown_table(head, cells), ok
 
 
 def report(fn_results: dict, exact_results: dict, args, seconds: float) -> tuple[str, bool]:
     command = " ".join(["python", "benchmarks/accuracy.py", *sys.argv[1:]])
-    fn_lines, fn_ok = function_rows(fn_results, args.points)
-    ex_lines, ex_ok = exact_rows(exact_results, args.exact_n)
-    ood_lines = ["| op | x | result | documented | as documented |", "|---|---|---|---|---|"]
-    ood_ok = True
+    fn_table, fn_ok = function_rows(fn_results, args.points)
+    ex_table, ex_ok = exact_rows(exact_results, args.exact_n)
+    ood_cells, ood_ok = [], True
     for (op, x, doc, value), got in zip(OUT_OF_DOMAIN, fn_results["out_of_domain"]):
         agrees = value is None or abs(got - value) <= 1e-3 * max(1.0, abs(value))
         ood_ok &= agrees
-        ood_lines.append(f"| {op} | {x:g} | {got:.6g} | {cell(doc)} | "
-                         f"{'—' if value is None else 'yes' if agrees else '**no**'} |")
+        ood_cells.append([op, f"{x:g}", f"{got:.6g}", doc,
+                          "—" if value is None else "yes" if agrees else "**no**"])
+    ood_table = common.markdown_table(["op", "x", "result", "documented", "as documented"],
+                                      ood_cells)
     text = "\n".join([
         "# Accuracy of mpc_ml's private functions",
         "",
@@ -331,12 +316,14 @@ def report(fn_results: dict, exact_results: dict, args, seconds: float) -> tuple
         "## Nonlinear functions against torch (float64)",
         "",
         "Grid points are multiples of 2^-16, so the shared input is exactly the grid point. "
-        "Targets hold per point: `c abs` is \\|err\\| <= c; `1e-3·max(1,\\|f\\|)` is relative "
-        "above 1 and absolute below, f the true value. Rows with a wide domain test the domain the "
-        "module documents (mpc_ml/functions.py); rounds are party 0's communication rounds for "
-        "the whole call.",
+        "Targets are the bounds of `ERROR_BOUNDS` (mpc_ml/primitives/approximations.py) and hold "
+        "per point: `c absolute` is \\|err\\| <= c; `c * max(1, \\|f(x)\\|)` is relative above 1 "
+        "and absolute below, f the true value; `+ c \\|x\\|` adds c times the input's magnitude "
+        "(x / y: the reciprocal's bound and the 2^-16 resolution of 1/y times \\|x\\|). Rows with "
+        "a wide domain test the whole domain that ERROR_BOUNDS states; rounds are party 0's "
+        "communication rounds for the whole call.",
         "",
-        *fn_lines,
+        fn_table,
         "",
         f"## Exact operations on {args.exact_n:,} random inputs in ±1e4",
         "",
@@ -344,7 +331,7 @@ def report(fn_results: dict, exact_results: dict, args, seconds: float) -> tuple
         "expected values are torch's on the rounded inputs (comparisons: on the raw inputs, "
         "leaving out pairs closer than 2^-16 that are not equal). Every mismatch counts.",
         "",
-        *ex_lines,
+        ex_table,
         "",
         "## Documented results outside the domain",
         "",
@@ -353,7 +340,7 @@ def report(fn_results: dict, exact_results: dict, args, seconds: float) -> tuple
         "result against the value the docs give or imply (within 1e-3·max(1, \\|value\\|)); "
         "— where the docs promise no value.",
         "",
-        *ood_lines,
+        ood_table,
         "",
     ])
     return text, fn_ok and ex_ok and ood_ok
