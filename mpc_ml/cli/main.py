@@ -125,10 +125,11 @@ def certs(args: argparse.Namespace) -> int:
 
     try:
         written = make_certificates(args.directory, args.parties, dealer=args.dealer,
-                                    days=args.days, force=args.force)
+                                    days=args.days, force=args.force, clients=args.clients)
     except (ValueError, FileExistsError) as e:
         raise SystemExit(f"mpc-ml certs: {e}") from None
-    who = f"{args.parties} parties" + (" and the dealer" if args.dealer else "")
+    who = (f"{args.parties} parties" + (", the dealer" if args.dealer else "")
+           + (f" and {args.clients} inference clients" if args.clients else ""))
     print(f"certificates for {who} in {args.directory} (valid {args.days} days): "
           f"{', '.join(p.name for p in written)}")
     print("keys are mode 0600; on several hosts give each host ca.pem and its own "
@@ -300,6 +301,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("directory", metavar="DIR")
     p.add_argument("--parties", type=int, required=True, metavar="N")
     p.add_argument("--dealer", action="store_true", help="also a certificate for the dealer")
+    p.add_argument("--clients", type=int, default=0, metavar="K", help="also K inference "
+                   "client certificates (client-<k>.pem), the only ones a server accepts")
     p.add_argument("--days", type=int, default=365, help="validity (default 365)")
     p.add_argument("--force", action="store_true", help="replace certificates already in DIR")
     p.set_defaults(func=certs)

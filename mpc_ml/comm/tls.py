@@ -36,7 +36,7 @@ import threading
 from pathlib import Path
 
 from . import frames
-from .errors import DEALER_RANK, CommError, peer_name
+from .errors import DEALER_RANK, CommError, client_index, client_rank, peer_name
 
 CA_FILE = "ca.pem"
 DEFAULT_DAYS = 365
@@ -55,34 +55,41 @@ class TLSError(OSError):
 
 # -- names ---------------------------------------------------------------------------------
 def _stem(rank: int) -> str:
-    return "dealer" if rank == DEALER_RANK else f"party-{rank}"
+    if rank == DEALER_RANK:
+        return "dealer"
+    index = client_index(rank)
+    return f"client-{index}" if index is not None else f"party-{rank}"
 
 
-def cert_path(directory, rank: int) -> Path:
-    """party-<rank>.pem, or dealer.pem for the dealer."""
+def cert_path(directory: str | os.PathLike, rank: int) -> Path:
+    """party-<rank>.pem, dealer.pem for the dealer, client-<k>.pem for client_rank(k)."""
     return Path(directory) / f"{_stem(rank)}.pem"
 
 
-def key_path(directory, rank: int) -> Path:
-    """party-<rank>.key, or dealer.key for the dealer."""
+def key_path(directory: str | os.PathLike, rank: int) -> Path:
+    """party-<rank>.key, dealer.key for the dealer, client-<k>.key for client_rank(k)."""
     return Path(directory) / f"{_stem(rank)}.key"
 
 
 def common_name(rank: int) -> str:
-    """The subject CN of a rank's certificate: 'mpc_ml party 2', 'mpc_ml dealer'."""
-    return "mpc_ml dealer" if rank == DEALER_RANK else f"mpc_ml party {rank}"
+    """The subject CN of a rank's certificate: 'mpc_ml party 2', 'mpc_ml dealer',
+    'mpc_ml client 0'."""
+    return f"mpc_ml {_stem(rank).replace('-', ' ')}"
 
 
 def identity_uri(rank: int) -> str:
-    """The URI SAN of a rank's certificate: 'urn:mpc-ml:party:2', 'urn:mpc-ml:dealer'."""
-    return f"{_URI_PREFIX}dealer" if rank == DEALER_RANK else f"{_URI_PREFIX}party:{rank}"
+    """The URI SAN of a rank's certificate: 'urn:mpc-ml:party:2', 'urn:mpc-ml:dealer',
+    'urn:mpc-ml:client:0'."""
+    return f"{_URI_PREFIX}{_stem(rank).replace('-', ':')}"
 
 
 def _rank_of_name(text: str, pattern: str) -> int | None:
     m = re.fullmatch(pattern, text)
     if m is None:
         return None
-    return DEALER_RANK if m.group(1) == "dealer" else int(m.group(2))
+    if m.group(1) == "dealer":
+        return DEALER_RANK
+    return client_rank(int(m.group(4))) if m.group(4) is not None else int(m.group(2))
 
 
 def rank_of_certificate(cert: dict) -> int | None:
@@ -91,8 +98,10 @@ def rank_of_certificate(cert: dict) -> int | None:
     uris = [v for kind, v in cert.get("subjectAltName", ()) if kind == "URI"
             and v.startswith(_URI_PREFIX)]
     cns = [v for rdn in cert.get("subject", ()) for k, v in rdn if k == "commonName"]
-    by_uri = {_rank_of_name(u, r"urn:mpc-ml:(dealer|party:(\d{1,9}))") for u in uris}
-    by_cn = {_rank_of_name(c, r"mpc_ml (dealer|party (\d{1,9}))") for c in cns}
+    by_uri = {_rank_of_name(u, r"urn:mpc-ml:(dealer|party:(\d{1,9})|(client):(\d{1,9}))")
+              for u in uris}
+    by_cn = {_rank_of_name(c, r"mpc_ml (dealer|party (\d{1,9})|(client) (\d{1,9}))")
+             for c in cns}
     if len(by_uri) != 1 or by_uri != by_cn or None in by_uri:
         return None
     return by_uri.pop()
@@ -113,12 +122,14 @@ def _write(path: Path, data: bytes, mode: int) -> None:
         os.close(fd)
 
 
-def make_certificates(directory, parties: int, dealer: bool = False, days: int = DEFAULT_DAYS,
-                      force: bool = False) -> list[Path]:
-    """A fresh CA and one EC P-256 key pair and certificate per party (and the dealer).
+def make_certificates(directory: str | os.PathLike, parties: int, dealer: bool = False,
+                      days: int = DEFAULT_DAYS, force: bool = False, clients: int = 0) -> list[Path]:
+    """A fresh CA and one EC P-256 key pair and certificate per party (and the dealer, and
+    each inference client).
 
-    Writes ca.pem, party-<r>.pem and party-<r>.key for r in 0..parties-1, and
-    dealer.pem/.key with dealer=True; keys are mode 0600. The CA's key is discarded.
+    Writes ca.pem, party-<r>.pem and party-<r>.key for r in 0..parties-1,
+    dealer.pem/.key with dealer=True, client-<k>.pem/.key for k < clients; keys are mode
+    0600. The CA's key is discarded.
     Refuses to overwrite an existing ca.pem unless force. Returns the files written.
     """
     from cryptography import x509
@@ -158,7 +169,8 @@ def make_certificates(directory, parties: int, dealer: bool = False, days: int =
     written = [directory / CA_FILE]
     _write(written[0], ca_cert.public_bytes(serialization.Encoding.PEM), 0o644)
 
-    ranks = list(range(parties)) + ([DEALER_RANK] if dealer else [])
+    ranks = (list(range(parties)) + ([DEALER_RANK] if dealer else [])
+             + [client_rank(k) for k in range(clients)])
     for rank in ranks:
         key = ec.generate_private_key(ec.SECP256R1())
         cert = (x509.CertificateBuilder()
@@ -443,7 +455,7 @@ class TLSConfig:
         if rank is None:
             tls.close()
             raise CommError(f"{me}: {who} presented a certificate of this job's CA that names "
-                            "no mpc_ml party or dealer; refusing the connection")
+                            "no mpc_ml party, dealer or client; refusing the connection")
         tls.certified_rank = rank
         return tls
 

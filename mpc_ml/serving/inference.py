@@ -38,11 +38,12 @@ all n connections of an unwrapped client can add the shares up.
 from __future__ import annotations
 
 import socket
+import sys
 from typing import Sequence
 
 import torch
 
-from ..comm import CommError, peer_name, tcp
+from ..comm import CLIENT_RANK, CommError, client_index, frames, peer_name, tcp
 from ..config import PROTOCOL_VERSION, Config
 from ..core.encoding import decode, encode
 from ..core.prg import PRG, new_seed
@@ -51,8 +52,6 @@ from ..primitives.sharing import zero_share
 from ..session import Session, current
 from ..tensor import MPCTensor, encrypt, no_grad
 
-CLIENT_RANK = -2
-"""The client's id on its links (it is no compute party)."""
 
 _DONE, _REQUEST, _FAILED = 0, 1, -1
 
@@ -190,7 +189,29 @@ def _accept_client(listener: socket.socket, session: Session, timeout: float, wr
         raise InferenceError(f"party {me}: no inference client connected to "
                              f"{listener.getsockname()} within {timeout:g} s") from None
     if wrap is not None:
-        sock = wrap(sock, server_side=True, peer=None)
+        try:
+            sock = wrap(sock, server_side=True, peer=None)
+        except CommError as e:
+            raise _client_error(me, e) from None
+        certified = getattr(sock, "certified_rank", None)
+        if client_index(certified) is None:
+            problem = (f"{peer_name(certified)}'s certificate was presented in the client role; "
+                       "only a client certificate (`mpc-ml certs DIR --clients K`) is accepted")
+            try:
+                sock.sendall(frames.control_frame({"error": problem}))
+            except OSError:
+                pass
+            sock.close()
+            raise InferenceError(f"party {me}: refused the inference client: {problem}")
+    else:
+        where = "{}:{}".format(*listener.getsockname()[:2])
+        if not tcp.is_loopback(where) and not session.config.allow_insecure:
+            raise InferenceError(f"party {me}: serving clients at {where} without TLS would let "
+                                 "anyone who can connect act as the client; give wrap=TLSConfig("
+                                 "...) or opt out with Config(allow_insecure=True), "
+                                 "MPC_ALLOW_INSECURE=1 or --allow-insecure")
+        print(f"mpc_ml: party {me} serves inference clients at {where} without TLS: anyone who "
+              "can connect is taken as the client", file=sys.stderr)
     link = tcp.TcpLink(sock, me, CLIENT_RANK, session.config.max_frame_bytes)
     try:
         problem = _check_client_hello(link.recv(timeout), session)
