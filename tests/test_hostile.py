@@ -319,3 +319,49 @@ def test_every_party_refuses_a_crafted_checkpoint_together(tmp_path, damage):
 
     out = mpc.run(load, 2)
     assert all("party 1 refused" in o for o in out), out
+
+
+# -- inference clients have an identity ---------------------------------------------------------
+def _serve_tls(certs, socks, result):
+    from mpc_ml.comm.tls import TLSConfig
+    from mpc_ml.serving import serve_client
+
+    def body():
+        model = mpc.nn.Linear(4, 2)
+        return serve_client(model, socks[mpc.rank()], model_owner=0, sample_shape=(4,),
+                            wrap=TLSConfig(certs, mpc.rank()))
+
+    try:
+        result["out"] = mpc.run(body, 2, config=FAST)
+    except BaseException as e:
+        result["error"] = e
+
+
+@pytest.mark.parametrize("presented", ["client", "party", "dealer"])
+def test_a_tls_server_accepts_only_client_certificates(tmp_path, presented):
+    from mpc_ml.comm import DEALER_RANK, client_rank
+    from mpc_ml.comm.tls import TLSConfig, make_certificates
+    from mpc_ml.serving import InferenceClient, InferenceError
+
+    certs = tmp_path / "certs"
+    make_certificates(certs, 2, dealer=True, clients=2)
+    assert (certs / "client-1.pem").is_file() and (certs / "client-1.key").stat().st_mode & 0o077 == 0
+    socks = [tcp.listen("127.0.0.1:0") for _ in range(2)]
+    addrs = [f"127.0.0.1:{s.getsockname()[1]}" for s in socks]
+    result: dict = {}
+    server = threading.Thread(target=_serve_tls, args=(certs, socks, result), daemon=True)
+    server.start()
+    rank = {"client": client_rank(1), "party": 1, "dealer": DEALER_RANK}[presented]
+    try:
+        with InferenceClient(addrs, connect_timeout_s=10, timeout_s=10,
+                             wrap=TLSConfig(certs, rank)) as client:
+            y = client.predict(torch.ones(3, 4))
+        outcome = y.shape
+    except InferenceError as e:
+        outcome = str(e)
+    server.join(60)
+    assert not server.is_alive()
+    if presented == "client":
+        assert outcome == (3, 2) and result["out"] == [1, 1], (outcome, result)
+    else:
+        assert "presented in the client role" in str(result.get("error")), result
