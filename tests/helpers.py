@@ -69,10 +69,6 @@ def configs(n=WORLD_SIZES, backend=BACKENDS, provider=PROVIDERS) -> list[PartyCo
 INPROC = configs(backend="inproc")  # n x provider in threads: the cheap, wide runs
 
 
-def config_id(cfg) -> str:
-    return PartyConfig(*cfg).id
-
-
 def matrix_params(chosen) -> list:
     return [pytest.param(c, id=c.id) for c in chosen]
 

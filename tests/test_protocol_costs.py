@@ -21,7 +21,7 @@ import torch.nn.functional as F
 import mpc_ml as mpc
 from helpers import COUNTERS, DEALER_COUNTERS, WORLD_SIZES, check_spec, dealer_counters
 from helpers import enc as share
-from helpers import measured, on_matrix, randn, request_bytes, rounded
+from helpers import join_all, measured, on_matrix, randn, request_bytes, rounded
 from mpc_ml.comm.base import Communicator
 from mpc_ml.comm.inproc import InprocHub
 from mpc_ml.core.encoding import encode
@@ -204,11 +204,7 @@ def test_pairwise_seed_setup(n):
         except BaseException as e:  # reported below
             errors.append(e)
 
-    threads = [threading.Thread(target=party, args=(r,)) for r in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    join_all([threading.Thread(target=party, args=(r,)) for r in range(n)], timeout=60)
     assert not errors, errors
     for rank in range(n):
         stats, seeds = results[rank]
