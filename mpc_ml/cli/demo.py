@@ -52,7 +52,8 @@ def batches(n: int, batch_size: int, epoch: int) -> list[torch.Tensor]:
     return list(order.split(batch_size))
 
 
-def train_plaintext(model: torch.nn.Module, x, y, epochs: int, batch_size: int, lr: float):
+def train_plaintext(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int,
+                    batch_size: int, lr: float) -> torch.nn.Module:
     """The baseline: the same SGD on the same batches, in float."""
     opt = torch.optim.SGD(model.parameters(), lr=lr)
     for epoch in range(epochs):

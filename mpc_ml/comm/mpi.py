@@ -102,7 +102,7 @@ class MPILink(Link):
     the peer's rank in comm.
     """
 
-    def __init__(self, comm, me: int, peer: int, mpi_peer: int,
+    def __init__(self, comm: "MPI.Comm", me: int, peer: int, mpi_peer: int,
                  tags: tuple[int, int] = PARTY_TAGS, max_frame_bytes: int = frames.DEFAULT_MAX_FRAME_BYTES,
                  close_timeout: float = 30.0):
         self.comm, self.me, self.peer, self.mpi_peer = comm, me, peer, mpi_peer

@@ -23,12 +23,16 @@ import socket
 import sys
 import threading
 import time
+from typing import Any, Callable
 
 import torch
 
 from . import frames
 from .base import Link, Message
 from .errors import CLIENT_RANK, CommError, CommTimeout, FrameError, PeerError, peer_name
+
+Wrap = Callable[..., Any]
+"""wrap(sock, server_side=..., peer=...) -> a socket-like object (comm/tls.py's TLSConfig)."""
 
 _CLOSED = object()
 RECV_CHUNK = 1 << 22
@@ -234,7 +238,7 @@ def _check_hello(hello: dict, expected: dict, me: int, who: str) -> None:
 
 
 def connect(addr: str, me: int, peer: int, hello: dict, timeout: float,
-            max_frame_bytes: int, wrap=None) -> TcpLink:
+            max_frame_bytes: int, wrap: Wrap | None = None) -> TcpLink:
     """Connect to a listening peer (retrying until it listens), exchange hellos."""
     host, port = parse_address(addr)
     deadline = time.monotonic() + timeout
@@ -352,7 +356,7 @@ def _handshake(sock: socket.socket, source, me: int, hello: dict, ranks: set[int
 
 
 def accept(listener: socket.socket, me: int, hello: dict, ranks: set[int], timeout: float,
-           max_frame_bytes: int, wrap=None) -> dict[int, TcpLink]:
+           max_frame_bytes: int, wrap: Wrap | None = None) -> dict[int, TcpLink]:
     """Accept one connection from each rank in `ranks`, checking each hello.
 
     Each accepted connection shakes hands in its own thread, so a silent one cannot hold
@@ -432,7 +436,8 @@ def _refuse_tls(sock: socket.socket, me: int, where: str) -> None:
 
 
 def connect_mesh(rank: int, addrs: list[str], listener: socket.socket, hello: dict,
-                 timeout: float, max_frame_bytes: int, wrap=None) -> dict[int, TcpLink]:
+                 timeout: float, max_frame_bytes: int,
+                 wrap: Wrap | None = None) -> dict[int, TcpLink]:
     """Links to every other party: connect to lower ranks, accept higher ones."""
     links: dict[int, TcpLink] = {}
     try:

@@ -107,7 +107,7 @@ def rank_of_certificate(cert: dict) -> int | None:
     return by_uri.pop()
 
 
-def peer_rank_of(sock) -> int | None:
+def peer_rank_of(sock: object) -> int | None:
     """The rank the peer of a TLS connection proved with its certificate (None if plain)."""
     return getattr(sock, "certified_rank", None)
 
@@ -205,7 +205,7 @@ def make_certificates(directory: str | os.PathLike, parties: int, dealer: bool =
     return written
 
 
-def check_directory(directory, world_size: int, dealer: bool = False) -> None:
+def check_directory(directory: str | os.PathLike, world_size: int, dealer: bool = False) -> None:
     """A clear error now if the directory lacks a file some party (or the dealer) will read."""
     directory = Path(directory)
     ranks = list(range(world_size)) + ([DEALER_RANK] if dealer else [])
@@ -295,11 +295,11 @@ class TLSSocket:
     def version(self) -> str | None:
         return self._obj.version()
 
-    def cipher(self):
+    def cipher(self) -> tuple[str, str, int] | None:
         return self._obj.cipher()
 
     # -- the socket interface TcpLink uses -----------------------------------------------------
-    def recv_into(self, buffer, nbytes: int = 0) -> int:
+    def recv_into(self, buffer: bytearray | memoryview, nbytes: int = 0) -> int:
         """Decrypt up to nbytes into buffer; 0 at the end of the stream."""
         view = memoryview(buffer)
         want = nbytes or len(view)
@@ -330,7 +330,7 @@ class TLSSocket:
                 else:
                     self._in.write_eof()
 
-    def sendall(self, data) -> None:
+    def sendall(self, data: bytes | bytearray | memoryview) -> None:
         view = memoryview(data).cast("B")
         with self._send_lock:
             for start in range(0, len(view), SEND_CHUNK):
@@ -343,16 +343,16 @@ class TLSSocket:
                     ciphertext = self._out.read()
                 self.raw.sendall(ciphertext)  # outside the lock: the reader goes on meanwhile
 
-    def settimeout(self, timeout) -> None:
+    def settimeout(self, timeout: float | None) -> None:
         self.raw.settimeout(timeout)
 
-    def gettimeout(self):
+    def gettimeout(self) -> float | None:
         return self.raw.gettimeout()
 
     def fileno(self) -> int:
         return self.raw.fileno()
 
-    def getpeername(self):
+    def getpeername(self) -> tuple:
         return self.raw.getpeername()
 
     def shutdown(self, how: int) -> None:
@@ -401,7 +401,8 @@ class TLSConfig:
     is the rank the peer's certificate names.
     """
 
-    def __init__(self, directory, rank: int, cert=None, key=None, ca=None):
+    def __init__(self, directory: str | os.PathLike, rank: int, cert: str | os.PathLike | None = None,
+                 key: str | os.PathLike | None = None, ca: str | os.PathLike | None = None):
         self.directory, self.rank = Path(directory), rank
         self.cert = Path(cert) if cert else cert_path(directory, rank)
         self.key = Path(key) if key else key_path(directory, rank)
@@ -431,7 +432,7 @@ class TLSConfig:
             ctx.num_tickets = 0  # no session resumption: every connection authenticates afresh
         return ctx
 
-    def __call__(self, sock: socket.socket, server_side: bool, peer: int | None = None):
+    def __call__(self, sock: socket.socket, server_side: bool, peer: int | None = None) -> "TLSSocket":
         """Handshake on sock (within its timeout); the TLSSocket, or CommError naming why."""
         me = peer_name(self.rank)
         try:

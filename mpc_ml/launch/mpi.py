@@ -44,7 +44,7 @@ REPORT_GRACE_S = 10.0  # after every rank reported: how long mpiexec gets to exi
 DEATH_GRACE_S = 1.0    # after a rank died: how long the others get to report
 
 
-def under_mpiexec(env=None) -> bool:
+def under_mpiexec(env: dict[str, str] | None = None) -> bool:
     """True when this process looks like a rank started by mpiexec/mpirun."""
     env = os.environ if env is None else env
     return any(v in env for v in MPI_RANK_VARS)
@@ -105,7 +105,7 @@ def _party_session(comm, n: int, me: int, provider: str, config: Config):
         raise
 
 
-def run_mpi_dealer(comm, n: int, config: Config) -> int:
+def run_mpi_dealer(comm: Any, n: int, config: Config) -> int:
     """The dealer's main on the last rank: serve the n parties until they finish."""
     mpi = _mpi()
     links = {r: mpi.MPILink(comm, DEALER_RANK, r, r, mpi.DEALER_TAGS, config.max_frame_bytes,
@@ -120,7 +120,8 @@ def _close_at_exit(session) -> None:
         _mpi().drain()
 
 
-def mpi_session(provider: str = DEFAULT_PROVIDER, config: Config | None = None, comm=None):
+def mpi_session(provider: str = DEFAULT_PROVIDER, config: Config | None = None,
+                comm: Any = None) -> Session:
     """This rank's Session in an MPI job (collective: every rank of the job calls it).
 
     Ranks 0..n-1 are the parties. With provider "dealer" the last rank is the dealer: it

@@ -26,6 +26,7 @@ import multiprocessing as mp
 import os
 import pickle
 import queue
+import socket
 import sys
 import threading
 import time
@@ -52,7 +53,7 @@ INSECURE_HINT = ("give every party (and the dealer) a --tls DIR from `mpc-ml cer
                  "--allow-insecure")
 
 
-def check_transport(who: str, addrs: list[str], tls, config: Config) -> None:
+def check_transport(who: str, addrs: list[str], tls: object | None, config: Config) -> None:
     """Refuse plain tcp between addresses that are not all loopback, unless opted out."""
     remote = [a for a in addrs if a and not tcp.is_loopback(a)]
     if remote and tls is None and not config.allow_insecure:
@@ -62,7 +63,7 @@ def check_transport(who: str, addrs: list[str], tls, config: Config) -> None:
 
 # -- sessions over each backend -----------------------------------------------------
 def tcp_session(rank: int, world_size: int, addrs: list[str], provider: str, config: Config,
-                dealer_addr: str | None = None, listener=None,
+                dealer_addr: str | None = None, listener: socket.socket | None = None,
                 tls: TLSConfig | None = None) -> Session:
     """Connect this party to the mesh (and the dealer) and agree on seeds.
 
@@ -95,7 +96,8 @@ def tcp_session(rank: int, world_size: int, addrs: list[str], provider: str, con
         raise
 
 
-def run_tcp_dealer(listener, world_size: int, config: Config, tls: TLSConfig | None = None) -> int:
+def run_tcp_dealer(listener: socket.socket, world_size: int, config: Config,
+                   tls: TLSConfig | None = None) -> int:
     """The dealer's main: accept every party on listener, serve until they finish.
 
     tls: the dealer's TLSConfig (rank DEALER_RANK), or None for plain tcp.

@@ -41,6 +41,7 @@ import struct
 import sys
 import tempfile
 from collections import OrderedDict
+from typing import Any
 
 import torch
 
@@ -65,7 +66,7 @@ class CheckpointError(RuntimeError):
 
 
 # -- paths and raw bytes --------------------------------------------------------------------
-def party_path(path, rank: int) -> str:
+def party_path(path: str | os.PathLike[str], rank: int) -> str:
     """The file of party `rank`: path with "{rank}" replaced."""
     return os.fspath(path).replace("{rank}", str(rank))
 
@@ -201,7 +202,7 @@ def _snapshot(module, session: Session, optimizer) -> tuple[dict, bytes]:
     return header, payload
 
 
-def save_shares(module, path, optimizer=None) -> str:
+def save_shares(module: Any, path: str | os.PathLike[str], optimizer: Any = None) -> str:
     """Write this party's shares of `module` (and `optimizer`'s state) to its file.
 
     Collective: every party calls it at the same point. Returns this party's file path.
@@ -391,7 +392,7 @@ def _place(value: torch.Tensor, like) -> torch.Tensor:
     return value
 
 
-def load_shares(module, path, optimizer=None):
+def load_shares(module: Any, path: str | os.PathLike[str], optimizer: Any = None) -> Any:
     """Replace `module`'s parameters and buffers (and `optimizer`'s state) by this party's
     shares from its checkpoint file, after every party checked its file and all agree
     that they hold the same checkpoint. Collective. Returns the module.

@@ -12,7 +12,7 @@ generator sends data to one party only; all other shares cost nothing to deliver
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Callable
+from typing import Any, Callable
 
 
 from ..core import ring
@@ -165,7 +165,7 @@ class Provider(ABC):
     @classmethod
     @abstractmethod
     def create(cls, rank: int, world_size: int, own: PRG, pairwise: dict[int, PRG],
-               dealer_link, timeout: float) -> "Provider":
+               dealer_link: Any, timeout: float) -> "Provider":
         """This party's provider, from its PRGs and (if needs_dealer) its dealer link."""
 
     def request(self, kind: str, **params) -> Correlation:

@@ -277,7 +277,7 @@ def _agree(session: Session, status: int, payload) -> None:
 
 def serve_client(model: Module, listen: str | socket.socket, *, model_owner: int = 0,
                  sample_shape: Sequence[int] | None = None, max_requests: int | None = None,
-                 timeout_s: float | None = None, wrap=None) -> int:
+                 timeout_s: float | None = None, wrap: tcp.Wrap | None = None) -> int:
     """Serve one inference client; every compute party calls this in its session.
 
     listen is this party's client-facing HOST:PORT, or a listening socket (closed once
@@ -338,7 +338,7 @@ class InferenceClient:
 
     def __init__(self, party_addrs: Sequence[str], precision_bits: int = 16,
                  timeout_s: float = 60.0, connect_timeout_s: float = 30.0,
-                 max_frame_bytes: int = Config.max_frame_bytes, wrap=None):
+                 max_frame_bytes: int = Config.max_frame_bytes, wrap: tcp.Wrap | None = None):
         self.party_addrs = list(party_addrs)
         n = len(self.party_addrs)
         if n < 2:
