@@ -5,7 +5,7 @@
 #   N=4 PROVIDER=dealer launchers/local/run.sh   # 4 parties and a dealer process
 #   N=3 launchers/local/run.sh my_script.py --my-flag 1
 #
-# N (default 2) and PROVIDER (tfp | dealer, default tfp) choose the job; MPC_ML names
+# N (default 2) and PROVIDER (dealer | tfp, default dealer) choose the job; MPC_ML names
 # the command (default: mpc-ml on PATH, else the checkout's .venv/bin/mpc-ml).
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -14,4 +14,4 @@ if [ -z "${MPC_ML:-}" ]; then
   else MPC_ML="$here/../../.venv/bin/mpc-ml"; fi
 fi
 [ $# -gt 0 ] || set -- "$here/example.py"
-exec "$MPC_ML" launch -n "${N:-2}" --provider "${PROVIDER:-tfp}" "$@"
+exec "$MPC_ML" launch -n "${N:-2}" --provider "${PROVIDER:-dealer}" "$@"

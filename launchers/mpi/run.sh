@@ -5,7 +5,7 @@
 #   N=3 PROVIDER=dealer launchers/mpi/run.sh                # 3 parties and a dealer rank
 #   N=3 HOSTFILE=launchers/mpi/hostfile launchers/mpi/run.sh my_script.py --epochs 5
 #
-# N (default 2) parties; PROVIDER (tfp | dealer, default tfp): with dealer the job has
+# N (default 2) parties; PROVIDER (dealer | tfp, default dealer): with dealer the job has
 # N+1 ranks and the last one is the dealer. HOSTFILE spreads the ranks over hosts
 # (MPICH/Hydra format, see hostfile.example). MPIEXEC names mpiexec (default: the one
 # in the checkout's .venv, which `pip install mpich` puts there, else mpiexec on PATH);
@@ -20,7 +20,7 @@ if [ -z "${MPIEXEC:-}" ]; then
   if [ -x "$venv/mpiexec" ]; then MPIEXEC="$venv/mpiexec"; else MPIEXEC=mpiexec; fi
 fi
 n="${N:-2}"
-provider="${PROVIDER:-tfp}"
+provider="${PROVIDER:-dealer}"
 case "$provider" in
   tfp) ranks="$n" ;;
   dealer) ranks=$((n + 1)) ;;
