@@ -101,8 +101,8 @@ def test_launch_sets_the_environment_and_passes_arguments(tmp_path):
     script.write_text(ECHO)
     res = _run(MPC_ML + ["launch", "-n", "2", str(script), "--lr", "0.1", "-n", "9"], _env())
     assert res.returncode == 0, res.stderr
-    for r in range(2):
-        assert f"rank {r} of 2 tfp 2 ['--lr', '0.1', '-n', '9']" in res.stdout
+    for r in range(2):  # the dealer: the provider when none is named
+        assert f"rank {r} of 2 dealer 2 ['--lr', '0.1', '-n', '9']" in res.stdout
 
 
 FAILING = """\

@@ -273,7 +273,7 @@ def test_cli_infer(capsys):
                      "--requests", "3"])
     out = capsys.readouterr().out
     assert code == 0, out
-    assert "3 parties (inproc, tfp)" in out and "in 3 request(s)" in out
+    assert "3 parties (inproc, dealer)" in out and "in 3 request(s)" in out  # the default
     assert float(re.search(r"max \|difference\|: (\S+)", out).group(1)) < TOL
 
 
@@ -314,5 +314,5 @@ def test_cli_infer_over_tcp():
         out, err = proc.communicate()
         pytest.fail(f"mpc-ml infer hung\n{out}\n{err}")
     assert proc.returncode == 0, out + err
-    assert "2 parties (tcp, tfp)" in out and "input (4, 64)" in out
+    assert "2 parties (tcp, dealer)" in out and "input (4, 64)" in out  # the default provider
     assert float(re.search(r"max \|difference\|: (\S+)", out).group(1)) < TOL
