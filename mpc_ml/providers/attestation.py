@@ -38,6 +38,7 @@ import hmac
 import os
 import secrets
 import struct
+import sys
 import threading
 import time
 from collections.abc import Iterable, Sequence
@@ -324,10 +325,19 @@ def parse_measurements(value: str | Iterable[str] | None) -> list[str]:
 def sim_measurement(version: str | None = None) -> str:
     """MRENCLAVE of the sim dealer: SHA-256 of b"mpc_ml sim dealer\\0" + the mpc_ml version, in hex.
 
-    Deterministic, so a party can pin it; it measures nothing (sim protects nothing).
+    The version is the running package's `mpc_ml.__version__` (read from sys.modules: this layer
+    does not import the public API), else the installed distribution's. Deterministic, so a party
+    can pin it; it measures nothing (sim protects nothing).
     """
     if version is None:
-        from mpc_ml import __version__ as version
+        version = getattr(sys.modules.get("mpc_ml"), "__version__", None)
+    if version is None:
+        from importlib.metadata import PackageNotFoundError
+        from importlib.metadata import version as installed_version
+        try:
+            version = installed_version("mpc_ml")
+        except PackageNotFoundError:
+            version = "unknown"
     return hashlib.sha256(b"mpc_ml sim dealer\0" + str(version).encode()).hexdigest()
 
 
@@ -500,6 +510,60 @@ class SimPlatform:
                + len(self.certification_data).to_bytes(4, "little") + self.certification_data)
         return bytes(header_and_body) + len(sig).to_bytes(4, "little") + sig
 
+    @property
+    def root_der(self) -> bytes:
+        """The sim root certificate, DER (what `sgx_root_ca_der` takes to check sim quotes with dcap-qvl)."""
+        return self.root_cert.public_bytes(serialization.Encoding.DER)
+
+    def collateral_json(self, *, tcb_status: str = "UpToDate", qe_tcb_status: str = "UpToDate",
+                        advisory_ids: Sequence[str] = (), valid_days: int = 30) -> str:
+        """Collateral for this platform's quotes in dcap-qvl's JSON (as a PCCS gives for a real one).
+
+        TCB info and QE identity signed by a sim TCB signing key, CRLs of the root and the PCK CA:
+        with `sgx_root_ca_der=self.root_der`, the sgx path (dcap-qvl) verifies sim quotes, so it is
+        testable without SGX hardware; `tcb_status` sets the platform's TCB level.
+        """
+        import json
+
+        now = datetime.now(timezone.utc)
+        iso = lambda d: d.strftime("%Y-%m-%dT%H:%M:%SZ")  # noqa: E731
+        issued, next_update = iso(now - timedelta(hours=1)), iso(now + timedelta(days=valid_days))
+        signing_key = ec.generate_private_key(ec.SECP256R1())
+        signing = self.issue("mpc_ml SIM SGX TCB Signing", signing_key, (self.root_cert, self.root_key),
+                             ca=False)
+        pem = serialization.Encoding.PEM
+        chain = (signing.public_bytes(pem) + self.root_pem).decode()
+
+        def crl(cert: x509.Certificate, key: ec.EllipticCurvePrivateKey) -> str:
+            return (x509.CertificateRevocationListBuilder().issuer_name(cert.subject)
+                    .last_update(now - timedelta(days=1)).next_update(now + timedelta(days=valid_days))
+                    .add_extension(x509.CRLNumber(1), critical=False).sign(key, hashes.SHA256())
+                    .public_bytes(serialization.Encoding.DER).hex())
+
+        compact = dict(separators=(",", ":"))
+        tcb_info = json.dumps({
+            "id": "SGX", "version": 3, "issueDate": issued, "nextUpdate": next_update,
+            "fmspc": self.FMSPC.hex().upper(), "pceId": "0000", "tcbType": 0, "tcbEvaluationDataNumber": 17,
+            "tcbLevels": [{"tcb": {"sgxtcbcomponents": [{"svn": svn} for svn in self.CPU_SVN],
+                                   "pcesvn": self.PCE_SVN},
+                           "tcbDate": "2024-03-13T00:00:00Z", "tcbStatus": tcb_status,
+                           "advisoryIDs": list(advisory_ids)}]}, **compact)
+        qe_identity = json.dumps({
+            "id": "QE", "version": 2, "issueDate": issued, "nextUpdate": next_update,
+            "tcbEvaluationDataNumber": 17, "miscselect": "00000000", "miscselectMask": "FFFFFFFF",
+            "attributes": "11000000000000000000000000000000",
+            "attributesMask": "FBFFFFFFFFFFFFFF0000000000000000", "mrsigner": self.QE_SIGNER.hex().upper(),
+            "isvprodid": 1, "tcbLevels": [{"tcb": {"isvsvn": self.QE_SVN}, "tcbDate": "2024-03-13T00:00:00Z",
+                                           "tcbStatus": qe_tcb_status}]}, **compact)
+        return json.dumps({
+            "pck_crl_issuer_chain": (self.pck_ca_cert.public_bytes(pem) + self.root_pem).decode(),
+            "root_ca_crl": crl(self.root_cert, self.root_key),
+            "pck_crl": crl(self.pck_ca_cert, self.pck_ca_key),
+            "tcb_info_issuer_chain": chain, "tcb_info": tcb_info,
+            "tcb_info_signature": _raw_signature(signing_key, tcb_info.encode()).hex(),
+            "qe_identity_issuer_chain": chain, "qe_identity": qe_identity,
+            "qe_identity_signature": _raw_signature(signing_key, qe_identity.encode()).hex()})
+
 
 # --- verification --------------------------------------------------------------------------
 @dataclass(frozen=True)
@@ -619,9 +683,10 @@ def _verify_sgx_chain(raw: bytes, quote: Quote, collateral: Any, root_ca_der: by
     if collateral is None:
         raise AttestationError("sgx attestation needs the quote's collateral (TCB info, QE identity and "
                                "CRLs from a PCCS, see fetch_collateral); none was given", "config")
-    if quote.header.user_data == SIM_USER_DATA:
+    if quote.header.user_data == SIM_USER_DATA and root_ca_der is None:
         raise AttestationError("attestation refused: the dealer sent a sim quote (software-signed, it "
-                               "protects nothing) but sgx attestation was asked for", "chain")
+                               "protects nothing) but sgx attestation against Intel's root was asked for",
+                               "chain")
     try:
         if not isinstance(collateral, dcap_qvl.QuoteCollateralV3):
             text = collateral.decode() if isinstance(collateral, (bytes, bytearray)) else str(collateral)
