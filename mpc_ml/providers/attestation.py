@@ -617,10 +617,16 @@ def _verify_pck_chain(quote: Quote, root: x509.Certificate, now: datetime) -> ec
         raise AttestationError(f"attestation refused: certification data type {sig.certification_data_type}"
                                f" (expected {CERT_TYPE_PCK_CHAIN}: a PCK certificate chain)", "chain")
     try:
-        certs = x509.load_pem_x509_certificates(sig.certification_data.rstrip(b"\0"))
-    except ValueError as exc:
-        raise AttestationError(f"attestation refused: the PCK certificate chain does not parse ({exc})",
-                               "chain")
+        return _check_chain(x509.load_pem_x509_certificates(sig.certification_data.rstrip(b"\0")), root, now)
+    except AttestationError:
+        raise
+    except Exception as exc:  # certificates parse lazily: any failure on these untrusted bytes refuses
+        raise AttestationError(f"attestation refused: the PCK certificate chain does not parse "
+                               f"({type(exc).__name__}: {exc})", "chain") from None
+
+
+def _check_chain(certs: list[x509.Certificate], root: x509.Certificate,
+                 now: datetime) -> ec.EllipticCurvePublicKey:
     if certs and _same_cert_identity(certs[-1], root):
         certs = certs[:-1]
     if not certs:
@@ -646,7 +652,7 @@ def _verify_pck_chain(quote: Quote, root: x509.Certificate, now: datetime) -> ec
             raise AttestationError(
                 f"attestation refused: the PCK certificate chain does not lead to the pinned sim root "
                 f"({cert.subject.rfc4514_string()} not issued by {issuer.subject.rfc4514_string()}: "
-                f"{exc or 'bad signature'})", "chain")
+                f"{exc or 'bad signature'})", "chain") from None
     pck = certs[0].public_key()
     if not isinstance(pck, ec.EllipticCurvePublicKey) or not isinstance(pck.curve, ec.SECP256R1):
         raise AttestationError("attestation refused: the PCK key is not ECDSA P-256", "chain")
@@ -678,8 +684,8 @@ def _verify_sgx_chain(raw: bytes, quote: Quote, collateral: Any, root_ca_der: by
     try:
         import dcap_qvl
     except ImportError:
-        raise AttestationError("sgx attestation needs the attest extra (dcap-qvl), which is not installed: "
-                               "pip install 'mpc_ml[attest]'", "unavailable") from None
+        raise AttestationError("sgx attestation: the attest extra (dcap-qvl) is not installed "
+                               "(pip install 'mpc_ml[attest]')", "unavailable") from None
     if collateral is None:
         raise AttestationError("sgx attestation needs the quote's collateral (TCB info, QE identity and "
                                "CRLs from a PCCS, see fetch_collateral); none was given", "config")
@@ -840,8 +846,8 @@ def fetch_collateral(quote: bytes, pccs_url: str = INTEL_PCS_URL) -> str:
     try:
         import dcap_qvl
     except ImportError:
-        raise AttestationError("sgx attestation needs the attest extra (dcap-qvl), which is not installed: "
-                               "pip install 'mpc_ml[attest]'", "unavailable") from None
+        raise AttestationError("sgx attestation: the attest extra (dcap-qvl) is not installed "
+                               "(pip install 'mpc_ml[attest]')", "unavailable") from None
     import asyncio
     try:
         return asyncio.run(dcap_qvl.get_collateral(pccs_url, bytes(quote))).to_json()
