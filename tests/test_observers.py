@@ -1,6 +1,8 @@
 """Observers at the recording point: the validation mode and the correlation trace."""
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -51,7 +53,8 @@ def test_validation_names_the_first_op_that_drifts(monkeypatch):
         mpc.run(party, 2, config=VALIDATE)
     message = str(raised.value)
     assert "ValidationError" in message and "validation: sigmoid of (private (1, 3))" in message
-    assert "differs from plaintext by 0.00999" in message and "bound 0.0001" in message
+    assert re.search(r"differs from plaintext by 0\.0(1|099)", message), message  # 655 / 2^16
+    assert "bound 0.0001" in message
 
 
 def test_validation_says_when_an_input_is_outside_the_stated_domain():
