@@ -423,3 +423,33 @@ def test_read_gramine_quote_writes_report_data_and_reads_the_quote(tmp_path):
         A.read_gramine_quote(REPORT_DATA, device=str(tmp_path))
     with pytest.raises(ValueError):
         A.read_gramine_quote(b"short", device=str(tmp_path))
+
+
+# -- launchers/sgx: the manifest template renders to the manifest the README promises ---------
+def test_the_gramine_manifest_template_renders_to_a_production_dcap_manifest(tmp_path):
+    jinja2 = pytest.importorskip("jinja2")
+    import tomllib
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    template = Path(__file__).resolve().parent.parent / "launchers" / "sgx" / "dealer.manifest.template"
+    gramine = SimpleNamespace(libos="/usr/lib/gramine/libsysdb.so",
+                              runtimedir=lambda: "/usr/lib/gramine/runtime")
+    python = SimpleNamespace(get_sys_path=lambda entrypoint: [tmp_path])  # the stdlib: a directory
+    text = jinja2.Environment(undefined=jinja2.StrictUndefined).from_string(template.read_text()).render(
+        gramine=gramine, python=python, entrypoint="/usr/bin/python3.11", site_packages="/b/site-packages",
+        arch_libdir="/lib/x86_64-linux-gnu", listen="0.0.0.0:7000", nparties=3, enclave_size="16G",
+        max_threads=64, isv_prod_id=1, isv_svn=2)
+    manifest = tomllib.loads(text)
+    sgx, loader = manifest["sgx"], manifest["loader"]
+    assert sgx["debug"] is False and sgx["remote_attestation"] == "dcap" and sgx["edmm_enable"] is False
+    assert (sgx["enclave_size"], sgx["max_threads"], sgx["isvsvn"]) == ("16G", 64, 2)
+    assert loader["argv"][1:] == ["-m", "mpc_ml", "dealer", "--attest", "sgx", "--listen", "0.0.0.0:7000",
+                                  "-n", "3"]
+    assert "insecure__use_cmdline_argv" not in loader  # the command line is measured, not the host's
+    assert manifest["libos"]["entrypoint"] == loader["argv"][0] == "/usr/bin/python3.11"
+    assert loader["entrypoint"]["uri"] == "file:/usr/lib/gramine/libsysdb.so"
+    assert not any(isinstance(v, dict) and "passthrough" in v for v in loader["env"].values())
+    assert {"file:/usr/bin/python3.11", "file:/b/site-packages/", f"file:{tmp_path}/"} <= set(
+        sgx["trusted_files"])
+    assert {m["path"] for m in manifest["fs"]["mounts"]} >= {"/usr/bin/python3.11", "/b/site-packages"}
