@@ -147,6 +147,7 @@ def test_public_key_der_is_the_same_from_a_key_its_certificate_or_its_pem():
 def test_several_pinned_measurements_and_their_spellings():
     other = hashlib.sha256(b"other build").hexdigest()
     assert verify(QUOTE, expected_measurements=[other, MEASUREMENT.upper()]).mrenclave == MEASUREMENT
+    assert verify(QUOTE, expected_measurements=f"{other},{MEASUREMENT}").mrenclave == MEASUREMENT
     assert A.parse_measurements(f"{other}, 0x{MEASUREMENT}") == [other, MEASUREMENT]
     assert A.parse_measurements(None) == [] and A.normalize_measurement(bytes(32)) == "0" * 64
     with pytest.raises(AttestationError, match="64 hex digits"):
@@ -277,6 +278,7 @@ def test_bad_settings_are_refused_not_ignored():
     refused(QUOTE, "config", "mode", mode="none")
     refused(QUOTE, "config", "64 bytes", expected_report_data=REPORT_DATA[:32])
     refused(QUOTE, "config", "sim root", sim_root=b"not a certificate")
+    refused(QUOTE, "config", "sim root", sim_root="/nonexistent/sim-root.pem")
 
 
 def test_the_parties_compare_transcripts():
@@ -348,7 +350,8 @@ def test_sgx_without_collateral_is_refused():
 @needs_dcap
 def test_sgx_verifies_a_sim_quote_against_the_sim_root_with_dcap_qvl():
     v = verify(QUOTE, mode="sgx", collateral=PLATFORM.collateral_json(), sgx_root_ca_der=PLATFORM.root_der)
-    assert (v.mode, v.tcb_status, v.simulated, v.mrenclave) == ("sgx", "UpToDate", False, MEASUREMENT)
+    assert (v.mode, v.tcb_status, v.mrenclave) == ("sgx", "UpToDate", MEASUREMENT)
+    assert v.simulated  # a sim-signed quote, even on the sgx path: it protects nothing
 
 
 @needs_dcap
@@ -359,7 +362,7 @@ def test_a_sim_quote_fails_the_real_chain_check():
     untagged = bytearray(QUOTE[:A.SIGNED_SIZE])
     untagged[28:48] = bytes(20)
     quote = PLATFORM.assemble(bytes(untagged), PLATFORM.attestation_key)
-    verify(quote, mode="sgx", collateral=collateral, sgx_root_ca_der=PLATFORM.root_der)
+    assert not verify(quote, mode="sgx", collateral=collateral, sgx_root_ca_der=PLATFORM.root_der).simulated
     refused(quote, "chain", "dcap-qvl", mode="sgx", collateral=collateral)
     refused(QUOTE, "chain", "dcap-qvl", mode="sgx", collateral=collateral,
             sgx_root_ca_der=A.SimPlatform().root_der)

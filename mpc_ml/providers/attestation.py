@@ -305,7 +305,7 @@ def normalize_measurement(value: str | bytes) -> str:
     """A measurement as 64 lower-case hex digits (from hex text or 32 raw bytes)."""
     if isinstance(value, (bytes, bytearray)) and len(value) == 32:
         return bytes(value).hex()
-    text = value.decode() if isinstance(value, (bytes, bytearray)) else str(value)
+    text = value.decode(errors="replace") if isinstance(value, (bytes, bytearray)) else str(value)
     text = text.strip().lower().removeprefix("0x")
     if len(text) != 64 or any(c not in "0123456789abcdef" for c in text):
         raise AttestationError(f"a pinned dealer measurement must be 64 hex digits, got {value!r}",
@@ -314,8 +314,7 @@ def normalize_measurement(value: str | bytes) -> str:
 
 
 def parse_measurements(value: str | Iterable[str] | None) -> list[str]:
-    """Pinned measurements from `dealer_measurement`/MPC_DEALER_MEASUREMENT (comma- or space-separated)
-    or from a deployment file's list."""
+    """Pinned measurements from a comma/space-separated string (MPC_DEALER_MEASUREMENT) or a list."""
     if value is None:
         return []
     items = value.replace(",", " ").split() if isinstance(value, str) else list(value)
@@ -568,7 +567,7 @@ class SimPlatform:
 # --- verification --------------------------------------------------------------------------
 @dataclass(frozen=True)
 class VerifiedQuote:
-    """What a verified quote attests; `simulated` means it protects nothing (print SIM_WARNING)."""
+    """What a verified quote attests; `simulated` (sim mode or a sim-signed quote): it protects nothing."""
 
     mode: str
     mrenclave: str
@@ -597,7 +596,11 @@ def _load_root(root: Any) -> x509.Certificate:
     if isinstance(root, SimPlatform):
         return root.root_cert
     if isinstance(root, (str, os.PathLike)) and not str(root).lstrip().startswith("-----"):
-        root = Path(root).read_bytes()
+        try:
+            root = Path(root).read_bytes()
+        except OSError as exc:
+            raise AttestationError(f"attestation: cannot read the pinned sim root ({exc})",
+                                   "config") from None
     data = root.encode() if isinstance(root, str) else bytes(root)
     try:
         return (x509.load_pem_x509_certificate(data) if data.lstrip().startswith(b"-----")
@@ -717,10 +720,10 @@ def _verify_sgx_chain(raw: bytes, quote: Quote, collateral: Any, root_ca_der: by
     return str(report.status), tuple(report.advisory_ids)
 
 
-def verify_quote(quote: bytes, *, mode: str, expected_measurements: Sequence[str],
+def verify_quote(quote: bytes, *, mode: str, expected_measurements: str | Sequence[str],
                  expected_report_data: bytes, sim_root: Any = None,
                  allowed_tcb_statuses: Sequence[str] = DEFAULT_TCB_STATUSES, collateral: Any = None,
-                 sgx_root_ca_der: bytes | None = None, expected_signers: Sequence[str] | None = None,
+                 sgx_root_ca_der: bytes | None = None, expected_signers: str | Sequence[str] | None = None,
                  now: float | None = None) -> VerifiedQuote:
     """Verify the dealer's quote, or raise AttestationError naming the first check that failed.
 
@@ -735,7 +738,7 @@ def verify_quote(quote: bytes, *, mode: str, expected_measurements: Sequence[str
     """
     if mode not in MODES:
         raise AttestationError(f"attestation mode {mode!r} is not one of {MODES}", "config")
-    pinned = parse_measurements(list(expected_measurements))
+    pinned = parse_measurements(expected_measurements)
     if not pinned:
         raise AttestationError("attestation needs a pinned dealer measurement (dealer_measurement, "
                                "MPC_DEALER_MEASUREMENT or the deployment file's list)", "config")
@@ -769,7 +772,7 @@ def verify_quote(quote: bytes, *, mode: str, expected_measurements: Sequence[str
         raise AttestationError(f"attestation refused: dealer measurement {got} is not the pinned "
                                f"measurement {' or '.join(pinned)}", "measurement")
     if expected_signers is not None:
-        signers = parse_measurements(list(expected_signers))
+        signers = parse_measurements(expected_signers)
         if body.mr_signer.hex() not in signers:
             raise AttestationError(f"attestation refused: dealer signer measurement (MRSIGNER) "
                                    f"{body.mr_signer.hex()} is not the pinned {' or '.join(signers)}",
@@ -784,7 +787,8 @@ def verify_quote(quote: bytes, *, mode: str, expected_measurements: Sequence[str
                                "nonces (a replayed quote, or one made for another session)", "nonce")
     return VerifiedQuote(mode=mode, mrenclave=got, mrsigner=body.mr_signer.hex(),
                          isv_prod_id=body.isv_prod_id, isv_svn=body.isv_svn, report_data=data,
-                         tcb_status=status, advisory_ids=advisories, simulated=(mode == "sim"),
+                         tcb_status=status, advisory_ids=advisories,
+                         simulated=mode == "sim" or parsed.header.user_data == SIM_USER_DATA,
                          quote_sha256=hashlib.sha256(bytes(quote)).hexdigest())
 
 
