@@ -8,6 +8,7 @@ from dataclasses import dataclass
 PROTOCOL_VERSION = 1
 
 TRUNCATION_METHODS = ("exact", "local")
+DEALER_ATTEST_MODES = ("none", "sim", "sgx")
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,12 @@ class Config:
     allow_insecure: bool = False
     """Let parties on non-loopback addresses run without TLS (shares then cross the network
     in the clear). Also MPC_ALLOW_INSECURE=1 or --allow-insecure."""
+    dealer_attest: str = "none"
+    """The attestation of the dealer that mpc.run starts itself: none | sim | sgx
+    (`mpc-ml dealer --attest` for a dealer started on its own)."""
+    dealer_measurement: str | None = None
+    """Pinned dealer measurement(s), hex, comma-separated (also MPC_DEALER_MEASUREMENT): a party
+    refuses, before it uses any correlation, a dealer that does not attest one of them."""
     validate: bool = False
     """Debugging only (it reveals everything): after every op, decrypt and compare with the
     same op in plaintext; the first op beyond its stated error bound raises ValidationError."""
@@ -45,6 +52,9 @@ class Config:
             raise ValueError(
                 f"unknown truncation {self.truncation!r}; choose one of {TRUNCATION_METHODS}"
             )
+        if self.dealer_attest not in DEALER_ATTEST_MODES:
+            raise ValueError(f"unknown dealer_attest {self.dealer_attest!r}; choose one of "
+                             f"{DEALER_ATTEST_MODES}")
         if self.comm_timeout_s <= 0 or self.connect_timeout_s <= 0:
             raise ValueError("timeouts must be positive")
 
@@ -60,7 +70,7 @@ class Config:
     @classmethod
     def from_env(cls, base: "Config | None" = None) -> "Config":
         """Apply MPC_PRECISION_BITS, MPC_TRUNCATION, MPC_COMM_TIMEOUT_S,
-        MPC_CONNECT_TIMEOUT_S and MPC_ALLOW_INSECURE overrides."""
+        MPC_CONNECT_TIMEOUT_S, MPC_DEALER_MEASUREMENT and MPC_ALLOW_INSECURE overrides."""
         cfg = base or cls()
         changes = {}
         if "MPC_PRECISION_BITS" in os.environ:
@@ -71,6 +81,8 @@ class Config:
             changes["comm_timeout_s"] = float(os.environ["MPC_COMM_TIMEOUT_S"])
         if "MPC_CONNECT_TIMEOUT_S" in os.environ:
             changes["connect_timeout_s"] = float(os.environ["MPC_CONNECT_TIMEOUT_S"])
+        if os.environ.get("MPC_DEALER_MEASUREMENT"):
+            changes["dealer_measurement"] = os.environ["MPC_DEALER_MEASUREMENT"]
         if os.environ.get("MPC_ALLOW_INSECURE", "").strip().lower() in ("1", "true", "yes"):
             changes["allow_insecure"] = True
         return cfg.replace(**changes) if changes else cfg

@@ -16,6 +16,7 @@ from .config import Config
 from .core.keys import PUBLIC_KEY_BYTES, SEAL_OVERHEAD, KeyAgreement, seal, transcript, unseal
 from .core.prg import PRG, SEED_BYTES, new_seed
 from .providers import PROVIDERS, Provider
+from .providers.attestation import AttestationError, parse_measurements
 
 _local = threading.local()
 
@@ -45,7 +46,9 @@ class Session:
         self.zero_streams = {j: prg.derive("zero") for j, prg in self.pairwise.items()}
         self.provider: Provider = PROVIDERS[provider].create(
             self.rank, self.world_size, self.own, self.pairwise, dealer_link,
-            config.comm_timeout_s)
+            config.comm_timeout_s, parse_measurements(config.dealer_measurement))
+        if self.provider.needs_dealer:
+            self._agree_on_the_dealer()
         self.op_observers: list = []
         """Callables (op, out, inputs, ctx) shown every MPCTensor op (e.g. a CorrelationTrace)."""
         self.reset_stats()
@@ -84,6 +87,18 @@ class Session:
             common = unseal(sealing[0], bytes(t.numpy().tobytes()))
         self.common = PRG(common)
         return {j: PRG(s) for j, s in seeds.items()}
+
+    def _agree_on_the_dealer(self) -> None:
+        """Every party attested the same dealer in this session (or none attested): one
+        exchange of the attestation transcript hashes, before any correlation is used."""
+        dealer = self.provider.dealer
+        mine = dealer.transcript.hex() if dealer.transcript else None
+        theirs = self.gather_verdicts({"attestation": mine})
+        differ = [r for r, v in enumerate(theirs) if v.get("attestation") != mine]
+        if differ:
+            raise AttestationError(f"party {self.rank}: attestation: party "
+                                   f"{', '.join(map(str, differ))} attested another dealer (or "
+                                   "another session) than this party", "transcript")
 
     def gather_verdicts(self, verdict: dict) -> list[dict]:
         """Every party's verdict (a small JSON object), in rank order, on every party: one

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from ..comm import tcp
-from ..config import Config
+from ..config import DEALER_ATTEST_MODES, Config
 from ..launch import BACKENDS
 from ..launch.run import check_transport
 from ..providers import DEFAULT_PROVIDER, PROVIDERS
@@ -108,9 +108,19 @@ def dealer(args: argparse.Namespace) -> int:
         from ..comm.tls import TLSConfig
 
         tls = TLSConfig(tls_dir, DEALER_RANK)
-    config = Config.from_env()
+    config = Config.from_env().replace(dealer_attest=args.attest)
     if args.allow_insecure:
         config = config.replace(allow_insecure=True)
+    if args.attest != "none":
+        from ..providers.attestation import SIM_WARNING, dealer_measurement, sim_measurement
+
+        try:
+            measured = sim_measurement() if args.attest == "sim" else dealer_measurement("sgx")
+        except RuntimeError as e:
+            raise SystemExit(f"mpc-ml dealer: {e}") from None
+        print(f"dealer measurement: {measured}", flush=True)
+        if args.attest == "sim":
+            print(f"mpc-ml dealer: {SIM_WARNING}", file=sys.stderr)
     try:
         served = run_tcp_dealer(tcp.listen(args.listen), args.nparties, config, tls=tls)
     except ValueError as e:
@@ -296,6 +306,9 @@ def main(argv: list[str] | None = None) -> int:
                    "(default: $MPC_TLS_DIR if set)")
     p.add_argument("--allow-insecure", action="store_true", help="listen on a non-loopback "
                    "address without TLS")
+    p.add_argument("--attest", choices=list(DEALER_ATTEST_MODES), default="none",
+                   help="prove what this dealer runs: sim (a software signer: protects nothing) "
+                        "or sgx (Gramine's /dev/attestation); prints 'dealer measurement: HEX' first")
     p.set_defaults(func=dealer)
     p = sub.add_parser("certs", help="make a CA and one TLS key pair per party (for --tls)")
     p.add_argument("directory", metavar="DIR")

@@ -110,7 +110,7 @@ def run_mpi_dealer(comm: Any, n: int, config: Config) -> int:
     mpi = _mpi()
     links = {r: mpi.MPILink(comm, DEALER_RANK, r, r, mpi.DEALER_TAGS, config.max_frame_bytes,
                             config.comm_timeout_s) for r in range(n)}
-    return serve_dealer(links, n, config.dealer_idle_timeout_s)
+    return serve_dealer(links, n, config.dealer_idle_timeout_s, config.dealer_attest)
 
 
 def _close_at_exit(session) -> None:

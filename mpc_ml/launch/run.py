@@ -103,15 +103,16 @@ def run_tcp_dealer(listener: socket.socket, world_size: int, config: Config,
     tls: the dealer's TLSConfig (rank DEALER_RANK), or None for plain tcp.
     """
     host, port = listener.getsockname()[:2]
-    check_transport("the dealer", [f"{host}:{port}" if ":" not in host else f"[{host}]:{port}"],
-                    tls, config)
+    if config.dealer_attest == "none":  # attested, the seeds come from the quoted key
+        check_transport("the dealer", [f"{host}:{port}" if ":" not in host else f"[{host}]:{port}"],
+                        tls, config)
     hello = {"rank": DEALER_RANK, "world_size": world_size, "protocol_version": PROTOCOL_VERSION}
     try:
         links = tcp.accept(listener, DEALER_RANK, hello, set(range(world_size)),
                            config.connect_timeout_s, config.max_frame_bytes, wrap=tls)
     finally:
         listener.close()
-    return serve_dealer(links, world_size, config.dealer_idle_timeout_s)
+    return serve_dealer(links, world_size, config.dealer_idle_timeout_s, config.dealer_attest)
 
 
 def init(config: Config | None = None) -> Session:
@@ -219,7 +220,7 @@ def run_inproc(fn: Callable, world_size: int, provider: str, args: tuple, kwargs
     def dealer() -> None:
         try:
             serve_dealer({r: hub.link(DEALER_RANK, r) for r in range(world_size)}, world_size,
-                         config.dealer_idle_timeout_s)
+                         config.dealer_idle_timeout_s, config.dealer_attest)
         except BaseException as e:
             errors[DEALER_RANK] = describe(e)
 

@@ -165,8 +165,10 @@ class Provider(ABC):
     @classmethod
     @abstractmethod
     def create(cls, rank: int, world_size: int, own: PRG, pairwise: dict[int, PRG],
-               dealer_link: Any, timeout: float) -> "Provider":
-        """This party's provider, from its PRGs and (if needs_dealer) its dealer link."""
+               dealer_link: Any, timeout: float,
+               measurements: list[str] | None = None) -> "Provider":
+        """This party's provider, from its PRGs and (if needs_dealer) its dealer link and the
+        dealer measurements it pins."""
 
     def request(self, kind: str, **params) -> Correlation:
         """This party's shares of a new correlation (same call order on every party)."""
