@@ -35,6 +35,9 @@ class Config:
     allow_insecure: bool = False
     """Let parties on non-loopback addresses run without TLS (shares then cross the network
     in the clear). Also MPC_ALLOW_INSECURE=1 or --allow-insecure."""
+    job_id: str = ""
+    """Names the job at a dealer that serves several (MPC_JOB_ID; mpc.run and `mpc-ml launch`
+    pick a fresh one). Agreed at the handshake."""
     dealer_attest: str = "none"
     """The attestation of the dealer that mpc.run starts itself: none | sim | sgx
     (`mpc-ml dealer --attest` for a dealer started on its own)."""
@@ -65,12 +68,13 @@ class Config:
     def agreed_fields(self) -> dict:
         """The fields that every party must hold identical values for."""
         return {"precision_bits": self.precision_bits, "truncation": self.truncation,
-                "validate": self.validate, "protocol_version": PROTOCOL_VERSION}
+                "validate": self.validate, "job": self.job_id, "protocol_version": PROTOCOL_VERSION}
 
     @classmethod
     def from_env(cls, base: "Config | None" = None) -> "Config":
         """Apply MPC_PRECISION_BITS, MPC_TRUNCATION, MPC_COMM_TIMEOUT_S,
-        MPC_CONNECT_TIMEOUT_S, MPC_DEALER_MEASUREMENT and MPC_ALLOW_INSECURE overrides."""
+        MPC_CONNECT_TIMEOUT_S, MPC_JOB_ID, MPC_DEALER_MEASUREMENT and MPC_ALLOW_INSECURE
+        overrides."""
         cfg = base or cls()
         changes = {}
         if "MPC_PRECISION_BITS" in os.environ:
@@ -81,6 +85,8 @@ class Config:
             changes["comm_timeout_s"] = float(os.environ["MPC_COMM_TIMEOUT_S"])
         if "MPC_CONNECT_TIMEOUT_S" in os.environ:
             changes["connect_timeout_s"] = float(os.environ["MPC_CONNECT_TIMEOUT_S"])
+        if os.environ.get("MPC_JOB_ID"):
+            changes["job_id"] = os.environ["MPC_JOB_ID"]
         if os.environ.get("MPC_DEALER_MEASUREMENT"):
             changes["dealer_measurement"] = os.environ["MPC_DEALER_MEASUREMENT"]
         if os.environ.get("MPC_ALLOW_INSECURE", "").strip().lower() in ("1", "true", "yes"):

@@ -5,6 +5,7 @@ import argparse
 import importlib
 import os
 import runpy
+import secrets
 import sys
 import threading
 import time
@@ -67,6 +68,7 @@ def launch(args: argparse.Namespace) -> int:
             raise SystemExit(f"mpc-ml launch: {e}") from None
     else:
         deployment = _local_deployment(args)
+    os.environ.setdefault("MPC_JOB_ID", secrets.token_hex(8))  # names this job at a shared dealer
     env = dict(os.environ)
     if args.allow_insecure:
         env["MPC_ALLOW_INSECURE"] = "1"
@@ -98,7 +100,7 @@ def dealer(args: argparse.Namespace) -> int:
     """Run a dealer for one job of n parties."""
     import torch
 
-    from ..launch.run import run_tcp_dealer
+    from ..launch.dealer_service import serve_jobs
 
     torch.set_num_threads(1)
     tls = None
@@ -121,10 +123,15 @@ def dealer(args: argparse.Namespace) -> int:
         print(f"dealer measurement: {measured}", flush=True)
         if args.attest == "sim":
             print(f"mpc-ml dealer: {SIM_WARNING}", file=sys.stderr)
-    try:
-        served = run_tcp_dealer(tcp.listen(args.listen), args.nparties, config, tls=tls)
-    except ValueError as e:
-        raise SystemExit(f"mpc-ml dealer: {e}") from None
+    if config.dealer_attest == "none":
+        try:
+            check_transport("mpc-ml dealer", [args.listen], tls, config)
+        except ValueError as e:
+            raise SystemExit(str(e)) from None
+    # -n N: one job of N parties, as a job's own dealer; without it, a service for any jobs
+    max_jobs = args.jobs if args.jobs is not None else (1 if args.nparties else None)
+    served = serve_jobs(tcp.listen(args.listen), config, tls, max_jobs=max_jobs,
+                        world_size=args.nparties)
     print(f"dealer: served {served} correlations", file=sys.stderr)
     return 0
 
@@ -301,7 +308,10 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=slurm)
     p = sub.add_parser("dealer", help="serve correlated randomness to n parties")
     p.add_argument("--listen", required=True, metavar="HOST:PORT")
-    p.add_argument("-n", "--nparties", type=int, required=True)
+    p.add_argument("-n", "--nparties", type=int, help="serve one job of N parties, then exit "
+                   "(without -n: serve any number of jobs, each found by its MPC_JOB_ID)")
+    p.add_argument("--jobs", type=int, metavar="K", help="exit after K jobs (default: one with "
+                   "-n, else run until stopped)")
     p.add_argument("--tls", metavar="DIR", help="TLS with DIR/dealer.pem and .key "
                    "(default: $MPC_TLS_DIR if set)")
     p.add_argument("--allow-insecure", action="store_true", help="listen on a non-loopback "

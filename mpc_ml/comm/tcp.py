@@ -90,6 +90,7 @@ class TcpLink(Link):
     def __init__(self, sock: socket.socket, me: int, peer: int, max_frame_bytes: int):
         self.sock, self.me, self.peer = sock, me, peer
         self.max_frame_bytes = max_frame_bytes
+        self.hello: dict | None = None  # the peer's hello, where this side accepted it
         self._inbox: queue.Queue = queue.Queue()
         self._send_lock = threading.Lock()
         self._closed = False
@@ -293,15 +294,17 @@ HELLO_TIMEOUT_S = 10.0
 """How long an accepted connection may take to present its hello before it is dropped."""
 
 
-class _Refused(CommError):
+class Refused(CommError):
     """A well-formed peer of this job whose settings differ: the job cannot go on."""
 
 
-def _handshake(sock: socket.socket, source, me: int, hello: dict, ranks: set[int],
-               deadline: float, max_frame_bytes: int, wrap) -> TcpLink:
+def handshake(sock: socket.socket, source: tuple, me: int, hello: dict, ranks: set[int] | None,
+              deadline: float, max_frame_bytes: int, wrap: Wrap | None) -> TcpLink:
     """One accepted connection to a link: TLS (or the refusal of TLS), its hello, checks.
 
-    A _Refused error means a real peer with other settings; any other CommError (garbage,
+    ranks: the ranks this side waits for, or None for any rank of the world size the hello
+    states (a dealer serving many jobs); the peer's hello is kept as `link.hello`.
+    A Refused error means a real peer with other settings; any other CommError (garbage,
     silence, a failed TLS handshake, a rank this party does not expect) marks a stray."""
     where = f"a peer connecting from {source[0]}:{source[1]}"
     sock.settimeout(max(0.1, min(deadline - time.monotonic(), HELLO_TIMEOUT_S)))
@@ -329,22 +332,25 @@ def _handshake(sock: socket.socket, source, me: int, hello: dict, ranks: set[int
                         f"{str(e).removeprefix(unnamed)}") from None
     if isinstance(first, dict) and "error" in first:  # it refused this party
         link.close()
-        raise _Refused(f"{peer_name(me)}: refused by {where}: {first['error']}")
+        raise Refused(f"{peer_name(me)}: refused by {where}: {first['error']}")
     rank = first.get("rank") if isinstance(first, dict) else None
+    if ranks is None and isinstance(first, dict) and isinstance(first.get("world_size"), int):
+        ranks = set(range(first["world_size"]))
     try:
-        if rank not in ranks:
+        if rank not in (ranks or ()):
             raise CommError(f"{peer_name(me)}: {where} claims rank {rank!r}, not one this "
                             f"party waits for")
         link.peer = rank
         certified = getattr(sock, "certified_rank", None)
         if certified is not None and certified != rank:
-            raise _Refused(f"{peer_name(me)}: {peer_name(rank)} presented the certificate of "
+            raise Refused(f"{peer_name(me)}: {peer_name(rank)} presented the certificate of "
                            f"{peer_name(certified)}; refusing the connection")
         try:
             _check_hello(first, {k: v for k, v in hello.items() if k != "rank"}, me,
                          peer_name(rank))
         except CommError as e:
-            raise _Refused(str(e)) from None
+            raise Refused(str(e)) from None
+        link.hello = first
     except CommError as e:
         try:
             link.send({"error": str(e)})  # tell the refused peer why
@@ -372,7 +378,7 @@ def accept(listener: socket.socket, me: int, hello: dict, ranks: set[int], timeo
 
     def shake(sock, source) -> None:
         try:
-            done.put(_handshake(sock, source, me, hello, ranks, deadline, max_frame_bytes, wrap))
+            done.put(handshake(sock, source, me, hello, ranks, deadline, max_frame_bytes, wrap))
         except BaseException as e:
             done.put(e)
 
@@ -384,7 +390,7 @@ def accept(listener: socket.socket, me: int, hello: dict, ranks: set[int], timeo
                 except queue.Empty:
                     break
                 pending -= 1
-                if isinstance(outcome, _Refused) or not isinstance(outcome, (TcpLink, CommError)):
+                if isinstance(outcome, Refused) or not isinstance(outcome, (TcpLink, CommError)):
                     raise outcome
                 if isinstance(outcome, CommError):
                     dropped.append(str(outcome))

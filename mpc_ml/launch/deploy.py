@@ -25,6 +25,7 @@ Parties are listed in rank order. From the file come the environment each party'
 """
 from __future__ import annotations
 
+import os
 import queue
 import shlex
 import signal
@@ -114,6 +115,8 @@ class Deployment:
             env["MPC_TLS_DIR"] = self._tls_dir()
         for key, value in self.settings.items():
             env[CONFIG_KEYS[key]] = str(value)
+        if os.environ.get("MPC_JOB_ID"):  # `mpc-ml launch` names each job for shared dealers
+            env["MPC_JOB_ID"] = os.environ["MPC_JOB_ID"]
         return env
 
     def _party_run(self, rank: int, script: str, args: list[str]) -> list[str]:

@@ -26,6 +26,7 @@ import multiprocessing as mp
 import os
 import pickle
 import queue
+import secrets
 import socket
 import sys
 import threading
@@ -179,6 +180,8 @@ def run(fn: Callable, world_size: int = 2, backend: str = "inproc", provider: st
     """
     runner = backend_runner(backend)
     config = config or Config()
+    if not config.job_id:
+        config = config.replace(job_id=secrets.token_hex(8))
     check_job(world_size, provider, config)
     if tls_dir is not None:
         if backend != "tcp":
