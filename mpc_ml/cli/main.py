@@ -11,7 +11,7 @@ import threading
 import time
 from pathlib import Path
 
-from ..comm import tcp
+from ..comm import CommError, tcp
 from ..config import DEALER_ATTEST_MODES, Config
 from ..launch import BACKENDS
 from ..launch.run import check_transport
@@ -130,8 +130,12 @@ def dealer(args: argparse.Namespace) -> int:
             raise SystemExit(str(e)) from None
     # -n N: one job of N parties, as a job's own dealer; without it, a service for any jobs
     max_jobs = args.jobs if args.jobs is not None else (1 if args.nparties else None)
-    served = serve_jobs(tcp.listen(args.listen), config, tls, max_jobs=max_jobs,
-                        world_size=args.nparties)
+    try:
+        served = serve_jobs(tcp.listen(args.listen), config, tls, max_jobs=max_jobs,
+                            world_size=args.nparties,
+                            first_job_within_s=config.connect_timeout_s if args.nparties else None)
+    except CommError as e:
+        raise SystemExit(f"mpc-ml dealer: {e}") from None
     print(f"dealer: served {served} correlations", file=sys.stderr)
     return 0
 

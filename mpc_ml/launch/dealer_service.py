@@ -27,9 +27,12 @@ class _Job:
 
 
 def serve_jobs(listener: socket.socket, config: Config, tls: tcp.Wrap | None = None,
-               max_jobs: int | None = None, world_size: int | None = None) -> int:
+               max_jobs: int | None = None, world_size: int | None = None,
+               first_job_within_s: float | None = None) -> int:
     """Serve jobs on listener until max_jobs have finished (forever if None); returns the
-    number of correlations served. world_size, if given, is the only one accepted."""
+    number of correlations served. world_size, if given, is the only one accepted;
+    first_job_within_s, if given, is how long the first job may take to gather (a job's
+    own dealer gives up, naming who is missing, like its parties do)."""
     arrivals: queue.Queue = queue.Queue()
     stop = threading.Event()
     served: list[int] = []
@@ -73,8 +76,14 @@ def serve_jobs(listener: socket.socket, config: Config, tls: tcp.Wrap | None = N
     workers: list[threading.Thread] = []
     acceptor = threading.Thread(target=accept_loop, daemon=True, name="mpc-dealer-accept")
     acceptor.start()
+    started = time.monotonic()
     try:
         while max_jobs is None or len(workers) < max_jobs:
+            if (first_job_within_s is not None and not workers
+                    and time.monotonic() - started > first_job_within_s):
+                waiting = {k: sorted(set(range(j.world_size)) - set(j.links)) for k, j in jobs.items()}
+                raise CommError(f"the dealer: no job gathered within {first_job_within_s:g} s "
+                                f"(missing ranks by job: {waiting or 'no party connected'})")
             try:
                 link = arrivals.get(timeout=0.5)
             except queue.Empty:
