@@ -44,7 +44,14 @@ from ..session import check_job
 from .results import PEER_FAILURE_EXIT
 
 CONFIG_KEYS = {"precision_bits": "MPC_PRECISION_BITS", "truncation": "MPC_TRUNCATION",
-               "comm_timeout_s": "MPC_COMM_TIMEOUT_S", "allow_insecure": "MPC_ALLOW_INSECURE"}
+               "comm_timeout_s": "MPC_COMM_TIMEOUT_S", "allow_insecure": "MPC_ALLOW_INSECURE",
+               "dealer_measurement": "MPC_DEALER_MEASUREMENT"}
+"""[job] keys: the Config field and the variable that carries it (a list is comma-joined)."""
+
+
+def _env_value(value: object) -> str:
+    """A [job] value as an environment variable holds it (lists comma-joined)."""
+    return ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
 
 
 @dataclass
@@ -114,7 +121,7 @@ class Deployment:
         if self.tls:
             env["MPC_TLS_DIR"] = self._tls_dir()
         for key, value in self.settings.items():
-            env[CONFIG_KEYS[key]] = str(value)
+            env[CONFIG_KEYS[key]] = _env_value(value)
         if os.environ.get("MPC_JOB_ID"):  # `mpc-ml launch` names each job for shared dealers
             env["MPC_JOB_ID"] = os.environ["MPC_JOB_ID"]
         return env
@@ -130,7 +137,7 @@ class Deployment:
                "-n", str(self.world_size)]
         if self.tls:
             run += ["--tls", self._tls_dir()]
-        settings = [f"{CONFIG_KEYS[k]}={v}" for k, v in sorted(self.settings.items())]
+        settings = [f"{CONFIG_KEYS[k]}={_env_value(v)}" for k, v in sorted(self.settings.items())]
         return ["env", *settings, *run] if settings else run
 
     def processes(self, script: str, args: list[str]) -> dict[str, tuple[Endpoint, list[str]]]:
