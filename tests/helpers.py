@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import json
 import socket
+import subprocess
 import threading
 import time
 from typing import Callable, NamedTuple
@@ -280,3 +281,21 @@ def tcp_sessions(configs: list, *, world_sizes: list[int] | None = None, addr_co
         for s in socks:
             s.close()
     return results
+
+
+# -- network namespaces: separate hosts on one machine -------------------------------------------
+NETNS_PREFIX = "mpct"
+
+
+def sh(*args: str) -> None:
+    """Run a command (ip, tc), failing loudly."""
+    subprocess.run(args, check=True, capture_output=True)
+
+
+def cleanup_namespaces() -> None:
+    """Remove the namespaces, bridge and veths the `hosts` fixture made."""
+    for ns in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split():
+        if ns.startswith(NETNS_PREFIX):
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+    for link in (f"{NETNS_PREFIX}br", *(f"{NETNS_PREFIX}v{i}" for i in range(3))):
+        subprocess.run(["ip", "link", "del", link], capture_output=True)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import PROVIDERS, free_addresses
+from helpers import NETNS_PREFIX, PROVIDERS, free_addresses, sh
 from mpc_ml.launch import deploy
 
 PARTY_SCRIPT = textwrap.dedent('''
@@ -198,43 +198,7 @@ def test_parties_started_over_ssh(tmp_path, sshd):
     check_result(out)
 
 
-# -- separate hosts: network namespaces, TLS, shaped bandwidth -------------------------------
-PREFIX = "mpct"
-
-
-def sh(*args: str) -> None:
-    subprocess.run(args, check=True, capture_output=True)
-
-
-def cleanup_namespaces() -> None:
-    for ns in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split():
-        if ns.startswith(PREFIX):
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
-    for link in (f"{PREFIX}br", *(f"{PREFIX}v{i}" for i in range(3))):
-        subprocess.run(["ip", "link", "del", link], capture_output=True)
-
-
-@pytest.fixture
-def hosts():
-    """Three hosts (2 parties and a dealer) on a bridge: 10.77.9.10-12."""
-    cleanup_namespaces()
-    try:
-        sh("ip", "link", "add", f"{PREFIX}br", "type", "bridge")
-        sh("ip", "link", "set", f"{PREFIX}br", "up")
-        addresses = []
-        for i in range(3):
-            ns, veth = f"{PREFIX}{i}", f"{PREFIX}v{i}"
-            sh("ip", "netns", "add", ns)
-            sh("ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns)
-            sh("ip", "link", "set", veth, "master", f"{PREFIX}br")
-            sh("ip", "link", "set", veth, "up")
-            sh("ip", "netns", "exec", ns, "ip", "addr", "add", f"10.77.9.{10 + i}/24", "dev", "eth0")
-            sh("ip", "netns", "exec", ns, "ip", "link", "set", "eth0", "up")
-            sh("ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up")
-            addresses.append(f"10.77.9.{10 + i}")
-        yield addresses
-    finally:
-        cleanup_namespaces()
+# -- separate hosts: network namespaces (the `hosts` fixture), TLS, shaped bandwidth ----------
 
 
 def test_private_inference_across_namespaces_with_tls(tmp_path, hosts):
@@ -242,20 +206,20 @@ def test_private_inference_across_namespaces_with_tls(tmp_path, hosts):
 
     make_certificates(tmp_path / "certs", parties=2, dealer=True)
     script = write(tmp_path / "party.py", PARTY_SCRIPT)
-    parties = "".join(f'[[party]]\naddress = "{ip}:29500"\nnetns = "{PREFIX}{i}"\n'
+    parties = "".join(f'[[party]]\naddress = "{ip}:29500"\nnetns = "{NETNS_PREFIX}{i}"\n'
                       for i, ip in enumerate(hosts[:2]))
     cfg = write(tmp_path / "job.toml", f'[job]\nprovider = "dealer"\ntls = "certs"\n'
                 f'comm_timeout_s = 30\n{parties}'
-                f'[dealer]\naddress = "{hosts[2]}:29600"\nnetns = "{PREFIX}2"\n')
+                f'[dealer]\naddress = "{hosts[2]}:29600"\nnetns = "{NETNS_PREFIX}2"\n')
     job = deploy.load(cfg)
     for shaped in (False, True):
         if shaped:  # every host's link limited to 50 Mbit/s
             for i in range(3):
-                sh("tc", "qdisc", "add", "dev", f"{PREFIX}v{i}", "root", "tbf", "rate", "50mbit",
+                sh("tc", "qdisc", "add", "dev", f"{NETNS_PREFIX}v{i}", "root", "tbf", "rate", "50mbit",
                    "burst", "64kb", "latency", "100ms")
         out = tmp_path / f"result-{shaped}.txt"
         assert deploy.run_processes(job.commands(str(script), [str(out)]), grace_s=30) == 0
         check_result(out)
-    qdisc = subprocess.run(["tc", "qdisc", "show", "dev", f"{PREFIX}v0"], capture_output=True,
+    qdisc = subprocess.run(["tc", "qdisc", "show", "dev", f"{NETNS_PREFIX}v0"], capture_output=True,
                            text=True).stdout
     assert "tbf" in qdisc and "50Mbit" in qdisc

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..comm.tcp import parse_address
-from ..config import Config
+from ..config import DEALER_ATTEST_MODES, Config
 from ..providers import DEFAULT_PROVIDER
 from ..session import check_job
 from .results import PEER_FAILURE_EXIT
@@ -93,6 +93,8 @@ class Deployment:
     tls: str | None = None
     settings: dict = field(default_factory=dict)
     base_dir: Path = Path(".")
+    dealer_attest: str = "none"
+    """[dealer] attest = "sim" | "sgx": the dealer proves what it runs (`--attest`)."""
 
     @property
     def world_size(self) -> int:
@@ -137,6 +139,8 @@ class Deployment:
                "-n", str(self.world_size)]
         if self.tls:
             run += ["--tls", self._tls_dir()]
+        if self.dealer_attest != "none":
+            run += ["--attest", self.dealer_attest]
         settings = [f"{CONFIG_KEYS[k]}={_env_value(v)}" for k, v in sorted(self.settings.items())]
         return ["env", *settings, *run] if settings else run
 
@@ -190,11 +194,15 @@ def load(path: str | Path) -> Deployment:
     addresses = [p.address for p in parties]
     if len(set(addresses)) != len(addresses):
         raise ValueError(f"{path}: two parties share an address")
-    dealer = _endpoint(data["dealer"], f"{path}: dealer") if "dealer" in data else None
+    dealer_table = dict(data.get("dealer", {}))
+    attest = dealer_table.pop("attest", "none")
+    if attest not in DEALER_ATTEST_MODES:
+        raise ValueError(f"{path}: [dealer] attest = {attest!r}; choose one of {DEALER_ATTEST_MODES}")
+    dealer = _endpoint(dealer_table, f"{path}: dealer") if "dealer" in data else None
     if (provider == "dealer") != (dealer is not None):
         raise ValueError(f"{path}: provider {provider!r} " + (
             "needs a [dealer] section" if dealer is None else "takes no [dealer] section"))
-    return Deployment(parties, provider, dealer, tls, job, path.parent)
+    return Deployment(parties, provider, dealer, tls, job, path.parent, attest)
 
 
 def slurm_script(deployment: Deployment, script: str, args: list[str]) -> str:
