@@ -110,3 +110,14 @@ def test_correlation_trace_does_not_depend_on_the_data():
     small = mpc.run(_traced, 2, args=(torch.zeros(3, 4),))[0]
     large = mpc.run(_traced, 2, args=(torch.randn(3, 4) * 100,))[0]
     assert small == large
+
+
+def test_validation_catches_a_product_beyond_the_documented_range():
+    """|x y| < 2^30 cannot be checked without revealing data; the validation mode names
+    the product that overflowed."""
+    def party():
+        x = mpc.encrypt(torch.tensor([70000.0, 2.0]), src=0)  # (x^2 2^32 passes 2^63: wraps)
+        return (x * x).decrypt()
+
+    with pytest.raises(mpc.PartyError, match=r"validation: mul of \(private \(2,\), private \(2,\)\)"):
+        mpc.run(party, 2, config=VALIDATE)
