@@ -26,8 +26,9 @@ class Config:
     connect_timeout_s: float = 30.0
     """How long a party keeps trying to reach peers that have not started listening yet."""
     max_frame_bytes: int = 1 << 30
-    """A frame announcing a larger payload is refused before anything is allocated (the
-    largest message of the benchmarks' models is 8 MiB; memory grows only as bytes arrive)."""
+    """A frame announcing a larger payload is refused before anything is allocated; below
+    it, memory grows only as the payload's bytes arrive (a 1024 x 1024 matmul sends 8 MiB
+    tensors; raise it for larger single tensors)."""
     dealer_idle_timeout_s: float = 3600.0
     """How long the dealer waits for the next request before giving up."""
     force_limbs: bool = False
