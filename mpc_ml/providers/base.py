@@ -8,12 +8,16 @@ correlation, in program order, party i draws its shares of the free components f
 its stream, then its shares of the derived ones, except the *correction party*, who
 instead gets derived - sum(other parties' derived shares) from the generator. So the
 generator sends data to one party only; all other shares cost nothing to deliver.
+
+The requests a computation makes depend on shapes only, so a traced list of them can be
+announced ahead (`Provider.prefetch`): a dealer then makes the correlations of the
+next repeats of that list without waiting for each request (protocols/offline.toml).
 """
 from __future__ import annotations
 
+import json
 from abc import ABC, abstractmethod
 from typing import Any, Callable
-
 
 from ..core import ring
 from ..core.prg import PRG
@@ -31,6 +35,10 @@ class CorrelationKind:
                  derived_xor: tuple = ()):
         self.free_shapes, self.derived_shapes, self.derive = free, derived, derive
         self.free_xor, self.derived_xor = free_xor, derived_xor
+
+
+PREFETCH_WINDOW = 2
+"""How many prefetched repeats a dealer keeps in flight (made, not yet all collected)."""
 
 
 def _is_xor(flags: tuple, i: int) -> bool:
@@ -170,6 +178,14 @@ class Provider(ABC):
         """This party's provider, from its PRGs and (if needs_dealer) its dealer link and the
         dealer measurements it pins."""
 
+    def prefetch(self, requests: list[dict], repeats: int, window: int = PREFETCH_WINDOW) -> None:
+        """Announce that the next `repeats` runs of `requests` (in order) follow, so their
+        correlations can be made ahead (a no-op here: this provider never waits).
+
+        Every party must call it at the same point of the program (SPMD), with the same
+        list. See DealerProvider.prefetch for what the dealer makes of it."""
+        check_prefetch(requests, repeats, window)
+
     def request(self, kind: str, **params) -> Correlation:
         """This party's shares of a new correlation (same call order on every party)."""
         request = make_request(kind, **params)
@@ -190,6 +206,35 @@ class Provider(ABC):
 
     def close(self) -> None:
         pass
+
+
+class PrefetchDivergence(RuntimeError):
+    """A request differs from the next one a prefetch announced (the computation is not the
+    one that was traced); the provider then refuses every later request."""
+
+
+def canonical(request: dict) -> str:
+    """A request's compact JSON, keys sorted: what the dealer receives (and what the specs
+    count as its bytes); equal for equal requests, tuples or lists alike."""
+    return json.dumps(request, separators=(",", ":"), sort_keys=True)
+
+
+def check_prefetch(requests: list[dict], repeats: int, window: int) -> None:
+    """ValueError unless requests is a list of valid requests, repeats an int >= 0 and
+    window an int >= 1."""
+    if not isinstance(requests, (list, tuple)):
+        raise ValueError(f"prefetch: requests must be a list of correlation requests, "
+                         f"got {type(requests).__name__}")
+    for i, request in enumerate(requests):
+        if not isinstance(request, dict) or not isinstance(request.get("params"), dict):
+            raise ValueError(f"prefetch: request #{i} is not a correlation request: {request!r}")
+        try:
+            kind_of(request)
+        except ValueError as e:
+            raise ValueError(f"prefetch: request #{i}: {e}") from None
+    for name, value, low in (("repeats", repeats, 0), ("window", window, 1)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            raise ValueError(f"prefetch: {name} must be an integer >= {low}, got {value!r}")
 
 
 def make_request(kind: str, **params) -> dict:

@@ -7,11 +7,20 @@ keeps computing (opening its masked inputs, doing its local products) and collec
 correction when it needs it, so the dealer's work (e.g. the product a @ b) overlaps the
 parties' instead of sitting on their critical path. The dealer learns shapes, never
 data; it must not collude with any party.
+
+Offline phase (protocols/offline.toml): `DealerProvider.prefetch(requests, repeats)`
+announces a traced request list and a repeat count in a few control messages; the
+dealer then makes the correlations of every repeat, in order, and streams their
+corrections without waiting for requests, at most `window` repeats ahead of what the
+last party has collected (it acknowledges each collected repeat with {"ack": 1}). The
+parties check every request against the announced one and send none of them; when the
+prefetched requests are used up they go back to one request per correlation.
 """
 from __future__ import annotations
 
 import collections
 import hmac
+import json
 import sys
 from dataclasses import dataclass
 
@@ -20,7 +29,91 @@ from ..comm import CommError, Link, PeerError, Stats, message_bytes
 from ..core.keys import PUBLIC_KEY_BYTES, KeyAgreement, transcript
 from ..core.prg import PRG
 from . import attestation
-from .base import Correlation, CorrelationGenerator, Provider, draw_shares, kind_of
+from .base import (PREFETCH_WINDOW, Correlation, CorrelationGenerator, PrefetchDivergence, Provider,
+                   canonical, check_prefetch, draw_shares, kind_of)
+
+ACK = {"ack": 1}
+"""The last party's acknowledgement of one prefetched repeat, once it has collected every
+correction of it (9 bytes of JSON)."""
+ANNOUNCE_CHUNK_BYTES = 60_000
+"""The largest announcement message (its compact JSON), below the 64 KiB control-frame cap."""
+MAX_PREFETCH_REQUESTS = 1 << 20
+"""The longest request list (counting repeated requests) a dealer accepts in one announcement."""
+MAX_PREFETCH_REPEATS = 1 << 30
+MAX_PREFETCH_WINDOW = 64
+ANNOUNCEMENT_KEYS = {"more", "prefetch", "repeats", "window"}
+
+
+def _json_len(value: object) -> int:
+    return len(json.dumps(value, separators=(",", ":"), sort_keys=True))
+
+
+def run_lengths(requests: list[dict]) -> list[list]:
+    """[[count, request], ...]: the list with consecutive equal requests merged."""
+    runs: list[list] = []
+    last = None
+    for request in requests:
+        key = canonical(request)
+        if key == last:
+            runs[-1][0] += 1
+        else:
+            runs.append([1, request])
+            last = key
+    return runs
+
+
+def announcement(requests: list[dict], repeats: int, window: int = PREFETCH_WINDOW,
+                 chunk_bytes: int | None = None) -> list[dict]:
+    """The control messages that announce a prefetch: the run-length encoded list
+    ([count, request] entries), cut in order into messages of at most chunk_bytes
+    (default ANNOUNCE_CHUNK_BYTES) of compact JSON, each {"more", "prefetch", "repeats",
+    "window"}; "more" is true on all but the last."""
+    limit = ANNOUNCE_CHUNK_BYTES if chunk_bytes is None else chunk_bytes
+    empty = _json_len({"more": False, "prefetch": [], "repeats": repeats, "window": window})
+    chunks: list[list] = [[]]
+    size = empty
+    for entry in run_lengths(requests):
+        n = _json_len(entry)
+        if empty + n > limit:
+            raise ValueError(f"prefetch: a request of {n} bytes does not fit an announcement "
+                             f"message of {limit} bytes: {entry[1]}")
+        if chunks[-1] and size + 1 + n > limit:
+            chunks.append([])
+            size = empty
+        size += n + (1 if len(chunks[-1]) else 0)
+        chunks[-1].append(entry)
+    return [{"more": i < len(chunks) - 1, "prefetch": chunk, "repeats": repeats, "window": window}
+            for i, chunk in enumerate(chunks)]
+
+
+class _Expected:
+    """The prefetched requests a party expects next: `repeats` times one list."""
+
+    def __init__(self, runs: list[list], repeats: int):
+        self.keys = [(count, canonical(request)) for count, request in runs]
+        self.length = sum(count for count, _ in runs)
+        self.repeats = repeats
+        self.index = 0  # requests consumed so far, over all repeats
+        self._run = self._offset = 0
+
+    def expected(self) -> str:
+        return self.keys[self._run][1]
+
+    def advance(self) -> bool:
+        """Consume the expected request; True where it is the last one of a repeat."""
+        self.index += 1
+        self._offset += 1
+        if self._offset < self.keys[self._run][0]:
+            return False
+        self._run, self._offset = self._run + 1, 0
+        if self._run < len(self.keys):
+            return False
+        self._run = 0
+        return True
+
+    @property
+    def used_up(self) -> bool:
+        return self.index == self.length * self.repeats
 
 
 class DealerProvider(Provider):
@@ -38,7 +131,11 @@ class DealerProvider(Provider):
         self.dealer = party_seed_agreement(link, rank, timeout, measurements)
         self._stream = PRG(self.dealer.seed)
         self.is_correction_party = rank == world_size - 1
-        self._pending: collections.deque[Correlation] = collections.deque()
+        self._pending: collections.deque[tuple[Correlation, bool]] = collections.deque()
+        """Correlations whose corrections are still to come, each with whether it ends a
+        prefetched repeat (its collection is then acknowledged)."""
+        self._expected: collections.deque[_Expected] = collections.deque()
+        self._diverged: str | None = None
 
     @classmethod
     def create(cls, rank: int, world_size: int, own: PRG, pairwise: dict[int, PRG],
@@ -48,22 +145,77 @@ class DealerProvider(Provider):
             raise ValueError("provider 'dealer' needs a connection to a dealer")
         return cls(rank, world_size, dealer_link, timeout, measurements)
 
+    def prefetch(self, requests: list[dict], repeats: int, window: int = PREFETCH_WINDOW) -> None:
+        """Announce the next `repeats` runs of `requests`: the last party sends the list
+        (run-length encoded, in messages under the control-frame cap) and the repeat
+        count to the dealer, which makes all their correlations in order and streams the
+        corrections, at most `window` repeats ahead of what this party has collected.
+        Then every party checks each request against the announced one (a difference
+        raises PrefetchDivergence) and the last party sends none of them. Every party
+        must call it at the same point with the same list (SPMD); calls queue up, each
+        after the previous one's requests. No party-to-party traffic."""
+        check_prefetch(requests, repeats, window)
+        if self._diverged:
+            raise PrefetchDivergence(self._diverged)
+        if not requests or not repeats:
+            return
+        for what, value, high in (("requests", len(requests), MAX_PREFETCH_REQUESTS),
+                                  ("repeats", repeats, MAX_PREFETCH_REPEATS),
+                                  ("window", window, MAX_PREFETCH_WINDOW)):
+            if value > high:
+                raise ValueError(f"prefetch: {what} must be at most {high} (a dealer refuses "
+                                 f"more), got {value}")
+        runs = run_lengths(list(requests))
+        messages = announcement(list(requests), repeats, window) if self.is_correction_party else []
+        self._expected.append(_Expected(runs, repeats))
+        for msg in messages:
+            self._send(msg)
+
+    def _send(self, msg: dict) -> None:
+        self.link.send(msg)
+        self.traffic.messages += 1
+        self.traffic.bytes_sent += message_bytes(msg)
+
+    def _check_expected(self, request: dict) -> bool:
+        """The request is the next prefetched one (else PrefetchDivergence, for good);
+        True where it ends a repeat."""
+        plan = self._expected[0]
+        got = canonical(request)
+        if got != plan.expected():
+            k = plan.index
+            self._diverged = (
+                f"party {self.rank}: the computation diverged from the prefetched correlations "
+                f"at request #{k}: expected {plan.expected()}, got {got} (request {k % plan.length}"
+                f" of repeat {k // plan.length + 1} of {plan.repeats} of a {plan.length}-request "
+                "list; after prefetch, every party must run the traced computation again, "
+                "exactly and in the same order, once per repeat)")
+            self._expected.clear()
+            raise PrefetchDivergence(self._diverged)
+        ends_repeat = plan.advance()
+        if plan.used_up:
+            self._expected.popleft()
+        return ends_repeat
+
     def _correlation(self, request: dict) -> Correlation:
+        if self._diverged:
+            raise PrefetchDivergence(self._diverged)
+        prefetched = bool(self._expected)
+        ends_repeat = self._check_expected(request) if prefetched else False
         free, derived = draw_shares(self._stream, request, with_derived=not self.is_correction_party)
         if not self.is_correction_party:
             return Correlation(free, derived)
-        self.link.send(request)
-        self.traffic.messages += 1
-        self.traffic.bytes_sent += message_bytes(request)
+        if not prefetched:
+            self._send(request)
         corr = Correlation(free, fetch=self._collect_until,
                            n_derived=len(kind_of(request).derived_shapes(request["params"])))
-        self._pending.append(corr)
+        self._pending.append((corr, ends_repeat))
         return corr
 
     def _collect_until(self, target: Correlation) -> None:
-        """Receive corrections, in request order, until target's have arrived."""
+        """Receive corrections, in request order, until target's have arrived; acknowledge
+        each prefetched repeat whose corrections have all arrived."""
         while target._derived is None:
-            corr = self._pending.popleft()
+            corr, ends_repeat = self._pending.popleft()
             derived = []
             for _ in range(corr.n_derived):
                 msg = self.link.recv(self.timeout)
@@ -73,6 +225,8 @@ class DealerProvider(Provider):
                 derived.append(msg)
             self.traffic.bytes_received += sum(message_bytes(d) for d in derived)
             corr.set_derived(derived)
+            if ends_repeat:
+                self._send(ACK)
 
     def stats(self) -> dict:
         return {f"dealer_{k}": v for k, v in self.traffic.as_dict().items() if k != "rounds"}
@@ -184,10 +338,9 @@ def party_seed_agreement(link: Link, rank: int, timeout: float,
 def serve_dealer(links: dict[int, Link], world_size: int, idle_timeout: float,
                  attest: str = "none", platform: attestation.SimPlatform | None = None) -> int:
     """Agree a seed with every party (and, attesting, quote the agreement key and every
-    party's nonce), then answer the last party's requests until it hangs up. Returns the
-    number of correlations served.
+    party's nonce), then answer the last party's requests and prefetch announcements
+    until it hangs up. Returns the number of correlations served.
     """
-    served = 0
     try:
         agreement = KeyAgreement()
         for link in links.values():
@@ -210,23 +363,130 @@ def serve_dealer(links: dict[int, Link], world_size: int, idle_timeout: float,
                 link.send({"quote": quote.hex(), "nonces": [n.hex() for n in ordered]})
         generator = CorrelationGenerator([PRG(seeds[r]) for r in range(world_size)],
                                          correction_party=world_size - 1)
-        last = links[world_size - 1]
-        while True:
-            try:
-                request = last.recv(idle_timeout)
-            except PeerError:
-                return served  # the last party is done
-            if not isinstance(request, dict):
-                raise CommError(f"the dealer expected a request from party {world_size - 1}, "
-                                f"got a tensor of shape {tuple(request.shape)}")
-            try:
-                _, corrections = generator.generate(request)
-            except (ValueError, KeyError, TypeError, RuntimeError) as e:
-                last.send({"error": f"bad correlation request {request}: {e}"})
-                raise CommError(f"the dealer refused a request: {e}") from None
-            for c in corrections:
-                last.send(c)
-            served += 1
+        return _serve_requests(links[world_size - 1], world_size - 1, generator, idle_timeout)
     finally:
         for link in links.values():
             link.close()
+
+
+class _Refused(CommError):
+    """The last party sent something the dealer cannot serve (it is told, then the job ends)."""
+
+
+class _Announced:
+    """A prefetch announcement, gathered from its messages, then made repeat by repeat."""
+
+    def __init__(self) -> None:
+        self.runs: list[tuple[int, dict]] = []
+        self.length = 0
+        self.repeats = self.window = 0
+        self.made = 0
+        self.complete = False
+
+    def add(self, msg: dict) -> None:
+        """One announcement message, checked (ValueError says what is wrong)."""
+        if set(msg) != ANNOUNCEMENT_KEYS:
+            raise ValueError(f"an announcement has the keys {sorted(ANNOUNCEMENT_KEYS)}, "
+                             f"got {sorted(msg)}")
+        entries, more, repeats, window = (msg["prefetch"], msg["more"], msg["repeats"],
+                                          msg["window"])
+        if not isinstance(entries, list) or not isinstance(more, bool):
+            raise ValueError("an announcement's 'prefetch' is a list and 'more' a boolean")
+        for name, value, high in (("repeats", repeats, MAX_PREFETCH_REPEATS),
+                                  ("window", window, MAX_PREFETCH_WINDOW)):
+            if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= high:
+                raise ValueError(f"an announcement's {name} must be an integer in 1..{high}, "
+                                 f"got {value!r}")
+        if self.runs and (repeats, window) != (self.repeats, self.window):
+            raise ValueError("the messages of one announcement disagree on repeats or window")
+        self.repeats, self.window = repeats, window
+        for entry in entries:
+            if not (isinstance(entry, list) and len(entry) == 2 and isinstance(entry[0], int)
+                    and not isinstance(entry[0], bool) and entry[0] >= 1
+                    and isinstance(entry[1], dict) and isinstance(entry[1].get("params"), dict)):
+                raise ValueError(f"an announcement entry is [count >= 1, request], got {entry!r}"
+                                 [:300])
+            count, request = entry
+            kind = kind_of(request)
+            kind.free_shapes(request["params"])
+            kind.derived_shapes(request["params"])
+            self.length += count
+            if self.length > MAX_PREFETCH_REQUESTS:
+                raise ValueError(f"an announcement of more than {MAX_PREFETCH_REQUESTS} requests")
+            self.runs.append((count, request))
+        if not more:
+            if not self.length:
+                raise ValueError("an announcement of no requests")
+            self.complete = True
+
+
+def _serve_requests(link: Link, rank: int, generator: CorrelationGenerator,
+                    idle_timeout: float) -> int:
+    """Answer the last party: each request at once, each prefetch announcement by making
+    its repeats in order while fewer than its window are unacknowledged; requests and
+    announcements are served in the order they came. Returns when the party hangs up."""
+    served = 0
+    work: collections.deque = collections.deque()  # requests and complete announcements
+    gathering: _Announced | None = None
+    in_flight = 0  # prefetched repeats made and not yet acknowledged
+
+    def refuse(what: str, detail: str) -> _Refused:
+        link.send({"error": f"{what}: {detail}"})
+        return _Refused(f"the dealer refused {what}: {detail}")
+
+    def answer(request: dict) -> None:
+        try:
+            _, corrections = generator.generate(request)
+        except (ValueError, KeyError, TypeError, RuntimeError) as e:
+            raise refuse(f"the correlation request {request}", str(e)) from None
+        for c in corrections:
+            link.send(c)
+
+    try:
+        while True:
+            if work:
+                head = work[0]
+                if isinstance(head, dict):
+                    work.popleft()
+                    answer(head)
+                    served += 1
+                    continue
+                if head.made == head.repeats:
+                    work.popleft()
+                    continue
+                if in_flight < head.window:
+                    for count, request in head.runs:
+                        for _ in range(count):
+                            answer(request)
+                    served += head.length
+                    head.made += 1
+                    in_flight += 1
+                    continue
+            try:
+                msg = link.recv(idle_timeout)
+            except PeerError:
+                return served  # the last party is done
+            if not isinstance(msg, dict):
+                raise CommError(f"the dealer expected a request from party {rank}, "
+                                f"got a tensor of shape {tuple(msg.shape)}")
+            if "ack" in msg:
+                if msg != ACK or not in_flight:
+                    raise refuse(f"the acknowledgement {msg}"[:200],
+                                 "no prefetched repeat is waiting for one" if msg == ACK
+                                 else f"an acknowledgement is {ACK}")
+                in_flight -= 1
+            elif "prefetch" in msg:
+                gathering = gathering or _Announced()
+                try:
+                    gathering.add(msg)
+                except (ValueError, KeyError, TypeError, RuntimeError) as e:
+                    raise refuse("a prefetch announcement", str(e)) from None
+                if gathering.complete:
+                    work.append(gathering)
+                    gathering = None
+            elif gathering is not None:
+                raise refuse(f"the request {msg}"[:300], "it came in the middle of an announcement")
+            else:
+                work.append(msg)
+    except PeerError:
+        return served  # the party left while corrections were on their way
