@@ -532,3 +532,21 @@ def test_prefetch_is_a_no_op_under_tfp():
             assert all(s == outs[rank]["stats"][0] for s in outs[rank]["stats"])
     # ... and a run that is not the traced one is not an error there
     assert mpc.run(diverging_party, 2, provider="tfp", args=(0,))[0][0] == []
+
+
+# -- over tcp: leaving with prefetched corrections still on their way ----------------------------------
+def leave_early_party() -> list:
+    a = enc(torch.rand(16, 16, generator=gen(1)), src=0)
+    with trace_correlations() as trace:
+        (a @ a).decrypt()
+    trace.prefetch(6, window=3)
+    return [(a @ a).decrypt() for _ in range(2)]  # 4 runs' correlations never used
+
+
+@pytest.mark.parametrize("n", [2, 3])
+def test_parties_may_leave_before_using_every_prefetched_run_over_tcp(n):
+    a = torch.rand(16, 16, generator=gen(1)).double()
+    outs = mpc.run(leave_early_party, n, backend="tcp", provider="dealer")
+    for rank in range(n):
+        for got in outs[rank]:
+            assert_near(got, a @ a, 1e-3, f"party {rank}: a @ a")
