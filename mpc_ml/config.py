@@ -5,7 +5,7 @@ import dataclasses
 import os
 from dataclasses import dataclass
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: seeds by key agreement, job ids, attestation, prefetch
 
 TRUNCATION_METHODS = ("exact", "local")
 DEALER_ATTEST_MODES = ("none", "sim", "sgx")
@@ -45,6 +45,9 @@ class Config:
     dealer_measurement: str | None = None
     """Pinned dealer measurement(s), hex, comma-separated (also MPC_DEALER_MEASUREMENT): a party
     refuses, before it uses any correlation, a dealer that does not attest one of them."""
+    dealer_allowed_tcb: str = "UpToDate"
+    """SGX TCB statuses (comma-separated) a party accepts from an attested dealer; any other
+    is refused (fail closed). Name e.g. "UpToDate,SWHardeningNeeded" only deliberately."""
     validate: bool = False
     """Debugging only (it reveals everything): after every op, decrypt and compare with the
     same op in plaintext; the first op beyond its stated error bound raises ValidationError."""
@@ -88,6 +91,8 @@ class Config:
             changes["connect_timeout_s"] = float(os.environ["MPC_CONNECT_TIMEOUT_S"])
         if os.environ.get("MPC_JOB_ID"):
             changes["job_id"] = os.environ["MPC_JOB_ID"]
+        if os.environ.get("MPC_DEALER_ALLOWED_TCB"):
+            changes["dealer_allowed_tcb"] = os.environ["MPC_DEALER_ALLOWED_TCB"]
         if os.environ.get("MPC_DEALER_MEASUREMENT"):
             changes["dealer_measurement"] = os.environ["MPC_DEALER_MEASUREMENT"]
         if os.environ.get("MPC_ALLOW_INSECURE", "").strip().lower() in ("1", "true", "yes"):

@@ -46,7 +46,8 @@ class Session:
         self.zero_streams = {j: prg.derive("zero") for j, prg in self.pairwise.items()}
         self.provider: Provider = PROVIDERS[provider].create(
             self.rank, self.world_size, self.own, self.pairwise, dealer_link,
-            config.comm_timeout_s, parse_measurements(config.dealer_measurement))
+            config.comm_timeout_s, parse_measurements(config.dealer_measurement),
+            tuple(s.strip() for s in config.dealer_allowed_tcb.split(",") if s.strip()))
         if self.provider.needs_dealer:
             self._agree_on_the_dealer()
         self.op_observers: list = []

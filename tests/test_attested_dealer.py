@@ -200,3 +200,15 @@ def test_private_training_with_an_attested_dealer_over_tls_across_namespaces(tmp
     job = deploy.load(cfg)
     assert deploy.run_processes(job.commands(str(script), [str(out) + ".2"]), grace_s=30) != 0
     assert not (tmp_path / "err.txt.2").exists()
+
+
+def test_the_sgx_path_relays_the_collateral_and_trusts_only_intels_root(monkeypatch):
+    """A dealer in sgx mode (its quote from a stand-in platform here: there is no SGX) sends
+    the quote's collateral along; the parties check the chain against Intel's root and refuse
+    the stand-in, so the refusal is about the chain, not a missing collateral."""
+    platform = attestation.SimPlatform(seed=b"not intel")
+    monkeypatch.setattr(attestation, "make_dealer_quote",
+                        lambda mode, rd, **kw: platform.make_quote(rd))
+    monkeypatch.setattr(attestation, "fetch_collateral", lambda quote, *a: platform.collateral_json())
+    text = _refusal(mpc.Config(dealer_attest="sgx", dealer_measurement=sim_measurement()))
+    assert "attestation" in text and "Intel's root" in text, text

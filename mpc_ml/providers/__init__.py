@@ -5,7 +5,7 @@ trusted first party (tests only) or a dealer (a separate process, the default).
 Imports comm/ (the dealer's link) and core/; knows nothing of tensors or protocols.
 A new provider is a Provider subclass and an entry in PROVIDERS.
 """
-from .base import KINDS, Correlation, CorrelationGenerator, Provider
+from .base import KINDS, Correlation, CorrelationGenerator, PrefetchDivergence, Provider
 from .dealer import DealerProvider, serve_dealer
 from .tfp import TrustedFirstParty
 
@@ -19,4 +19,4 @@ DEFAULT_PROVIDER = DealerProvider.name
 """Everywhere a provider is not named: a separate dealer. `tfp` runs only when named."""
 
 __all__ = ["DEFAULT_PROVIDER", "KINDS", "PROVIDERS", "Correlation", "CorrelationGenerator", "DealerProvider",
-           "Provider", "TrustedFirstParty", "serve_dealer"]
+           "PrefetchDivergence", "Provider", "TrustedFirstParty", "serve_dealer"]

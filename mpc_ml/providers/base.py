@@ -174,9 +174,10 @@ class Provider(ABC):
     @abstractmethod
     def create(cls, rank: int, world_size: int, own: PRG, pairwise: dict[int, PRG],
                dealer_link: Any, timeout: float,
-               measurements: list[str] | None = None) -> "Provider":
-        """This party's provider, from its PRGs and (if needs_dealer) its dealer link and the
-        dealer measurements it pins."""
+               measurements: list[str] | None = None,
+               allowed_tcb: tuple[str, ...] = ("UpToDate",)) -> "Provider":
+        """This party's provider, from its PRGs and (if needs_dealer) its dealer link, the
+        dealer measurements it pins and the TCB statuses it accepts."""
 
     def prefetch(self, requests: list[dict], repeats: int, window: int = PREFETCH_WINDOW) -> None:
         """Announce that the next `repeats` runs of `requests` (in order) follow, so their

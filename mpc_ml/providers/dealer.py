@@ -123,12 +123,13 @@ class DealerProvider(Provider):
     needs_dealer = True
 
     def __init__(self, rank: int, world_size: int, link: Link, timeout: float,
-                 measurements: list[str] | None = None):
+                 measurements: list[str] | None = None,
+                 allowed_tcb: tuple[str, ...] = attestation.DEFAULT_TCB_STATUSES):
         super().__init__()
         self.rank, self.world_size = rank, world_size
         self.link, self.timeout = link, timeout
         self.traffic = Stats()
-        self.dealer = party_seed_agreement(link, rank, timeout, measurements)
+        self.dealer = party_seed_agreement(link, rank, timeout, measurements, allowed_tcb)
         self._stream = PRG(self.dealer.seed)
         self.is_correction_party = rank == world_size - 1
         self._pending: collections.deque[tuple[Correlation, bool]] = collections.deque()
@@ -140,10 +141,11 @@ class DealerProvider(Provider):
     @classmethod
     def create(cls, rank: int, world_size: int, own: PRG, pairwise: dict[int, PRG],
                dealer_link: Link | None, timeout: float,
-               measurements: list[str] | None = None) -> "DealerProvider":
+               measurements: list[str] | None = None,
+               allowed_tcb: tuple[str, ...] = attestation.DEFAULT_TCB_STATUSES) -> "DealerProvider":
         if dealer_link is None:
             raise ValueError("provider 'dealer' needs a connection to a dealer")
-        return cls(rank, world_size, dealer_link, timeout, measurements)
+        return cls(rank, world_size, dealer_link, timeout, measurements, allowed_tcb)
 
     def prefetch(self, requests: list[dict], repeats: int, window: int = PREFETCH_WINDOW) -> None:
         """Announce the next `repeats` runs of `requests`: the last party sends the list
@@ -276,7 +278,7 @@ class DealerHello:
 
 
 def _verify_dealer(msg, rank: int, mode: str, dealer_key: bytes, nonce: bytes,
-                   measurements: list[str]) -> tuple[bytes, str]:
+                   measurements: list[str], allowed_tcb: tuple[str, ...]) -> tuple[bytes, str]:
     """The dealer's quote checked: signature, debug bit, measurement, attested key, nonce."""
     if not isinstance(msg, dict) or not isinstance(msg.get("quote"), str) \
             or not isinstance(msg.get("nonces"), list):
@@ -296,12 +298,14 @@ def _verify_dealer(msg, rank: int, mode: str, dealer_key: bytes, nonce: bytes,
     verified = attestation.verify_quote(
         quote, mode=mode, expected_measurements=pinned,
         expected_report_data=attestation.report_data_for(dealer_key, nonces),
-        sim_root=sim_platform().root_pem if mode == "sim" else None)
+        sim_root=sim_platform().root_pem if mode == "sim" else None,
+        collateral=msg.get("collateral"), allowed_tcb_statuses=allowed_tcb)
     return attestation.attestation_transcript(quote, dealer_key, nonces), verified.mrenclave
 
 
 def party_seed_agreement(link: Link, rank: int, timeout: float,
-                         measurements: list[str] | None = None) -> DealerHello:
+                         measurements: list[str] | None = None,
+                         allowed_tcb: tuple[str, ...] = attestation.DEFAULT_TCB_STATUSES) -> DealerHello:
     """A party's seed shared with the dealer: the dealer's X25519 public key arrives, the
     party answers with its own and a fresh nonce, and both derive the seed (no seed
     crosses the link). An attesting dealer then sends a quote whose report data holds the
@@ -328,7 +332,7 @@ def party_seed_agreement(link: Link, rank: int, timeout: float,
     if mode == "sim":
         print(f"mpc_ml: party {rank}: dealer {attestation.SIM_WARNING}", file=sys.stderr)
     digest, measured = _verify_dealer(link.recv(timeout), rank, mode, dealer_key, nonce,
-                                      measurements or [])
+                                      measurements or [], allowed_tcb)
     if not measurements:
         print(f"mpc_ml: party {rank}: the dealer attested measurement {measured}; pin it with "
               "MPC_DEALER_MEASUREMENT or Config(dealer_measurement=...)", file=sys.stderr)
@@ -359,8 +363,12 @@ def serve_dealer(links: dict[int, Link], world_size: int, idle_timeout: float,
             quote = attestation.make_dealer_quote(
                 attest, attestation.report_data_for(agreement.public, ordered),
                 sim_platform=platform or (sim_platform() if attest == "sim" else None))
+            # sgx: the collateral (TCB info, QE identity, CRLs) is signed by Intel, so the
+            # untrusted host may fetch it and pass it on
+            collateral = attestation.fetch_collateral(quote) if attest == "sgx" else None
             for link in links.values():
-                link.send({"quote": quote.hex(), "nonces": [n.hex() for n in ordered]})
+                link.send({"quote": quote.hex(), "nonces": [n.hex() for n in ordered],
+                           "collateral": collateral})
         generator = CorrelationGenerator([PRG(seeds[r]) for r in range(world_size)],
                                          correction_party=world_size - 1)
         return _serve_requests(links[world_size - 1], world_size - 1, generator, idle_timeout)

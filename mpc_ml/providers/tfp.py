@@ -32,7 +32,8 @@ class TrustedFirstParty(Provider):
     @classmethod
     def create(cls, rank: int, world_size: int, own: PRG, pairwise: dict[int, PRG],
                dealer_link: object = None, timeout: float = 0.0,
-               measurements: list[str] | None = None) -> "TrustedFirstParty":
+               measurements: list[str] | None = None,
+               allowed_tcb: tuple[str, ...] = ("UpToDate",)) -> "TrustedFirstParty":
         print(f"mpc_ml: party {rank}: provider 'tfp' is insecure: party 0 makes every "
               "correlation and can read the other parties' inputs; for tests only "
               "(the default provider is 'dealer')", file=sys.stderr)
