@@ -168,10 +168,12 @@ def demo(args: argparse.Namespace) -> int:
 def bench(bench_args: list[str]) -> int:
     """Run the benchmark suite (benchmarks/suite.py of the checkout in the current
     directory) with bench_args; `--ops-only` runs the older benchmarks/ops.py instead,
-    `--models-only` benchmarks/models.py."""
+    `--models-only` benchmarks/models.py, `--offline-only` benchmarks/offline.py (the
+    dealer's offline phase behind a 40 ms link)."""
     bench_args = bench_args[1:] if bench_args[:1] == ["--"] else list(bench_args)
     name = "suite.py"
-    for flag, script_name in (("--ops-only", "ops.py"), ("--models-only", "models.py")):
+    for flag, script_name in (("--ops-only", "ops.py"), ("--models-only", "models.py"),
+                              ("--offline-only", "offline.py")):
         if flag in bench_args:
             bench_args.remove(flag)
             name = script_name
@@ -353,7 +355,8 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=infer)
     sub.add_parser("bench", help="run the benchmark suite (from a checkout); options go to "
                                  "benchmarks/suite.py, e.g. mpc-ml bench --quick; "
-                                 "--ops-only / --models-only: benchmarks/ops.py / models.py")
+                                 "--ops-only / --models-only / --offline-only: "
+                                 "benchmarks/ops.py / models.py / offline.py")
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["bench"]:  # everything after `bench` belongs to the benchmark script
         return bench(argv[1:])

@@ -75,7 +75,8 @@ def listen(addr: str) -> socket.socket:
     return sock
 
 
-def _tune(sock: socket.socket) -> None:
+def tune(sock: socket.socket) -> None:
+    """TCP_NODELAY and 4 MiB buffers: small messages go out at once, large ones stream."""
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):
         try:
@@ -254,7 +255,7 @@ def connect(addr: str, me: int, peer: int, hello: dict, timeout: float,
                                 f"within {timeout:g} s: {e}") from None
             time.sleep(delay)  # the peer may not listen yet: back off and retry
             delay = min(delay * 2, 0.5)
-    _tune(sock)
+    tune(sock)
     if wrap is not None:
         sock.settimeout(max(0.1, deadline - time.monotonic()))  # bounds the handshake
         try:
@@ -307,6 +308,7 @@ def handshake(sock: socket.socket, source: tuple, me: int, hello: dict, ranks: s
     A Refused error means a real peer with other settings; any other CommError (garbage,
     silence, a failed TLS handshake, a rank this party does not expect) marks a stray."""
     where = f"a peer connecting from {source[0]}:{source[1]}"
+    tune(sock)  # TCP_NODELAY: without it small messages wait for delayed ACKs (~40 ms)
     sock.settimeout(max(0.1, min(deadline - time.monotonic(), HELLO_TIMEOUT_S)))
     try:
         if wrap is not None:
@@ -414,7 +416,6 @@ def accept(listener: socket.socket, me: int, hello: dict, ranks: set[int], timeo
                 sock, source = listener.accept()
             except (socket.timeout, BlockingIOError):
                 continue
-            _tune(sock)
             pending += 1
             threading.Thread(target=shake, args=(sock, source), daemon=True,
                              name=f"mpc-handshake-{me}").start()

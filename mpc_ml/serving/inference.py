@@ -188,6 +188,7 @@ def _accept_client(listener: socket.socket, session: Session, timeout: float, wr
     except socket.timeout:
         raise InferenceError(f"party {me}: no inference client connected to "
                              f"{listener.getsockname()} within {timeout:g} s") from None
+    tcp.tune(sock)  # TCP_NODELAY, as on the parties' own links
     if wrap is not None:
         try:
             sock = wrap(sock, server_side=True, peer=None)
