@@ -22,6 +22,7 @@ import torch.nn.functional as F
 import mpc_ml as mpc
 from helpers import COUNTERS, DEALER_COUNTERS, assert_near, check_spec, dealer_counters, enc, gen
 from mpc_ml.comm import DEALER_RANK, inproc
+from mpc_ml.comm.inproc import InprocLink
 from mpc_ml.core.specs import evaluate_table, load_spec
 from mpc_ml.providers import dealer as dealer_mod
 from mpc_ml.providers.base import KINDS, PrefetchDivergence
@@ -351,43 +352,49 @@ def test_a_divergence_fails_the_job_and_nothing_hangs():
 
 # -- the window, queued prefetches, going back to per-request mode -----------------------------------
 def window_party(window: int, repeats: int) -> list:
-    """Prefetch; after it and after each run, what waits in the correction party's inbox
-    once the dealer has made what the window allows (polled, then 0.2 s more)."""
+    """Prefetch `repeats` runs of one traced product; returns what each run needs from the
+    dealer and the results."""
     a = enc(torch.rand(3, 3, generator=gen(1)), src=0)
     with trace_correlations() as trace:
         (a * a).decrypt()
     per_repeat = sum(len(KINDS[r["kind"]].derived_shapes(r["params"])) for r in trace.requests())
     trace.prefetch(repeats, window=window)
-    provider = current().provider
-    waiting = []
-
-    def settle(done: int) -> None:
-        if not provider.is_correction_party:
-            return
-        inbox = provider.link._inbox
-        want = min(window, repeats - done) * per_repeat
-        deadline = time.monotonic() + 10
-        while inbox.qsize() < want and time.monotonic() < deadline:
-            time.sleep(0.01)
-        time.sleep(0.2)  # the dealer would go on here if the window let it
-        waiting.append(inbox.qsize())
-
-    settle(0)
-    results = []
-    for i in range(repeats):
-        results.append((a * a).decrypt())
-        settle(i + 1)
-    return [per_repeat, waiting, results]
+    return [per_repeat, [(a * a).decrypt() for _ in range(repeats)]]
 
 
 @pytest.mark.parametrize("window", [1, 2])
-def test_the_dealer_keeps_at_most_window_repeats_in_flight(window):
-    repeats = 5
+def test_the_dealer_keeps_at_most_window_repeats_in_flight(window, monkeypatch):
+    """Watched at the dealer's own link: after the announcement, each correction it sends
+    belongs to a repeat within `window` of the acknowledgements it has received."""
+    repeats, events = 5, []
+    real_send, real_recv = InprocLink.send, InprocLink.recv
+
+    def send(self, msg):
+        if self.me == DEALER_RANK and isinstance(msg, torch.Tensor):
+            events.append("correction")
+        return real_send(self, msg)
+
+    def recv(self, timeout):
+        msg = real_recv(self, timeout)
+        if self.me == DEALER_RANK and isinstance(msg, dict):
+            events.append("ack" if msg == {"ack": 1} else
+                          "announcement" if "prefetch" in msg else "request")
+        return msg
+
+    monkeypatch.setattr(InprocLink, "send", send)
+    monkeypatch.setattr(InprocLink, "recv", recv)
     x = torch.rand(3, 3, generator=gen(1))
-    outs = mpc.run(window_party, 2, args=(window, repeats))
-    per_repeat, waiting, results = outs[1]
+    per_repeat, results = mpc.run(window_party, 2, args=(window, repeats))[1]
     assert per_repeat == 3  # c of the triple, the truncation's two derived components
-    assert waiting == [min(window, repeats - i) * per_repeat for i in range(repeats + 1)], waiting
+    after = events[events.index("announcement") + 1:]
+    sent = acks = 0
+    for event in after:
+        if event == "ack":
+            acks += 1
+        elif event == "correction":
+            sent += 1
+            assert (sent - 1) // per_repeat < acks + window, (window, after)
+    assert sent == repeats * per_repeat and acks == repeats, after
     for r in results:
         assert_near(r, x.double() * x.double(), 1e-3, "a * a")
 
