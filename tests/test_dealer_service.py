@@ -7,6 +7,7 @@ import threading
 import torch
 
 import mpc_ml as mpc
+from helpers import free_addresses
 from mpc_ml.comm import tcp
 from mpc_ml.launch import tcp_session
 from mpc_ml.launch.dealer_service import serve_jobs
@@ -15,16 +16,10 @@ from mpc_ml.session import activate
 FAST = mpc.Config(connect_timeout_s=10, comm_timeout_s=10)
 
 
-def _free(n: int) -> list[str]:
-    socks = [tcp.listen("127.0.0.1:0") for _ in range(n)]
-    addrs = [f"127.0.0.1:{s.getsockname()[1]}" for s in socks]
-    for s in socks:
-        s.close()
-    return addrs
 
 
 def _job(job_id: str, n: int, dealer_addr: str, scale: float, out: dict) -> list[threading.Thread]:
-    addrs = _free(n)
+    addrs = free_addresses(n)
     config = FAST.replace(job_id=job_id)
 
     def party(rank: int) -> None:

@@ -19,6 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import mpc_ml as mpc
+from helpers import free_addresses
 from mpc_ml.comm import CommError, CommTimeout, FrameError, frames, tcp
 from mpc_ml.comm.inproc import InprocLink
 from mpc_ml.launch import tcp_session
@@ -32,12 +33,6 @@ def header(kind=frames.KIND_TENSOR, code=1, ndim=1, length=8, magic=frames.MAGIC
     return frames.HEADER.pack(magic, version, kind, code, ndim, length)
 
 
-def _free_addrs(n: int) -> list[str]:
-    socks = [tcp.listen("127.0.0.1:0") for _ in range(n)]
-    addrs = [f"127.0.0.1:{s.getsockname()[1]}" for s in socks]
-    for s in socks:
-        s.close()
-    return addrs
 
 
 @pytest.fixture
@@ -163,7 +158,7 @@ def _stray(addr: str, payload: bytes | None, hold: float = 0.0) -> None:
 
 
 def test_stray_connections_during_set_up_are_dropped_and_the_job_finishes(capfd):
-    addrs = _free_addrs(2)
+    addrs = free_addresses(2)
     listener = tcp.listen(addrs[0])
     results: dict[int, object] = {}
 
@@ -204,7 +199,7 @@ def test_stray_connections_during_set_up_are_dropped_and_the_job_finishes(capfd)
 
 
 def test_a_peer_with_another_provider_is_refused_naming_it():
-    addrs = _free_addrs(2)
+    addrs = free_addresses(2)
     out: dict[int, str] = {}
 
     def party(rank: int) -> None:
