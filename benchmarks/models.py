@@ -93,11 +93,10 @@ def _inference(row: ModelRow, torch_model, model, inputs, token, repeats, profil
     return times, stats, err
 
 
-def _train_step(row: ModelRow, torch_model, model, inputs, token, repeats, profiler):
-    """Each run starts from the same weights: one SGD step from a fresh encryption."""
-    rank = mpc.rank()
+def sgd_step_fns(model, x, target) -> tuple:
+    """(fresh, step): re-encrypt the initial weights with a new SGD (each run starts from
+    the same weights), and one private SGD step on (x, target) returning the loss."""
     initial = {k: v.clone() for k, v in model.state_dict().items()}
-    x, target = _private_inputs(inputs)
     loss_fn = mpc.nn.CrossEntropyLoss()
     holder = {}
 
@@ -107,7 +106,7 @@ def _train_step(row: ModelRow, torch_model, model, inputs, token, repeats, profi
         model.encrypt(src=MODEL_OWNER)
         holder["opt"] = mpc.optim.SGD(model.parameters(), lr=LR)
 
-    def run():
+    def step():
         opt = holder["opt"]
         opt.zero_grad()
         loss = loss_fn(model(x), target)
@@ -115,18 +114,26 @@ def _train_step(row: ModelRow, torch_model, model, inputs, token, repeats, profi
         opt.step()
         return loss
 
+    return fresh, step
+
+
+def sgd_step_error(got: dict, torch_model, inputs) -> float:
+    """max |weight - plaintext weight| after one SGD step from torch_model's weights."""
+    reference = copy.deepcopy(torch_model).double()
+    opt = torch.optim.SGD(reference.parameters(), lr=LR)
+    F.cross_entropy(reference(inputs[0].double()), inputs[1].double()).backward()
+    opt.step()
+    return max(float((got[k].double() - v).abs().max()) for k, v in reference.state_dict().items())
+
+
+def _train_step(row: ModelRow, torch_model, model, inputs, token, repeats, profiler):
+    """Each run starts from the same weights: one SGD step from a fresh encryption."""
+    rank = mpc.rank()
+    x, target = _private_inputs(inputs)
+    fresh, run = sgd_step_fns(model, x, target)
     times, stats, _ = _timed(token, repeats, run, before=fresh, profiler=profiler)
-    holder.clear()
     got = model.decrypt(dst=0).state_dict()
-    err = None
-    if rank == 0:
-        reference = copy.deepcopy(torch_model).double()
-        opt = torch.optim.SGD(reference.parameters(), lr=LR)
-        F.cross_entropy(reference(inputs[0].double()), inputs[1].double()).backward()
-        opt.step()
-        err = max(float((got[k].double() - v).abs().max())
-                  for k, v in reference.state_dict().items())
-    return times, stats, err
+    return times, stats, sgd_step_error(got, torch_model, inputs) if rank == 0 else None
 
 
 def _party(names: list[str], quick: bool, repeats: int, profile: bool) -> list[dict]:

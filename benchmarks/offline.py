@@ -44,10 +44,10 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402  (benchmarks/common.py)
+import models as bench_models  # noqa: E402  (benchmarks/models.py: the SGD step, shared)
 import rows as bench_rows  # noqa: E402  (benchmarks/rows.py: the torch models and inputs)
 from common import MB, fmt  # noqa: E402
 
@@ -169,34 +169,12 @@ def _runner(row, torch_model, model, inputs) -> tuple[Callable, Callable | None,
             return float((got.double() - want).abs().max())
         return infer, None, infer_err
 
-    initial = {k: v.clone() for k, v in model.state_dict().items()}
-    loss_fn = mpc.nn.CrossEntropyLoss()
-    holder = {}
-
-    def fresh():
-        holder.clear()
-        model.load_state_dict(initial)
-        model.encrypt(src=MODEL_OWNER)
-        holder["opt"] = mpc.optim.SGD(model.parameters(), lr=bench_rows.LR)
-
-    def step():
-        opt = holder["opt"]
-        opt.zero_grad()
-        loss = loss_fn(model(private[0]), private[1])
-        loss.backward()
-        opt.step()
-        return loss
+    fresh, step = bench_models.sgd_step_fns(model, private[0], private[1])
 
     def step_err():
         got = {k: v.decrypt(dst=0) if isinstance(v, mpc.MPCTensor) else v
                for k, v in model.state_dict().items()}  # the model itself stays private
-        if mpc.rank() != 0:
-            return None
-        reference = copy.deepcopy(torch_model).double()
-        opt = torch.optim.SGD(reference.parameters(), lr=bench_rows.LR)
-        F.cross_entropy(reference(inputs[0].double()), inputs[1].double()).backward()
-        opt.step()
-        return max(float((got[k].double() - v).abs().max()) for k, v in reference.state_dict().items())
+        return bench_models.sgd_step_error(got, torch_model, inputs) if mpc.rank() == 0 else None
     return step, fresh, step_err
 
 

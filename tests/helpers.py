@@ -299,3 +299,17 @@ def cleanup_namespaces() -> None:
             subprocess.run(["ip", "netns", "del", ns], capture_output=True)
     for link in (f"{NETNS_PREFIX}br", *(f"{NETNS_PREFIX}v{i}" for i in range(3))):
         subprocess.run(["ip", "link", "del", link], capture_output=True)
+
+
+# -- the benchmark scripts, loaded as modules -----------------------------------------------------
+def load_benchmark(name: str):
+    """benchmarks/<name>.py as a module (a script, not a package: loaded from its file)."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"benchmarks_{name}", path)
+    module = sys.modules[spec.name] = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

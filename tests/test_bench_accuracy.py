@@ -1,24 +1,18 @@
 """benchmarks/accuracy.py holds every function to its bound in the one table of error
 bounds (mpc_ml.primitives.approximations.ERROR_BOUNDS), on grids inside its domain, and
 its small run passes."""
-import importlib.util
-import sys
-from pathlib import Path
 
 import pytest
 
+from helpers import load_benchmark
+
 from mpc_ml.primitives.approximations import ERROR_BOUNDS
 
-ROOT = Path(__file__).resolve().parent.parent
-SCRIPT = ROOT / "benchmarks" / "accuracy.py"
 
 
 @pytest.fixture(scope="module")
 def accuracy():
-    spec = importlib.util.spec_from_file_location("benchmarks_accuracy", SCRIPT)
-    module = sys.modules[spec.name] = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("accuracy")
 
 
 def test_bounds_are_error_bounds_and_grids_stay_in_the_domain(accuracy):

@@ -1,11 +1,12 @@
 """benchmarks/models.py --quick runs end to end and reports every row consistently."""
-import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from helpers import load_benchmark
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "benchmarks" / "models.py"
@@ -14,10 +15,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 @pytest.fixture(scope="module")
 def models():
-    spec = importlib.util.spec_from_file_location("benchmarks_models", SCRIPT)
-    module = sys.modules[spec.name] = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("models")
 
 
 def test_bench_models_quick(tmp_path, models):

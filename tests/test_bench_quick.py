@@ -1,5 +1,4 @@
 """benchmarks/ops.py --quick runs end to end and reports every row consistently."""
-import importlib.util
 import json
 import math
 import subprocess
@@ -8,16 +7,15 @@ from pathlib import Path
 
 import pytest
 
+from helpers import load_benchmark
+
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "benchmarks" / "ops.py"
 
 
 @pytest.fixture(scope="module")
 def ops():
-    spec = importlib.util.spec_from_file_location("benchmarks_ops", SCRIPT)
-    module = sys.modules[spec.name] = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("ops")
 
 
 def test_bench_quick(tmp_path, ops):
