@@ -52,6 +52,8 @@ class Session:
             self._agree_on_the_dealer()
         self.op_observers: list = []
         """Callables (op, out, inputs, ctx) shown every MPCTensor op (e.g. a CorrelationTrace)."""
+        self.riders: list = []
+        """Arithmetic openings queued to travel with the next opening (primitives.ride)."""
         self.reset_stats()
 
     def _agree_pairwise_seeds(self, context: bytes = b"") -> dict[int, PRG]:

@@ -385,7 +385,7 @@ def test_the_dealer_keeps_at_most_window_repeats_in_flight(window, monkeypatch):
     monkeypatch.setattr(InprocLink, "recv", recv)
     x = torch.rand(3, 3, generator=gen(1))
     per_repeat, results = mpc.run(window_party, 2, args=(window, repeats))[1]
-    assert per_repeat == 3  # c of the triple, the truncation's two derived components
+    assert per_repeat == 1  # c of the triple (the product is left pending: no truncation)
     after = events[events.index("announcement") + 1:]
     sent = acks = 0
     for event in after:
@@ -424,8 +424,8 @@ def test_prefetches_queue_up_and_then_requests_go_per_operation_again(to_dealer)
     for i, want in zip(range(6), [a * a, a * a, a @ b, a * a, a @ b, a @ b]):
         assert_near(got[i], want.double(), 1e-3, f"result {i}")
     assert mid["dealer_messages"] == 4  # one acknowledgement per prefetched repeat
-    assert end["dealer_messages"] == 4 + 2  # the last matmul: a triple and a truncation request
-    assert kinds_of([m for _, m in to_dealer]) == ["request*4", "announce*3", "ack*4", "request*2"]
+    assert end["dealer_messages"] == 4 + 1  # the last matmul: a triple (left pending, decrypted)
+    assert kinds_of([m for _, m in to_dealer]) == ["request*2", "announce*3", "ack*4", "request*1"]
 
 
 # -- the announcement: chunks under the control-frame cap ------------------------------------------------

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Iterable
 
-from ..tensor import MPCTensor, no_grad
+from ..tensor import MPCTensor, no_grad, settle
 
 
 class Optimizer:
@@ -31,7 +31,12 @@ class Optimizer:
 
     @staticmethod
     def _assign(p: MPCTensor, value: MPCTensor) -> None:
-        p.share = value.share
+        p.set_(value)
+
+    def _settle(self) -> None:
+        """The updates' truncations (lazy truncation), for every parameter at once: one
+        round per step instead of one per parameter."""
+        settle(self.params)
 
     def step(self) -> None:
         """Update every parameter from its gradient; subclasses define it."""
@@ -55,6 +60,7 @@ class SGD(Optimizer):
     @no_grad()
     def step(self) -> None:
         """One SGD update of every parameter that has a gradient."""
+        settle(p.grad for p in self.params)  # one round for all pending gradients
         for p in self.params:
             if p.grad is None:
                 continue
@@ -68,6 +74,7 @@ class SGD(Optimizer):
                 state["momentum_buffer"] = buf
                 d = d + buf * self.momentum if self.nesterov else buf
             self._assign(p, p - d * self.lr)
+        self._settle()
 
 
 class Adam(Optimizer):
@@ -96,6 +103,7 @@ class Adam(Optimizer):
         self.steps += 1
         b1, b2 = self.betas
         correction1, correction2 = 1 - b1 ** self.steps, 1 - b2 ** self.steps
+        settle(p.grad for p in self.params)  # one round for all pending gradients
         for p in self.params:
             if p.grad is None:
                 continue
@@ -108,3 +116,4 @@ class Adam(Optimizer):
             # divide (not multiply by a small constant: division keeps its precision)
             denom = (u / (correction2 / (1 - b2))).sqrt() / self.SCALE + self.eps
             self._assign(p, p - m * denom.reciprocal() * (self.lr / correction1))
+        self._settle()

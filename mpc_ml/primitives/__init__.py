@@ -10,10 +10,11 @@ from . import approximations
 from .beaver import beaver_many, beaver_product
 from .binary import a2b, and_many, b2a, b2a_bits, binary_add, open_bits, open_words
 from .comparison import ltz, max_along_last, max_one_hot, mul_bits, negative_part, relu, select
-from .sharing import open_shares, reveal, share_input, zero_share
-from .truncation import truncate
+from .lazy_product import lazy_products
+from .sharing import flush_riders, open_shares, reveal, ride, share_input, zero_share
+from .truncation import truncate, truncate_later
 
 __all__ = ["a2b", "and_many", "approximations", "b2a", "b2a_bits", "beaver_many", "beaver_product",
-           "binary_add", "ltz", "max_along_last", "max_one_hot", "mul_bits", "negative_part",
-           "open_bits", "open_shares", "open_words", "relu", "reveal", "select", "share_input",
-           "truncate", "zero_share"]
+           "binary_add", "flush_riders", "lazy_products", "ltz", "max_along_last", "max_one_hot",
+           "mul_bits", "negative_part", "open_bits", "open_shares", "open_words", "relu", "reveal",
+           "ride", "select", "share_input", "truncate", "truncate_later", "zero_share"]

@@ -18,6 +18,7 @@ import torch
 
 from ..core.ring import bits_at
 from ..session import Session
+from .sharing import deliver_riders, take_riders
 
 WORD_BITS = 64
 LOG_WORD_BITS = 6
@@ -40,10 +41,30 @@ def _xor_reduce(parts: list[torch.Tensor]) -> torch.Tensor:
     return total
 
 
+def _gather_with_riders(session: Session, own: torch.Tensor) -> list[torch.Tensor]:
+    """all_gather of own (int64 or uint8) with the queued arithmetic riders appended; the
+    riders' opened sums are delivered, and each party's own part is returned."""
+    shapes = [s for s, _ in session.riders]
+    rider_flat, callbacks = take_riders(session)
+    if not rider_flat:
+        return session.comm.all_gather(own)
+    riders = torch.cat(rider_flat).to(own.device)
+    tail = riders.view(torch.uint8) if own.dtype == torch.uint8 else riders
+    gathered = session.comm.all_gather(torch.cat([own, tail]))
+    heads, total = [], torch.zeros_like(riders)
+    for g in gathered:
+        heads.append(g[:own.numel()])
+        rest = g[own.numel():].to(own.device)
+        total += rest.clone().view(torch.int64) if own.dtype == torch.uint8 else rest
+    deliver_riders(callbacks, shapes, total)
+    return heads
+
+
 def open_words(session: Session, words: list[torch.Tensor]) -> list[torch.Tensor]:
-    """Reveal XOR-shared words to all parties in one round (8 bytes per element per peer)."""
+    """Reveal XOR-shared words to all parties in one round (8 bytes per element per peer),
+    with the queued arithmetic riders (sharing.ride)."""
     flat = torch.cat([w.reshape(-1) for w in words])
-    total = _xor_reduce(session.comm.all_gather(flat))
+    total = _xor_reduce(_gather_with_riders(session, flat))
     out, offset = [], 0
     for w in words:
         out.append(total[offset:offset + w.numel()].reshape(w.shape).to(w.device))
@@ -52,9 +73,10 @@ def open_words(session: Session, words: list[torch.Tensor]) -> list[torch.Tensor
 
 
 def open_bits(session: Session, bits: torch.Tensor) -> torch.Tensor:
-    """Reveal XOR-shared 0/1 values to all parties in one round, packed 8 to a byte."""
+    """Reveal XOR-shared 0/1 values to all parties in one round, packed 8 to a byte (with
+    the queued arithmetic riders)."""
     packed = torch.from_numpy(np.packbits(bits.reshape(-1).to(torch.uint8).cpu().numpy()))
-    total = _xor_reduce(session.comm.all_gather(packed))
+    total = _xor_reduce(_gather_with_riders(session, packed))
     unpacked = np.unpackbits(total.numpy(), count=bits.numel())
     return torch.from_numpy(unpacked).to(torch.int64).reshape(bits.shape).to(bits.device)
 

@@ -12,6 +12,8 @@ relu adds one Beaver product (16 bytes, 1 round): 9 rounds, 62.6 bytes per eleme
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from ..session import Session
@@ -36,10 +38,13 @@ def select(session: Session, bit: torch.Tensor,
     return [b + p for (_, b), p in zip(pairs, products)]
 
 
-def negative_part(session: Session, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(x * [x < 0], [x < 0]): what relu, abs and clamp are made of (a comparison, one product)."""
-    negative = ltz(session, x)
-    (part,) = mul_bits(session, [(x, negative)])
+def negative_part(session: Session, x: torch.Tensor | Callable[[], torch.Tensor],
+                  probe: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x * [probe < 0], [probe < 0]), probe defaulting to x: what relu, abs and clamp are
+    made of (a comparison, one product). x may be a callable, read after the comparison
+    (a value that a rider on the comparison's opening settles)."""
+    negative = ltz(session, x if probe is None else probe)
+    (part,) = mul_bits(session, [(x() if callable(x) else x, negative)])
     return part, negative
 
 

@@ -4,7 +4,7 @@ A value x is held as shares x_0 .. x_{n-1} with sum x_i = x mod 2^64.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -62,18 +62,51 @@ def share_input(session: Session, value: torch.Tensor | None, src: int,
     return zero_share(session, src_shape, device), int(announced[0])
 
 
+def ride(session: Session, share: torch.Tensor, on_open: Callable[[torch.Tensor], None]) -> None:
+    """Queue the opening of an arithmetic share to travel with the next opening of any
+    kind (open_shares, open_words, open_bits): no round of its own, 8 (n - 1) bytes per
+    element. on_open gets the opened value. Every party queues the same riders in the
+    same order (SPMD), so the messages stay aligned."""
+    session.riders.append((share, on_open))
+
+
+def take_riders(session: Session) -> tuple[list[torch.Tensor], list[Callable]]:
+    """The queued riders' flat shares and callbacks, emptying the queue."""
+    riders, session.riders = session.riders, []
+    return [s.reshape(-1) for s, _ in riders], [cb for _, cb in riders]
+
+
+def deliver_riders(callbacks: list[Callable], shapes: list[torch.Tensor], total: torch.Tensor) -> None:
+    """Hand each rider its slice of the opened flat values."""
+    offset = 0
+    for cb, s in zip(callbacks, shapes):
+        cb(total[offset:offset + s.numel()].reshape(s.shape))
+        offset += s.numel()
+
+
+def flush_riders(session: Session) -> None:
+    """Open the queued riders now, in a round of their own (when a rider's value is
+    needed before any other opening)."""
+    if session.riders:
+        open_shares(session, [])
+
+
 def open_shares(session: Session, shares: list[torch.Tensor]) -> list[torch.Tensor]:
-    """Reveal several shared tensors to every party in one round.
+    """Reveal several shared tensors to every party in one round (with the queued riders).
 
     Each party sends the concatenation of its shares to every other party and sums
     what it receives. Rounds 1; bytes 8 * (n - 1) * total numel sent per party.
     """
-    flat = torch.cat([s.reshape(-1) for s in shares]) if len(shares) > 1 else shares[0].reshape(-1)
+    riders = session.riders
+    rider_flat, callbacks = take_riders(session)
+    parts = [s.reshape(-1) for s in shares] + rider_flat
+    flat = torch.cat(parts) if len(parts) > 1 else parts[0]
     total = session.comm.all_reduce_sum(flat)
     out, offset = [], 0
     for s in shares:
         out.append(total[offset:offset + s.numel()].reshape(s.shape).to(s.device))
         offset += s.numel()
+    deliver_riders(callbacks, [s for s, _ in riders], total[offset:])
     return out
 
 

@@ -19,6 +19,8 @@ import json
 from abc import ABC, abstractmethod
 from typing import Any, Callable
 
+import torch
+
 from ..core import ring
 from ..core.prg import PRG
 
@@ -57,14 +59,54 @@ def _remove(full: list, others: list, xor: tuple) -> list:
     return [f ^ o if _is_xor(xor, i) else f - o for i, (f, o) in enumerate(zip(full, others))]
 
 
+LOW_63 = (1 << 63) - 1
+
+
 def _triple_derive(p: dict, free: list) -> list:
     return [ring.bilinear(p["op"], free[0], free[1], **p["kwargs"])]
 
 
 def _trunc_derive(p: dict, free: list) -> list:
     (r,) = free
-    low = r & ((1 << 63) - 1)
+    low = r & LOW_63
     return [low >> p["bits"], (r >> 63) & 1]
+
+
+def components(mask: torch.Tensor, bits: int) -> list[torch.Tensor]:
+    """The dealer-shared components of an operand's mask: [a] settled, [u, v] pending."""
+    if bits == 0:
+        return [mask]
+    return [(mask & LOW_63) >> bits, ((mask >> 63) & 1) << (63 - bits)]
+
+
+def cross_pairs(n_x: int, n_y: int, square: bool) -> list[tuple[int, int]]:
+    """Which component products the dealer makes: all (i, j), or i <= j for a square."""
+    return [(i, j) for i in range(n_x) for j in range(n_y) if not square or i <= j]
+
+
+def _lazy_derive(params: dict, free: list[torch.Tensor]) -> list[torch.Tensor]:
+    """The lazy_triple's derived values (primitives/lazy_product.py says what they are)."""
+    xb, yb, square = params["x_bits"], params["y_bits"], params["square"]
+    cx = components(free[0], xb)
+    cy = cx if square else components(free[1], yb)
+    out = cx if xb else []
+    if yb and not square:
+        out = out + cy
+    return out + [cx[i] * cy[j] for i, j in cross_pairs(len(cx), len(cy), square)]
+
+
+def _lazy_derived_shapes(params: dict) -> list[tuple]:
+    xs, ys = tuple(params["x_shape"]), tuple(params["y_shape"])
+    xb, yb, square = params["x_bits"], params["y_bits"], params["square"]
+    zs = xs if square else tuple(torch.broadcast_shapes(xs, ys))
+    n_x, n_y = (2 if xb else 1), (2 if yb else 1)
+    shapes = [xs] * (2 if xb else 0) + ([ys] * 2 if yb and not square else [])
+    return shapes + [zs] * len(cross_pairs(n_x, n_x if square else n_y, square))
+
+
+def _lazy_free_shapes(params: dict) -> list[tuple]:
+    xs, ys = tuple(params["x_shape"]), tuple(params["y_shape"])
+    return [xs] if params["square"] else [xs, ys]
 
 
 KINDS: dict[str, CorrelationKind] = {
@@ -79,6 +121,10 @@ KINDS: dict[str, CorrelationKind] = {
         free=lambda p: [tuple(p["shape"])],
         derived=lambda p: [tuple(p["shape"]), tuple(p["shape"])],
         derive=_trunc_derive),
+    # Lazy-truncation triple (primitives/lazy_product.py): the masks of an elementwise
+    # product's operands, pending operands' truncation components, their products.
+    "lazy_triple": CorrelationKind(free=_lazy_free_shapes, derived=_lazy_derived_shapes,
+                                   derive=_lazy_derive),
     # Binary Beaver triple: a, b uniform words, XOR-shared; c = a AND b, XOR-shared.
     "btriple": CorrelationKind(
         free=lambda p: [tuple(p["shape"]), tuple(p["shape"])],

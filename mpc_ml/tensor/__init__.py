@@ -6,7 +6,7 @@ A new op is an Op (core/ops.py), a method here that calls a primitive and record
 gradient in gradients.py (if differentiable) and a reference in validation.py.
 """
 from . import gradients  # noqa: F401  (registers every gradient in tape.GRADIENTS)
-from .mpctensor import MPCTensor, bilinear, cat, conv1d, conv2d, encrypt, record, stack, where
+from .mpctensor import MPCTensor, bilinear, cat, conv1d, conv2d, encrypt, record, settle, stack, where
 from .tape import enable_grad, is_grad_enabled, missing_gradients, no_grad
 from .trace import CorrelationTrace, prefetch, trace_correlations
 from .validation import REFERENCES, ValidationError
@@ -17,4 +17,4 @@ if _missing:
 
 __all__ = ["REFERENCES", "CorrelationTrace", "MPCTensor", "ValidationError", "bilinear", "cat",
            "conv1d", "conv2d", "enable_grad", "encrypt", "is_grad_enabled", "missing_gradients",
-           "no_grad", "prefetch", "record", "stack", "trace_correlations", "where"]
+           "no_grad", "prefetch", "record", "settle", "stack", "trace_correlations", "where"]

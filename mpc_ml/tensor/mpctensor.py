@@ -19,8 +19,9 @@ import torch.nn.functional as F
 from ..core import ring
 from ..core.encoding import decode, encode
 from ..core.ops import Op
-from ..primitives import (approximations, beaver_product, ltz, max_along_last, max_one_hot,
-                          negative_part, reveal, share_input, truncate)
+from ..primitives import (approximations, beaver_product, flush_riders, lazy_products, ltz,
+                          max_along_last, max_one_hot, negative_part, reveal,
+                          share_input, truncate, truncate_later)
 from ..session import Session, current
 from . import tape
 from .validation import validate
@@ -65,14 +66,25 @@ def _result_dtype(*dtypes: torch.dtype) -> torch.dtype:
 
 
 class MPCTensor:
-    """A private tensor: this party's additive share of a fixed-point tensor."""
+    """A private tensor: this party's additive share of a fixed-point tensor.
+
+    Lazy truncation: a product leaves its result *pending*, at scale 2^(f + pending),
+    and the truncation by `pending` bits is paid where the value is next needed
+    (protocols/lazy_product.toml): not at all by decrypt() (decoded at the higher scale)
+    and linear or shape ops, in the Beaver opening of the next elementwise product
+    (lazy_products), riding on the next comparison's opening (relu, abs, clamp), or in
+    a round of its own when `share` is read.
+    """
 
     __array_priority__ = 1000  # numpy defers binary operators to us
 
-    def __init__(self, share: torch.Tensor, session: Session, dtype: torch.dtype | None = None):
+    def __init__(self, share: torch.Tensor, session: Session, dtype: torch.dtype | None = None,
+                 pending: int = 0):
         if share.dtype != torch.int64:
             raise TypeError(f"shares are int64 ring elements, got {share.dtype}")
-        self.share = share
+        self._data = share
+        self._pending = pending
+        self._riding = False  # its truncation is queued to ride on the next opening
         self.session = session
         self.dtype = dtype or torch.get_default_dtype()
         self.requires_grad = False
@@ -81,18 +93,46 @@ class MPCTensor:
 
     # -- plumbing ---------------------------------------------------------------
     @property
+    def share(self) -> torch.Tensor:
+        """This party's int64 share at scale 2^f (a pending truncation is settled first)."""
+        if self._pending:
+            if self._riding:
+                flush_riders(self.session)
+            else:
+                self._settled(truncate(self.session, self._data, self._pending))
+        return self._data
+
+    @share.setter
+    def share(self, value: torch.Tensor) -> None:
+        self._settled(value)
+
+    def _settled(self, share: torch.Tensor) -> None:
+        self._data, self._pending, self._riding = share, 0, False
+
+    def _settle_later(self) -> None:
+        """Queue the pending truncation to ride on the next opening (no round of its own)."""
+        if self._pending and not self._riding:
+            self._riding = True
+            truncate_later(self.session, self._data, self._pending, self._settled)
+
+    @property
     def _bits(self) -> int:
         return self.session.config.precision_bits
 
-    def _new(self, share: torch.Tensor, dtype: torch.dtype | None = None) -> "MPCTensor":
-        return MPCTensor(share, self.session, dtype or self.dtype)
+    def _new(self, share: torch.Tensor, dtype: torch.dtype | None = None,
+             pending: int = 0) -> "MPCTensor":
+        return MPCTensor(share, self.session, dtype or self.dtype, pending)
+
+    def _like(self, data: torch.Tensor, dtype: torch.dtype | None = None) -> "MPCTensor":
+        """A tensor at self's scale (pending like self) from a local map of self's data."""
+        return self._new(data, dtype, self._pending)
 
     def _public(self, value: Public) -> torch.Tensor:
-        return torch.as_tensor(value, device=self.share.device)
+        return torch.as_tensor(value, device=self._data.device)
 
-    def _public_share(self, value: Public, shape=None) -> torch.Tensor:
+    def _public_share(self, value: Public, shape=None, pending: int = 0) -> torch.Tensor:
         """A share of a public value: party 0 holds it encoded, the others hold 0."""
-        enc = encode(self._public(value), self._bits, device=self.share.device)
+        enc = encode(self._public(value), self._bits + pending, device=self._data.device)
         if shape is not None:
             enc = enc.expand(shape)
         return enc.clone() if self.session.rank == 0 else torch.zeros_like(enc)
@@ -108,37 +148,37 @@ class MPCTensor:
     @property
     def shape(self) -> torch.Size:
         """The shape (the same on every party)."""
-        return self.share.shape
+        return self._data.shape
 
     def size(self, dim: int | None = None) -> torch.Size | int:
         """The shape, or the length of one dimension."""
-        return self.share.size() if dim is None else self.share.size(dim)
+        return self._data.size() if dim is None else self._data.size(dim)
 
     def dim(self) -> int:
         """The number of dimensions."""
-        return self.share.dim()
+        return self._data.dim()
 
     @property
     def ndim(self) -> int:
         """The number of dimensions."""
-        return self.share.dim()
+        return self._data.dim()
 
     def numel(self) -> int:
         """The number of elements."""
-        return self.share.numel()
+        return self._data.numel()
 
     @property
     def device(self) -> torch.device:
         """The device the shares live on."""
-        return self.share.device
+        return self._data.device
 
     @property
     def is_cuda(self) -> bool:
         """Whether the shares live on a CUDA device."""
-        return self.share.is_cuda
+        return self._data.is_cuda
 
     def __len__(self) -> int:
-        return len(self.share)
+        return len(self._data)
 
     def __repr__(self) -> str:
         return (f"MPCTensor(shape={tuple(self.shape)}, party={self.session.rank}, "
@@ -162,32 +202,35 @@ class MPCTensor:
 
     def detach(self) -> "MPCTensor":
         """The same shares, cut from the graph."""
-        return self._new(self.share)
+        return self._like(self._data)
 
     # -- revealing ------------------------------------------------------------------
     def decrypt(self, dst: int | None = None) -> torch.Tensor | None:
-        """The plaintext on every party, or on dst only (None elsewhere). One round."""
-        value = reveal(self.session, self.share, dst)
-        return None if value is None else decode(value, self._bits, self.dtype)
+        """The plaintext on every party, or on dst only (None elsewhere). One round; a
+        pending product is decoded at its higher scale (its truncation is never paid)."""
+        scale = self._bits + self._pending  # (a rider in this opening may settle self)
+        value = reveal(self.session, self._data, dst)
+        return None if value is None else decode(value, scale, self.dtype)
 
     # -- linear operations (local) -------------------------------------------------
     def add(self, other: MPCTensor | Public) -> "MPCTensor":
         """self + other."""
         if isinstance(other, MPCTensor):
             o = self._coerce(other)
-            out = self._new(self.share + o.share, _result_dtype(self.dtype, o.dtype))
+            (a, b), pending = aligned([self, o])
+            out = self._new(a + b, _result_dtype(self.dtype, o.dtype), pending)
             return record(Op.ADD, out, (self, o))
         p = self._public(other)
-        enc = encode(p, self._bits, device=self.share.device)
+        enc = encode(p, self._bits + self._pending, device=self._data.device)
         if self.session.rank == 0:
-            out = self._new(self.share + enc)
+            out = self._like(self._data + enc)
         else:
-            out = self._new(self.share.expand(torch.broadcast_shapes(self.shape, enc.shape)).clone())
+            out = self._like(self._data.expand(torch.broadcast_shapes(self.shape, enc.shape)).clone())
         return record(Op.ADD, out, (self, p))
 
     def neg(self) -> "MPCTensor":
         """-self."""
-        return record(Op.NEG, self._new(-self.share), (self,))
+        return record(Op.NEG, self._like(-self._data), (self,))
 
     def sub(self, other: MPCTensor | Public) -> "MPCTensor":
         """self - other."""
@@ -195,7 +238,7 @@ class MPCTensor:
 
     def sum(self, dim: Dims | None = None, keepdim: bool = False) -> "MPCTensor":
         """Sum over all elements or along dim (as torch.sum)."""
-        out = self._new(self.share.sum() if dim is None else self.share.sum(dim, keepdim=keepdim))
+        out = self._like(self._data.sum() if dim is None else self._data.sum(dim, keepdim=keepdim))
         return record(Op.SUM, out, (self,), dim=dim, keepdim=keepdim)
 
     def mean(self, dim: Dims | None = None, keepdim: bool = False) -> "MPCTensor":
@@ -279,12 +322,12 @@ class MPCTensor:
 
     def lt(self, other: MPCTensor | Public) -> "MPCTensor":
         """Private [self < other] as 0.0/1.0."""
-        out = self._bit(ltz(self.session, self._difference(other).share))
+        out = self._bit(ltz(self.session, self._difference(other)._data))
         return record(Op.LT, out, (self, self._operand(other)))
 
     def gt(self, other: MPCTensor | Public) -> "MPCTensor":
         """Private [self > other] as 0.0/1.0."""
-        out = self._bit(ltz(self.session, -self._difference(other).share))
+        out = self._bit(ltz(self.session, -self._difference(other)._data))
         return record(Op.GT, out, (self, self._operand(other)))
 
     def le(self, other: MPCTensor | Public) -> "MPCTensor":
@@ -296,19 +339,23 @@ class MPCTensor:
         return self.lt(other).neg().add(1.0)
 
     def _both_signs(self, d: "MPCTensor") -> tuple[torch.Tensor, torch.Tensor]:
-        """([d < 0], [d > 0]) as integer bits, in one comparison."""
-        bits = ltz(self.session, torch.stack([d.share, -d.share]))
+        """([d < 0], [d > 0]) as integer bits, in one comparison (at d's own scale)."""
+        bits = ltz(self.session, torch.stack([d._data, -d._data]))
         return bits[0], bits[1]
 
     def eq(self, other: MPCTensor | Public) -> "MPCTensor":
         """Private [self == other] as 0.0/1.0 (equal within the fixed-point resolution)."""
-        below, above = self._both_signs(self._difference(other))
+        d = self._difference(other)
+        settle([d])  # equality within 2^-f: at the settled scale
+        below, above = self._both_signs(d)
         out = self._new((-(below + above) << self._bits) + self._public_share(1.0, below.shape))
         return record(Op.EQ, out, (self, self._operand(other)))
 
     def ne(self, other: MPCTensor | Public) -> "MPCTensor":
         """Private [self != other] as 0.0/1.0."""
-        below, above = self._both_signs(self._difference(other))
+        d = self._difference(other)
+        settle([d])  # as eq
+        below, above = self._both_signs(d)
         return record(Op.NE, self._bit(below + above), (self, self._operand(other)))
 
     def sign(self) -> "MPCTensor":
@@ -316,14 +363,24 @@ class MPCTensor:
         below, above = self._both_signs(self)
         return record(Op.SIGN, self._bit(above - below), (self,))
 
+    def _sign_probe(self) -> torch.Tensor:
+        """self's data for a sign test, at its own scale; a pending truncation is queued to
+        ride on the test's first opening, so that self.share is settled after it."""
+        self._settle_later()
+        return self._data
+
+    def _negative_part(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x [x < 0], [x < 0]) for x = self.share, compared at self's own scale."""
+        return negative_part(self.session, lambda: self.share, self._sign_probe())
+
     def abs(self) -> "MPCTensor":
         """|self|: self - 2 self [self < 0]."""
-        neg, negative = negative_part(self.session, self.share)
+        neg, negative = self._negative_part()
         return record(Op.ABS, self._new(self.share - 2 * neg), (self,), negative=negative)
 
     def relu(self) -> "MPCTensor":
         """max(self, 0): self - self [self < 0]."""
-        neg, negative = negative_part(self.session, self.share)
+        neg, negative = self._negative_part()
         return record(Op.RELU, self._new(self.share - neg), (self,), negative=negative)
 
     def clamp(self, min: Public | None = None, max: Public | None = None) -> "MPCTensor":
@@ -335,15 +392,21 @@ class MPCTensor:
         if max is None:
             return self.sub(min).relu().add(min)
         with tape.no_grad():
-            lo, hi = self.sub(min).share, self.sub(max).share
+            lo, hi = self.sub(min), self.sub(max)
         # [x < min], [x < max], and min + relu(x - min) - relu(x - max) = min + (lo - lo b0) - (hi - hi b1)
-        parts, below = negative_part(self.session, torch.stack([lo, hi]))
+        probe = torch.stack([lo._data, hi._data])
+        self._settle_later()  # self.share is settled by the comparison's first opening
+
+        def settled() -> tuple[torch.Tensor, torch.Tensor]:
+            return tuple(self.share - self._public_share(b, self.shape) for b in (min, max))
+        parts, below = negative_part(self.session, lambda: torch.stack(settled()), probe)
+        lo, hi = settled()
         out = self._new(lo - parts[0] - hi + parts[1] + self._public_share(min, lo.shape))
         return record(Op.CLAMP, out, (self,), inside=below[1] - below[0], min=min, max=max)
 
     def _reduce_max(self, dim, keepdim: bool, sign: int, one_hot: bool = False):
         """(values, indices, one-hot mask or None) of max (sign 1) / min (-1) along dim."""
-        moved = (self.share.reshape(-1) if dim is None else self.share.movedim(dim, -1)) * sign
+        moved = (self._data.reshape(-1) if dim is None else self._data.movedim(dim, -1)) * sign
         hot = None
         if one_hot or tape.wants((self,)):
             top, hot = max_one_hot(self.session, moved)
@@ -357,7 +420,7 @@ class MPCTensor:
         if hot is not None:
             mask = hot.reshape(self.shape) if dim is None else hot.movedim(-1, dim)
         where = dict(dim=dim, keepdim=keepdim, sign=sign)
-        values = record(Op.MAX, self._new(top * sign), (self,), mask=mask, **where)
+        values = record(Op.MAX, self._like(top * sign), (self,), mask=mask, **where)
         indices = record(Op.ARGMAX, self._new(idx), (self,), one_hot=False, **where)
         return values, indices, mask
 
@@ -402,23 +465,25 @@ class MPCTensor:
                    padding: ring.IntOrTuple = 0, dilation: ring.IntOrTuple = 1,
                    ceil_mode: bool = False) -> "MPCTensor":
         """torch.nn.functional.max_pool2d (padding counts as -inf)."""
-        fill = int(encode(-(2.0 ** 30), self._bits)) if self.session.rank == 0 else 0
+        # -2^30 at scale 2^f; -2^(61 - f - pending) for a pending input (its scale is higher)
+        low = -(1 << 61) if self._pending else int(encode(-(2.0 ** 30), self._bits))
+        fill = low if self.session.rank == 0 else 0
         geometry = dict(kernel_size=kernel_size, stride=stride, padding=padding, dilation=dilation,
                         ceil_mode=ceil_mode)
-        win = ring.sliding_windows(self.share, fill=fill, **geometry)
+        win = ring.sliding_windows(self._data, fill=fill, **geometry)
         if tape.wants((self,)):
             top, hot = max_one_hot(self.session, win)
         else:
             (top, _), hot = max_along_last(self.session, win, 0), None
-        return record(Op.MAX_POOL2D, self._new(top), (self,), mask=hot, geometry=geometry,
+        return record(Op.MAX_POOL2D, self._like(top), (self,), mask=hot, geometry=geometry,
                       input_shape=self.shape)
 
     def avg_pool2d(self, kernel_size: ring.IntOrTuple, stride: ring.IntOrTuple | None = None,
                    padding: ring.IntOrTuple = 0, ceil_mode: bool = False,
                    count_include_pad: bool = True) -> "MPCTensor":
         """torch.nn.functional.avg_pool2d."""
-        total = self._new(ring.sliding_windows(self.share, kernel_size, stride, padding, 1, 0,
-                                               ceil_mode).sum(-1))
+        total = self._like(ring.sliding_windows(self._data, kernel_size, stride, padding, 1, 0,
+                                                ceil_mode).sum(-1))
         total = record(Op.WINDOW_SUM, total, (self,), input_shape=self.shape, geometry=dict(
             kernel_size=kernel_size, stride=stride, padding=padding, dilation=1,
             ceil_mode=ceil_mode))
@@ -515,32 +580,32 @@ class MPCTensor:
     def __rtruediv__(self, other: MPCTensor | Public) -> MPCTensor: return self.reciprocal().mul(other)
 
     # -- shape operations (local on every share) ----------------------------------------------
-    def _reshaped(self, share: torch.Tensor) -> "MPCTensor":
-        return record(Op.RESHAPE, self._new(share), (self,), shape=self.shape)
+    def _reshaped(self, data: torch.Tensor) -> "MPCTensor":
+        return record(Op.RESHAPE, self._like(data), (self,), shape=self.shape)
 
     def reshape(self, *shape: int | Sequence[int]) -> "MPCTensor":
         """The same elements in another shape (ints, or one sequence of them)."""
-        return self._reshaped(self.share.reshape(*shape))
+        return self._reshaped(self._data.reshape(*shape))
 
     def view(self, *shape: int | Sequence[int]) -> "MPCTensor":
         """reshape(), under torch's name."""
-        return self._reshaped(self.share.view(*shape))
+        return self._reshaped(self._data.view(*shape))
 
     def flatten(self, start_dim: int = 0, end_dim: int = -1) -> "MPCTensor":
         """Dimensions start_dim..end_dim merged into one."""
-        return self._reshaped(self.share.flatten(start_dim, end_dim))
+        return self._reshaped(self._data.flatten(start_dim, end_dim))
 
     def squeeze(self, dim: Dims | None = None) -> "MPCTensor":
         """Size-1 dimensions removed (all, or those in dim)."""
-        return self._reshaped(self.share.squeeze() if dim is None else self.share.squeeze(dim))
+        return self._reshaped(self._data.squeeze() if dim is None else self._data.squeeze(dim))
 
     def unsqueeze(self, dim: int) -> "MPCTensor":
         """A size-1 dimension inserted at dim."""
-        return self._reshaped(self.share.unsqueeze(dim))
+        return self._reshaped(self._data.unsqueeze(dim))
 
     def transpose(self, dim0: int, dim1: int) -> "MPCTensor":
         """dim0 and dim1 swapped."""
-        out = self._new(self.share.transpose(dim0, dim1))
+        out = self._like(self._data.transpose(dim0, dim1))
         return record(Op.TRANSPOSE, out, (self,), dim0=dim0, dim1=dim1)
 
     def t(self) -> "MPCTensor":
@@ -555,11 +620,11 @@ class MPCTensor:
     def permute(self, *dims: int | Sequence[int]) -> "MPCTensor":
         """Dimensions reordered (ints, or one sequence of them)."""
         dims = tuple(dims[0]) if len(dims) == 1 and isinstance(dims[0], (tuple, list)) else dims
-        return record(Op.PERMUTE, self._new(self.share.permute(*dims)), (self,), dims=dims)
+        return record(Op.PERMUTE, self._like(self._data.permute(*dims)), (self,), dims=dims)
 
     def expand(self, *sizes: int | Sequence[int]) -> "MPCTensor":
         """Size-1 dimensions broadcast to sizes (-1 keeps a dimension)."""
-        return record(Op.EXPAND, self._new(self.share.expand(*sizes)), (self,), shape=self.shape)
+        return record(Op.EXPAND, self._like(self._data.expand(*sizes)), (self,), shape=self.shape)
 
     def expand_as(self, other: MPCTensor | torch.Tensor) -> "MPCTensor":
         """expand() to other's shape."""
@@ -569,7 +634,7 @@ class MPCTensor:
         """Tiled copies along each dimension (not differentiable: use expand())."""
         if self.requires_grad:
             raise NotImplementedError("repeat() of a tensor that requires grad; use expand()")
-        return self._new(self.share.repeat(*sizes))
+        return self._like(self._data.repeat(*sizes))
 
     def narrow(self, dim: int, start: int, length: int) -> "MPCTensor":
         """Elements start..start+length-1 along dim."""
@@ -579,7 +644,7 @@ class MPCTensor:
 
     def flip(self, dims: Dims) -> "MPCTensor":
         """Order reversed along dims."""
-        return record(Op.FLIP, self._new(self.share.flip(dims)), (self,), dims=dims)
+        return record(Op.FLIP, self._like(self._data.flip(dims)), (self,), dims=dims)
 
     def contiguous(self) -> "MPCTensor":
         """self (shares are always usable as they are)."""
@@ -587,7 +652,7 @@ class MPCTensor:
 
     def clone(self) -> "MPCTensor":
         """A copy of the shares, on the graph."""
-        return self._reshaped(self.share.clone())
+        return self._reshaped(self._data.clone())
 
     def split(self, split_size: int | Sequence[int], dim: int = 0) -> list["MPCTensor"]:
         """Pieces along dim: of split_size each (the last smaller), or of the given sizes."""
@@ -605,12 +670,12 @@ class MPCTensor:
         """torch.nn.functional.pad (constant mode)."""
         if mode != "constant":
             raise NotImplementedError(f"pad mode {mode!r}; only 'constant' is supported")
-        fill = int(encode(value, self._bits)) if self.session.rank == 0 else 0
-        out = self._new(F.pad(self.share, tuple(pad), value=fill))
+        fill = int(encode(value, self._bits + self._pending)) if self.session.rank == 0 else 0
+        out = self._like(F.pad(self._data, tuple(pad), value=fill))
         return record(Op.PAD, out, (self,), pad=tuple(pad), value=value)
 
     def __getitem__(self, index: Any) -> "MPCTensor":
-        return record(Op.GETITEM, self._new(self.share[index]), (self,), index=index)
+        return record(Op.GETITEM, self._like(self._data[index]), (self,), index=index)
 
     def __setitem__(self, index: Any, value: MPCTensor | Public) -> None:
         if isinstance(value, MPCTensor):
@@ -618,9 +683,14 @@ class MPCTensor:
         else:
             self.share[index] = self._public_share(value)
 
+    def set_(self, source: "MPCTensor") -> "MPCTensor":
+        """Take source's shares in place (as torch's set_), pending truncation included."""
+        self._data, self._pending, self._riding = source._data, source._pending, False
+        return self
+
     def to(self, device: torch.device | str | int) -> "MPCTensor":
         """The same shares on another device (e.g. 'cuda')."""
-        return self._new(self.share.to(device))
+        return self._like(self._data.to(device))
 
     def cpu(self) -> "MPCTensor":
         """to('cpu')."""
@@ -638,20 +708,42 @@ def bilinear(op: Op, x: MPCTensor | Public, y: MPCTensor | Public, **kwargs) -> 
     session, bits = ref.session, ref._bits
     if xp and yp:
         y = x._coerce(y)
-        z = beaver_product(session, op, x.share, y.share, **kwargs)
-        out = ref._new(truncate(session, z, bits), _result_dtype(x.dtype, y.dtype))
-        return record(op, out, (x, y), **kwargs)
+        dtype = _result_dtype(x.dtype, y.dtype)
+        if op == Op.MUL:  # pending operands are truncated in the product's own opening
+            (z,) = lazy_products(session, [(x._data, x._pending, y._data, y._pending)])
+        else:
+            settle([x, y])
+            z = beaver_product(session, op, x.share, y.share, **kwargs)
+        return record(op, ref._new(z, dtype, pending=bits), (x, y), **kwargs)
     private, public = (x, y) if xp else (y, x)
     p = private._public(public)
     force = session.config.force_limbs
-    if _is_integral(p):
-        enc, shift = p.to(torch.int64), 0
+    if _is_integral(p):  # exact and linear: a pending operand stays pending
+        args = (private._data, p.to(torch.int64)) if xp else (p.to(torch.int64), private._data)
+        out = private._like(ring.bilinear(op, *args, force, **kwargs))
     else:
-        enc, shift = encode(p, bits, device=private.share.device), bits
-    args = (private.share, enc) if xp else (enc, private.share)
-    z = ring.bilinear(op, *args, force, **kwargs)
-    out = private._new(truncate(session, z, shift))
+        enc = encode(p, bits, device=private.device)
+        args = (private.share, enc) if xp else (enc, private.share)
+        out = private._new(ring.bilinear(op, *args, force, **kwargs), pending=bits)
     return record(op, out, (x, p) if xp else (p, y), **kwargs)
+
+
+def aligned(tensors: Sequence[MPCTensor]) -> tuple[list[torch.Tensor], int]:
+    """The tensors' data at one scale (the highest pending; lower ones shifted up, exactly,
+    with no communication), and that pending."""
+    pending = max(t._pending for t in tensors)
+    return [t._data << (pending - t._pending) if t._pending < pending else t._data
+            for t in tensors], pending
+
+
+def settle(tensors: Iterable[MPCTensor], now: bool = True) -> None:
+    """Truncate every pending tensor among these in one round (nothing if none is), or,
+    with now=False, queue their truncations to ride on the next opening of any kind."""
+    waiting = [t for t in tensors if isinstance(t, MPCTensor) and t._pending]
+    for t in waiting:
+        t._settle_later()
+    if waiting and now:
+        flush_riders(waiting[0].session)
 
 
 def _add_bias(out: MPCTensor, bias, nd: int) -> MPCTensor:
@@ -713,26 +805,29 @@ def encrypt(tensor: torch.Tensor | None, src: int = 0, shape: Sequence[int] | No
     return MPCTensor(share, session, torch.float64 if tag == 1 else torch.get_default_dtype())
 
 
-def _shares(items: Iterable, ref: MPCTensor | None = None) -> tuple[list[torch.Tensor], MPCTensor]:
+def _shares(items: Iterable, ref: MPCTensor | None = None) -> tuple[list[torch.Tensor], MPCTensor, int]:
+    """The items' data at one scale (aligned), a private one of them, and that scale's pending."""
     items = list(items)
     ref = ref or next((t for t in items if isinstance(t, MPCTensor)), None)
     if ref is None:
         raise TypeError("need at least one MPCTensor")
-    return [ref._coerce(t).share for t in items], ref
+    datas, pending = aligned([ref._coerce(t) for t in items])
+    return datas, ref, pending
 
 
 def cat(tensors: Sequence[MPCTensor | Public], dim: int = 0) -> MPCTensor:
     """torch.cat of private (and public) tensors."""
     tensors = list(tensors)
-    shares, ref = _shares(tensors)
-    return record(Op.CAT, ref._new(torch.cat(shares, dim)), tuple(tensors), dim=dim)
+    shares, ref, pending = _shares(tensors)
+    return record(Op.CAT, ref._new(torch.cat(shares, dim), pending=pending), tuple(tensors), dim=dim)
 
 
 def stack(tensors: Sequence[MPCTensor | Public], dim: int = 0) -> MPCTensor:
     """torch.stack of private (and public) tensors."""
     tensors = list(tensors)
-    shares, ref = _shares(tensors)
-    return record(Op.STACK, ref._new(torch.stack(shares, dim)), tuple(tensors), dim=dim)
+    shares, ref, pending = _shares(tensors)
+    return record(Op.STACK, ref._new(torch.stack(shares, dim), pending=pending), tuple(tensors),
+                  dim=dim)
 
 
 def where(condition: MPCTensor | torch.Tensor, input: MPCTensor | Public,
@@ -742,6 +837,6 @@ def where(condition: MPCTensor | torch.Tensor, input: MPCTensor | Public,
     if isinstance(condition, MPCTensor):
         return (condition * condition._coerce(input).sub(other)).add(other)
     cond = torch.as_tensor(condition).to(torch.bool)
-    (a, b), ref = _shares([input, other])
-    out = ref._new(torch.where(cond.to(a.device), a, b))
+    (a, b), ref, pending = _shares([input, other])
+    out = ref._new(torch.where(cond.to(a.device), a, b), pending=pending)
     return record(Op.WHERE, out, (input, other), condition=cond)
