@@ -24,8 +24,16 @@ from ..core.encoding import encode
 from ..session import Session
 from .beaver import beaver_many
 from .comparison import ltz, max_along_last
+from .lazy_product import lazy_products
 from .normalization import SIGN_BIT, leading_bit_weighted
-from .truncation import truncate
+from .truncation import truncate, truncate_later
+
+Operand = torch.Tensor | tuple[torch.Tensor, int]
+"""A settled share, or (share, bits still to truncate): a pending product (lazy_product.py)."""
+
+
+def _split(x: Operand) -> tuple[torch.Tensor, int]:
+    return x if isinstance(x, tuple) else (x, 0)
 
 EXP_SQUARINGS = 8
 EXP_MAX_INPUT = 12.0
@@ -112,10 +120,25 @@ class _Ops:
         enc = int(encode(value, bits if bits is not None else self.f))
         return torch.full_like(like, enc if self.s.rank == 0 else 0)
 
-    def mul(self, pairs: list, shift: int | None = None) -> list[torch.Tensor]:
-        """Products of shared pairs, truncated by `shift` (default f): 2 rounds for all."""
+    def lazy(self, pairs: list, shift: int | None = None) -> list[tuple[torch.Tensor, int]]:
+        """Products of pairs of operands (settled or pending), left pending by `shift`
+        (default f): one round for all, the operands' own truncations included."""
         shift = self.f if shift is None else shift
-        zs = beaver_many(self.s, [("mul", x, y, {}) for x, y in pairs])
+        items = []
+        for x, y in pairs:
+            (xs, xb), (ys, yb) = _split(x), _split(y)
+            items.append((xs, xb, xs if y is x else ys, xb if y is x else yb))
+        return [(z, shift) for z in lazy_products(self.s, items)]
+
+    def settle(self, x: Operand) -> torch.Tensor:
+        """A pending operand truncated (1 round); a settled one as it is."""
+        share, bits = _split(x)
+        return truncate(self.s, share, bits)
+
+    def mul(self, pairs: list, shift: int | None = None) -> list[torch.Tensor]:
+        """Products of pairs of operands, truncated by `shift` (default f): 2 rounds for all."""
+        zs = [z for z, _ in self.lazy(pairs, shift)]
+        shift = self.f if shift is None else shift
         flat = truncate(self.s, torch.cat([z.reshape(-1) for z in zs]), shift)
         out, offset = [], 0
         for z in zs:
@@ -145,11 +168,13 @@ class _Ops:
         h = max(0, min(h, 40))
         return torch.tensor(np.round(np.exp2(exponents + self.f + h)), dtype=torch.int64), h
 
-    def newton_reciprocal(self, d: torch.Tensor, y: torch.Tensor, steps: int) -> torch.Tensor:
-        """Newton steps y <- y (2 - d y) towards 1/d (2 products each)."""
+    def newton_reciprocal(self, d: Operand, y: Operand, steps: int) -> tuple[torch.Tensor, int]:
+        """Newton steps y <- y (2 - d y) towards 1/d: 2 rounds each, every product's
+        truncation absorbed by the next (lazy_product.py); the result is left pending."""
         for _ in range(steps):
-            t = self.mul1(d, y)
-            y = self.mul1(y, self.const(2.0, t) - t)
+            ((t, bits),) = self.lazy([(d, y)])
+            ((y, _),) = self.lazy([(y, (self.const(2.0, t, 2 * self.f) - t, bits))])
+            y = (y, self.f)
         return y
 
 
@@ -164,12 +189,12 @@ def _exp_shares(ops: _Ops, x: torch.Tensor) -> torch.Tensor:
     f, m = ops.f, EXP_SQUARINGS
     big = max(f, 27)  # (z^2 2^27)^2 < 2^62 for |z| <= 2.9; p(z) < 1 (squarings -> 0) if x > -713
     v = x << (big - f - m) if big - f >= m else truncate(ops.s, x, m - (big - f))
-    v2 = ops.mul1(v, v, big)
-    v3, v4 = ops.mul([(v2, v), (v2, v2)], big)
-    # 1 + z + z^2/2 + z^3/6 + z^4/24 at precision `big`
-    high = [(v2, 0.5), (v3, 1 / 6), (v4, 1 / 24)]
-    acc = truncate(ops.s, sum(t * int(encode(c, f)) for t, c in high), f)
-    y = acc + v + ops.const(1.0, v, big)
+    # 1 + z (1 + z (1/2 + z (1/6 + z/24))) by Horner at precision `big`, each product
+    # left pending and truncated in the next one's opening (lazy_product.py)
+    t = (v * int(encode(1 / 24, f)) + ops.const(1 / 6, v, big + f), f)
+    for c in (0.5, 1.0, 1.0):
+        ((z, bits),) = ops.lazy([(v, t)], big)
+        t = (z + ops.const(c, z, 2 * big), bits)
     precision = big
     for j in range(m):
         remaining = m - j - 1
@@ -178,9 +203,9 @@ def _exp_shares(ops: _Ops, x: torch.Tensor) -> torch.Tensor:
         else:
             largest = EXP_MAX_INPUT / 2 ** remaining
             target = min(big, int(math.floor(30 - largest / math.log(2))))
-        y = ops.mul1(y, y, 2 * precision - target)
+        (t,) = ops.lazy([(t, t)], 2 * precision - target)
         precision = target
-    return y
+    return ops.settle(t)
 
 
 def exp(session: Session, x: torch.Tensor) -> torch.Tensor:
@@ -232,10 +257,10 @@ def _abs_m_and_inv_sqrt(ops: _Ops, x: torch.Tensor, columns: list[torch.Tensor])
     m = m - 2 * neg  # |m|
     # y0 = 1.785 - 0.805 m: relative error 0.023 for 1/sqrt(m) on [0.5, 1]
     y = ops.combine([(m, -0.805)], 1.785)
-    for _ in range(INV_SQRT_STEPS):
-        y2 = ops.mul1(y, y)
-        t = ops.mul1(m, y2)
-        y = ops.mul1(y, ops.const(3.0, t) - t, ops.f + 1)  # y (3 - m y^2) / 2
+    for _ in range(INV_SQRT_STEPS):  # y (3 - m y^2) / 2, each product's truncation in the next
+        (y2,) = ops.lazy([(y, y)])
+        ((t, bits),) = ops.lazy([(m, y2)])
+        (y,) = ops.lazy([(y, (ops.const(3.0, t, 2 * ops.f) - t, bits))], ops.f + 1)
     return m, y, weighted
 
 
@@ -294,9 +319,12 @@ def _sigmoid_shares(ops: _Ops, x: torch.Tensor) -> torch.Tensor:
     sign, a = _sign_and_abs(ops, x)
     d = _exp_shares(ops, -a) + ops.const(1.0, a)  # 1 + e^-|x| in (1, 2]
     y = ops.combine([(d, -0.47)], 1.41)  # within 6% of 1/d on [1, 2]
-    y = ops.newton_reciprocal(d, y, RECIPROCAL_STEPS)
-    (flip,) = ops.mul_bits([(ops.const(1.0, y) - 2 * y, sign)])
-    return y + flip  # sigmoid(x) = 1 - sigmoid(|x|) where x < 0
+    y, bits = ops.newton_reciprocal(d, y, RECIPROCAL_STEPS)
+    settled: list[torch.Tensor] = []
+    truncate_later(ops.s, y, bits, settled.append)  # rides on the next opening
+    # the flip's product absorbs the pending truncation of 1 - 2y (the bit is an integer)
+    ((flip, _),) = ops.lazy([((ops.const(1.0, y, ops.f + bits) - 2 * y, bits), sign)], 0)
+    return settled[0] + flip  # sigmoid(x) = 1 - sigmoid(|x|) where x < 0
 
 
 def sigmoid(session: Session, x: torch.Tensor) -> torch.Tensor:
@@ -318,7 +346,7 @@ def erf(session: Session, x: torch.Tensor) -> torch.Tensor:
     (excess,) = ops.mul_bits([(a - ops.const(ERF_CLAMP, a), over)])
     a = a - excess  # min(|x|, 4)
     d = ops.combine([(a, ERF_P)], 1.0)  # in [1, 2.31]
-    t = ops.newton_reciprocal(d, ops.combine([(d, -0.395)], 1.31), 4)  # y0 within 9%
+    t = ops.settle(ops.newton_reciprocal(d, ops.combine([(d, -0.395)], 1.31), 4))  # y0 within 9%
     a2 = ops.mul1(a, a)
     e = _exp_shares(ops, -a2)
     t2 = ops.mul1(t, t)
