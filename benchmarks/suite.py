@@ -295,7 +295,8 @@ def markdown(report: dict) -> str:
             for k, v in p["measured"].items()))
     lines.append("")
     head = ["row", "profile", "n", "provider", "median ms", "spread ms (min/q1/q3/max)",
-            "plain ms", "ratio", "rounds", "MB sent per party", "peak MB per party",
+            "plain ms", "ratio", "rounds", "MB sent per party", "dealer MB (all parties)",
+            "peak MB per party",
             "spec check (rounds, bytes sent)", "pred ms (r*RTT/2)", "pred ms (r*RTT)",
             "CrypTen ms", "CrypTen rounds", "CrypTen MB sent per party", "ours/CrypTen"]
     cells = []
@@ -308,6 +309,7 @@ def markdown(report: dict) -> str:
             f"{1e3 * r['median_s']:.4g}", spread, fmt(1e3 * r["plain_median_s"], ".3g"),
             fmt(r["ratio"], ".3g"), common.per_party(r["rounds"]),
             "/".join(f"{b / MB:.3g}" for b in r["bytes_sent"]),
+            f"{r['dealer_bytes'] / MB:.3g}" if r["provider"] == "dealer" else "-",
             "/".join(f"{b / 2**20:.0f}" for b in r["peak_rss_bytes"]),
             r.get("spec_check", "-"),
             fmt(pred.get("one_way_s") and 1e3 * pred["one_way_s"], ".4g"),
