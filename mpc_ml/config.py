@@ -8,6 +8,7 @@ from dataclasses import dataclass
 PROTOCOL_VERSION = 2  # 2: seeds by key agreement, job ids, attestation, prefetch
 
 TRUNCATION_METHODS = ("exact", "local")
+COMPARISON_METHODS = ("circuit", "fss")
 DEALER_ATTEST_MODES = ("none", "sim", "sgx")
 
 
@@ -21,6 +22,12 @@ class Config:
     """'exact': dealer pair with the MSB trick, 1 round, error < 1 unit in the last place,
     never a wrap-around failure. 'local': SecureML local shift, 0 rounds, 2 parties only,
     fails catastrophically with probability about |x| * 2^(2f) / 2^63 per element."""
+    comparison: str = "circuit"
+    """How [x < 0] is computed (relu, max, every comparison). 'circuit': a carry tree on
+    bit-sliced words, any n and provider (csa_rounds + 8 rounds). 'fss': a dealer-made
+    distributed comparison function key (Boyle et al., EUROCRYPT 2021), 2 parties and
+    provider 'dealer' only: 1 online round, about 1.5 KB of key per element from the
+    dealer to each party (protocols/fss_comparison.toml)."""
     comm_timeout_s: float = 60.0
     """Every blocking receive gives up after this long, naming the silent peer."""
     connect_timeout_s: float = 30.0
@@ -59,6 +66,9 @@ class Config:
             raise ValueError(
                 f"unknown truncation {self.truncation!r}; choose one of {TRUNCATION_METHODS}"
             )
+        if self.comparison not in COMPARISON_METHODS:
+            raise ValueError(f"unknown comparison {self.comparison!r}; choose one of "
+                             f"{COMPARISON_METHODS}")
         if self.dealer_attest not in DEALER_ATTEST_MODES:
             raise ValueError(f"unknown dealer_attest {self.dealer_attest!r}; choose one of "
                              f"{DEALER_ATTEST_MODES}")
@@ -72,11 +82,12 @@ class Config:
     def agreed_fields(self) -> dict:
         """The fields that every party must hold identical values for."""
         return {"precision_bits": self.precision_bits, "truncation": self.truncation,
-                "validate": self.validate, "job": self.job_id, "protocol_version": PROTOCOL_VERSION}
+                "comparison": self.comparison, "validate": self.validate, "job": self.job_id,
+                "protocol_version": PROTOCOL_VERSION}
 
     @classmethod
     def from_env(cls, base: "Config | None" = None) -> "Config":
-        """Apply MPC_PRECISION_BITS, MPC_TRUNCATION, MPC_COMM_TIMEOUT_S,
+        """Apply MPC_PRECISION_BITS, MPC_TRUNCATION, MPC_COMPARISON, MPC_COMM_TIMEOUT_S,
         MPC_CONNECT_TIMEOUT_S, MPC_JOB_ID, MPC_DEALER_MEASUREMENT and MPC_ALLOW_INSECURE
         overrides."""
         cfg = base or cls()
@@ -85,6 +96,8 @@ class Config:
             changes["precision_bits"] = int(os.environ["MPC_PRECISION_BITS"])
         if "MPC_TRUNCATION" in os.environ:
             changes["truncation"] = os.environ["MPC_TRUNCATION"]
+        if "MPC_COMPARISON" in os.environ:
+            changes["comparison"] = os.environ["MPC_COMPARISON"]
         if "MPC_COMM_TIMEOUT_S" in os.environ:
             changes["comm_timeout_s"] = float(os.environ["MPC_COMM_TIMEOUT_S"])
         if "MPC_CONNECT_TIMEOUT_S" in os.environ:

@@ -30,6 +30,10 @@ def check_job(world_size: int, provider: str, config: Config | None = None) -> N
         raise ValueError(f"a job needs at least two parties (world_size >= 2), got {world_size!r}")
     if config is not None and config.truncation == "local" and world_size != 2:
         raise ValueError("truncation='local' is only correct for 2 parties")
+    if config is not None and config.comparison == "fss" and (world_size != 2 or provider != "dealer"):
+        raise ValueError("comparison='fss' is a 2-party protocol with a dealer (its keys come "
+                         f"from the dealer to both parties); got {world_size} parties and provider "
+                         f"{provider!r}: use comparison='circuit'")
 
 
 class Session:

@@ -44,6 +44,7 @@ from ..session import check_job
 from .results import PEER_FAILURE_EXIT
 
 CONFIG_KEYS = {"precision_bits": "MPC_PRECISION_BITS", "truncation": "MPC_TRUNCATION",
+               "comparison": "MPC_COMPARISON",
                "comm_timeout_s": "MPC_COMM_TIMEOUT_S", "allow_insecure": "MPC_ALLOW_INSECURE",
                "dealer_measurement": "MPC_DEALER_MEASUREMENT",
                "dealer_allowed_tcb": "MPC_DEALER_ALLOWED_TCB"}

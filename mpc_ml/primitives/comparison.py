@@ -19,10 +19,14 @@ import torch
 from ..session import Session
 from .beaver import beaver_many
 from .binary import b2a_bits, msb
+from .fss import ltz_fss
 
 
 def ltz(session: Session, x: torch.Tensor) -> torch.Tensor:
-    """Additive integer shares of [x < 0] (0 or 1) for additively shared x."""
+    """Additive integer shares of [x < 0] (0 or 1) for additively shared x, by the
+    method of config.comparison: the carry tree ('circuit') or an FSS key ('fss')."""
+    if session.config.comparison == "fss":
+        return ltz_fss(session, x)
     return b2a_bits(session, msb(session, x), [0])[..., 0]
 
 

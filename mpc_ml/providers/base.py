@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 import torch
 
-from ..core import ring
+from ..core import dcf, ring
 from ..core.prg import PRG
 
 
@@ -29,14 +29,20 @@ class CorrelationKind:
     """How to make one kind of correlation from its parameters.
 
     `free_xor` / `derived_xor` say, per component, whether it is XOR-shared (binary)
-    rather than additively shared (arithmetic).
+    rather than additively shared (arithmetic). A kind with `public` components (key
+    material that every party needs whole, such as the correction words of an FSS key)
+    has them sent by the generator to every party; its `derive` then also gets each
+    party's own free draws (derive(params, total_free, per_party)) and returns the
+    derived components followed by the public ones.
     """
 
     def __init__(self, free: Callable[[dict], list], derived: Callable[[dict], list],
-                 derive: Callable[[dict, list], list], free_xor: tuple = (),
-                 derived_xor: tuple = ()):
+                 derive: Callable[..., list], free_xor: tuple = (),
+                 derived_xor: tuple = (), public: Callable[[dict], list] | None = None):
         self.free_shapes, self.derived_shapes, self.derive = free, derived, derive
         self.free_xor, self.derived_xor = free_xor, derived_xor
+        self.public_shapes = public or (lambda p: [])
+        self.has_public = public is not None
 
 
 PREFETCH_WINDOW = 2
@@ -109,6 +115,30 @@ def _lazy_free_shapes(params: dict) -> list[tuple]:
     return [xs] if params["square"] else [xs, ys]
 
 
+DCF_MAX_ELEMENTS = 1 << 16
+"""Elements per DCF key request (about 1.5 KB of key each): bounds the dealer's memory."""
+
+
+def _dcf_numel(p: dict) -> int:
+    n = p["numel"]
+    if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= DCF_MAX_ELEMENTS:
+        raise ValueError(f"a dcf_ltz request covers 1..{DCF_MAX_ELEMENTS} elements, got {n!r}")
+    return n
+
+
+def _dcf_derive(p: dict, free: list, per_party: list) -> list:
+    """msb(r) (additive), then the DCF's public part for alpha = r mod 2^63 and
+    beta = 1 - 2 msb(r) (primitives/fss.py says why)."""
+    if len(per_party) != 2:
+        raise ValueError("dcf_ltz keys are for 2 parties")
+    r = free[0]
+    msb = (r >> 63) & 1
+    part = dcf.gen((r & LOW_63).numpy(), (1 - 2 * msb).numpy(), per_party[0][1].numpy(),
+                   per_party[1][1].numpy())
+    return [msb] + [torch.from_numpy(a) for a in (part.s_cw, part.v_cw, part.t_left,
+                                                  part.t_right, part.last)]
+
+
 KINDS: dict[str, CorrelationKind] = {
     # Beaver triple for a bilinear op: a, b uniform; c = op(a, b).
     "triple": CorrelationKind(
@@ -125,6 +155,14 @@ KINDS: dict[str, CorrelationKind] = {
     # product's operands, pending operands' truncation components, their products.
     "lazy_triple": CorrelationKind(free=_lazy_free_shapes, derived=_lazy_derived_shapes,
                                    derive=_lazy_derive),
+    # FSS comparison key (primitives/fss.py): mask r (additive) and each party's DCF seed;
+    # [msb(r)]; public: the DCF correction words for alpha = r mod 2^63.
+    "dcf_ltz": CorrelationKind(
+        free=lambda p: [(_dcf_numel(p),), (_dcf_numel(p), 2)],
+        derived=lambda p: [(_dcf_numel(p),)],
+        derive=_dcf_derive, free_xor=(False, True),
+        public=lambda p: [(dcf.BITS, _dcf_numel(p), 2), (dcf.BITS, _dcf_numel(p))]
+        + [(_dcf_numel(p),)] * 3),
     # Binary Beaver triple: a, b uniform words, XOR-shared; c = a AND b, XOR-shared.
     "btriple": CorrelationKind(
         free=lambda p: [tuple(p["shape"]), tuple(p["shape"])],
@@ -164,41 +202,63 @@ class CorrelationGenerator:
         self.streams, self.correction_party = streams, correction_party
 
     def generate(self, request: dict) -> tuple[list, list]:
-        """(the correction party's free shares, its derived shares)."""
+        """(the correction party's free shares, its derived shares), and for a kind with
+        public components, those as a third element (what every party is sent)."""
         kind = kind_of(request)
         total_free = others_derived = mine_free = None
+        per_party = []
         for i, stream in enumerate(self.streams):
             is_corr = i == self.correction_party
             free, derived = draw_shares(stream, request, with_derived=not is_corr)
+            per_party.append(free)
             if is_corr:
                 mine_free = free
             total_free = _accumulate(total_free, free, kind.free_xor)
             if derived:
                 others_derived = _accumulate(others_derived, derived, kind.derived_xor)
-        full = kind.derive(request["params"], total_free)
-        if others_derived is None:
-            return mine_free, full
-        return mine_free, _remove(full, others_derived, kind.derived_xor)
+        if kind.has_public:
+            out = kind.derive(request["params"], total_free, per_party)
+            n_derived = len(kind.derived_shapes(request["params"]))
+            full, public = out[:n_derived], out[n_derived:]
+        else:
+            full, public = kind.derive(request["params"], total_free), None
+        corrections = full if others_derived is None else _remove(full, others_derived,
+                                                                  kind.derived_xor)
+        return (mine_free, corrections) if public is None else (mine_free, corrections, public)
 
 
 class Correlation:
     """This party's shares of one correlation; derived shares may arrive later."""
 
     def __init__(self, free: list, derived: list | None = None,
-                 fetch: Callable[["Correlation"], None] | None = None, n_derived: int = 0):
+                 fetch: Callable[["Correlation"], None] | None = None, n_derived: int = 0,
+                 public: list | None = None, public_shapes: list | None = None):
         self.free = free
         self._derived = derived
         self._fetch = fetch
         self.n_derived = n_derived
+        self._public = public
+        self.public_shapes = public_shapes or []
+        """The shapes of the public components still to come (checked on arrival)."""
+        self.n_public = len(self.public_shapes)
 
     def set_derived(self, derived: list) -> None:
         self._derived = derived
+
+    def set_public(self, public: list) -> None:
+        self._public = public
 
     def derived(self) -> list:
         """The derived shares (waits for the generator where they come from it)."""
         if self._derived is None:
             self._fetch(self)
         return self._derived
+
+    def public(self) -> list:
+        """The public components every party is sent (for kinds that have them)."""
+        if self._public is None:
+            self._fetch(self)
+        return self._public
 
 
 class Provider(ABC):

@@ -24,6 +24,8 @@ import json
 import sys
 from dataclasses import dataclass
 
+import torch
+
 
 from ..comm import CommError, Link, PeerError, Stats, message_bytes
 from ..core.keys import PUBLIC_KEY_BYTES, KeyAgreement, transcript
@@ -137,6 +139,8 @@ class DealerProvider(Provider):
         prefetched repeat (its collection is then acknowledged)."""
         self._expected: collections.deque[_Expected] = collections.deque()
         self._diverged: str | None = None
+        self._public_pending: collections.deque[Correlation] = collections.deque()
+        """(Not the last party) correlations whose public components are still to come."""
 
     @classmethod
     def create(cls, rank: int, world_size: int, own: PRG, pairwise: dict[int, PRG],
@@ -204,29 +208,53 @@ class DealerProvider(Provider):
         prefetched = bool(self._expected)
         ends_repeat = self._check_expected(request) if prefetched else False
         free, derived = draw_shares(self._stream, request, with_derived=not self.is_correction_party)
+        kind = kind_of(request)
+        public = kind.public_shapes(request["params"])
         if not self.is_correction_party:
-            return Correlation(free, derived)
+            if not public:
+                return Correlation(free, derived)
+            corr = Correlation(free, derived, fetch=self._collect_public_until,
+                               public_shapes=public)
+            self._public_pending.append(corr)
+            return corr
         if not prefetched:
             self._send(request)
         corr = Correlation(free, fetch=self._collect_until,
-                           n_derived=len(kind_of(request).derived_shapes(request["params"])))
+                           n_derived=len(kind.derived_shapes(request["params"])),
+                           public_shapes=public)
         self._pending.append((corr, ends_repeat))
         return corr
+
+    def _receive(self, count: int, shapes: list | None = None) -> list:
+        """The next `count` tensors from the dealer (a dict is its error); public key
+        material is checked against its expected shapes."""
+        got = []
+        for i in range(count):
+            msg = self.link.recv(self.timeout)
+            if isinstance(msg, dict):
+                raise CommError(f"party {self.rank}: the dealer failed: {msg.get('error', msg)}")
+            if shapes is not None and (msg.dtype != torch.int64 or tuple(msg.shape) != tuple(shapes[i])):
+                raise CommError(f"party {self.rank}: malformed key material from the dealer: "
+                                f"{msg.dtype} {tuple(msg.shape)}, expected int64 {tuple(shapes[i])}")
+            got.append(msg)
+        self.traffic.bytes_received += sum(message_bytes(m) for m in got)
+        return got
+
+    def _collect_public_until(self, target: Correlation) -> None:
+        """(Not the last party) receive public components, in request order, until
+        target's have arrived."""
+        while target._public is None:
+            corr = self._public_pending.popleft()
+            corr.set_public(self._receive(corr.n_public, corr.public_shapes))
 
     def _collect_until(self, target: Correlation) -> None:
         """Receive corrections, in request order, until target's have arrived; acknowledge
         each prefetched repeat whose corrections have all arrived."""
         while target._derived is None:
             corr, ends_repeat = self._pending.popleft()
-            derived = []
-            for _ in range(corr.n_derived):
-                msg = self.link.recv(self.timeout)
-                if isinstance(msg, dict):
-                    raise CommError(f"party {self.rank}: the dealer failed: "
-                                    f"{msg.get('error', msg)}")
-                derived.append(msg)
-            self.traffic.bytes_received += sum(message_bytes(d) for d in derived)
-            corr.set_derived(derived)
+            corr.set_derived(self._receive(corr.n_derived))
+            if corr.n_public:
+                corr.set_public(self._receive(corr.n_public, corr.public_shapes))
             if ends_repeat:
                 self._send(ACK)
 
@@ -371,7 +399,8 @@ def serve_dealer(links: dict[int, Link], world_size: int, idle_timeout: float,
                            "collateral": collateral})
         generator = CorrelationGenerator([PRG(seeds[r]) for r in range(world_size)],
                                          correction_party=world_size - 1)
-        return _serve_requests(links[world_size - 1], world_size - 1, generator, idle_timeout)
+        return _serve_requests(links[world_size - 1], world_size - 1, generator, idle_timeout,
+                               [links[r] for r in range(world_size - 1)])
     finally:
         for link in links.values():
             link.close()
@@ -429,7 +458,7 @@ class _Announced:
 
 
 def _serve_requests(link: Link, rank: int, generator: CorrelationGenerator,
-                    idle_timeout: float) -> int:
+                    idle_timeout: float, others: list[Link] = ()) -> int:
     """Answer the last party: each request at once, each prefetch announcement by making
     its repeats in order while fewer than its window are unacknowledged; requests and
     announcements are served in the order they came. Returns when the party hangs up."""
@@ -444,11 +473,14 @@ def _serve_requests(link: Link, rank: int, generator: CorrelationGenerator,
 
     def answer(request: dict) -> None:
         try:
-            _, corrections = generator.generate(request)
+            _, corrections, *public = generator.generate(request)
         except (ValueError, KeyError, TypeError, RuntimeError) as e:
             raise refuse(f"the correlation request {request}", str(e)) from None
         for c in corrections:
             link.send(c)
+        for to in ([link, *others] if public else []):  # key material every party needs
+            for p in public[0]:
+                to.send(p)
 
     try:
         while True:

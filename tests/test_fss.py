@@ -1,0 +1,133 @@
+"""Comparison by function secret sharing (Config(comparison='fss'),
+protocols/fss_comparison.toml): the DCF shares its function exactly, every comparison
+is exact against plaintext, the traffic equals the spec, and what it cannot do is
+refused."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import mpc_ml as mpc
+from helpers import enc, measured, on_matrix, randn, request_bytes, rounded
+from mpc_ml.core import dcf
+from mpc_ml.core.specs import load_spec
+from mpc_ml.primitives import ltz
+from mpc_ml.providers import base as providers_base
+from mpc_ml.session import current
+from test_protocol_costs import assert_costs
+
+FSS = mpc.Config(comparison="fss")
+SPEC = load_spec("fss_comparison")
+
+
+def test_the_dcf_shares_beta_below_alpha_and_zero_elsewhere():
+    rng = np.random.default_rng(7)
+    n = 500
+    alpha = rng.integers(0, 2 ** 63, n, dtype=np.int64)
+    alpha[:4] = [0, 1, 2 ** 63 - 1, 2 ** 62]
+    beta = rng.integers(-2 ** 63, 2 ** 63, n, dtype=np.int64)
+    seeds = [rng.integers(-2 ** 63, 2 ** 63, (n, 2), dtype=np.int64) for _ in range(2)]
+    part = dcf.gen(alpha, beta, *seeds)
+    top = np.int64(2 ** 63 - 1)
+    for x in (rng.integers(0, 2 ** 63, n, dtype=np.int64), alpha, (alpha - 1) & top,
+              (alpha + 1) & top, np.zeros(n, np.int64), np.full(n, top)):
+        total = dcf.evaluate(0, seeds[0], part, x) + dcf.evaluate(1, seeds[1], part, x)
+        assert np.array_equal(total, np.where(x < alpha, beta, 0))
+    # a key alone is not the function: party 0's share is no function of [x < alpha]
+    share = dcf.evaluate(0, seeds[0], part, alpha)
+    assert len(np.unique(share)) > n // 2
+
+
+def chunk_requests(numel: int) -> int:
+    sizes = [min(providers_base.DCF_MAX_ELEMENTS, numel - i)
+             for i in range(0, numel, providers_base.DCF_MAX_ELEMENTS)]
+    return sum(request_bytes("dcf_ltz", numel=s) for s in sizes)
+
+
+@pytest.mark.parametrize("numel", [37, providers_base.DCF_MAX_ELEMENTS + 3])
+def test_ltz_and_relu_cost_what_the_spec_says(numel):
+    t = torch.cat([randn(5, numel - 5, scale=50.0), torch.tensor([0.0, -2 ** -16, 2 ** -16, -3e4, 3e4])])
+
+    def party():
+        x = enc(t, 0)
+        bits, s_ltz = measured(lambda: ltz(current(), x.share))
+        relu, s_relu = measured(x.relu)
+        return s_ltz, mpc.MPCTensor(bits, current()).decrypt(), s_relu, relu.decrypt()
+
+    r = rounded(t)
+    sizes = dict(numel=numel, chunks=-(-numel // providers_base.DCF_MAX_ELEMENTS),
+                 dcf_request_bytes=chunk_requests(numel),
+                 triple_request_bytes=request_bytes("triple", op="mul", a_shape=[numel],
+                                                    b_shape=[numel], kwargs={}))
+    for rank, (s_ltz, bits, s_relu, relu) in enumerate(mpc.run(party, 2, config=FSS)):
+        kw = dict(n=2, rank=rank, provider="dealer", **sizes)
+        assert_costs(s_ltz, SPEC["ltz"], "fss ltz", **kw)
+        assert_costs(s_relu, SPEC["relu"], "fss relu", **kw)
+        assert torch.equal(bits * 2 ** 16, (r < 0).to(bits.dtype))  # integer bits, decoded
+        assert torch.equal(relu.double(), torch.relu(r))
+
+
+def test_every_comparison_is_exact():
+    a = torch.cat([randn(11, 40, scale=20.0), torch.tensor([0.0, 2 ** -16, -2 ** -16, 1e6, -1e6])])
+    b = torch.cat([randn(12, 40, scale=20.0), torch.tensor([0.0, 0.0, 0.0, 1e6, 1e6])])
+    img = randn(13, 2, 3, 6, 6, scale=5.0)
+
+    def party():
+        x, y, z = enc(a, 0), enc(b, 1), enc(img, 0)
+        out = {"lt": x < y, "gt": x > y, "le": x <= y, "eq": x == y, "ne": x != y,
+               "sign": x.sign(), "abs": x.abs(), "clamp": x.clamp(-5.0, 5.0),
+               "max": x.reshape(5, 9).max(-1)[0], "argmax": x.reshape(5, 9).argmax(-1),
+               "pool": z.max_pool2d(2), "relu_of_product": (x[:40] * y[:40]).relu()}
+        return {k: v.decrypt() for k, v in out.items()}
+
+    ra, rb, ri = rounded(a), rounded(b), rounded(img)
+    want = {"lt": ra < rb, "gt": ra > rb, "le": ra <= rb, "eq": ra == rb, "ne": ra != rb,
+            "sign": ra.sign(), "abs": ra.abs(), "clamp": ra.clamp(-5, 5),
+            "max": ra.reshape(5, 9).max(-1)[0], "argmax": ra.reshape(5, 9).argmax(-1),
+            "pool": F.max_pool2d(ri, 2)}
+    for got in mpc.run(party, 2, config=FSS):
+        for name, w in want.items():
+            assert torch.equal(got[name].double(), w.double()), name
+        assert float((got["relu_of_product"] - torch.relu(ra[:40] * rb[:40])).abs().max()) <= 2 ** -16
+
+
+def relu_party(t: torch.Tensor) -> torch.Tensor:
+    """Module-level (spawned processes import it)."""
+    return enc(t, 0).relu().decrypt()
+
+
+@on_matrix((2, "tcp", "dealer"))
+def test_over_sockets_with_a_dealer_process(matrix):
+    t = randn(14, 3, 50, scale=10.0)
+    for got in matrix.run(relu_party, args=(t,), config=FSS):
+        assert torch.equal(got.double(), torch.relu(rounded(t)))
+
+
+@pytest.mark.parametrize("n, provider", [(3, "dealer"), (2, "tfp")])
+def test_fss_is_refused_beyond_two_parties_with_a_dealer(n, provider):
+    with pytest.raises(ValueError, match="comparison='fss' is a 2-party protocol with a dealer"):
+        mpc.run(lambda: None, world_size=n, provider=provider, config=FSS)
+
+
+def test_parties_that_disagree_on_the_comparison_are_refused():
+    assert FSS.agreed_fields()["comparison"] == "fss"
+    assert json.dumps(FSS.agreed_fields()) != json.dumps(mpc.Config().agreed_fields())
+    with pytest.raises(ValueError, match="unknown comparison"):
+        mpc.Config(comparison="garbled")
+
+
+def test_malformed_key_material_from_the_dealer_is_refused(monkeypatch):
+    kind = providers_base.KINDS["dcf_ltz"]
+    real = kind.derive
+
+    def short_keys(params, free, per_party):
+        out = real(params, free, per_party)
+        return out[:1] + [out[1][:, :-1]] + out[2:]  # a seed correction one element short
+
+    monkeypatch.setattr(kind, "derive", short_keys)
+    with pytest.raises(mpc.PartyError, match="malformed key material from the dealer"):
+        mpc.run(lambda: enc(randn(15, 8), 0).relu().decrypt(), 2, config=FSS)
