@@ -72,6 +72,11 @@ ROWS = {
        for f in ("exp", "reciprocal", "sigmoid", "softmax") for s in ("1e5", "1e6")},
 }
 NO_MODEL_SPEC = "n/a (no model spec)"
+FSS_ROWS = {f"relu{s}": ("fss_comparison", "relu", _numel) for s in ("1e5", "1e6")}
+"""Rows with a spec under Config(comparison='fss'); the other comparison rows have none."""
+NO_FSS_SPEC = "n/a (no fss spec)"
+WITHOUT_COMPARISONS = {"mul", "matmul", "conv2d", "exp", "reciprocal"}
+"""Row families whose cost does not depend on config.comparison."""
 
 
 def _table(node: dict, path: str) -> dict:
@@ -80,9 +85,12 @@ def _table(node: dict, path: str) -> dict:
     return node
 
 
-def predict(name: str, inputs: tuple, n: int) -> dict | None:
-    """{'section', 'rounds', 'bytes_sent'} per party for an op row; None for other rows."""
+def predict(name: str, inputs: tuple, n: int, comparison: str = "circuit") -> dict | None:
+    """{'section', 'rounds', 'bytes_sent'} per party for an op row; None for other rows
+    (and, under comparison='fss', for the rows whose comparisons have no fss spec)."""
     entry = ROWS.get(name)
+    if comparison == "fss" and name.rstrip("0123456789e") not in WITHOUT_COMPARISONS:
+        entry = FSS_ROWS.get(name)
     if entry is None:
         return None
     spec_name, section_name, variables, *extra = entry
@@ -98,10 +106,12 @@ def predict(name: str, inputs: tuple, n: int) -> dict | None:
             "bytes_sent": [cost["bytes_sent"]] * n}
 
 
-def check(spec: dict | None, rounds: list, bytes_sent: list) -> tuple[bool | None, str]:
-    """(match, text): 'equal', 'differs: ...' with both numbers, or NO_MODEL_SPEC."""
+def check(spec: dict | None, rounds: list, bytes_sent: list,
+          missing: str = NO_MODEL_SPEC) -> tuple[bool | None, str]:
+    """(match, text): 'equal', 'differs: ...' with both numbers, or `missing` (why there
+    is no spec: NO_MODEL_SPEC, NO_FSS_SPEC)."""
     if spec is None:
-        return None, NO_MODEL_SPEC
+        return None, missing
     diffs = [f"{key} measured {'/'.join(map(str, got))} spec {'/'.join(map(str, spec[key]))}"
              for key, got in (("rounds", rounds), ("bytes_sent", bytes_sent))
              if list(got) != list(spec[key])]

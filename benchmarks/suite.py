@@ -67,6 +67,14 @@ OP_ROWS = ["mul1e6", "matmul256", "matmul1024", "conv2d", "relu1e5", "max1e5", "
 MODEL_ROWS = ["lenet5_b1", "lenet5_b32", "resnet18", "mlp_step", "lenet5_step"]
 PROFILE_NAMES = ["lan", "lan1g", "wan400", "wan100"]
 PROVIDERS = list(common.PROVIDERS)
+FSS = "dealer-fss"
+"""The dealer with Config(comparison='fss') (protocols/fss_comparison.toml): 2 parties only."""
+SUITE_PROVIDERS = [*PROVIDERS, FSS]
+
+
+def _provider_and_env(provider: str) -> tuple[str, dict]:
+    """The library's provider for a suite provider label, and the variables it adds."""
+    return ("dealer", {"MPC_COMPARISON": "fss"}) if provider == FSS else (provider, {})
 PARTIES = [2, 3]
 PORT = 29400
 
@@ -188,6 +196,7 @@ def _wait_all(procs: dict, grace_s: float) -> int:
 def run_job(profile, parties: int, provider: str, rows: list[str], quick: bool, repeats: int,
             net=None, timeout_s: float = 1800) -> dict:
     """One set of processes (parties and maybe a dealer) running every row."""
+    provider, extra_env = _provider_and_env(provider)
     nodes = parties + (provider == "dealer")
     if net is None:
         addrs = [f"127.0.0.1:{port}" for port in common.free_ports(nodes)]
@@ -204,7 +213,8 @@ def run_job(profile, parties: int, provider: str, rows: list[str], quick: bool, 
                    MPC_PROVIDER=provider, MPC_PARTY_ADDRS=",".join(addrs[:parties]),
                    MPC_TORCH_THREADS="1", MPC_NET_DELAY_MS=str(profile.rtt_ms / 2),
                    OMP_NUM_THREADS="1",
-                   PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+                   PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+                   **extra_env)
         env.setdefault("MPC_COMM_TIMEOUT_S", "600")
         env.setdefault("MPC_CONNECT_TIMEOUT_S", "60")
         env.pop("MPC_TLS_DIR", None)
@@ -264,10 +274,10 @@ def time_plain(name: str, quick: bool, repeats: int) -> float:
 
 
 # -- cost model --------------------------------------------------------------------------------
-def spec_cost(name: str, parties: int, quick: bool) -> dict | None:
+def spec_cost(name: str, parties: int, quick: bool, comparison: str = "circuit") -> dict | None:
     """Rounds and bytes sent per party that protocols/ predicts for an op row (None for
     the model rows: no whole-model spec)."""
-    return costmodel.predict(name, bench_rows.inputs(name, quick), parties)
+    return costmodel.predict(name, bench_rows.inputs(name, quick), parties, comparison)
 
 
 def predicted_time(row: dict, lan_row: dict | None, probe: dict | None, profile) -> dict | None:
@@ -309,7 +319,7 @@ def markdown(report: dict) -> str:
             f"{1e3 * r['median_s']:.4g}", spread, fmt(1e3 * r["plain_median_s"], ".3g"),
             fmt(r["ratio"], ".3g"), common.per_party(r["rounds"]),
             "/".join(f"{b / MB:.3g}" for b in r["bytes_sent"]),
-            f"{r['dealer_bytes'] / MB:.3g}" if r["provider"] == "dealer" else "-",
+            f"{r['dealer_bytes'] / MB:.3g}" if r["provider"] in ("dealer", FSS) else "-",
             "/".join(f"{b / 2**20:.0f}" for b in r["peak_rss_bytes"]),
             r.get("spec_check", "-"),
             fmt(pred.get("one_way_s") and 1e3 * pred["one_way_s"], ".4g"),
@@ -371,7 +381,8 @@ def parse_args(argv):
     p.add_argument("--ops", nargs="*", default=None, metavar="ROW", help=", ".join(OP_ROWS))
     p.add_argument("--models", nargs="*", default=None, metavar="ROW", help=", ".join(MODEL_ROWS))
     p.add_argument("--parties", nargs="+", type=int, default=PARTIES)
-    p.add_argument("--providers", nargs="+", choices=PROVIDERS, default=PROVIDERS)
+    p.add_argument("--providers", nargs="+", choices=SUITE_PROVIDERS, default=PROVIDERS,
+                   help=f"{FSS}: the dealer with Config(comparison='fss'), 2 parties only")
     p.add_argument("--profiles", nargs="+", choices=PROFILE_NAMES, default=None)
     p.add_argument("--no-crypten", action="store_true", help="skip the CrypTen comparison")
     p.add_argument("--crypten-python", default=os.environ.get(
@@ -404,7 +415,10 @@ def main(argv=None) -> dict:
         if why:
             notes.append(f"network profiles {', '.join(p.name for p in shaped)} skipped: {why}")
             profiles = [p for p in profiles if p.name == "lan"]
-    jobs = [(p, n, prov) for p in profiles for n in args.parties for prov in args.providers]
+    jobs = [(p, n, prov) for p in profiles for n in args.parties for prov in args.providers
+            if prov != FSS or n == 2]
+    if FSS in args.providers and set(args.parties) - {2}:
+        notes.append(f"{FSS} runs with 2 parties only (the protocol is 2-party)")
     rows: list[dict] = []
     profile_info = {p.name: {"name": p.name, "rate_mbit": p.rate_mbit, "rtt_ms": p.rtt_ms,
                              "latency": "user-space delay of each sent frame (netdelay.py)"
@@ -427,7 +441,8 @@ def main(argv=None) -> dict:
                 per_rank = run_job(profile, parties, provider, rows_wanted, args.quick,
                                    args.repeats)
             else:
-                with netns.Network(parties + (provider == "dealer"), profile) as net:
+                with netns.Network(parties + (_provider_and_env(provider)[0] == "dealer"),
+                                   profile) as net:
                     per_rank = run_job(profile, parties, provider, rows_wanted, args.quick,
                                        args.repeats, net=net)
             probe = per_rank[0]["probe"]
@@ -446,12 +461,15 @@ def main(argv=None) -> dict:
     for r in rows:
         r["plain_median_s"] = plain[r["name"]]
         r["ratio"] = r["median_s"] / plain[r["name"]]
-        key = (r["name"], r["parties"])
+        comparison = "fss" if r["provider"] == FSS else "circuit"
+        key = (r["name"], r["parties"], comparison)
         if key not in spec_cache:
-            spec_cache[key] = spec_cost(r["name"], r["parties"], args.quick)
+            spec_cache[key] = spec_cost(r["name"], r["parties"], args.quick, comparison)
         r["spec"] = spec_cache[key]
-        r["spec_match"], r["spec_check"] = costmodel.check(r["spec"], r["rounds"],
-                                                           r["bytes_sent"])
+        r["spec_match"], r["spec_check"] = costmodel.check(
+            r["spec"], r["rounds"], r["bytes_sent"],
+            costmodel.NO_FSS_SPEC if comparison == "fss" and bench_rows.kind(r["name"]) == "op"
+            else costmodel.NO_MODEL_SPEC)
         prof = netns.PROFILES[r["profile"]]
         r["predicted"] = predicted_time(r, lan.get((r["name"], r["parties"], r["provider"])),
                                         probes.get((r["profile"], r["parties"], r["provider"])),

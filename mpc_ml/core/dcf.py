@@ -49,23 +49,45 @@ def _choose(bit: np.ndarray, if_zero: np.ndarray, if_one: np.ndarray) -> np.ndar
     return if_zero ^ ((if_zero ^ if_one) & mask)
 
 
+_ENCRYPT = Cipher(algorithms.AES(_KEY), modes.ECB()).encryptor()
+
+
+def _hash(blocks: np.ndarray) -> np.ndarray:
+    """AES_K(b) ^ b for every 128-bit block of an (..., 2) int64 array (the MMO hash)."""
+    raw = np.ascontiguousarray(blocks).view(np.uint8).reshape(-1)
+    out = np.empty(raw.size + 15, dtype=np.uint8)
+    _ENCRYPT.update_into(raw, out)
+    return out[:raw.size].view(np.int64).reshape(blocks.shape) ^ blocks
+
+
+def _seed_and_bit(block: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A hashed block as (seed with its low bit cleared, that bit)."""
+    t = block[:, 0] & 1
+    block[:, 0] &= _LOW_BIT_CLEAR
+    return block, t
+
+
 def expand(seeds: np.ndarray) -> tuple[np.ndarray, ...]:
     """G on every seed (N, 2): (s_L, t_L, s_R, t_R, v_L, v_R), seeds with their low bit
     cleared (it became t), t as 0/1 int64, v as int64."""
-    n = seeds.shape[0]
-    blocks = np.empty((n, 3, 2), dtype=np.int64)
-    blocks[:] = seeds[:, None, :]
+    blocks = np.repeat(seeds[:, None, :], 3, axis=1)
     blocks[:, 1, 0] ^= 1
     blocks[:, 2, 0] ^= 2
-    raw = np.ascontiguousarray(blocks).view(np.uint8).reshape(-1)
-    out = np.empty(raw.size + 15, dtype=np.uint8)
-    Cipher(algorithms.AES(_KEY), modes.ECB()).encryptor().update_into(raw, out)
-    hashed = out[:raw.size].view(np.int64).reshape(n, 3, 2) ^ blocks
-    s_left, s_right = hashed[:, 0], hashed[:, 1]
-    t_left, t_right = s_left[:, 0] & 1, s_right[:, 0] & 1
-    s_left[:, 0] &= _LOW_BIT_CLEAR
-    s_right[:, 0] &= _LOW_BIT_CLEAR
+    hashed = _hash(blocks)
+    (s_left, t_left), (s_right, t_right) = _seed_and_bit(hashed[:, 0]), _seed_and_bit(hashed[:, 1])
     return s_left, t_left, s_right, t_right, hashed[:, 2, 0], hashed[:, 2, 1]
+
+
+def expand_toward(seeds: np.ndarray, right: np.ndarray) -> tuple[np.ndarray, ...]:
+    """One side of G per seed (right: 0/1 per element): (s, t, v) of that child, by two
+    AES blocks instead of three (what evaluation needs)."""
+    blocks = np.repeat(seeds[:, None, :], 2, axis=1)
+    blocks[:, 0, 0] ^= right
+    blocks[:, 1, 0] ^= 2
+    hashed = _hash(blocks)
+    s, t = _seed_and_bit(hashed[:, 0])
+    v_left, v_right = hashed[:, 1, 0], hashed[:, 1, 1]
+    return s, t, v_left ^ ((v_left ^ v_right) & -right)
 
 
 def _sign(t: np.ndarray) -> np.ndarray:
@@ -111,16 +133,12 @@ def evaluate(party: int, seed: np.ndarray, part: PublicKeyPart, x: np.ndarray) -
     s, t = seed.copy(), np.full(n, party, np.int64)
     value = np.zeros(n, np.int64)
     for i in range(BITS):
-        sl, tl, sr, tr, vl, vr = expand(s)
-        on = -t
-        correction = part.s_cw[i] & on[:, None]
-        sl ^= correction
-        sr ^= correction
-        tl ^= t & (part.t_left >> i)
-        tr ^= t & (part.t_right >> i)
         right = (x >> (BITS - 1 - i)) & 1
-        value += _choose(right, vl, vr) + (part.v_cw[i] & on)
-        s = _choose(right, sl, sr)
-        t = _choose(right, tl, tr) & 1
+        s, t_next, v = expand_toward(s, right)
+        on = -t
+        s ^= part.s_cw[i] & on[:, None]
+        t_cw = _choose(right, part.t_left >> i, part.t_right >> i)
+        value += v + (part.v_cw[i] & on)
+        t = (t_next ^ (t & t_cw)) & 1
     value += s[:, 0] + (part.last & -t)
     return value if party == 0 else -value
