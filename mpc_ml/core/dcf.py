@@ -20,6 +20,7 @@ Everything is vectorised over N elements at once; seeds are (N, 2) int64 arrays 
 """
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -49,14 +50,16 @@ def _choose(bit: np.ndarray, if_zero: np.ndarray, if_one: np.ndarray) -> np.ndar
     return if_zero ^ ((if_zero ^ if_one) & mask)
 
 
-_ENCRYPT = Cipher(algorithms.AES(_KEY), modes.ECB()).encryptor()
+_local = threading.local()  # one encryptor per thread (in-process parties are threads)
 
 
 def _hash(blocks: np.ndarray) -> np.ndarray:
     """AES_K(b) ^ b for every 128-bit block of an (..., 2) int64 array (the MMO hash)."""
+    if not hasattr(_local, "encrypt"):
+        _local.encrypt = Cipher(algorithms.AES(_KEY), modes.ECB()).encryptor()
     raw = np.ascontiguousarray(blocks).view(np.uint8).reshape(-1)
     out = np.empty(raw.size + 15, dtype=np.uint8)
-    _ENCRYPT.update_into(raw, out)
+    _local.encrypt.update_into(raw, out)
     return out[:raw.size].view(np.int64).reshape(blocks.shape) ^ blocks
 
 
