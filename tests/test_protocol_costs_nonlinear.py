@@ -28,7 +28,7 @@ from mpc_ml.primitives.approximations import ERROR_BOUNDS
 from mpc_ml.core.encoding import encode
 from mpc_ml.primitives import (a2b, and_many, b2a, b2a_bits, binary_add, ltz, max_along_last,
                                max_one_hot, open_bits, open_words, relu, reveal)
-from mpc_ml.primitives.binary import held_by, reduce_to_two
+from mpc_ml.primitives.binary import SLICED_FROM, held_by, reduce_to_two
 from mpc_ml.session import current
 from mpc_ml.core.specs import derive_sizes, evaluate, evaluate_fraction, evaluate_table, load_spec
 
@@ -78,13 +78,20 @@ def btriple_bytes(m: int) -> dict:
                 btriple_request_bytes_2=request_bytes("btriple", shape=[2 * m]))
 
 
+def tree_words(m: int) -> int:
+    """Words ANDed by ltz on m elements after the carry-save reduction: the whole-word
+    adder's 12 per element below SLICED_FROM, else the sliced carry tree's 186 per 64."""
+    return 12 * m if m < SLICED_FROM else sum(TREE_WORDS) * ((m + 63) // 64)
+
+
 def ltz_request_bytes(m: int) -> dict:
-    """The AND requests of ltz on m elements: one [m] per carry-save level, and the carry
-    tree's seven on w = ceil(m / 64) sliced words per bit position (summed)."""
+    """The AND requests of ltz on m elements: one [m] per carry-save level, then the carry
+    tree's seven on w = ceil(m / 64) sliced words per bit position (summed), or for small
+    m the whole-word adder's seven ([m], five [2 m], [m])."""
     w = (m + 63) // 64
+    shapes = [c * w for c in TREE_WORDS] if m >= SLICED_FROM else [m] + [2 * m] * 5 + [m]
     return dict(btriple_request_bytes_1=request_bytes("btriple", shape=[m]),
-                tree_request_bytes=sum(request_bytes("btriple", shape=[c * w])
-                                       for c in TREE_WORDS))
+                tree_request_bytes=sum(request_bytes("btriple", shape=[s]) for s in shapes))
 
 
 def mul_triple_bytes(a_shape, b_shape=None) -> int:
@@ -174,9 +181,10 @@ def test_approximations_sections_state_method_domain_error():
         numel, k = 1024, 8
         for n in (2, 3, 4):
             tour = tournament(comparison, comparison["max_along_last"], [numel // k], k, 1, n)
-            assert tour["slice_words"] * 64 == numel // k * (k - 1)
+            assert tour["tree_words_levels"] * 64 == sum(TREE_WORDS) * (numel // k * (k - 1))
             sizes = spec_sizes(spec, section, n, numel=numel, k=k, levels=tour["levels"],
-                               bit_bytes=tour["bit_bytes"], slice_words=tour["slice_words"])
+                               bit_bytes=tour["bit_bytes"],
+                               tree_words_levels=tour["tree_words_levels"])
             sent = evaluate(section["cost"]["all"]["bytes_sent"], **sizes)
             linear = evaluate_fraction(section["bytes_per_element_per_peer"], **sizes)
             rest = sent - (n - 1) * linear * sizes["numel"]
@@ -436,18 +444,18 @@ def tournament(spec: dict, section: dict, batch, k: int, selected: int, n: int,
                hot: bool = False) -> dict:
     """Sizes of [max_along_last.total] / [max_one_hot.total], from the per-level section
     (whose dealer formula gives the request bytes of each level)."""
-    levels, bit_bytes, slice_words, dealer_bytes, length = 0, 0, 0, 0, k
+    levels, bit_bytes, words_levels, dealer_bytes, length = 0, 0, 0, 0, k
     level = section["level"]
     while length > 1:
         sizes = spec_sizes(spec, level, n, **level_sizes(batch, length, k, selected, hot))
         bit_bytes += (sizes["m"] + 7) // 8
-        slice_words += (sizes["m"] + 63) // 64
+        words_levels += tree_words(sizes["m"])
         dealer_bytes += evaluate(level["dealer"]["correction_party"]["dealer_bytes_sent"], **sizes)
         levels += 1
         length = (length + 1) // 2
     assert levels == (math.ceil(math.log2(k)) if k > 1 else 0)
     return dict(rows=math.prod(batch), k=k, selected=selected, levels=levels,
-                bit_bytes=bit_bytes, slice_words=slice_words,
+                bit_bytes=bit_bytes, tree_words_levels=words_levels,
                 dealer_request_bytes_levels=dealer_bytes)
 
 
@@ -615,7 +623,7 @@ def test_functions(matrix):
                 sizes = tournament(comparison, comparison["max_along_last"], [rows], k, 1, n)
                 assert_costs(stats, spec, spec[name], f"{name} {shape} dim {dim}", numel=t.numel(),
                              k=k, levels=sizes["levels"], bit_bytes=sizes["bit_bytes"],
-                             slice_words=sizes["slice_words"], **kw)
+                             tree_words_levels=sizes["tree_words_levels"], **kw)
                 want = getattr(torch, name)(rounded(t), dim)
                 err = (y - want).abs()
                 assert bool((err <= ERROR_BOUNDS[name].allowed(rounded(t), want)).all()), (

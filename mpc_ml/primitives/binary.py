@@ -172,6 +172,11 @@ def _bit_slices(word: torch.Tensor) -> torch.Tensor:
     return a.flip(1).t().contiguous()
 
 
+SLICED_FROM = 16
+"""msb on fewer elements adds whole words (Kogge-Stone, 12 ANDed words per element) instead
+of the carry tree on bit slices (186 ANDed words per 64 elements): cheaper below 16."""
+
+
 def msb(session: Session, x: torch.Tensor) -> torch.Tensor:
     """XOR shares of the top bit of additively shared x (0/1 int64, x's shape).
 
@@ -179,10 +184,14 @@ def msb(session: Session, x: torch.Tensor) -> torch.Tensor:
     tree on bit-sliced words (64 elements per word): generate/propagate bits of the
     low 63 positions (1 AND round), then log2(63) = 6 levels combining adjacent groups,
     (G, P)_hi o (G, P)_lo = (G_hi ^ P_hi & G_lo, P_hi & P_lo). About 190 AND gates per
-    element, against 768 for the Kogge-Stone sum: 7 rounds either way.
+    element, against 768 for the Kogge-Stone sum: 7 rounds either way. Below SLICED_FROM
+    elements the sliced words would be mostly padding, and the Kogge-Stone sum of whole
+    words (binary_add) is cheaper.
     """
     words = [held_by(session, x.reshape(-1), owner) for owner in range(session.world_size)]
     u, v = reduce_to_two(session, words)
+    if x.numel() < SLICED_FROM:  # whole words: 12 ANDed words per element, not 186 per 64
+        return ((binary_add(session, u, v) >> 63) & 1).reshape(x.shape)
     su, sv = _bit_slices(u), _bit_slices(v)
     (g,) = and_many(session, [(su[:63], sv[:63])])
     p, top = su[:63] ^ sv[:63], su[63] ^ sv[63]
