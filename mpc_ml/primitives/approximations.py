@@ -6,7 +6,8 @@ domain and error (for the default precision_bits = 16): the tests, the accuracy 
 (benchmarks/accuracy.py -> docs/accuracy.md) and the validation mode all read it.
 
 Outside the domain (no error can be raised without revealing data): exp(x) for
-x > 12.5 overflows and for x < -710 is garbage; reciprocal(0) = 0, and
+x > 12.5 loses accuracy (0.4% at 16), overflows beyond 21 and for x < -80 is garbage
+(sigmoid, tanh, erf and softmax use a wider exp, right down to -710); reciprocal(0) = 0, and
 reciprocal(-2^-16) = 0 (the ones' complement used for negative inputs is 0 there); sqrt,
 inv_sqrt and log of a negative x give their value at |x|; inv_sqrt(0) = sqrt(0) = 0;
 log(0) is an unspecified finite value.
@@ -35,8 +36,14 @@ Operand = torch.Tensor | tuple[torch.Tensor, int]
 def _split(x: Operand) -> tuple[torch.Tensor, int]:
     return x if isinstance(x, tuple) else (x, 0)
 
-EXP_SQUARINGS = 8
+EXP_SQUARINGS = 5
+"""x.exp(): z = x / 32, accurate on [-8, 8], garbage below about -89 (p(z) > 1 there)."""
+EXP_WIDE_SQUARINGS = 8
+"""The exp inside sigmoid, tanh, erf and softmax: z = x / 256, nothing wrong down to -710."""
+EXP_DOMAIN = 8.0
 EXP_MAX_INPUT = 12.0
+P_EXP = 27
+"""Fractional bits of exp's polynomial."""
 RECIPROCAL_STEPS = 3
 INV_SQRT_STEPS = 2
 LOG_DEGREE = 8
@@ -83,7 +90,7 @@ def _everywhere(x: torch.Tensor) -> torch.Tensor:
 
 
 ERROR_BOUNDS: dict[str, ErrorBound] = {
-    "exp": ErrorBound("degree-4 Taylor at x/2^8, 8 squarings at adaptive precision", "[-8, 8]",
+    "exp": ErrorBound("degree-4 fit at x/2^5, 5 squarings at adaptive precision", "[-8, 8]",
                       _within(-8, 8), 1e-3, True),
     "reciprocal": ErrorBound("leading-bit normalisation, 3 Newton steps, rescale",
                              "|x| in [2^-15, 2^45]",
@@ -179,37 +186,54 @@ class _Ops:
 
 
 # -- exp ------------------------------------------------------------------------------
-def _exp_shares(ops: _Ops, x: torch.Tensor) -> torch.Tensor:
-    """e^x: z = x / 2^m by a Taylor polynomial at high precision, then m squarings.
+def _exp_coefficients(squarings: int) -> tuple[float, ...]:
+    """Degree-4 polynomial for e^z: Taylor's for the wide variant (its values on very
+    negative z stay in (0, 1), so the squarings vanish there), else a least-squares fit
+    on z in [-8, 8] / 2^squarings at Chebyshev nodes (about 16 times more accurate)."""
+    if squarings == EXP_WIDE_SQUARINGS:
+        return tuple(1 / math.factorial(k) for k in range(5))
+    half = EXP_DOMAIN / 2 ** squarings
+    nodes = half * np.cos(np.pi * (np.arange(200) + 0.5) / 200)
+    return tuple(np.polynomial.polynomial.polyfit(nodes, np.exp(nodes), 4))
 
-    The polynomial runs at P = 27 fractional bits; each squaring then lowers the
-    precision to what keeps its product below 2^62 for inputs up to EXP_MAX_INPUT, so
-    that the early squarings, whose errors are doubled m times, stay precise.
+
+def _exp_shares(ops: _Ops, x: torch.Tensor, squarings: int = EXP_SQUARINGS) -> tuple[torch.Tensor, int]:
+    """e^x, left pending by f: z = x / 2^m, a degree-4 polynomial in 2 rounds, then m
+    squarings (1 round each: every product absorbs the previous one's truncation).
+
+    The polynomial runs at P = 27 fractional bits, as c0 + c1 z + z^2 (c2 + c3 z + c4 z^2),
+    with z^2 and c4 z^2 = z (c4 z) in round 1 and z^2 times the bracket in round 2. Each
+    squaring then lowers the precision to what keeps its product below 2^62 for inputs
+    up to EXP_MAX_INPUT (the last two at f), so that the early squarings, whose errors are
+    doubled m times, stay precise.
     """
-    f, m = ops.f, EXP_SQUARINGS
-    big = max(f, 27)  # (z^2 2^27)^2 < 2^62 for |z| <= 2.9; p(z) < 1 (squarings -> 0) if x > -713
+    f, m, big = ops.f, squarings, P_EXP
+    c0, c1, c2, c3, c4 = _exp_coefficients(squarings)
     v = x << (big - f - m) if big - f >= m else truncate(ops.s, x, m - (big - f))
-    # 1 + z (1 + z (1/2 + z (1/6 + z/24))) by Horner at precision `big`, each product
-    # left pending and truncated in the next one's opening (lazy_product.py)
-    t = (v * int(encode(1 / 24, f)) + ops.const(1 / 6, v, big + f), f)
-    for c in (0.5, 1.0, 1.0):
-        ((z, bits),) = ops.lazy([(v, t)], big)
-        t = (z + ops.const(c, z, 2 * big), bits)
+
+    def times(c: float) -> torch.Tensor:  # c z at scale 2^(2P): a local public product
+        return v * int(encode(c, big))
+
+    # round 1: z^2 and c4 z^2 = z (c4 z); round 2: z^2 (c2 + c3 z + c4 z^2); all at 2^(2P)
+    (z2, _), (c4z2, _) = ops.lazy([(v, v), (v, (times(c4), big))], big)
+    bracket = c4z2 + times(c3) + ops.const(c2, v, 2 * big)
+    ((z2b, _),) = ops.lazy([((z2, big), (bracket, big))], big)
+    t = (z2b + times(c1) + ops.const(c0, v, 2 * big), big)
     precision = big
     for j in range(m):
         remaining = m - j - 1
-        if remaining == 0:
+        if remaining <= 1:
             target = f
         else:
             largest = EXP_MAX_INPUT / 2 ** remaining
             target = min(big, int(math.floor(30 - largest / math.log(2))))
         (t,) = ops.lazy([(t, t)], 2 * precision - target)
         precision = target
-    return ops.settle(t)
+    return t
 
 
-def exp(session: Session, x: torch.Tensor) -> torch.Tensor:
-    """Shares of e^x, accurate on [-8, 8] (see ERROR_BOUNDS)."""
+def exp(session: Session, x: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Shares of e^x, accurate on [-8, 8] (see ERROR_BOUNDS), left pending by f bits."""
     return _exp_shares(_Ops(session), x)
 
 
@@ -317,7 +341,7 @@ def _sign_and_abs(ops: _Ops, x: torch.Tensor):
 
 def _sigmoid_shares(ops: _Ops, x: torch.Tensor) -> torch.Tensor:
     sign, a = _sign_and_abs(ops, x)
-    d = _exp_shares(ops, -a) + ops.const(1.0, a)  # 1 + e^-|x| in (1, 2]
+    d = ops.settle(_exp_shares(ops, -a, EXP_WIDE_SQUARINGS)) + ops.const(1.0, a)  # 1 + e^-|x|
     y = ops.combine([(d, -0.47)], 1.41)  # within 6% of 1/d on [1, 2]
     y, bits = ops.newton_reciprocal(d, y, RECIPROCAL_STEPS)
     settled: list[torch.Tensor] = []
@@ -348,7 +372,7 @@ def erf(session: Session, x: torch.Tensor) -> torch.Tensor:
     d = ops.combine([(a, ERF_P)], 1.0)  # in [1, 2.31]
     t = ops.settle(ops.newton_reciprocal(d, ops.combine([(d, -0.395)], 1.31), 4))  # y0 within 9%
     a2 = ops.mul1(a, a)
-    e = _exp_shares(ops, -a2)
+    e = _exp_shares(ops, -a2, EXP_WIDE_SQUARINGS)
     t2 = ops.mul1(t, t)
     t3, t4 = ops.mul([(t2, t), (t2, t2)])
     t5 = ops.mul1(t4, t)
@@ -369,15 +393,15 @@ def _shift_by_max(session: Session, x: torch.Tensor, dim: int) -> torch.Tensor:
 def softmax(session: Session, x: torch.Tensor, dim: int) -> torch.Tensor:
     """Shares of softmax along dim: exp(x - max) / sum (see ERROR_BOUNDS)."""
     ops = _Ops(session)
-    e = _exp_shares(ops, _shift_by_max(session, x, dim))
-    total = e.sum(dim, keepdim=True)  # in [1, k]
+    e, bits = _exp_shares(ops, _shift_by_max(session, x, dim), EXP_WIDE_SQUARINGS)
+    total = ops.settle((e.sum(dim, keepdim=True), bits))  # in [1, k]; rows elements to settle
     inv = _reciprocal_shares(ops, total)
-    return ops.mul1(e, inv.expand_as(e))
+    return ops.mul1((e, bits), inv.expand_as(e))
 
 
 def log_softmax(session: Session, x: torch.Tensor, dim: int) -> torch.Tensor:
     """Shares of log_softmax along dim: (x - max) - log(sum exp(x - max))."""
     ops = _Ops(session)
     shifted = _shift_by_max(session, x, dim)
-    total = _exp_shares(ops, shifted).sum(dim, keepdim=True)
-    return shifted - log(session, total)
+    e, bits = _exp_shares(ops, shifted, EXP_WIDE_SQUARINGS)
+    return shifted - log(session, ops.settle((e.sum(dim, keepdim=True), bits)))

@@ -499,8 +499,9 @@ class MPCTensor:
 
     # -- nonlinear functions (methods, domains and errors: approximations.ERROR_BOUNDS) -----------
     def _approximation(self, op: Op, **ctx) -> "MPCTensor":
-        out = self._new(getattr(approximations, op.value)(self.session, self.share, **ctx))
-        return record(op, out, (self,), **ctx)
+        result = getattr(approximations, op.value)(self.session, self.share, **ctx)
+        share, pending = result if isinstance(result, tuple) else (result, 0)
+        return record(op, self._new(share, pending=pending), (self,), **ctx)
 
     def exp(self) -> "MPCTensor":
         """e^self."""
