@@ -44,7 +44,8 @@ EXP_DOMAIN = 8.0
 EXP_MAX_INPUT = 12.0
 P_EXP = 27
 """Fractional bits of exp's polynomial."""
-RECIPROCAL_STEPS = 3
+RECIPROCAL_STEPS = 2
+ERF_STEPS = 3
 INV_SQRT_STEPS = 2
 LOG_DEGREE = 8
 ERF_CLAMP = 4.0
@@ -92,7 +93,7 @@ def _everywhere(x: torch.Tensor) -> torch.Tensor:
 ERROR_BOUNDS: dict[str, ErrorBound] = {
     "exp": ErrorBound("degree-4 fit at x/2^5, 5 squarings at adaptive precision", "[-8, 8]",
                       _within(-8, 8), 1e-3, True),
-    "reciprocal": ErrorBound("leading-bit normalisation, 3 Newton steps, rescale",
+    "reciprocal": ErrorBound("leading-bit normalisation, 2 Newton steps, rescale",
                              "|x| in [2^-15, 2^45]",
                              lambda x: (x.abs() >= 2.0 ** -15) & (x.abs() <= 2.0 ** 45), 1e-3, True),
     "inv_sqrt": ErrorBound("normalisation, 2 Newton steps", "(0, 2^45]",
@@ -100,7 +101,7 @@ ERROR_BOUNDS: dict[str, ErrorBound] = {
     "sqrt": ErrorBound("|m| * inv_sqrt(m) rescaled", "[0, 2^45]", _within(0, 2.0 ** 45), 1e-3, True),
     "log": ErrorBound("normalisation, degree-8 fit of ln on [0.5, 1], + e ln 2", "(0, 2^45]",
                       lambda x: (x > 0) & (x <= 2.0 ** 45), 1e-3, True),
-    "sigmoid": ErrorBound("sign, exp(-|x|), 3 Newton steps for 1/(1 + e^-|x|)", "[-700, 700]",
+    "sigmoid": ErrorBound("sign, exp(-|x|), 2 Newton steps for 1/(1 + e^-|x|)", "[-700, 700]",
                           _within(-700, 700), 1e-4, False),
     "tanh": ErrorBound("2 sigmoid(2x) - 1", "[-350, 350]", _within(-350, 350), 2e-4, False),
     "erf": ErrorBound("Abramowitz & Stegun 7.1.26 on min(|x|, 4), sign restored", "all x",
@@ -165,6 +166,14 @@ class _Ops:
         acc = sum(x * int(encode(c, self.f)) for x, c in terms)
         acc = truncate(self.s, acc, self.f)
         return acc + self.const(constant, acc) if constant else acc
+
+    def affine(self, x: Operand, scale: float, constant: float) -> tuple[torch.Tensor, int]:
+        """constant + scale x, left pending: no round (its truncation by f, plus x's own
+        pending bits, is absorbed by the next lazy product). |x scale| 2^(2f + bits) must
+        stay below 2^62: for the small values of the initial guesses only."""
+        share, bits = _split(x)
+        return share * int(encode(scale, self.f)) + self.const(constant, share, 2 * self.f + bits), \
+            self.f + bits
 
     def power_weights(self, y_bound: float, exponents: np.ndarray) -> tuple[torch.Tensor, int]:
         """(weights, h): 2^exponents[j] for each leading-bit position j, with h extra
@@ -265,7 +274,8 @@ def _reciprocal_shares(ops: _Ops, x: torch.Tensor) -> torch.Tensor:
     weights, h = ops.power_weights(2.0, _exponents(ops, -1.0))
     m, sign, (scale,) = _normalise(ops, x, [weights])
     # y0 = sign(m) 48/17 - 32/17 m: relative error <= 1/17 on 0.5 <= |m| <= 1
-    y = ops.combine([(m, -32 / 17)], 48 / 17) - 2 * int(encode(48 / 17, ops.f)) * sign
+    y, bits = ops.affine(m, -32 / 17, 48 / 17)
+    y = (y - 2 * int(encode(48 / 17, 2 * ops.f)) * sign, bits)
     y = ops.newton_reciprocal(m, y, RECIPROCAL_STEPS)
     return ops.mul1(y, scale, ops.f + h)  # y 2^-(j + 1 - f)
 
@@ -280,7 +290,7 @@ def _abs_m_and_inv_sqrt(ops: _Ops, x: torch.Tensor, columns: list[torch.Tensor])
     (neg,) = ops.mul_bits([(m, sign)])
     m = m - 2 * neg  # |m|
     # y0 = 1.785 - 0.805 m: relative error 0.023 for 1/sqrt(m) on [0.5, 1]
-    y = ops.combine([(m, -0.805)], 1.785)
+    y = ops.affine(m, -0.805, 1.785)
     for _ in range(INV_SQRT_STEPS):  # y (3 - m y^2) / 2, each product's truncation in the next
         (y2,) = ops.lazy([(y, y)])
         ((t, bits),) = ops.lazy([(m, y2)])
@@ -341,8 +351,9 @@ def _sign_and_abs(ops: _Ops, x: torch.Tensor):
 
 def _sigmoid_shares(ops: _Ops, x: torch.Tensor) -> torch.Tensor:
     sign, a = _sign_and_abs(ops, x)
-    d = ops.settle(_exp_shares(ops, -a, EXP_WIDE_SQUARINGS)) + ops.const(1.0, a)  # 1 + e^-|x|
-    y = ops.combine([(d, -0.47)], 1.41)  # within 6% of 1/d on [1, 2]
+    e, bits = _exp_shares(ops, -a, EXP_WIDE_SQUARINGS)
+    d = (e + ops.const(1.0, e, ops.f + bits), bits)  # 1 + e^-|x| in (1, 2], pending
+    y = ops.affine(d, -0.47, 1.41)  # within 6% of 1/d on [1, 2]
     y, bits = ops.newton_reciprocal(d, y, RECIPROCAL_STEPS)
     settled: list[torch.Tensor] = []
     truncate_later(ops.s, y, bits, settled.append)  # rides on the next opening
@@ -369,8 +380,8 @@ def erf(session: Session, x: torch.Tensor) -> torch.Tensor:
     over = ltz(ops.s, ops.const(ERF_CLAMP, a) - a)  # |x| > 4
     (excess,) = ops.mul_bits([(a - ops.const(ERF_CLAMP, a), over)])
     a = a - excess  # min(|x|, 4)
-    d = ops.combine([(a, ERF_P)], 1.0)  # in [1, 2.31]
-    t = ops.settle(ops.newton_reciprocal(d, ops.combine([(d, -0.395)], 1.31), 4))  # y0 within 9%
+    d = ops.affine(a, ERF_P, 1.0)  # in [1, 2.31], pending
+    t = ops.settle(ops.newton_reciprocal(d, ops.affine(d, -0.395, 1.31), ERF_STEPS))  # y0 within 9%
     a2 = ops.mul1(a, a)
     e = _exp_shares(ops, -a2, EXP_WIDE_SQUARINGS)
     t2 = ops.mul1(t, t)
