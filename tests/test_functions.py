@@ -381,3 +381,31 @@ def test_relu_exact_on_a_million_inputs():
     got = mpc.run(relu_million_party, world_size=2, args=(n,))[0]
     a = (torch.rand(n, generator=seeded("relu1e6"), dtype=torch.float64) * 2 - 1) * 1e4
     assert int((got.double() != snap(a).relu()).sum()) == 0
+
+
+def test_very_negative_exponents_inside_losses_and_gradients_stay_near_zero():
+    """x.exp() is accurate on [-8, 8] and garbage below -80; the library's own uses of e^x
+    on values that may lie far below (log_softmax's gradient on confident logits,
+    binary_cross_entropy_with_logits, erf's gradient) use the wide exp, right to -710."""
+    logits = torch.tensor([[0.0, -150.0, 3.0], [40.0, -60.0, 0.0]], dtype=torch.float64)
+    target = torch.tensor([0, 2])
+    bce_in = torch.tensor([120.0, -95.0, 0.5], dtype=torch.float64)
+    erf_in = torch.tensor([12.0, -0.5], dtype=torch.float64)
+
+    def party():
+        x = enc(logits, 0).requires_grad_()
+        mpc.nn.functional.cross_entropy(x, target).backward()
+        b = mpc.nn.functional.binary_cross_entropy_with_logits(enc(bce_in, 0), torch.ones(3))
+        e = enc(erf_in, 0).requires_grad_()
+        e.erf().sum().backward()
+        return x.grad.decrypt(), b.decrypt(), e.grad.decrypt()
+
+    t = logits.clone().requires_grad_()
+    F.cross_entropy(t, target).backward()
+    u = erf_in.clone().requires_grad_()
+    torch.erf(u).sum().backward()
+    want_bce = F.binary_cross_entropy_with_logits(bce_in, torch.ones(3, dtype=torch.float64))
+    for grad, bce, erf_grad in mpc.run(party, 2):
+        assert float((grad - t.grad).abs().max()) <= 1e-3
+        assert abs(float(bce) - float(want_bce)) <= 1e-2 * max(1.0, float(want_bce))
+        assert float((erf_grad - u.grad).abs().max()) <= 1e-3

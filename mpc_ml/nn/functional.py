@@ -215,7 +215,7 @@ def binary_cross_entropy_with_logits(input: TensorLike, target: TensorLike,
     """relu(x) - x t + log(1 + e^-|x|), stable for any x."""
     if not _private(input, target):
         return F.binary_cross_entropy_with_logits(input, target, reduction=reduction)
-    loss = input.relu() - input * target + (input.abs().neg().exp() + 1.0).log()
+    loss = input.relu() - input * target + (input.abs().neg()._exp_wide() + 1.0).log()  # |input| may be large
     return _reduce(loss, reduction)
 
 

@@ -269,7 +269,7 @@ def _tanh(node, out, g):
 @gradient(Op.ERF)
 def _erf(node, out, g):
     x = node.inputs[0]
-    return (g * ((x * x).neg().exp() * (2 / math.sqrt(math.pi))),)
+    return (g * ((x * x).neg()._exp_wide() * (2 / math.sqrt(math.pi))),)
 
 
 @gradient(Op.SOFTMAX)
@@ -281,6 +281,6 @@ def _softmax(node, out, g):
 @gradient(Op.LOG_SOFTMAX)
 def _log_softmax(node, out, g):
     dim = node.ctx["dim"]
-    return (g - out.exp() * g.sum(dim, keepdim=True),)
+    return (g - out._exp_wide() * g.sum(dim, keepdim=True),)  # out <= 0, possibly far below -80
 
 
