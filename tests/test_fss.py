@@ -131,3 +131,29 @@ def test_malformed_key_material_from_the_dealer_is_refused(monkeypatch):
     monkeypatch.setattr(kind, "derive", short_keys)
     with pytest.raises(mpc.PartyError, match="malformed key material from the dealer"):
         mpc.run(lambda: enc(randn(15, 8), 0).relu().decrypt(), 2, config=FSS)
+
+
+def prefetched_relu_party(t: torch.Tensor, repeats: int) -> list:
+    from mpc_ml.tensor import trace_correlations
+    x = enc(t, 0)
+    with trace_correlations() as trace:
+        x.relu().decrypt()
+    trace.prefetch(repeats)
+    out = []
+    for _ in range(repeats):
+        value, stats = measured(lambda: x.relu().decrypt())
+        out.append((value, stats))
+    return out
+
+
+def test_fss_keys_stream_through_the_offline_phase():
+    """A traced relu prefetched: the dealer makes each repeat's keys ahead and streams
+    them to both parties; no request goes per operation (dealer_messages counts only the
+    acknowledgements), and every result is exact."""
+    t = randn(16, 40, scale=10.0)
+    for rank, runs in enumerate(mpc.run(prefetched_relu_party, 2, args=(t, 3), config=FSS)):
+        for value, stats in runs:
+            assert torch.equal(value.double(), torch.relu(rounded(t)))
+            assert stats["rounds"] == 3  # ltz, the product by the bit, the decrypt
+            assert stats["dealer_bytes_received"] >= 1536 * 40  # the keys' public parts
+            assert stats["dealer_bytes_sent"] == (9 if rank == 1 else 0)  # one {"ack": 1}
