@@ -82,10 +82,11 @@ def cleanup() -> None:
 
 
 class Network:
-    """`with Network(nodes, profile) as net:` net.ns[i], net.addr[i] for node i."""
+    """`with Network(nodes, profile) as net:` net.ns[i], net.addr[i] for node i; the nodes
+    in `unshaped` get no bandwidth limit (a dealer whose keys count as an offline phase)."""
 
-    def __init__(self, nodes: int, profile: Profile):
-        self.nodes, self.profile = nodes, profile
+    def __init__(self, nodes: int, profile: Profile, unshaped: tuple[int, ...] = ()):
+        self.nodes, self.profile, self.unshaped = nodes, profile, set(unshaped)
         self.ns = [f"{PREFIX}-{i}" for i in range(nodes)]
         self.addr = [f"{SUBNET}.{i + 1}" for i in range(nodes)]
 
@@ -119,7 +120,7 @@ class Network:
             for key in ("net.ipv4.tcp_rmem", "net.ipv4.tcp_wmem"):
                 subprocess.run(["ip", "netns", "exec", ns, "sysctl", "-q", "-w",
                                 f"{key}=4096 131072 {buf}"], capture_output=True, check=False)
-            if self.profile.rate_mbit:
+            if self.profile.rate_mbit and i not in self.unshaped:
                 rate = self.profile.rate_mbit
                 burst = max(64 * 1024, int(rate * 1e6 / 8 / 250))  # >= one 4 ms tick
                 limit = max(4 << 20, 2 * self.profile.bdp_bytes)

@@ -194,7 +194,7 @@ def _wait_all(procs: dict, grace_s: float) -> int:
 
 
 def run_job(profile, parties: int, provider: str, rows: list[str], quick: bool, repeats: int,
-            net=None, timeout_s: float = 1800) -> dict:
+            net=None, timeout_s: float = 1800, offline_dealer: bool = False) -> dict:
     """One set of processes (parties and maybe a dealer) running every row."""
     provider, extra_env = _provider_and_env(provider)
     nodes = parties + (provider == "dealer")
@@ -224,9 +224,10 @@ def run_job(profile, parties: int, provider: str, rows: list[str], quick: bool, 
         procs = {}
         if provider == "dealer":
             env["MPC_DEALER_ADDR"] = addrs[parties]
+            dealer_env = dict(env, MPC_NET_DELAY_MS="0") if offline_dealer else env
             procs["dealer"] = subprocess.Popen(
                 [*prefixes[parties], sys.executable, __file__, "--dealer-worker",
-                 addrs[parties], str(parties)], env=env)
+                 addrs[parties], str(parties)], env=dealer_env)
         for r in range(parties):
             procs[f"party {r}"] = subprocess.Popen(
                 [*prefixes[r], sys.executable, __file__, "--worker", str(spec_path)],
@@ -385,6 +386,10 @@ def parse_args(argv):
                    help=f"{FSS}: the dealer with Config(comparison='fss'), 2 parties only")
     p.add_argument("--profiles", nargs="+", choices=PROFILE_NAMES, default=None)
     p.add_argument("--no-crypten", action="store_true", help="skip the CrypTen comparison")
+    p.add_argument("--offline-dealer", action="store_true",
+                   help="on shaped profiles, leave the dealer's own link unshaped and undelayed "
+                        "(its correlations stand for an offline phase; the parties' links keep "
+                        "the profile)")
     p.add_argument("--crypten-python", default=os.environ.get(
         "MPC_CRYPTEN_PYTHON", str(ROOT / ".venv-crypten" / "bin" / "python")),
         help="interpreter with CrypTen 0.4.1 (default .venv-crypten, see README)")
@@ -417,6 +422,9 @@ def main(argv=None) -> dict:
             profiles = [p for p in profiles if p.name == "lan"]
     jobs = [(p, n, prov) for p in profiles for n in args.parties for prov in args.providers
             if prov != FSS or n == 2]
+    if args.offline_dealer:
+        notes.append("--offline-dealer: on shaped profiles the dealer's link is neither shaped nor "
+                     "delayed (its correlations stand for an offline phase); the parties' links are")
     if FSS in args.providers and set(args.parties) - {2}:
         notes.append(f"{FSS} runs with 2 parties only (the protocol is 2-party)")
     rows: list[dict] = []
@@ -441,10 +449,11 @@ def main(argv=None) -> dict:
                 per_rank = run_job(profile, parties, provider, rows_wanted, args.quick,
                                    args.repeats)
             else:
-                with netns.Network(parties + (_provider_and_env(provider)[0] == "dealer"),
-                                   profile) as net:
+                dealer = _provider_and_env(provider)[0] == "dealer"
+                unshaped = (parties,) if dealer and args.offline_dealer else ()
+                with netns.Network(parties + dealer, profile, unshaped) as net:
                     per_rank = run_job(profile, parties, provider, rows_wanted, args.quick,
-                                       args.repeats, net=net)
+                                       args.repeats, net=net, offline_dealer=bool(unshaped))
             probe = per_rank[0]["probe"]
             probes[(profile.name, parties, provider)] = probe
             key = f"n={parties} {provider}"
