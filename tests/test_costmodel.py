@@ -17,7 +17,7 @@ import suite  # noqa: E402
 from common import WORLD_SIZE  # noqa: E402
 
 
-def measure(names: list[str], n: int, provider: str) -> dict:
+def measure(names: list[str], n: int, provider: str, config: mpc.Config | None = None) -> dict:
     """Per row: each party's rounds and bytes sent for one run of the row's operation."""
     def party():
         rank = mpc.rank()
@@ -32,7 +32,7 @@ def measure(names: list[str], n: int, provider: str) -> dict:
             out[name] = (s["rounds"], s["bytes_sent"])
         return out
 
-    per_rank = mpc.run(party, world_size=n, backend="inproc", provider=provider)
+    per_rank = mpc.run(party, world_size=n, backend="inproc", provider=provider, config=config)
     return {name: ([r[name][0] for r in per_rank], [r[name][1] for r in per_rank])
             for name in names}
 
@@ -62,3 +62,19 @@ def test_check_prints_both_numbers_and_models_have_no_spec():
     for name in suite.MODEL_ROWS:
         assert costmodel.predict(name, (), 2) is None
     assert costmodel.check(None, [1, 1], [8, 8]) == (None, "n/a (no model spec)")
+
+
+def test_under_fss_the_rows_with_a_spec_equal_it_and_the_others_say_why():
+    """suite.py's dealer-fss rows: relu per fss_comparison.toml, the rows without
+    comparisons per their usual specs, the other comparison rows without a spec."""
+    names = ["relu1e5", "mul1e6", "exp1e5", "max1e5"]
+    measured = measure(names, 2, "dealer", mpc.Config(comparison="fss"))
+    for name in names:
+        spec = costmodel.predict(name, rows.inputs(name, quick=True), 2, "fss")
+        rounds, sent = measured[name]
+        if name == "max1e5":
+            assert spec is None
+            assert costmodel.check(spec, rounds, sent, costmodel.NO_FSS_SPEC)[1] == "n/a (no fss spec)"
+        else:
+            assert costmodel.check(spec, rounds, sent) == (True, "equal"), (name, spec, rounds, sent)
+    assert measured["relu1e5"][0] == [2, 2]

@@ -44,9 +44,14 @@ class PublicKeyPart:
     last: np.ndarray  # (N,) int64: the final correction CW^(n+1)
 
 
-def _choose(bit: np.ndarray, if_zero: np.ndarray, if_one: np.ndarray) -> np.ndarray:
-    """Elementwise bit ? if_one : if_zero for 0/1 int64 bits (trailing dims broadcast)."""
-    mask = -bit if if_zero.ndim == 1 else -bit[:, None]
+def _mask(bit: np.ndarray, width: int = 1) -> np.ndarray:
+    """All-ones where bit is 1, for 0/1 int64 bits; width 2 repeats it for (N, 2) seeds
+    (materialised: numpy is much slower broadcasting an (N, 1) mask)."""
+    return -bit if width == 1 else np.repeat(-bit, width).reshape(-1, width)
+
+
+def _choose(mask: np.ndarray, if_zero: np.ndarray, if_one: np.ndarray) -> np.ndarray:
+    """Elementwise mask ? if_one : if_zero, for an all-ones/zeros mask of the same shape."""
     return if_zero ^ ((if_zero ^ if_one) & mask)
 
 
@@ -64,7 +69,7 @@ def _hash(blocks: np.ndarray) -> np.ndarray:
 
 
 def _seed_and_bit(block: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """A hashed block as (seed with its low bit cleared, that bit)."""
+    """A hashed (N, 2) block as (seed with its low bit cleared, that bit)."""
     t = block[:, 0] & 1
     block[:, 0] &= _LOW_BIT_CLEAR
     return block, t
@@ -72,25 +77,27 @@ def _seed_and_bit(block: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def expand(seeds: np.ndarray) -> tuple[np.ndarray, ...]:
     """G on every seed (N, 2): (s_L, t_L, s_R, t_R, v_L, v_R), seeds with their low bit
-    cleared (it became t), t as 0/1 int64, v as int64."""
-    blocks = np.repeat(seeds[:, None, :], 3, axis=1)
-    blocks[:, 1, 0] ^= 1
-    blocks[:, 2, 0] ^= 2
+    cleared (it became t), t as 0/1 int64, v as int64. Blocks are laid out block-major
+    (3, N, 2), so that each output is contiguous."""
+    blocks = np.repeat(seeds[None], 3, axis=0)
+    blocks[1, :, 0] ^= 1
+    blocks[2, :, 0] ^= 2
     hashed = _hash(blocks)
-    (s_left, t_left), (s_right, t_right) = _seed_and_bit(hashed[:, 0]), _seed_and_bit(hashed[:, 1])
-    return s_left, t_left, s_right, t_right, hashed[:, 2, 0], hashed[:, 2, 1]
+    (s_left, t_left), (s_right, t_right) = _seed_and_bit(hashed[0]), _seed_and_bit(hashed[1])
+    v = np.ascontiguousarray(hashed[2].T)
+    return s_left, t_left, s_right, t_right, v[0], v[1]
 
 
 def expand_toward(seeds: np.ndarray, right: np.ndarray) -> tuple[np.ndarray, ...]:
     """One side of G per seed (right: 0/1 per element): (s, t, v) of that child, by two
     AES blocks instead of three (what evaluation needs)."""
-    blocks = np.repeat(seeds[:, None, :], 2, axis=1)
-    blocks[:, 0, 0] ^= right
-    blocks[:, 1, 0] ^= 2
+    blocks = np.repeat(seeds[None], 2, axis=0)
+    blocks[0, :, 0] ^= right
+    blocks[1, :, 0] ^= 2
     hashed = _hash(blocks)
-    s, t = _seed_and_bit(hashed[:, 0])
-    v_left, v_right = hashed[:, 1, 0], hashed[:, 1, 1]
-    return s, t, v_left ^ ((v_left ^ v_right) & -right)
+    s, t = _seed_and_bit(hashed[0])
+    v = np.ascontiguousarray(hashed[1].T)
+    return s, t, _choose(_mask(right), v[0], v[1])
 
 
 def _sign(t: np.ndarray) -> np.ndarray:
@@ -110,21 +117,22 @@ def gen(alpha: np.ndarray, beta: np.ndarray, seed0: np.ndarray,
                          np.zeros(n, np.int64), np.zeros(n, np.int64), np.zeros(n, np.int64))
     for i in range(BITS):
         a = (alpha >> (BITS - 1 - i)) & 1  # Keep = R where alpha_i = 1 (then Lose = L)
+        m1, m2 = _mask(a), _mask(a, 2)
         sl0, tl0, sr0, tr0, vl0, vr0 = expand(s0)
         sl1, tl1, sr1, tr1, vl1, vr1 = expand(s1)
-        s_cw = _choose(a, sr0, sl0) ^ _choose(a, sr1, sl1)
+        s_cw = _choose(m2, sr0, sl0) ^ _choose(m2, sr1, sl1)
         sign1 = _sign(t1)
-        v_cw = sign1 * (_choose(a, vr1, vl1) - _choose(a, vr0, vl0) - v_alpha) + a * sign1 * beta
-        v_alpha = v_alpha - _choose(a, vl1, vr1) + _choose(a, vl0, vr0) + sign1 * v_cw
+        v_cw = sign1 * (_choose(m1, vr1, vl1) - _choose(m1, vr0, vl0) - v_alpha) + (beta & m1) * sign1
+        v_alpha = v_alpha - _choose(m1, vl1, vr1) + _choose(m1, vl0, vr0) + sign1 * v_cw
         t_cw_left, t_cw_right = tl0 ^ tl1 ^ a ^ 1, tr0 ^ tr1 ^ a
-        t_cw_keep = _choose(a, t_cw_left, t_cw_right)
+        t_cw_keep = _choose(m1, t_cw_left, t_cw_right)
         part.s_cw[i], part.v_cw[i] = s_cw, v_cw
         part.t_left |= t_cw_left << i
         part.t_right |= t_cw_right << i
-        s0 = _choose(a, sl0, sr0) ^ (s_cw & -t0[:, None])
-        s1 = _choose(a, sl1, sr1) ^ (s_cw & -t1[:, None])
-        t0 = _choose(a, tl0, tr0) ^ (t0 & t_cw_keep)
-        t1 = _choose(a, tl1, tr1) ^ (t1 & t_cw_keep)
+        s0 = _choose(m2, sl0, sr0) ^ (s_cw & _mask(t0, 2))
+        s1 = _choose(m2, sl1, sr1) ^ (s_cw & _mask(t1, 2))
+        t0 = _choose(m1, tl0, tr0) ^ (t0 & t_cw_keep)
+        t1 = _choose(m1, tl1, tr1) ^ (t1 & t_cw_keep)
     part.last = _sign(t1) * (s1[:, 0] - s0[:, 0] - v_alpha)
     return part
 
@@ -138,9 +146,9 @@ def evaluate(party: int, seed: np.ndarray, part: PublicKeyPart, x: np.ndarray) -
     for i in range(BITS):
         right = (x >> (BITS - 1 - i)) & 1
         s, t_next, v = expand_toward(s, right)
-        on = -t
-        s ^= part.s_cw[i] & on[:, None]
-        t_cw = _choose(right, part.t_left >> i, part.t_right >> i)
+        on = _mask(t)
+        s ^= part.s_cw[i] & _mask(t, 2)
+        t_cw = _choose(_mask(right), part.t_left >> i, part.t_right >> i)
         value += v + (part.v_cw[i] & on)
         t = (t_next ^ (t & t_cw)) & 1
     value += s[:, 0] + (part.last & -t)
