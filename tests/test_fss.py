@@ -129,7 +129,7 @@ def test_malformed_key_material_from_the_dealer_is_refused(monkeypatch):
         return out[:1] + [out[1][:, :-1]] + out[2:]  # a seed correction one element short
 
     monkeypatch.setattr(kind, "derive", short_keys)
-    with pytest.raises(mpc.PartyError, match="malformed key material from the dealer"):
+    with pytest.raises(mpc.PartyError, match="malformed correlation data from the dealer"):
         mpc.run(lambda: enc(randn(15, 8), 0).relu().decrypt(), 2, config=FSS)
 
 
@@ -157,3 +157,12 @@ def test_fss_keys_stream_through_the_offline_phase():
             assert stats["rounds"] == 3  # ltz, the product by the bit, the decrypt
             assert stats["dealer_bytes_received"] >= 1536 * 40  # the keys' public parts
             assert stats["dealer_bytes_sent"] == (9 if rank == 1 else 0)  # one {"ack": 1}
+
+
+def test_an_empty_tensor_compares_to_nothing():
+    def party():
+        x = enc(torch.zeros(0), 0)
+        return x.relu().decrypt(), (x < 1.0).decrypt()
+
+    for relu, below in mpc.run(party, 2, config=FSS):
+        assert relu.shape == (0,) and below.shape == (0,)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import math
 
+import pytest
 import torch
 
 import mpc_ml as mpc
@@ -180,3 +181,52 @@ def test_an_sgd_step_settles_every_parameter_in_one_round():
         assert stats["rounds"] == 2
         for got, want in zip(params, torch_model.parameters()):
             assert float((got - want.detach()).abs().max()) <= 1e-3
+
+
+def test_a_sum_of_pending_products_is_settled_first_and_stays_exact():
+    """10^4 products of 10^3 by 10^3 sum to 10^10, beyond the 2^30 a pending value may
+    reach: sum() settles the products first (each within the bound) and then adds."""
+    def party():
+        x = enc(torch.full((10000,), 1000.0), 0)
+        return (x * x).sum().decrypt(), (x * 3.0 * 5).decrypt()[:2]
+
+    for total, scaled in mpc.run(party, 2):
+        assert float(total) == 1e10
+        assert torch.equal(scaled, torch.tensor([15000.0, 15000.0]))
+
+
+def test_an_assignment_wins_over_a_truncation_still_riding():
+    def party():
+        x = enc(torch.tensor([3.0]), 0)
+        a = x * x
+        mpc.tensor.settle([a], now=False)  # queued to ride on the next opening
+        a.set_(enc(torch.tensor([7.0]), 0))
+        (x * x).decrypt()  # an opening: the rider travels with it
+        return a.decrypt()
+
+    for got in mpc.run(party, 2):
+        assert float(got) == 7.0
+
+
+def test_a_square_is_the_same_tensor_on_every_party():
+    """x * x.to(x's device) is a square on no party (that call returns the same share
+    object on some devices and a copy on others: the parties must agree)."""
+    def party():
+        x = enc(torch.tensor([1.5, 2.0]), 0) * 0.5  # pending
+        with mpc.tensor.trace_correlations() as trace:
+            x * x.to("cpu")
+            x * x
+        return [r["params"]["square"] for r in trace.requests() if r["kind"] == "lazy_triple"]
+
+    for squares in mpc.run(party, 2):
+        assert squares == [False, True]
+
+
+def test_the_dealer_refuses_malformed_lazy_triples():
+    from mpc_ml.providers.base import KINDS
+    good = dict(x_shape=[2], y_shape=[2], x_bits=16, y_bits=0, square=False)
+    KINDS["lazy_triple"].derived_shapes(good)
+    for bad in (dict(good, x_bits=64), dict(good, y_bits=-1), dict(good, x_bits=True),
+                dict(good, square=True), dict(good, square="yes")):
+        with pytest.raises(ValueError, match="lazy_triple"):
+            KINDS["lazy_triple"].derived_shapes(bad)

@@ -28,11 +28,14 @@ from .truncation import LOW_63
 def ltz_fss(session: Session, x: torch.Tensor) -> torch.Tensor:
     """Additive integer shares of [x < 0] (0 or 1): one round, DCF keys from the dealer."""
     flat = x.reshape(-1)
+    if not flat.numel():
+        return torch.zeros_like(x)
     chunks = [flat[i:i + DCF_MAX_ELEMENTS] for i in range(0, flat.numel(), DCF_MAX_ELEMENTS)]
     corrs = [session.provider.request("dcf_ltz", numel=c.numel()) for c in chunks]
     opened = open_shares(session, [c + corr.free[0].to(c.device) for c, corr in zip(chunks, corrs)])
     out = []
-    for c, corr in zip(opened, corrs):
+    for i, c in enumerate(opened):
+        corr, corrs[i] = corrs[i], None  # each chunk's key (1536 B per element) freed after use
         (msb_r,) = corr.derived()
         part = dcf.PublicKeyPart(*(t.numpy() for t in corr.public()))
         f = dcf.evaluate(session.rank, corr.free[1].numpy(), part, (c.cpu() & LOW_63).numpy())

@@ -90,6 +90,20 @@ def cross_pairs(n_x: int, n_y: int, square: bool) -> list[tuple[int, int]]:
     return [(i, j) for i in range(n_x) for j in range(n_y) if not square or i <= j]
 
 
+def _lazy_params(params: dict) -> dict:
+    """A lazy_triple request's parameters, checked (ValueError names what is wrong)."""
+    for key in ("x_bits", "y_bits"):
+        b = params[key]
+        if not isinstance(b, int) or isinstance(b, bool) or not 0 <= b <= 62:
+            raise ValueError(f"a lazy_triple's {key} is an integer in 0..62, got {b!r}")
+    if not isinstance(params["square"], bool):
+        raise ValueError("a lazy_triple's square is a boolean")
+    if params["square"] and (params["x_bits"] != params["y_bits"]
+                             or list(params["x_shape"]) != list(params["y_shape"])):
+        raise ValueError("a square lazy_triple has one operand: equal bits and shapes")
+    return params
+
+
 def _lazy_derive(params: dict, free: list[torch.Tensor]) -> list[torch.Tensor]:
     """The lazy_triple's derived values (primitives/lazy_product.py says what they are)."""
     xb, yb, square = params["x_bits"], params["y_bits"], params["square"]
@@ -102,6 +116,7 @@ def _lazy_derive(params: dict, free: list[torch.Tensor]) -> list[torch.Tensor]:
 
 
 def _lazy_derived_shapes(params: dict) -> list[tuple]:
+    _lazy_params(params)
     xs, ys = tuple(params["x_shape"]), tuple(params["y_shape"])
     xb, yb, square = params["x_bits"], params["y_bits"], params["square"]
     zs = xs if square else tuple(torch.broadcast_shapes(xs, ys))
@@ -232,11 +247,14 @@ class Correlation:
 
     def __init__(self, free: list, derived: list | None = None,
                  fetch: Callable[["Correlation"], None] | None = None, n_derived: int = 0,
-                 public: list | None = None, public_shapes: list | None = None):
+                 public: list | None = None, public_shapes: list | None = None,
+                 derived_shapes: list | None = None):
         self.free = free
         self._derived = derived
         self._fetch = fetch
         self.n_derived = n_derived
+        self.derived_shapes = derived_shapes
+        """The shapes of the derived components still to come, where they are checked."""
         self._public = public
         self.public_shapes = public_shapes or []
         """The shapes of the public components still to come (checked on arrival)."""

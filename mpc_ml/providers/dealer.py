@@ -219,22 +219,22 @@ class DealerProvider(Provider):
             return corr
         if not prefetched:
             self._send(request)
-        corr = Correlation(free, fetch=self._collect_until,
-                           n_derived=len(kind.derived_shapes(request["params"])),
-                           public_shapes=public)
+        derived_shapes = kind.derived_shapes(request["params"])
+        corr = Correlation(free, fetch=self._collect_until, n_derived=len(derived_shapes),
+                           public_shapes=public, derived_shapes=derived_shapes)
         self._pending.append((corr, ends_repeat))
         return corr
 
     def _receive(self, count: int, shapes: list | None = None) -> list:
-        """The next `count` tensors from the dealer (a dict is its error); public key
-        material is checked against its expected shapes."""
+        """The next `count` tensors from the dealer (a dict is its error), each checked
+        against its expected shape (int64; corrections and public key material alike)."""
         got = []
         for i in range(count):
             msg = self.link.recv(self.timeout)
             if isinstance(msg, dict):
                 raise CommError(f"party {self.rank}: the dealer failed: {msg.get('error', msg)}")
             if shapes is not None and (msg.dtype != torch.int64 or tuple(msg.shape) != tuple(shapes[i])):
-                raise CommError(f"party {self.rank}: malformed key material from the dealer: "
+                raise CommError(f"party {self.rank}: malformed correlation data from the dealer: "
                                 f"{msg.dtype} {tuple(msg.shape)}, expected int64 {tuple(shapes[i])}")
             got.append(msg)
         self.traffic.bytes_received += sum(message_bytes(m) for m in got)
@@ -252,7 +252,7 @@ class DealerProvider(Provider):
         each prefetched repeat whose corrections have all arrived."""
         while target._derived is None:
             corr, ends_repeat = self._pending.popleft()
-            corr.set_derived(self._receive(corr.n_derived))
+            corr.set_derived(self._receive(corr.n_derived, corr.derived_shapes))
             if corr.n_public:
                 corr.set_public(self._receive(corr.n_public, corr.public_shapes))
             if ends_repeat:
@@ -474,8 +474,9 @@ def _serve_requests(link: Link, rank: int, generator: CorrelationGenerator,
     def answer(request: dict) -> None:
         try:
             _, corrections, *public = generator.generate(request)
-        except (ValueError, KeyError, TypeError, RuntimeError) as e:
-            raise refuse(f"the correlation request {request}", str(e)) from None
+        except (ValueError, KeyError, TypeError, RuntimeError, MemoryError) as e:
+            raise refuse(f"the correlation request {request}"[:300],
+                         str(e) or type(e).__name__) from None
         for c in corrections:
             link.send(c)
         for to in ([link, *others] if public else []):  # key material every party needs

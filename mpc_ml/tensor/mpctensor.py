@@ -84,7 +84,7 @@ class MPCTensor:
             raise TypeError(f"shares are int64 ring elements, got {share.dtype}")
         self._data = share
         self._pending = pending
-        self._riding = False  # its truncation is queued to ride on the next opening
+        self._riding = None  # the token of its truncation, when queued to ride on an opening
         self.session = session
         self.dtype = dtype or torch.get_default_dtype()
         self.requires_grad = False
@@ -96,7 +96,7 @@ class MPCTensor:
     def share(self) -> torch.Tensor:
         """This party's int64 share at scale 2^f (a pending truncation is settled first)."""
         if self._pending:
-            if self._riding:
+            if self._riding is not None:
                 flush_riders(self.session)
             else:
                 self._settled(truncate(self.session, self._data, self._pending))
@@ -107,13 +107,18 @@ class MPCTensor:
         self._settled(value)
 
     def _settled(self, share: torch.Tensor) -> None:
-        self._data, self._pending, self._riding = share, 0, False
+        self._data, self._pending, self._riding = share, 0, None
 
     def _settle_later(self) -> None:
-        """Queue the pending truncation to ride on the next opening (no round of its own)."""
-        if self._pending and not self._riding:
-            self._riding = True
-            truncate_later(self.session, self._data, self._pending, self._settled)
+        """Queue the pending truncation to ride on the next opening (no round of its own).
+        If the tensor is assigned meanwhile (set_, .share =), the rider's result is dropped."""
+        if self._pending and self._riding is None:
+            token = self._riding = object()
+
+            def done(share: torch.Tensor) -> None:
+                if self._riding is token:
+                    self._settled(share)
+            truncate_later(self.session, self._data, self._pending, done)
 
     @property
     def _bits(self) -> int:
@@ -238,7 +243,8 @@ class MPCTensor:
 
     def sum(self, dim: Dims | None = None, keepdim: bool = False) -> "MPCTensor":
         """Sum over all elements or along dim (as torch.sum)."""
-        out = self._like(self._data.sum() if dim is None else self._data.sum(dim, keepdim=keepdim))
+        settle([self])  # a sum of pending products could pass their 2^(62 - 2f) bound
+        out = self._new(self.share.sum() if dim is None else self.share.sum(dim, keepdim=keepdim))
         return record(Op.SUM, out, (self,), dim=dim, keepdim=keepdim)
 
     def mean(self, dim: Dims | None = None, keepdim: bool = False) -> "MPCTensor":
@@ -482,8 +488,8 @@ class MPCTensor:
                    padding: ring.IntOrTuple = 0, ceil_mode: bool = False,
                    count_include_pad: bool = True) -> "MPCTensor":
         """torch.nn.functional.avg_pool2d."""
-        total = self._like(ring.sliding_windows(self._data, kernel_size, stride, padding, 1, 0,
-                                                ceil_mode).sum(-1))
+        total = self._new(ring.sliding_windows(self.share, kernel_size, stride, padding, 1, 0,
+                                               ceil_mode).sum(-1))
         total = record(Op.WINDOW_SUM, total, (self,), input_shape=self.shape, geometry=dict(
             kernel_size=kernel_size, stride=stride, padding=padding, dilation=1,
             ceil_mode=ceil_mode))
@@ -691,7 +697,7 @@ class MPCTensor:
 
     def set_(self, source: "MPCTensor") -> "MPCTensor":
         """Take source's shares in place (as torch's set_), pending truncation included."""
-        self._data, self._pending, self._riding = source._data, source._pending, False
+        self._data, self._pending, self._riding = source._data, source._pending, None
         return self
 
     def to(self, device: torch.device | str | int) -> "MPCTensor":
@@ -716,7 +722,11 @@ def bilinear(op: Op, x: MPCTensor | Public, y: MPCTensor | Public, **kwargs) -> 
         y = x._coerce(y)
         dtype = _result_dtype(x.dtype, y.dtype)
         if op == Op.MUL:  # pending operands are truncated in the product's own opening
-            (z,) = lazy_products(session, [(x._data, x._pending, y._data, y._pending)])
+            # a square is x * x for the same MPCTensor (the same on every party), never two
+            # tensors that happen to hold one share object (x.to(its own device) on one party)
+            y_data = x._data if y is x else (y._data.view_as(y._data) if y._data is x._data
+                                              else y._data)
+            (z,) = lazy_products(session, [(x._data, x._pending, y_data, y._pending)])
         else:
             settle([x, y])
             z = beaver_product(session, op, x.share, y.share, **kwargs)
@@ -724,7 +734,9 @@ def bilinear(op: Op, x: MPCTensor | Public, y: MPCTensor | Public, **kwargs) -> 
     private, public = (x, y) if xp else (y, x)
     p = private._public(public)
     force = session.config.force_limbs
-    if _is_integral(p):  # exact and linear: a pending operand stays pending
+    if _is_integral(p):  # exact and linear: a pending operand stays pending if it cannot grow
+        if op != Op.MUL or (p.numel() and int(p.to(torch.int64).abs().max()) > 1):
+            settle([private])  # a sum or a larger factor could pass the pending bound
         args = (private._data, p.to(torch.int64)) if xp else (p.to(torch.int64), private._data)
         out = private._like(ring.bilinear(op, *args, force, **kwargs))
     else:
