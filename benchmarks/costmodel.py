@@ -77,7 +77,8 @@ ROWS = {
        for f in ("exp", "reciprocal", "sigmoid", "softmax") for s in ("1e5", "1e6")},
 }
 NO_MODEL_SPEC = "n/a (no model spec)"
-FSS_ROWS = {f"relu{s}": ("fss_comparison", "relu", _numel) for s in ("1e5", "1e6")}
+FSS_ROWS = {**{f"relu{s}": ("fss_comparison", "relu", _numel) for s in ("1e5", "1e6")},
+            "max1e5": ("fss_comparison", "max_along_last", _max)}
 """Rows with a spec under Config(comparison='fss'); the other comparison rows have none."""
 NO_FSS_SPEC = "n/a (no fss spec)"
 WITHOUT_COMPARISONS = {"mul", "matmul", "conv2d", "exp", "reciprocal"}

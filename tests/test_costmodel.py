@@ -65,16 +65,16 @@ def test_check_prints_both_numbers_and_models_have_no_spec():
 
 
 def test_under_fss_the_rows_with_a_spec_equal_it_and_the_others_say_why():
-    """suite.py's dealer-fss rows: relu per fss_comparison.toml, the rows without
+    """suite.py's dealer-fss rows: relu and max per fss_comparison.toml, the rows without
     comparisons per their usual specs, the other comparison rows without a spec."""
-    names = ["relu1e5", "mul1e6", "exp1e5", "max1e5"]
+    names = ["relu1e5", "max1e5", "mul1e6", "exp1e5", "sigmoid1e5"]
     measured = measure(names, 2, "dealer", mpc.Config(comparison="fss"))
     for name in names:
         spec = costmodel.predict(name, rows.inputs(name, quick=True), 2, "fss")
         rounds, sent = measured[name]
-        if name == "max1e5":
+        if name == "sigmoid1e5":
             assert spec is None
             assert costmodel.check(spec, rounds, sent, costmodel.NO_FSS_SPEC)[1] == "n/a (no fss spec)"
         else:
             assert costmodel.check(spec, rounds, sent) == (True, "equal"), (name, spec, rounds, sent)
-    assert measured["relu1e5"][0] == [2, 2]
+    assert measured["relu1e5"][0] == [2, 2] and measured["max1e5"][0] == [8, 8]

@@ -166,3 +166,32 @@ def test_an_empty_tensor_compares_to_nothing():
 
     for relu, below in mpc.run(party, 2, config=FSS):
         assert relu.shape == (0,) and below.shape == (0,)
+
+
+@pytest.mark.parametrize("rows, k, with_index", [(3, 10, True), (4, 5, False), (2, 1, True)])
+def test_the_tournament_costs_what_the_spec_says(rows, k, with_index):
+    t = randn(17, rows, k, scale=20.0)
+    section = SPEC["max_along_last"]
+
+    def party():
+        x = enc(t, 0) if with_index else enc(t.reshape(1, 1, rows, k), 0)
+        out, stats = measured(lambda: x.max(-1) if with_index else x.max_pool2d((1, k)))
+        values = out[0] if with_index else out  # the pooling: one window of k per row
+        return stats, values.decrypt()
+
+    selected = 2 if with_index else 1
+    levels, request_bytes_levels, chunks, length = 0, 0, 0, k
+    while length > 1:
+        shape = ([rows] if with_index else [1, 1, rows, 1]) + [length // 2]  # pooling: windows
+        request_bytes_levels += request_bytes("dcf_ltz", numel=rows * (length // 2)) + selected * \
+            request_bytes("triple", op="mul", a_shape=shape, b_shape=shape, kwargs={})
+        chunks += 1
+        levels += 1
+        length -= length // 2
+    want = rounded(t).max(-1)[0]
+    sizes = dict(rows=rows, k=k, selected=selected, levels=levels, chunks_levels=chunks,
+                 dealer_request_bytes_levels=request_bytes_levels)
+    for rank, (stats, values) in enumerate(mpc.run(party, 2, config=FSS)):
+        assert_costs(stats, section, f"fss max of ({rows}, {k})", n=2, rank=rank,
+                     provider="dealer", **sizes)
+        assert torch.equal(values.double().reshape(want.shape), want)
