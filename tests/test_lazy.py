@@ -230,3 +230,17 @@ def test_the_dealer_refuses_malformed_lazy_triples():
                 dict(good, square=True), dict(good, square="yes")):
         with pytest.raises(ValueError, match="lazy_triple"):
             KINDS["lazy_triple"].derived_shapes(bad)
+
+
+def test_autograd_does_not_settle_what_it_records():
+    """The tape asks whether an input is private without reading its share (reading it
+    settles a pending value): a bias added to a tracked product costs nothing."""
+    def party():
+        x = enc(torch.ones(2, 3), 0).requires_grad_()
+        w, b = enc(torch.ones(3, 4), 1).requires_grad_(), enc(torch.ones(4), 1).requires_grad_()
+        y = x @ w
+        out, stats = measured(lambda: y + b)
+        return stats["rounds"], out.decrypt()
+
+    for rounds, out in mpc.run(party, 2):
+        assert rounds == 0 and torch.equal(out, torch.full((2, 4), 4.0))

@@ -79,8 +79,9 @@ def missing_gradients() -> list[Op]:
 
 
 def requires_grad(t: Any) -> bool:
-    """A private tensor that autograd tracks (public operands never are)."""
-    return getattr(t, "requires_grad", False) and hasattr(t, "share")
+    """A private tensor that autograd tracks (public operands never are). (Tested by
+    hasattr(t, "_pending"), not "share": reading share settles a pending tensor.)"""
+    return getattr(t, "requires_grad", False) and hasattr(t, "_pending")
 
 
 def wants(inputs: Iterable[Any]) -> bool:
@@ -129,7 +130,7 @@ def backward(root: Any, grad: Any = None) -> None:
         if root.numel() != 1:
             raise RuntimeError("grad can be implicitly created only for single-element outputs")
         grad = root._new(root._public_share(1.0, root.shape))
-    elif not hasattr(grad, "share"):
+    elif not hasattr(grad, "_pending"):
         grad = root._new(root._public_share(torch.as_tensor(grad), root.shape))
     if tuple(grad.shape) != tuple(root.shape):
         raise ValueError(f"grad of shape {tuple(grad.shape)} for an output of shape "

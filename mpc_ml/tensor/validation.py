@@ -32,7 +32,7 @@ class ValidationError(RuntimeError):
 
 def _plain(t, bits: int) -> torch.Tensor:
     """A private input decrypted, or a public one as the parties encoded it (float64)."""
-    if hasattr(t, "share"):  # an MPCTensor, decoded at its own scale (pending or not)
+    if hasattr(t, "_pending"):  # an MPCTensor, decoded at its own scale (pending or not)
         scale = bits + t._pending  # read before the opening: a rider in it may settle t
         return decode(reveal(t.session, t._data), scale, torch.float64)
     p = torch.as_tensor(t)
