@@ -18,7 +18,7 @@ import torch
 
 from ..core.ring import bits_at
 from ..session import Session
-from .sharing import deliver_riders, take_riders
+from .sharing import take_riders
 
 WORD_BITS = 64
 LOG_WORD_BITS = 6
@@ -44,8 +44,7 @@ def _xor_reduce(parts: list[torch.Tensor]) -> torch.Tensor:
 def _gather_with_riders(session: Session, own: torch.Tensor) -> list[torch.Tensor]:
     """all_gather of own (int64 or uint8) with the queued arithmetic riders appended; the
     riders' opened sums are delivered, and each party's own part is returned."""
-    shapes = [s for s, _ in session.riders]
-    rider_flat, callbacks = take_riders(session)
+    rider_flat, deliver = take_riders(session)
     if not rider_flat:
         return session.comm.all_gather(own)
     riders = torch.cat(rider_flat).to(own.device)
@@ -56,7 +55,7 @@ def _gather_with_riders(session: Session, own: torch.Tensor) -> list[torch.Tenso
         heads.append(g[:own.numel()])
         rest = g[own.numel():].to(own.device)
         total += rest.clone().view(torch.int64) if own.dtype == torch.uint8 else rest
-    deliver_riders(callbacks, shapes, total)
+    deliver(total)
     return heads
 
 

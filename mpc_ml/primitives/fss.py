@@ -19,10 +19,9 @@ from __future__ import annotations
 import torch
 
 from ..core import dcf
-from ..providers.base import DCF_MAX_ELEMENTS
+from ..providers.base import DCF_MAX_ELEMENTS, LOW_63
 from ..session import Session
 from .sharing import open_shares
-from .truncation import LOW_63
 
 
 def ltz_fss(session: Session, x: torch.Tensor) -> torch.Tensor:

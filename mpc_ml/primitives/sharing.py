@@ -70,18 +70,17 @@ def ride(session: Session, share: torch.Tensor, on_open: Callable[[torch.Tensor]
     session.riders.append((share, on_open))
 
 
-def take_riders(session: Session) -> tuple[list[torch.Tensor], list[Callable]]:
-    """The queued riders' flat shares and callbacks, emptying the queue."""
+def take_riders(session: Session) -> tuple[list[torch.Tensor], Callable[[torch.Tensor], None]]:
+    """The queued riders' flat shares (emptying the queue), and the function that hands
+    each rider its slice of their opened concatenation."""
     riders, session.riders = session.riders, []
-    return [s.reshape(-1) for s, _ in riders], [cb for _, cb in riders]
 
-
-def deliver_riders(callbacks: list[Callable], shapes: list[torch.Tensor], total: torch.Tensor) -> None:
-    """Hand each rider its slice of the opened flat values."""
-    offset = 0
-    for cb, s in zip(callbacks, shapes):
-        cb(total[offset:offset + s.numel()].reshape(s.shape))
-        offset += s.numel()
+    def deliver(total: torch.Tensor) -> None:
+        offset = 0
+        for share, on_open in riders:
+            on_open(total[offset:offset + share.numel()].reshape(share.shape))
+            offset += share.numel()
+    return [share.reshape(-1) for share, _ in riders], deliver
 
 
 def flush_riders(session: Session) -> None:
@@ -97,8 +96,7 @@ def open_shares(session: Session, shares: list[torch.Tensor]) -> list[torch.Tens
     Each party sends the concatenation of its shares to every other party and sums
     what it receives. Rounds 1; bytes 8 * (n - 1) * total numel sent per party.
     """
-    riders = session.riders
-    rider_flat, callbacks = take_riders(session)
+    rider_flat, deliver = take_riders(session)
     parts = [s.reshape(-1) for s in shares] + rider_flat
     flat = torch.cat(parts) if len(parts) > 1 else parts[0]
     total = session.comm.all_reduce_sum(flat)
@@ -106,7 +104,7 @@ def open_shares(session: Session, shares: list[torch.Tensor]) -> list[torch.Tens
     for s in shares:
         out.append(total[offset:offset + s.numel()].reshape(s.shape).to(s.device))
         offset += s.numel()
-    deliver_riders(callbacks, [s for s, _ in riders], total[offset:])
+    deliver(total[offset:])
     return out
 
 

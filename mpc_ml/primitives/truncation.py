@@ -22,13 +22,11 @@ from collections.abc import Callable
 
 import torch
 
+from ..providers.base import LOW_63
 from ..session import Session
 from .sharing import open_shares, ride
 
 OFFSET_BITS = 62
-
-
-LOW_63 = (1 << 63) - 1
 
 
 def public_part(c: torch.Tensor, bits: int) -> torch.Tensor:

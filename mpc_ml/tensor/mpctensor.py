@@ -504,8 +504,9 @@ class MPCTensor:
         return total.div(counts[0, 0].to(torch.float64))
 
     # -- nonlinear functions (methods, domains and errors: approximations.ERROR_BOUNDS) -----------
-    def _approximation(self, op: Op, **ctx) -> "MPCTensor":
-        result = getattr(approximations, op.value)(self.session, self.share, **ctx)
+    def _approximation(self, op: Op, function=None, **ctx) -> "MPCTensor":
+        """op by approximations.<op> (or `function`), recorded; a pending result stays so."""
+        result = (function or getattr(approximations, op.value))(self.session, self.share, **ctx)
         share, pending = result if isinstance(result, tuple) else (result, 0)
         return record(op, self._new(share, pending=pending), (self,), **ctx)
 
@@ -515,8 +516,7 @@ class MPCTensor:
 
     def _exp_wide(self) -> "MPCTensor":
         """e^self, about 0 (not garbage) down to -710: 3 rounds more than exp()."""
-        share, pending = approximations.exp_wide(self.session, self.share)
-        return record(Op.EXP, self._new(share, pending=pending), (self,))
+        return self._approximation(Op.EXP, approximations.exp_wide)
 
     def log(self) -> "MPCTensor":
         """Natural logarithm (self > 0)."""
