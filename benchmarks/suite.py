@@ -441,7 +441,7 @@ def main(argv=None) -> dict:
         crypten, why = crypten_runner.run_from_suite(
             args.crypten_python, rows_wanted, args.parties, args.quick, args.repeats)
         if why:
-            notes.append(f"CrypTen comparison skipped: {why}")
+            notes.append(f"CrypTen: {why}" if crypten else f"CrypTen comparison skipped: {why}")
     with tqdm(total=len(jobs) * len(rows_wanted), desc="suite", unit="row") as bar:
         for profile, parties, provider in jobs:
             bar.set_postfix_str(f"{profile.name} n={parties} {provider}")
