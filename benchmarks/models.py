@@ -136,6 +136,15 @@ def _train_step(row: ModelRow, torch_model, model, inputs, token, repeats, profi
     return times, stats, sgd_step_error(got, torch_model, inputs) if rank == 0 else None
 
 
+def build_row(name: str, quick: bool) -> tuple:
+    """(row, torch model, inputs, plaintext mpc_ml model) of a model row. Every party
+    builds the same architecture; only the model owner's values are shared later."""
+    row = bench_rows.ALL_MODELS[name]
+    torch_model = row.build(quick)
+    inputs = row.inputs(quick)
+    return row, torch_model, inputs, mpc.nn.from_pytorch(torch_model, inputs[0])
+
+
 def _party(names: list[str], quick: bool, repeats: int, profile: bool) -> list[dict]:
     """Run each row warm-up + repeats times; per row: party 0's times, this party's stats.
     Any row of rows.ALL_MODELS (the suite's workers run theirs through here)."""
@@ -144,11 +153,7 @@ def _party(names: list[str], quick: bool, repeats: int, profile: bool) -> list[d
     token = mpc.encrypt(torch.zeros(1) if rank == 0 else None, src=0, shape=(1,))
     out = []
     for name in names:
-        row = bench_rows.ALL_MODELS[name]
-        # Every party builds the same architecture; only the model owner's values are shared.
-        torch_model = row.build(quick)
-        inputs = row.inputs(quick)
-        model = mpc.nn.from_pytorch(torch_model, inputs[0])
+        row, torch_model, inputs, model = build_row(name, quick)
         profiler = cProfile.Profile() if profile and rank == 0 else None
         bench = _train_step if row.train else _inference
         times, stats, err = bench(row, torch_model, model, inputs, token, repeats, profiler)

@@ -185,10 +185,7 @@ def _party(names: list[str], quick: bool, repeats: int, rtt_s: float, window: in
     token = mpc.encrypt(torch.zeros(1) if mpc.rank() == 0 else None, src=0, shape=(1,))
     out = []
     for name in names:
-        row = bench_rows.ALL_MODELS[name]
-        torch_model = row.build(quick)
-        inputs = row.inputs(quick)
-        model = mpc.nn.from_pytorch(torch_model, inputs[0])
+        row, torch_model, inputs, model = bench_models.build_row(name, quick)
         run, before, max_err = _runner(row, torch_model, model, inputs)
         if before is not None:
             before()
