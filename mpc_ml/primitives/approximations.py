@@ -24,7 +24,7 @@ import torch
 from ..core.encoding import encode
 from ..session import Session
 from .beaver import beaver_many
-from .comparison import ltz, max_along_last
+from .comparison import ltz_times, max_along_last
 from .lazy_product import lazy_products
 from .normalization import SIGN_BIT, leading_bit_weighted
 from .truncation import truncate, truncate_later
@@ -350,8 +350,7 @@ def log(session: Session, x: torch.Tensor) -> torch.Tensor:
 
 # -- sigmoid, tanh, erf, gelu --------------------------------------------------------------------
 def _sign_and_abs(ops: _Ops, x: torch.Tensor):
-    sign = ltz(ops.s, x)
-    (neg,) = ops.mul_bits([(x, sign)])
+    sign, (neg,) = ltz_times(ops.s, x, [x])
     return sign, x - 2 * neg
 
 
@@ -383,8 +382,7 @@ def erf(session: Session, x: torch.Tensor) -> torch.Tensor:
     """Shares of the error function (Abramowitz & Stegun 7.1.26; see ERROR_BOUNDS)."""
     ops = _Ops(session)
     sign, a = _sign_and_abs(ops, x)
-    over = ltz(ops.s, ops.const(ERF_CLAMP, a) - a)  # |x| > 4
-    (excess,) = ops.mul_bits([(a - ops.const(ERF_CLAMP, a), over)])
+    _, (excess,) = ltz_times(ops.s, ops.const(ERF_CLAMP, a) - a, [a - ops.const(ERF_CLAMP, a)])
     a = a - excess  # min(|x|, 4)
     d = ops.affine(a, ERF_P, 1.0)  # in [1, 2.31], pending
     t = ops.settle(ops.newton_reciprocal(d, ops.affine(d, -0.395, 1.31), ERF_STEPS))  # y0 within 9%

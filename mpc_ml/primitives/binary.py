@@ -7,7 +7,9 @@ a binary Beaver triple (same steps as arithmetic Beaver with XOR for + and AND f
 
 A2B adds the parties' arithmetic shares as binary words: each party's share is a word
 only it holds; carry-save adders (one AND round each) reduce n words to two, and a
-Kogge-Stone adder (Kogge & Stone 1973; 1 + log2(64) = 7 AND rounds) adds those.
+radix-4 Kogge-Stone adder (Kogge & Stone 1973) adds those: generate and propagate (one
+AND round), then log4(64) = 3 levels of the fan-in-4 carry operator, each one round of
+multi-input ANDs (and_monomials).
 B2A opens x ^ r for a daBit word r whose bits the provider also shares additively,
 then [x_j] = c_j + [r_j] - 2 c_j [r_j] (Rotaru & Wood, "MArBled circuits", 2019).
 """
@@ -18,7 +20,8 @@ import torch
 
 from ..core.ring import bits_at
 from ..session import Session
-from .sharing import take_riders
+from ..providers.base import monomial_subsets
+from .sharing import ride, take_riders
 
 WORD_BITS = 64
 LOG_WORD_BITS = 6
@@ -99,6 +102,75 @@ def and_many(session: Session, pairs: list[tuple[torch.Tensor, torch.Tensor]]) -
     return out
 
 
+def and_monomials(session: Session, inputs: list[torch.Tensor],
+                  monomials: list[tuple[int, ...]]) -> list[torch.Tensor]:
+    """XOR shares of the AND of inputs[i] over i in M, for each monomial M (a tuple of input
+    indices; inputs are XOR-shared words of one shape), all in one round.
+
+    Beaver's AND with more inputs (the extended triples of Ohata & Nuida, FC 2020; ABY2.0's
+    multi-input gates, Patra et al. 2021): open e_i = x_i ^ a_i for a fresh uniform mask
+    a_i per input; with [a_S] = AND of a_i over S from the provider for every subset S of
+    two or more inputs of a monomial, AND_{i in M} x_i = XOR over S subset of M of
+    (AND_{i in M \\ S} e_i) & [a_S] ([a_{}] = all ones, held by party 0).
+    Rounds 1; bytes 8 * (n - 1) * len(inputs) * numel sent per party.
+    """
+    shape = inputs[0].shape
+    flat = [x.reshape(-1) for x in inputs]
+    monomials = [tuple(sorted(m)) for m in monomials]
+    corr = session.provider.request("band", shape=[flat[0].numel()], inputs=len(flat),
+                                    monomials=[list(m) for m in monomials])
+    masks = [a.to(flat[0].device) for a in corr.free]
+    opened = open_words(session, [x ^ a for x, a in zip(flat, masks)])
+    held = {(i,): a for i, a in enumerate(masks)}
+    held.update(zip(monomial_subsets([list(m) for m in monomials]),
+                    (d.to(flat[0].device) for d in corr.derived())))
+    out = []
+    for mono in monomials:
+        z = None
+        for chosen in range(1 << len(mono)):
+            subset = tuple(i for j, i in enumerate(mono) if chosen >> j & 1)
+            if not subset and session.rank != 0:
+                continue
+            term = held.get(subset)
+            for j, i in enumerate(mono):
+                if not chosen >> j & 1:
+                    term = opened[i] if term is None else term & opened[i]
+            z = term if z is None else z ^ term
+        out.append((z if z is not None else torch.zeros_like(flat[0])).reshape(shape))
+    return out
+
+
+def combine_groups(session: Session, g: list[torch.Tensor], p: list[torch.Tensor],
+                   need_propagate: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The carry operator on four adjacent groups (g[0], p[0] the lowest), in one round:
+    G = g3 ^ p3 g2 ^ p3 p2 g1 ^ p3 p2 p1 g0, P = p3 p2 p1 p0 (Brent & Kung's operator, with
+    fan-in 4; the terms are disjoint, so XOR is their OR). P only if need_propagate."""
+    inputs = ([p[0]] if need_propagate else []) + [p[1], p[2], p[3], g[0], g[1], g[2]]
+    o = 1 if need_propagate else 0
+    p1, p2, p3, g0, g1, g2 = range(o, o + 6)
+    monomials = [(p3, g2), (p2, p3, g1), (p1, p2, p3, g0)]
+    monomials += [(0, p1, p2, p3)] if need_propagate else []
+    terms = and_monomials(session, inputs, monomials)
+    return g[3] ^ terms[0] ^ terms[1] ^ terms[2], (terms[3] if need_propagate else None)
+
+
+SPANS = (1, 4, 16)
+"""The radix-4 carry levels on whole words: group spans 1, 4 and 16 positions."""
+
+
+def carries(session: Session, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Word whose bit i is the carry out of position i of u + v (XOR-shared words): a
+    radix-4 Kogge-Stone prefix (1 + 3 rounds). Level s combines, at each position i, the
+    groups ending at i, i - s, i - 2s and i - 3s (shifts of G and P, zero-filled)."""
+    p = u ^ v
+    (g,) = and_many(session, [(u, v)])
+    for s in SPANS:
+        last = s == SPANS[-1]
+        g, p = combine_groups(session, [g << (3 * s), g << (2 * s), g << s, g],
+                              [p << (3 * s), p << (2 * s), p << s, p], not last)
+    return g
+
+
 def reduce_to_two(session: Session, words: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """Carry-save adders: n XOR-shared words to two with the same sum mod 2^64.
 
@@ -117,28 +189,14 @@ def reduce_to_two(session: Session, words: list[torch.Tensor]) -> tuple[torch.Te
 
 
 def binary_add(session: Session, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """u + v mod 2^64 on XOR-shared words: Kogge-Stone, 1 + log2(64) AND rounds.
-
-    generate G = u & v and propagate P = u ^ v; level k (shift s = 2^k) sets
-    G <- G ^ (P & (G << s)), P <- P & (P << s); the sum is (u ^ v) ^ (G << 1).
-    """
-    p = u ^ v
-    (g,) = and_many(session, [(u, v)])
-    prop = p
-    for k in range(LOG_WORD_BITS):
-        s = 1 << k
-        if k < LOG_WORD_BITS - 1:
-            g_term, prop = and_many(session, [(prop, g << s), (prop, prop << s)])
-        else:
-            (g_term,) = and_many(session, [(prop, g << s)])
-        g = g ^ g_term
-    return p ^ (g << 1)
+    """u + v mod 2^64 on XOR-shared words: (u ^ v) ^ (carries << 1), 4 rounds."""
+    return u ^ v ^ (carries(session, u, v) << 1)
 
 
 def a2b(session: Session, x: torch.Tensor) -> torch.Tensor:
     """XOR shares of the word whose additive shares are x.
 
-    Rounds 7 + (carry-save rounds: 0 for n = 2, 1 for 3, 2 for 4).
+    Rounds 4 + (carry-save rounds: 0 for n = 2, 1 for 3, 2 for 4).
     """
     words = [held_by(session, x, owner) for owner in range(session.world_size)]
     u, v = reduce_to_two(session, words)
@@ -171,45 +229,66 @@ def _bit_slices(word: torch.Tensor) -> torch.Tensor:
     return a.flip(1).t().contiguous()
 
 
-SLICED_FROM = 16
-"""msb on fewer elements adds whole words (Kogge-Stone, 12 ANDed words per element) instead
-of the carry tree on bit slices (186 ANDed words per 64 elements): cheaper below 16."""
+SLICED_FROM = 13
+"""msb on fewer elements runs the radix-4 carries on whole words (22 words opened per
+element) instead of the carry tree on bit slices (272 per 64 elements): cheaper below 13."""
 
 
 def msb(session: Session, x: torch.Tensor) -> torch.Tensor:
     """XOR shares of the top bit of additively shared x (0/1 int64, x's shape).
 
     Only the carry into bit 63 is needed, so instead of a full adder this runs a carry
-    tree on bit-sliced words (64 elements per word): generate/propagate bits of the
-    low 63 positions (1 AND round), then log2(63) = 6 levels combining adjacent groups,
-    (G, P)_hi o (G, P)_lo = (G_hi ^ P_hi & G_lo, P_hi & P_lo). About 190 AND gates per
-    element, against 768 for the Kogge-Stone sum: 7 rounds either way. Below SLICED_FROM
-    elements the sliced words would be mostly padding, and the Kogge-Stone sum of whole
-    words (binary_add) is cheaper.
+    tree on bit-sliced words (64 elements per word): generate/propagate bits of the low
+    63 positions and a dummy position below them that generates nothing (1 AND round),
+    then 3 levels of the fan-in-4 carry operator (combine_groups) on 64 -> 16 -> 4 -> 1
+    groups: 4 rounds. Below SLICED_FROM elements the sliced words would be mostly
+    padding, and the carries of whole words (carries) are cheaper.
     """
     words = [held_by(session, x.reshape(-1), owner) for owner in range(session.world_size)]
     u, v = reduce_to_two(session, words)
-    if x.numel() < SLICED_FROM:  # whole words: 12 ANDed words per element, not 186 per 64
-        return ((binary_add(session, u, v) >> 63) & 1).reshape(x.shape)
+    if x.numel() < SLICED_FROM:
+        return (((u ^ v) >> 63 ^ carries(session, u, v) >> 62) & 1).reshape(x.shape)
     su, sv = _bit_slices(u), _bit_slices(v)
     (g,) = and_many(session, [(su[:63], sv[:63])])
-    p, top = su[:63] ^ sv[:63], su[63] ^ sv[63]
+    none = g.new_zeros(1, g.shape[1])
+    g, p = torch.cat([none, g]), torch.cat([none, su[:63] ^ sv[:63]])
     while g.shape[0] > 1:
-        m = g.shape[0] // 2 * 2
-        hi_p = p[1:m:2]
-        if g.shape[0] > 2:  # the combined propagate is needed by a later level
-            g_term, new_p = and_many(session, [(hi_p, g[0:m:2]), (hi_p, p[0:m:2])])
-            new_p = torch.cat([new_p, p[m:]]) if m < g.shape[0] else new_p
-        else:
-            (g_term,) = and_many(session, [(hi_p, g[0:m:2])])
-            new_p = None
-        new_g = g[1:m:2] ^ g_term
-        g = torch.cat([new_g, g[m:]]) if m < g.shape[0] else new_g
-        p = new_p
-    packed = top ^ g[0]
+        g, p = combine_groups(session, [g[j::4] for j in range(4)], [p[j::4] for j in range(4)],
+                              g.shape[0] > 4)
+    packed = su[63] ^ sv[63] ^ g[0]
     shifts = torch.arange(64, dtype=torch.int64, device=packed.device)
     bits = ((packed.unsqueeze(1) >> shifts) & 1).reshape(-1)[:x.numel()]
     return bits.reshape(x.shape)
+
+
+def bit_products(session: Session, bit: torch.Tensor,
+                 values: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """(additive integer shares of an XOR-shared 0/1 bit, and of value_k * bit for each
+    additively shared value), in one round: the B2A and the products by the bit at once.
+
+    Each value has the bit's shape, possibly with trailing dims over which the bit is
+    broadcast. With a fresh bit r (XOR-shared, and [r] additive) and masks a_k with
+    [r a_k] from the provider, open c = bit ^ r and e_k = value_k - a_k; then
+    [bit] = c + (1 - 2c) [r] and value_k * bit = c e_k + c [a_k] + (1 - 2c)(e_k [r] + [r a_k]).
+    Bytes: ceil(numel / 8) + 8 * sum of the values' numel to each peer.
+    """
+    corr = session.provider.request("bit_product", shape=list(bit.shape),
+                                    value_shapes=[list(v.shape) for v in values])
+    r, *masks = (t.to(bit.device) for t in corr.free)
+    opened: list[torch.Tensor] = []
+    for v, a in zip(values, masks):
+        ride(session, v - a, opened.append)
+    c = open_bits(session, (bit ^ r) & 1)
+    r_arith, *r_masks = (t.to(bit.device) for t in corr.derived())
+    bit_share = r_arith * (1 - 2 * c) + (c if session.rank == 0 else 0)
+    products = []
+    for v, a, ra, e in zip(values, masks, r_masks, opened):
+        cb = c.reshape(c.shape + (1,) * (v.dim() - c.dim()))
+        flip = 1 - 2 * cb
+        rb = r_arith.reshape(cb.shape)
+        z = cb * a + flip * (e * rb + ra)
+        products.append(z + cb * e if session.rank == 0 else z)
+    return bit_share, products
 
 
 def _open_masked_bits(session: Session, word: torch.Tensor, positions: list[int]):

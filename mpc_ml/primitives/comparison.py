@@ -2,13 +2,14 @@
 
 x < 0 is the top bit of x as a 64-bit word (values stay below 2^62 in magnitude, so
 differences of two encoded values never wrap). The bit is computed in binary (msb: a
-carry tree on bit-sliced words) and brought back as an additive 0/1 *integer* share
-(B2A of one bit), so that multiplying by it needs no truncation:
-relu(x) = x - x * [x < 0].
+fan-in-4 carry tree on bit-sliced words) and brought back as an additive 0/1 *integer*
+share (B2A of one bit), so that multiplying by it needs no truncation:
+relu(x) = x - x * [x < 0]. Where the bit is wanted only to multiply values by it (relu,
+abs, clamp, max), the B2A and the products share one round (ltz_times).
 
-Costs for n = 2 (protocols/comparison.toml has every formula): ltz 8 rounds, 46.5 + 1/8
-bytes per element to each peer (paid in whole words of 64 elements, 2976 bytes each);
-relu adds one Beaver product (16 bytes, 1 round): 9 rounds, 62.6 bytes per element.
+Costs for n = 2 (protocols/comparison.toml has every formula): ltz 5 rounds, 34 + 1/8
+bytes per element to each peer (paid in whole words of 64 elements, 2176 bytes each);
+relu 5 rounds too, 8 bytes more per element (the product rides on the B2A's opening).
 """
 from __future__ import annotations
 
@@ -18,8 +19,12 @@ import torch
 
 from ..session import Session
 from .beaver import beaver_many
-from .binary import b2a_bits, msb
+from .binary import b2a_bits, bit_products, msb
 from .fss import ltz_fss
+
+Value = torch.Tensor | Callable[[], torch.Tensor]
+"""A share, or a callable giving it, read after the comparison's first opening (a value
+that a rider on that opening settles)."""
 
 
 def ltz(session: Session, x: torch.Tensor) -> torch.Tensor:
@@ -28,6 +33,21 @@ def ltz(session: Session, x: torch.Tensor) -> torch.Tensor:
     if session.config.comparison == "fss":
         return ltz_fss(session, x)
     return b2a_bits(session, msb(session, x), [0])[..., 0]
+
+
+def ltz_times(session: Session, x: torch.Tensor,
+              values: list[Value]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """([x < 0] as additive integer shares, and value * [x < 0] for each value): each
+    value has x's shape, possibly with trailing dims over which the bit is broadcast.
+    The circuit's msb, then its B2A and the products in one round (binary.bit_products);
+    with 'fss', the FSS comparison, then one round of Beaver products."""
+    if session.config.comparison == "fss":
+        bit = ltz_fss(session, x)
+        resolved = [v() if callable(v) else v for v in values]
+        shaped = [bit.reshape(bit.shape + (1,) * (v.dim() - bit.dim())) for v in resolved]
+        return bit, mul_bits(session, list(zip(resolved, shaped)))
+    word = msb(session, x)
+    return bit_products(session, word, [v() if callable(v) else v for v in values])
 
 
 def mul_bits(session: Session, pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> list[torch.Tensor]:
@@ -42,13 +62,11 @@ def select(session: Session, bit: torch.Tensor,
     return [b + p for (_, b), p in zip(pairs, products)]
 
 
-def negative_part(session: Session, x: torch.Tensor | Callable[[], torch.Tensor],
+def negative_part(session: Session, x: Value,
                   probe: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(x * [probe < 0], [probe < 0]), probe defaulting to x: what relu, abs and clamp are
-    made of (a comparison, one product). x may be a callable, read after the comparison
-    (a value that a rider on the comparison's opening settles)."""
-    negative = ltz(session, x if probe is None else probe)
-    (part,) = mul_bits(session, [(x() if callable(x) else x, negative)])
+    made of (ltz_times). x may be a callable, read after the comparison's first opening."""
+    negative, (part,) = ltz_times(session, x if probe is None else probe, [x])
     return part, negative
 
 
@@ -63,7 +81,7 @@ def max_along_last(session: Session, x: torch.Tensor, index_scale: int) -> tuple
 
     Each level compares elements 2i and 2i+1 (keeping the left one on ties, so the
     first maximum wins, as in torch) and halves the length: ceil(log2 k) levels, each
-    one comparison plus one selection round.
+    one comparison whose last round also selects (ltz_times).
     """
     k = x.shape[-1]
     if k == 0:
@@ -74,10 +92,9 @@ def max_along_last(session: Session, x: torch.Tensor, index_scale: int) -> tuple
         m = x.shape[-1] // 2 * 2
         left, right = x[..., 0:m:2], x[..., 1:m:2]
         left_i, right_i = idx[..., 0:m:2], idx[..., 1:m:2]
-        right_wins = ltz(session, left - right)
-        pairs = [(right, left), (right_i, left_i)] if index_scale else [(right, left)]
-        vals, *rest = select(session, right_wins, pairs)
-        inds = rest[0] if index_scale else left_i
+        moves = [right - left] + ([right_i - left_i] if index_scale else [])
+        _, (d_val, *d_idx) = ltz_times(session, left - right, moves)
+        vals, inds = left + d_val, (left_i + d_idx[0] if index_scale else left_i)
         if m < x.shape[-1]:  # odd length: the last element goes up a level unopposed
             vals = torch.cat([vals, x[..., m:]], -1)
             inds = torch.cat([inds, idx[..., m:]], -1)
@@ -98,9 +115,7 @@ def max_one_hot(session: Session, x: torch.Tensor) -> tuple[torch.Tensor, torch.
         m = x.shape[-1] // 2 * 2
         left, right = x[..., 0:m:2], x[..., 1:m:2]
         hot_left, hot_right = hot[..., 0:m:2, :], hot[..., 1:m:2, :]
-        right_wins = ltz(session, left - right)
-        d_val, d_hot = mul_bits(session, [(right - left, right_wins),
-                                          (hot_right - hot_left, right_wins.unsqueeze(-1))])
+        _, (d_val, d_hot) = ltz_times(session, left - right, [right - left, hot_right - hot_left])
         vals, hots = left + d_val, hot_left + d_hot
         if m < x.shape[-1]:  # odd length: the last candidate goes up unopposed
             vals = torch.cat([vals, x[..., m:]], -1)

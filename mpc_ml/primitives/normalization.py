@@ -2,13 +2,14 @@
 
 For the reciprocal, square root and logarithm, x = m * 2^e with 0.5 <= |m| <= 1 is
 the classic range reduction (Catrina & Saxena, "Secure computation with fixed-point
-numbers", FC 2010). Here, in 14 rounds for n = 2:
-1. w = A2B(x) (7 rounds);
+numbers", FC 2010). Here, in 8 rounds for n = 2:
+1. w = A2B(x) (4 rounds);
 2. w' = w ^ (w >> 63): the ones' complement of negative x, |x| - 1, whose leading bit
    is |x|'s except at exact powers of two (then |m| = 1 instead of 0.5, still fine);
    local, since an arithmetic shift of each XOR share broadcasts its sign bit;
-3. prefix OR from the top, s |= s >> 2^k for k < 6 (6 AND rounds), then the one-hot
-   leading bit lead = s ^ (s >> 1);
+3. prefix OR from the top, s |= (s >> t) | (s >> 2t) | (s >> 3t) for t = 1, 4, 16 (3
+   rounds: OR of four words is the complement of one 4-input AND of their complements,
+   binary.and_monomials), then the one-hot leading bit lead = s ^ (s >> 1);
 4. one B2A of 64 bits (1 round): bits 0..62 of lead and the sign bit 63 of w, each
    weighted by the caller's public columns (sum_j bit_j * weight_j) in one int64 matmul.
 """
@@ -17,7 +18,7 @@ from __future__ import annotations
 import torch
 
 from ..session import Session
-from .binary import LOG_WORD_BITS, WORD_BITS, a2b, and_many, b2a_weighted
+from .binary import SPANS, WORD_BITS, a2b, and_monomials, b2a_weighted
 
 SIGN_BIT = 63
 
@@ -27,10 +28,10 @@ def leading_bit_weighted(session: Session, x: torch.Tensor, weights: torch.Tenso
     one-hot leading bit of |x| and bit 63 is the sign of x (weights: public int64 (64, k))."""
     w = a2b(session, x)
     s = w ^ (w >> SIGN_BIT)  # bit 63 is now 0 in the shared value
-    for k in range(LOG_WORD_BITS):
-        shifted = s >> (1 << k)  # bit 63 of s is 0, so arithmetic = logical shift
-        (both,) = and_many(session, [(s, shifted)])
-        s = s ^ shifted ^ both  # s | shifted
+    ones = -1 if session.rank == 0 else 0  # XOR with a public all-ones word: NOT
+    for t in SPANS:  # bit 63 of s is 0, so the arithmetic shifts are logical ones
+        (none,) = and_monomials(session, [(s >> (k * t)) ^ ones for k in range(4)], [(0, 1, 2, 3)])
+        s = none ^ ones
     lead = s ^ (s >> 1)
     word = lead ^ (w & torch.tensor(-(1 << 63), dtype=torch.int64, device=w.device))
     return b2a_weighted(session, word, list(range(WORD_BITS)), weights)

@@ -15,6 +15,7 @@ next repeats of that list without waiting for each request (protocols/offline.to
 """
 from __future__ import annotations
 
+import itertools
 import json
 from abc import ABC, abstractmethod
 from typing import Any, Callable
@@ -29,7 +30,7 @@ class CorrelationKind:
     """How to make one kind of correlation from its parameters.
 
     `free_xor` / `derived_xor` say, per component, whether it is XOR-shared (binary)
-    rather than additively shared (arithmetic). A kind with `public` components (key
+    rather than additively shared (arithmetic); True says it of every component. A kind with `public` components (key
     material that every party needs whole, such as the correction words of an FSS key)
     has them sent by the generator to every party; its `derive` then also gets each
     party's own free draws (derive(params, total_free, per_party)) and returns the
@@ -37,8 +38,8 @@ class CorrelationKind:
     """
 
     def __init__(self, free: Callable[[dict], list], derived: Callable[[dict], list],
-                 derive: Callable[..., list], free_xor: tuple = (),
-                 derived_xor: tuple = (), public: Callable[[dict], list] | None = None):
+                 derive: Callable[..., list], free_xor: tuple | bool = (),
+                 derived_xor: tuple | bool = (), public: Callable[[dict], list] | None = None):
         self.free_shapes, self.derived_shapes, self.derive = free, derived, derive
         self.free_xor, self.derived_xor = free_xor, derived_xor
         self.public_shapes = public or (lambda p: [])
@@ -49,8 +50,8 @@ PREFETCH_WINDOW = 2
 """How many prefetched repeats a dealer keeps in flight (made, not yet all collected)."""
 
 
-def _is_xor(flags: tuple, i: int) -> bool:
-    return i < len(flags) and flags[i]
+def _is_xor(flags: tuple | bool, i: int) -> bool:
+    return flags is True or (not isinstance(flags, bool) and i < len(flags) and flags[i])
 
 
 def _accumulate(acc: list | None, shares: list, xor: tuple) -> list:
@@ -154,6 +155,72 @@ def _dcf_derive(p: dict, free: list, per_party: list) -> list:
                                                   part.t_right, part.last)]
 
 
+MAX_MONOMIAL_INPUTS = 16
+MAX_MONOMIAL_DEGREE = 5
+MAX_MONOMIALS = 8
+
+
+def monomial_subsets(monomials: list) -> list[tuple[int, ...]]:
+    """The subsets of two or more inputs of any of the monomials, in (size, indices) order:
+    the mask products a `band` correlation holds (primitives/binary.and_monomials)."""
+    out = set()
+    for mono in monomials:
+        for k in range(2, len(mono) + 1):
+            out.update(itertools.combinations(sorted(mono), k))
+    return sorted(out, key=lambda s: (len(s), s))
+
+
+def _band_params(p: dict) -> dict:
+    """A band request's parameters, checked (ValueError names what is wrong)."""
+    inputs, monomials, shape = p["inputs"], p["monomials"], p["shape"]
+    if not isinstance(inputs, int) or isinstance(inputs, bool) or not 1 <= inputs <= MAX_MONOMIAL_INPUTS:
+        raise ValueError(f"a band's inputs is an integer in 1..{MAX_MONOMIAL_INPUTS}, got {inputs!r}")
+    if not isinstance(monomials, list) or not 1 <= len(monomials) <= MAX_MONOMIALS:
+        raise ValueError(f"a band has 1..{MAX_MONOMIALS} monomials, got {monomials!r}")
+    used = set()
+    for mono in monomials:
+        if (not isinstance(mono, list) or not 1 <= len(mono) <= MAX_MONOMIAL_DEGREE
+                or any(not isinstance(i, int) or isinstance(i, bool) or not 0 <= i < inputs for i in mono)
+                or sorted(set(mono)) != mono):
+            raise ValueError(f"a band's monomial is a sorted list of 1..{MAX_MONOMIAL_DEGREE} "
+                             f"distinct input indices below {inputs}, got {mono!r}")
+        used.update(mono)
+    if len(used) != inputs:
+        raise ValueError(f"every input of a band is in some monomial; unused: {sorted(set(range(inputs)) - used)}")
+    if not isinstance(shape, list) or len(shape) != 1 or not isinstance(shape[0], int) \
+            or isinstance(shape[0], bool) or shape[0] < 0:
+        raise ValueError(f"a band's shape is [words], got {shape!r}")
+    return p
+
+
+def _band_derive(p: dict, free: list[torch.Tensor]) -> list[torch.Tensor]:
+    out = []
+    for subset in monomial_subsets(p["monomials"]):
+        acc = free[subset[0]]
+        for i in subset[1:]:
+            acc = acc & free[i]
+        out.append(acc)
+    return out
+
+
+def _bit_product_shapes(p: dict) -> tuple[tuple, list[tuple]]:
+    """(the bit's shape, the values' shapes), checked: each value's shape is the bit's,
+    possibly with trailing dims over which the bit is broadcast."""
+    bit = tuple(p["shape"])
+    values = [tuple(v) for v in p["value_shapes"]]
+    if not 1 <= len(values) <= MAX_MONOMIALS or any(v[:len(bit)] != bit for v in values):
+        raise ValueError(f"a bit_product multiplies 1..{MAX_MONOMIALS} values whose shapes start "
+                         f"with the bit's {list(bit)}, got {p['value_shapes']!r}")
+    return bit, values
+
+
+def _bit_product_derive(p: dict, free: list[torch.Tensor]) -> list[torch.Tensor]:
+    """[r] for the low bit r of the XOR-shared word, then [r a_k] for each value's mask."""
+    bit, _ = _bit_product_shapes(p)
+    r = free[0] & 1
+    return [r] + [r.reshape(bit + (1,) * (a.dim() - len(bit))) * a for a in free[1:]]
+
+
 KINDS: dict[str, CorrelationKind] = {
     # Beaver triple for a bilinear op: a, b uniform; c = op(a, b).
     "triple": CorrelationKind(
@@ -184,6 +251,18 @@ KINDS: dict[str, CorrelationKind] = {
         derived=lambda p: [tuple(p["shape"])],
         derive=lambda p, free: [free[0] & free[1]],
         free_xor=(True, True), derived_xor=(True,)),
+    # Multi-input AND (primitives/binary.and_monomials): one uniform XOR-shared mask per
+    # input; the AND of the masks of every subset (two or more) of a monomial.
+    "band": CorrelationKind(
+        free=lambda p: [tuple(_band_params(p)["shape"])] * p["inputs"],
+        derived=lambda p: [tuple(_band_params(p)["shape"])] * len(monomial_subsets(p["monomials"])),
+        derive=_band_derive, free_xor=True, derived_xor=True),
+    # Product by an XOR-shared bit (primitives/binary.bit_products): a uniform word r
+    # (XOR-shared; its low bit is used) and an additive mask a_k per value; [r], [r a_k].
+    "bit_product": CorrelationKind(
+        free=lambda p: [_bit_product_shapes(p)[0]] + _bit_product_shapes(p)[1],
+        derived=lambda p: [_bit_product_shapes(p)[0]] + _bit_product_shapes(p)[1],
+        derive=_bit_product_derive, free_xor=(True,)),
     # Doubly-authenticated bits (daBits), one word at a time: r uniform, XOR-shared;
     # the bits of r at `positions`, each additively shared (trailing dim).
     "dabits": CorrelationKind(
