@@ -24,6 +24,7 @@ import torch
 from ..core.encoding import encode
 from ..session import Session
 from .beaver import beaver_many
+from .binary import bit_products, msb
 from .comparison import ltz_times, max_along_last
 from .lazy_product import lazy_products
 from .normalization import SIGN_BIT, leading_bit_weighted
@@ -42,7 +43,7 @@ EXP_WIDE_SQUARINGS = 8
 """The exp inside sigmoid, tanh, erf and softmax: z = x / 256, nothing wrong down to -710."""
 EXP_DOMAIN = 8.0
 EXP_MAX_INPUT = 12.0
-P_EXP = 27
+P_EXP = 24
 """Fractional bits of exp's polynomial."""
 RECIPROCAL_STEPS = 2
 ERF_STEPS = 3
@@ -185,13 +186,28 @@ class _Ops:
         return torch.tensor(np.round(np.exp2(exponents + self.f + h)), dtype=torch.int64), h
 
     def newton_reciprocal(self, d: Operand, y: Operand, steps: int) -> tuple[torch.Tensor, int]:
-        """Newton steps y <- y (2 - d y) towards 1/d: 2 rounds each, every product's
-        truncation absorbed by the next (lazy_product.py); the result is left pending."""
-        for _ in range(steps):
-            ((t, bits),) = self.lazy([(d, y)])
-            ((y, _),) = self.lazy([(y, (self.const(2.0, t, 2 * self.f) - t, bits))])
-            y = (y, self.f)
-        return y
+        """`steps` Newton steps y <- y (2 - d y) towards 1/d in steps + 1 rounds, the result
+        left pending. With e = 1 - d y_0, step k is y_{k+1} = y_k (1 + e^(2^k)) (then
+        1 - d y_{k+1} = e^(2^(k+1)), the Newton iterate exactly), and the square giving the
+        next e^(2^(k+1)) shares its round with y's update. y keeps its own scale (at least
+        f pending bits); each product's truncation is absorbed by the next."""
+        f = self.f
+        ((t, _),) = self.lazy([(d, y)])
+        e = (self.const(1.0, t, 2 * f) - t, f)
+        ys, yb = _split(y)
+        if yb < f:
+            ys, yb = ys << (f - yb), f
+        for k in range(steps):
+            last = k == steps - 1
+            out = self.lazy([((ys, yb), e)] + ([] if last else [(e, e)]))
+            ys = ys + (out[0][0] << (yb - f))
+            e = e if last else out[1]
+        return ys, yb
+
+    def scaled(self, y: Operand, scale: torch.Tensor, h: int) -> tuple[torch.Tensor, int]:
+        """y times a public-weighted share `scale` carrying h extra fractional bits, left
+        pending (1 round)."""
+        return self.lazy([(y, scale)], self.f + h)[0]
 
 
 # -- exp ------------------------------------------------------------------------------
@@ -210,23 +226,24 @@ def _exp_shares(ops: _Ops, x: torch.Tensor, squarings: int = EXP_SQUARINGS) -> t
     """e^x, left pending by f: z = x / 2^m, a degree-4 polynomial in 2 rounds, then m
     squarings (1 round each: every product absorbs the previous one's truncation).
 
-    The polynomial runs at P = 27 fractional bits, as c0 + c1 z + z^2 (c2 + c3 z + c4 z^2),
-    with z^2 and c4 z^2 = z (c4 z) in round 1 and z^2 times the bracket in round 2. Each
-    squaring then lowers the precision to what keeps its product below 2^62 for inputs
-    up to EXP_MAX_INPUT (the last two at f), so that the early squarings, whose errors are
-    doubled m times, stay precise.
+    The polynomial runs at P = 24 fractional bits, as c0 + c1 z + z^2 (c2 + c3 z + c4 z^2):
+    z^2 in round 1 (one opening: a square), then z^2 times the bracket in round 2, whose
+    terms are formed locally at 2^62 (c4 z^2 from z^2's share times c4 at 14 bits: |z| <=
+    1/4 keeps it below 2^62). Each squaring then lowers the precision to what keeps its
+    product below 2^62 for inputs up to EXP_MAX_INPUT (the last two at f), so that the early
+    squarings, whose errors are doubled m times, stay precise.
     """
     f, m, big = ops.f, squarings, P_EXP
     c0, c1, c2, c3, c4 = _exp_coefficients(squarings)
     v = x << (big - f - m) if big - f >= m else truncate(ops.s, x, m - (big - f))
 
-    def times(c: float) -> torch.Tensor:  # c z at scale 2^(2P): a local public product
-        return v * int(encode(c, big))
+    def times(c: float, bits: int = big) -> torch.Tensor:  # c z at scale 2^(big + bits)
+        return v * int(encode(c, bits))
 
-    # round 1: z^2 and c4 z^2 = z (c4 z); round 2: z^2 (c2 + c3 z + c4 z^2); all at 2^(2P)
-    (z2, _), (c4z2, _) = ops.lazy([(v, v), (v, (times(c4), big))], big)
-    bracket = c4z2 + times(c3) + ops.const(c2, v, 2 * big)
-    ((z2b, _),) = ops.lazy([((z2, big), (bracket, big))], big)
+    ((z2, _),) = ops.lazy([(v, v)], big)  # z^2 at 2^(2P)
+    wide = 62 - 2 * big  # c4 z^2 at 2^62
+    bracket = z2 * int(encode(c4, wide)) + times(c3, 62 - big) + ops.const(c2, v, 62)
+    ((z2b, _),) = ops.lazy([((z2, big), (bracket, 62 - big))], big)
     t = (z2b + times(c1) + ops.const(c0, v, 2 * big), big)
     precision = big
     for j in range(m):
@@ -276,18 +293,18 @@ def _exponents(ops: _Ops, power: float) -> np.ndarray:
     return power * (_POSITIONS + 1 - ops.f)
 
 
-def _reciprocal_shares(ops: _Ops, x: torch.Tensor) -> torch.Tensor:
+def _reciprocal_shares(ops: _Ops, x: torch.Tensor) -> tuple[torch.Tensor, int]:
     weights, h = ops.power_weights(2.0, _exponents(ops, -1.0))
     m, sign, (scale,) = _normalise(ops, x, [weights])
     # y0 = sign(m) 48/17 - 32/17 m: relative error <= 1/17 on 0.5 <= |m| <= 1
     y, bits = ops.affine(m, -32 / 17, 48 / 17)
     y = (y - 2 * int(encode(48 / 17, 2 * ops.f)) * sign, bits)
     y = ops.newton_reciprocal(m, y, RECIPROCAL_STEPS)
-    return ops.mul1(y, scale, ops.f + h)  # y 2^-(j + 1 - f)
+    return ops.scaled(y, scale, h)  # y 2^-(j + 1 - f)
 
 
-def reciprocal(session: Session, x: torch.Tensor) -> torch.Tensor:
-    """Shares of 1/x for either sign (see ERROR_BOUNDS); reciprocal(0) = 0."""
+def reciprocal(session: Session, x: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Shares of 1/x for either sign (see ERROR_BOUNDS), left pending; reciprocal(0) = 0."""
     return _reciprocal_shares(_Ops(session), x)
 
 
@@ -304,21 +321,21 @@ def _abs_m_and_inv_sqrt(ops: _Ops, x: torch.Tensor, columns: list[torch.Tensor])
     return m, y, weighted
 
 
-def inv_sqrt(session: Session, x: torch.Tensor) -> torch.Tensor:
-    """Shares of 1/sqrt(x) for x > 0 (see ERROR_BOUNDS)."""
+def inv_sqrt(session: Session, x: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Shares of 1/sqrt(x) for x > 0 (see ERROR_BOUNDS), left pending."""
     ops = _Ops(session)
     weights, h = ops.power_weights(1.5, _exponents(ops, -0.5))
     _, y, (scale,) = _abs_m_and_inv_sqrt(ops, x, [weights])
-    return ops.mul1(y, scale, ops.f + h)
+    return ops.scaled(y, scale, h)
 
 
-def sqrt(session: Session, x: torch.Tensor) -> torch.Tensor:
-    """Shares of sqrt(x) for x >= 0 (see ERROR_BOUNDS)."""
+def sqrt(session: Session, x: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Shares of sqrt(x) for x >= 0 (see ERROR_BOUNDS), left pending."""
     ops = _Ops(session)
     weights, h = ops.power_weights(1.1, _exponents(ops, 0.5))
     m, y, (scale,) = _abs_m_and_inv_sqrt(ops, x, [weights])
-    root_m = ops.mul1(m, y)  # sqrt(|m|) in [0.7, 1]
-    return ops.mul1(root_m, scale, ops.f + h)
+    (root_m,) = ops.lazy([(m, y)])  # sqrt(|m|) in [0.7, 1]
+    return ops.scaled(root_m, scale, h)
 
 
 def _log_poly_coefficients(degree: int) -> np.ndarray:
@@ -354,28 +371,85 @@ def _sign_and_abs(ops: _Ops, x: torch.Tensor):
     return sign, x - 2 * neg
 
 
-def _sigmoid_shares(ops: _Ops, x: torch.Tensor) -> torch.Tensor:
-    sign, a = _sign_and_abs(ops, x)
-    e, bits = _exp_shares(ops, -a, EXP_WIDE_SQUARINGS)
-    d = (e + ops.const(1.0, e, ops.f + bits), bits)  # 1 + e^-|x| in (1, 2], pending
-    y = ops.affine(d, -0.47, 1.41)  # within 6% of 1/d on [1, 2]
-    y, bits = ops.newton_reciprocal(d, y, RECIPROCAL_STEPS)
-    settled: list[torch.Tensor] = []
-    truncate_later(ops.s, y, bits, settled.append)  # rides on the next opening
-    # the flip's product absorbs the pending truncation of 1 - 2y (the bit is an integer)
-    ((flip, _),) = ops.lazy([((ops.const(1.0, y, ops.f + bits) - 2 * y, bits), sign)], 0)
-    return settled[0] + flip  # sigmoid(x) = 1 - sigmoid(|x|) where x < 0
+SIGMOID_EDGE = 8.0
+"""sigmoid is 0 below -8 and 1 above 8 (off by at most 3.4e-4 there), a polynomial between."""
+SIGMOID_DEGREE = 7
+_W = 19
+"""Fractional bits of w = x / 8 (x's share at 16 bits read at 19: exact)."""
+_U = 23
+"""Fractional bits the polynomial's operands are truncated to (their values reach 83)."""
+_Q = 16
+"""Fractional bits of its coefficients; every sum of terms is formed at 2^(2 _W + _Q) = 2^54."""
 
 
-def sigmoid(session: Session, x: torch.Tensor) -> torch.Tensor:
-    """Shares of 1 / (1 + e^-x) (see ERROR_BOUNDS)."""
+def _sigmoid_coefficients() -> np.ndarray:
+    """g(w) = sigmoid(8 w) - 1/2 on w in [0, 1]: least squares at Chebyshev nodes, degree 7
+    (error 2.1e-4), as monomial coefficients c_0 .. c_7 in w."""
+    nodes = (np.cos(np.pi * (np.arange(400) + 0.5) / 400) + 1) / 2
+    target = 1 / (1 + np.exp(-SIGMOID_EDGE * nodes)) - 0.5
+    return np.polynomial.polynomial.polyfit(nodes, target, SIGMOID_DEGREE)
+
+
+_SIGMOID_C = _sigmoid_coefficients()
+
+
+def _sigmoid_shares(ops: _Ops, x: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """sigmoid(x) in 8 rounds: the polynomial first, then three comparisons and one
+    product by the region bits, left pending.
+
+    With w = x / 8 and g as above, sigmoid(x) = 1/2 + E(w) + O(w) on [0, 8] and
+    1 - sigmoid(-x) = 1/2 - E(w) + O(w) on [-8, 0), E and O the even and odd parts of g
+    (so one set of powers serves both signs); 0 below -8 and 1 above 8. Rounds 1-3 make
+    u = w^2, then u^2, w (c1 + c3 u), w (c5 + c7 u), then u^2 (c4 + c6 u), u^2 w (c5 + c7 u)
+    (Estrin's scheme, coefficients folded into the linear factors). Then msb of
+    [x + 8, x, x - 8] (4 rounds) gives bits lo, neg, hi; the regions [0, 8), [-8, 0) and
+    [8, inf) are hi ^ neg, neg ^ lo and not hi (XOR: local), and one bit_products round
+    multiplies the first two by P+ = 1/2 + E + O and P- = 1/2 - E + O and converts the third. Outside
+    [-8, 8] the polynomial is garbage, but times a zero bit it is exactly 0 in the ring.
+    """
+    s, f = ops.s, ops.f
+    w = x << (_W - 3 - f) if f <= _W - 3 else truncate(s, x, f + 3 - _W)  # w = x/8 at 2^19
+    c = [int(encode(float(v), _Q)) for v in _SIGMOID_C]
+    top = 2 * _W + _Q
+
+    def const(v: float, bits: int) -> torch.Tensor:
+        return ops.const(v, x, bits)
+
+    ((u, _),) = ops.lazy([(w, w)], 2 * _W - _U)  # share at 2^38, operand at 2^23
+
+    def linear(a: int, b: int) -> tuple[torch.Tensor, int]:  # c_a + c_b u at 2^54
+        return u * c[b] + (torch.full_like(u, c[a] << (2 * _W)) if s.rank == 0 else 0), top - _U
+
+    u_op = (u, 2 * _W - _U)
+    factors = (torch.stack([linear(1, 3)[0], linear(5, 7)[0]]), top - _U)
+    (u2, _), (w_l, _) = ops.lazy([(u_op, u_op), (w.unsqueeze(0), factors)], _U)
+    u2 = (u2, _U)  # u^2 at 2^46, operand at 2^23; w L1, w L2 at 2^42
+    w_l1, w_l2 = w_l[0], w_l[1]
+    stacked = torch.stack([linear(4, 6)[0], w_l2 << (top - _W - _U)])
+    ((tail, _),) = ops.lazy([((u2[0].unsqueeze(0), _U), (stacked, top - _U))], _U)  # at 2^46
+    lift = top - 2 * _U
+    even = u * c[2] + (tail[0] << lift) + (torch.full_like(u, c[0] << (2 * _W)) if s.rank == 0 else 0)
+    odd = (w_l1 << (top - _W - _U)) + (tail[1] << lift)
+    half = const(0.5, top)
+    probes = torch.stack([x + const(SIGMOID_EDGE, f), x, x - const(SIGMOID_EDGE, f)])
+    lo, neg, hi = msb(s, probes)
+    ones = 1 if s.rank == 0 else 0
+    regions = torch.stack([hi ^ neg, neg ^ lo, hi ^ ones])
+    values = torch.stack([half + even + odd, half - even + odd])  # for the first two regions
+    above, (parts,) = bit_products(s, regions, [values])
+    return parts[0] + parts[1] + (above[2] << top), top - f
+
+
+def sigmoid(session: Session, x: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Shares of 1 / (1 + e^-x) (see ERROR_BOUNDS), left pending."""
     return _sigmoid_shares(_Ops(session), x)
 
 
-def tanh(session: Session, x: torch.Tensor) -> torch.Tensor:
-    """Shares of tanh(x) = 2 sigmoid(2x) - 1."""
+def tanh(session: Session, x: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Shares of tanh(x) = 2 sigmoid(2x) - 1, left pending."""
     ops = _Ops(session)
-    return 2 * _sigmoid_shares(ops, 2 * x) - ops.const(1.0, x)
+    y, bits = _sigmoid_shares(ops, 2 * x)
+    return 2 * y - ops.const(1.0, y, ops.f + bits), bits
 
 
 def erf(session: Session, x: torch.Tensor) -> torch.Tensor:
@@ -405,13 +479,13 @@ def _shift_by_max(session: Session, x: torch.Tensor, dim: int) -> torch.Tensor:
     return (moved - top.unsqueeze(-1)).movedim(-1, dim)
 
 
-def softmax(session: Session, x: torch.Tensor, dim: int) -> torch.Tensor:
+def softmax(session: Session, x: torch.Tensor, dim: int) -> tuple[torch.Tensor, int]:
     """Shares of softmax along dim: exp(x - max) / sum (see ERROR_BOUNDS)."""
     ops = _Ops(session)
     e, bits = _exp_shares(ops, _shift_by_max(session, x, dim), EXP_WIDE_SQUARINGS)
     total = ops.settle((e.sum(dim, keepdim=True), bits))  # in [1, k]; rows elements to settle
-    inv = _reciprocal_shares(ops, total)
-    return ops.mul1((e, bits), inv.expand_as(e))
+    inv, inv_bits = _reciprocal_shares(ops, total)
+    return ops.lazy([((e, bits), (inv.expand_as(e), inv_bits))])[0]
 
 
 def log_softmax(session: Session, x: torch.Tensor, dim: int) -> torch.Tensor:

@@ -20,7 +20,7 @@ import torch
 
 from ..core.ring import bits_at
 from ..session import Session
-from ..providers.base import monomial_subsets
+from ..providers.base import bit_rows, monomial_subsets
 from .sharing import ride, take_riders
 
 WORD_BITS = 64
@@ -266,10 +266,11 @@ def bit_products(session: Session, bit: torch.Tensor,
     """(additive integer shares of an XOR-shared 0/1 bit, and of value_k * bit for each
     additively shared value), in one round: the B2A and the products by the bit at once.
 
-    Each value has the bit's shape, possibly with trailing dims over which the bit is
-    broadcast. With a fresh bit r (XOR-shared, and [r] additive) and masks a_k with
-    [r a_k] from the provider, open c = bit ^ r and e_k = value_k - a_k; then
-    [bit] = c + (1 - 2c) [r] and value_k * bit = c e_k + c [a_k] + (1 - 2c)(e_k [r] + [r a_k]).
+    Each value has the bit's shape, or fewer rows (it multiplies the bit's leading rows),
+    possibly with trailing dims over which the bit is broadcast. With a fresh bit r
+    (XOR-shared, and [r] additive) and masks a_k with [r a_k] from the provider, open
+    c = bit ^ r and e_k = value_k - a_k; then [bit] = c + (1 - 2c) [r] and
+    value_k * bit = c e_k + c [a_k] + (1 - 2c)(e_k [r] + [r a_k]).
     Bytes: ceil(numel / 8) + 8 * sum of the values' numel to each peer.
     """
     corr = session.provider.request("bit_product", shape=list(bit.shape),
@@ -283,10 +284,8 @@ def bit_products(session: Session, bit: torch.Tensor,
     bit_share = r_arith * (1 - 2 * c) + (c if session.rank == 0 else 0)
     products = []
     for v, a, ra, e in zip(values, masks, r_masks, opened):
-        cb = c.reshape(c.shape + (1,) * (v.dim() - c.dim()))
-        flip = 1 - 2 * cb
-        rb = r_arith.reshape(cb.shape)
-        z = cb * a + flip * (e * rb + ra)
+        cb, rb = bit_rows(c, tuple(v.shape)), bit_rows(r_arith, tuple(v.shape))
+        z = cb * a + (1 - 2 * cb) * (e * rb + ra)
         products.append(z + cb * e if session.rank == 0 else z)
     return bit_share, products
 

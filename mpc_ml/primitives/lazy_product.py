@@ -47,13 +47,13 @@ def lazy_products(session: Session, items: list[Item]) -> list[torch.Tensor]:
     broadcasting, all in one round; `y is x` with equal bits is a square.
 
     Rounds 1; bytes 8 * (n - 1) * sum(numel(x) + numel(y)) sent per party (numel(x) for
-    a square). Settled operands only: plain Beaver (beaver.py). Under
+    a square). Settled operands, none squared: plain Beaver (beaver.py). Under
     truncation='local' the pending operands are truncated locally first.
     """
     if session.config.truncation == "local":
         items = [(truncate_local(session, x, xb), 0, truncate_local(session, y, yb), 0)
                  for x, xb, y, yb in items]
-    if all(xb == 0 and yb == 0 for _, xb, _, yb in items):
+    if all(xb == 0 and yb == 0 and y is not x for x, xb, y, yb in items):
         return beaver_many(session, [("mul", x, y, {}) for x, _, y, _ in items])
     requests, masked = [], []
     for x, xb, y, yb in items:

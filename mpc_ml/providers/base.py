@@ -205,20 +205,34 @@ def _band_derive(p: dict, free: list[torch.Tensor]) -> list[torch.Tensor]:
 
 def _bit_product_shapes(p: dict) -> tuple[tuple, list[tuple]]:
     """(the bit's shape, the values' shapes), checked: each value's shape is the bit's,
-    possibly with trailing dims over which the bit is broadcast."""
+    possibly with fewer rows (it multiplies the leading rows of the bit) and with trailing
+    dims over which the bit is broadcast."""
     bit = tuple(p["shape"])
     values = [tuple(v) for v in p["value_shapes"]]
-    if not 1 <= len(values) <= MAX_MONOMIALS or any(v[:len(bit)] != bit for v in values):
-        raise ValueError(f"a bit_product multiplies 1..{MAX_MONOMIALS} values whose shapes start "
-                         f"with the bit's {list(bit)}, got {p['value_shapes']!r}")
+
+    def fits(v: tuple) -> bool:
+        if not bit:
+            return True
+        return len(v) >= len(bit) and v[0] <= bit[0] and v[1:len(bit)] == bit[1:]
+    if not 1 <= len(values) <= MAX_MONOMIALS or not all(fits(v) for v in values):
+        raise ValueError(f"a bit_product multiplies 1..{MAX_MONOMIALS} values shaped like the "
+                         f"bit {list(bit)} (or its leading rows), got {p['value_shapes']!r}")
     return bit, values
+
+
+def bit_rows(r: torch.Tensor, value_shape: tuple) -> torch.Tensor:
+    """The part of a bit tensor that multiplies a value of this shape (bit_product), shaped
+    to broadcast against it."""
+    if r.dim():
+        r = r[:value_shape[0]]
+    return r.reshape(r.shape + (1,) * (len(value_shape) - r.dim()))
 
 
 def _bit_product_derive(p: dict, free: list[torch.Tensor]) -> list[torch.Tensor]:
     """[r] for the low bit r of the XOR-shared word, then [r a_k] for each value's mask."""
-    bit, _ = _bit_product_shapes(p)
+    _bit_product_shapes(p)
     r = free[0] & 1
-    return [r] + [r.reshape(bit + (1,) * (a.dim() - len(bit))) * a for a in free[1:]]
+    return [r] + [bit_rows(r, tuple(a.shape)) * a for a in free[1:]]
 
 
 KINDS: dict[str, CorrelationKind] = {
