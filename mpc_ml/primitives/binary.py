@@ -20,7 +20,7 @@ import torch
 
 from ..core.ring import bits_at
 from ..session import Session
-from ..providers.base import bit_rows, monomial_subsets
+from ..providers.base import bit_rows, monomial_entry, monomial_subsets, shift_rows
 from .sharing import ride, take_riders
 
 WORD_BITS = 64
@@ -102,39 +102,50 @@ def and_many(session: Session, pairs: list[tuple[torch.Tensor, torch.Tensor]]) -
     return out
 
 
-def and_monomials(session: Session, inputs: list[torch.Tensor],
-                  monomials: list[tuple[int, ...]]) -> list[torch.Tensor]:
-    """XOR shares of the AND of inputs[i] over i in M, for each monomial M (a tuple of input
-    indices; inputs are XOR-shared words of one shape), all in one round.
+def and_monomials(session: Session, inputs: list[torch.Tensor], monomials: list[tuple],
+                  ones_outside: tuple[int, ...] = ()) -> list[torch.Tensor]:
+    """XOR shares of the AND of the monomial's inputs, for each monomial, all in one round.
+
+    A monomial is a tuple of entries: i (inputs[i]) or (i, s) (inputs[i] with its rows
+    shifted by s: row r reads row r - s, for inputs shaped (rows, words)); rows shifted in
+    from outside read as 0, or as 1 for the inputs in ones_outside. Inputs share one shape.
 
     Beaver's AND with more inputs (the extended triples of Ohata & Nuida, FC 2020; ABY2.0's
     multi-input gates, Patra et al. 2021): open e_i = x_i ^ a_i for a fresh uniform mask
-    a_i per input; with [a_S] = AND of a_i over S from the provider for every subset S of
-    two or more inputs of a monomial, AND_{i in M} x_i = XOR over S subset of M of
-    (AND_{i in M \\ S} e_i) & [a_S] ([a_{}] = all ones, held by party 0).
+    a_i per input; with [a_S] = AND of the (shifted) masks over S from the provider for
+    every subset S of two or more entries of a monomial, AND_{j in M} x_j = XOR over S
+    subset of M of (AND_{j in M \\ S} e_j) & [a_S] ([a_{}] = all ones, held by party 0).
     Rounds 1; bytes 8 * (n - 1) * len(inputs) * numel sent per party.
     """
     shape = inputs[0].shape
-    flat = [x.reshape(-1) for x in inputs]
-    monomials = [tuple(sorted(m)) for m in monomials]
-    corr = session.provider.request("band", shape=[flat[0].numel()], inputs=len(flat),
-                                    monomials=[list(m) for m in monomials])
+    rows = any(not isinstance(e, int) for m in monomials for e in m)
+    flat = [x if rows else x.reshape(-1) for x in inputs]
+    canon = [sorted(monomial_entry(e) for e in m) for m in monomials]
+    listed = [[i if s == 0 else [i, s] for i, s in m] for m in canon]
+    corr = session.provider.request("band", shape=list(flat[0].shape), inputs=len(flat),
+                                    monomials=listed)
     masks = [a.to(flat[0].device) for a in corr.free]
     opened = open_words(session, [x ^ a for x, a in zip(flat, masks)])
-    held = {(i,): a for i, a in enumerate(masks)}
-    held.update(zip(monomial_subsets([list(m) for m in monomials]),
-                    (d.to(flat[0].device) for d in corr.derived())))
+
+    def public(i: int, shift: int) -> torch.Tensor:
+        moved = shift_rows(opened[i], shift)
+        if i in ones_outside and shift:
+            moved = moved | ~shift_rows(torch.full_like(moved, -1), shift)
+        return moved
+    held = {((i, s),): shift_rows(a, s) for i, a in enumerate(masks)
+            for s in {s for m in canon for j, s in m if j == i}}
+    held.update(zip(monomial_subsets(listed), (d.to(flat[0].device) for d in corr.derived())))
     out = []
-    for mono in monomials:
+    for mono in canon:
         z = None
         for chosen in range(1 << len(mono)):
-            subset = tuple(i for j, i in enumerate(mono) if chosen >> j & 1)
+            subset = tuple(e for j, e in enumerate(mono) if chosen >> j & 1)
             if not subset and session.rank != 0:
                 continue
             term = held.get(subset)
-            for j, i in enumerate(mono):
+            for j, e in enumerate(mono):
                 if not chosen >> j & 1:
-                    term = opened[i] if term is None else term & opened[i]
+                    term = public(*e) if term is None else term & public(*e)
             z = term if z is None else z ^ term
         out.append((z if z is not None else torch.zeros_like(flat[0])).reshape(shape))
     return out
@@ -288,6 +299,39 @@ def bit_products(session: Session, bit: torch.Tensor,
         z = cb * a + (1 - 2 * cb) * (e * rb + ra)
         products.append(z + cb * e if session.rank == 0 else z)
     return bit_share, products
+
+
+def unslice(rows: torch.Tensor, numel: int) -> torch.Tensor:
+    """The words (flat, numel of them) of bit-sliced rows (64, W): _bit_slices undone (the
+    64x64 bit transpose of each block is its own inverse)."""
+    return _bit_slices(rows.t().reshape(-1)).t().reshape(-1)[:numel]
+
+
+def sliced_sum(session: Session, x: torch.Tensor) -> torch.Tensor:
+    """A2B in bit-sliced form: rows (64, ceil(m / 64)), row j packing bit j of the words
+    whose additive shares are x (flat, m elements), XOR-shared.
+
+    The carries are a radix-4 Kogge-Stone prefix on the rows: after the generate/propagate
+    round, level t combines, for every row r at once, the groups ending at rows r, r - t,
+    r - 2t and r - 3t: and_monomials of the two inputs G and P with row-shifted entries,
+    (P, (G, t)), (P, (P, t), (G, 2t)), (P, (P, t), (P, 2t), (G, 3t)) and the new propagate.
+    Each level opens 2 words per 64 elements and bit position: 16 bytes per element per
+    level, against 56 for whole words.
+    """
+    words = [held_by(session, x.reshape(-1), owner) for owner in range(session.world_size)]
+    u, v = reduce_to_two(session, words)
+    su, sv = _bit_slices(u), _bit_slices(v)
+    p = su ^ sv
+    (g,) = and_many(session, [(su, sv)])
+    prop = p
+    for t in SPANS:
+        monomials = [((0, t), 1), ((0, 2 * t), 1, (1, t)), ((0, 3 * t), 1, (1, t), (1, 2 * t))]
+        if t != SPANS[-1]:
+            monomials.append((1, (1, t), (1, 2 * t), (1, 3 * t)))
+        terms = and_monomials(session, [g, prop], monomials)
+        g = g ^ terms[0] ^ terms[1] ^ terms[2]
+        prop = terms[3] if t != SPANS[-1] else None
+    return p ^ shift_rows(g, 1)
 
 
 def _open_masked_bits(session: Session, word: torch.Tensor, positions: list[int]):

@@ -18,20 +18,38 @@ from __future__ import annotations
 import torch
 
 from ..session import Session
-from .binary import SPANS, WORD_BITS, a2b, and_monomials, b2a_weighted
+from ..providers.base import shift_rows
+from .binary import SPANS, WORD_BITS, a2b, and_monomials, b2a_weighted, sliced_sum, unslice
 
 SIGN_BIT = 63
+
+
+SLICED_FROM = 21
+"""Below 21 elements the whole-word adder and prefix OR (272 bytes per element) are
+cheaper than bit slices (5632 bytes per block of 64)."""
 
 
 def leading_bit_weighted(session: Session, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """Additive shares (..., k) of sum_j weights[j, k] * bit_j, where bits 0..62 are the
     one-hot leading bit of |x| and bit 63 is the sign of x (weights: public int64 (64, k))."""
-    w = a2b(session, x)
-    s = w ^ (w >> SIGN_BIT)  # bit 63 is now 0 in the shared value
     ones = -1 if session.rank == 0 else 0  # XOR with a public all-ones word: NOT
-    for t in SPANS:  # bit 63 of s is 0, so the arithmetic shifts are logical ones
-        (none,) = and_monomials(session, [(s >> (k * t)) ^ ones for k in range(4)], [(0, 1, 2, 3)])
+    if x.numel() < SLICED_FROM:
+        w = a2b(session, x)
+        s = w ^ (w >> SIGN_BIT)  # bit 63 is now 0 in the shared value
+        for t in SPANS:  # bit 63 of s is 0, so the arithmetic shifts are logical ones
+            (none,) = and_monomials(session, [(s >> (k * t)) ^ ones for k in range(4)], [(0, 1, 2, 3)])
+            s = none ^ ones
+        lead = s ^ (s >> 1)
+        word = lead ^ (w & torch.tensor(-(1 << 63), dtype=torch.int64, device=w.device))
+        return b2a_weighted(session, word, list(range(WORD_BITS)), weights)
+    rows = sliced_sum(session, x)
+    sign = rows[SIGN_BIT]
+    s = torch.cat([rows[:SIGN_BIT] ^ sign, torch.zeros_like(rows[SIGN_BIT:])])  # |x| - 1 for x < 0
+    for t in SPANS:  # suffix OR: row r |= rows r + t, r + 2t, r + 3t (rows past 63 are 0)
+        (none,) = and_monomials(session, [s ^ ones], [((0, -3 * t), (0, -2 * t), (0, -t), 0)],
+                                ones_outside=(0,))
         s = none ^ ones
-    lead = s ^ (s >> 1)
-    word = lead ^ (w & torch.tensor(-(1 << 63), dtype=torch.int64, device=w.device))
+    lead = s ^ shift_rows(s, -1)
+    lead[SIGN_BIT] = sign
+    word = unslice(lead, x.numel()).reshape(x.shape)
     return b2a_weighted(session, word, list(range(WORD_BITS)), weights)

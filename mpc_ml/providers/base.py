@@ -160,14 +160,39 @@ MAX_MONOMIAL_DEGREE = 5
 MAX_MONOMIALS = 8
 
 
-def monomial_subsets(monomials: list) -> list[tuple[int, ...]]:
-    """The subsets of two or more inputs of any of the monomials, in (size, indices) order:
-    the mask products a `band` correlation holds (primitives/binary.and_monomials)."""
+def monomial_entry(entry) -> tuple[int, int]:
+    """(input, row shift) of a monomial's entry: i (input i) or [i, s] (input i with its
+    rows shifted by s: row r reads row r - s, and rows outside read as zero)."""
+    return (entry, 0) if isinstance(entry, int) else (entry[0], entry[1])
+
+
+def monomial_subsets(monomials: list) -> list[tuple[tuple[int, int], ...]]:
+    """The subsets of two or more entries of any of the monomials, as sorted tuples of
+    (input, shift), in (size, entries) order: the mask products a `band` holds
+    (primitives/binary.and_monomials)."""
     out = set()
     for mono in monomials:
-        for k in range(2, len(mono) + 1):
-            out.update(itertools.combinations(sorted(mono), k))
+        entries = sorted(monomial_entry(e) for e in mono)
+        for k in range(2, len(entries) + 1):
+            out.update(itertools.combinations(entries, k))
     return sorted(out, key=lambda s: (len(s), s))
+
+
+def shift_rows(t: torch.Tensor, shift: int) -> torch.Tensor:
+    """Rows of t moved by shift (row r of the result is row r - shift of t), zero-filled."""
+    if shift == 0:
+        return t
+    out = torch.zeros_like(t)
+    if abs(shift) < t.shape[0]:
+        if shift > 0:
+            out[shift:] = t[:-shift]
+        else:
+            out[:shift] = t[-shift:]
+    return out
+
+
+def _is_index(v, bound: int) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and 0 <= v < bound
 
 
 def _band_params(p: dict) -> dict:
@@ -175,30 +200,39 @@ def _band_params(p: dict) -> dict:
     inputs, monomials, shape = p["inputs"], p["monomials"], p["shape"]
     if not isinstance(inputs, int) or isinstance(inputs, bool) or not 1 <= inputs <= MAX_MONOMIAL_INPUTS:
         raise ValueError(f"a band's inputs is an integer in 1..{MAX_MONOMIAL_INPUTS}, got {inputs!r}")
+    if not isinstance(shape, list) or len(shape) not in (1, 2) \
+            or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+        raise ValueError(f"a band's shape is [words] or [rows, words], got {shape!r}")
     if not isinstance(monomials, list) or not 1 <= len(monomials) <= MAX_MONOMIALS:
         raise ValueError(f"a band has 1..{MAX_MONOMIALS} monomials, got {monomials!r}")
+    rows = shape[0] if len(shape) == 2 else 1
     used = set()
     for mono in monomials:
-        if (not isinstance(mono, list) or not 1 <= len(mono) <= MAX_MONOMIAL_DEGREE
-                or any(not isinstance(i, int) or isinstance(i, bool) or not 0 <= i < inputs for i in mono)
-                or sorted(set(mono)) != mono):
+        def valid(e) -> bool:
+            if _is_index(e, inputs):
+                return True
+            return (isinstance(e, list) and len(e) == 2 and _is_index(e[0], inputs)
+                    and isinstance(e[1], int) and not isinstance(e[1], bool)
+                    and e[1] != 0 and abs(e[1]) < rows)
+        ok = isinstance(mono, list) and 1 <= len(mono) <= MAX_MONOMIAL_DEGREE and all(map(valid, mono))
+        entries = [monomial_entry(e) for e in mono] if ok else []
+        if not ok or entries != sorted(set(entries)):
             raise ValueError(f"a band's monomial is a sorted list of 1..{MAX_MONOMIAL_DEGREE} "
-                             f"distinct input indices below {inputs}, got {mono!r}")
-        used.update(mono)
+                             f"distinct entries, each an input index below {inputs} or [index, "
+                             f"row shift] (0 < |shift| < {rows} rows), got {mono!r}")
+        used.update(i for i, _ in entries)
     if len(used) != inputs:
         raise ValueError(f"every input of a band is in some monomial; unused: {sorted(set(range(inputs)) - used)}")
-    if not isinstance(shape, list) or len(shape) != 1 or not isinstance(shape[0], int) \
-            or isinstance(shape[0], bool) or shape[0] < 0:
-        raise ValueError(f"a band's shape is [words], got {shape!r}")
     return p
 
 
 def _band_derive(p: dict, free: list[torch.Tensor]) -> list[torch.Tensor]:
     out = []
     for subset in monomial_subsets(p["monomials"]):
-        acc = free[subset[0]]
-        for i in subset[1:]:
-            acc = acc & free[i]
+        acc = None
+        for i, shift in subset:
+            term = shift_rows(free[i], shift)
+            acc = term if acc is None else acc & term
         out.append(acc)
     return out
 
@@ -266,7 +300,7 @@ KINDS: dict[str, CorrelationKind] = {
         derive=lambda p, free: [free[0] & free[1]],
         free_xor=(True, True), derived_xor=(True,)),
     # Multi-input AND (primitives/binary.and_monomials): one uniform XOR-shared mask per
-    # input; the AND of the masks of every subset (two or more) of a monomial.
+    # input; the AND of the (row-shifted) masks of every subset (two or more) of a monomial.
     "band": CorrelationKind(
         free=lambda p: [tuple(_band_params(p)["shape"])] * p["inputs"],
         derived=lambda p: [tuple(_band_params(p)["shape"])] * len(monomial_subsets(p["monomials"])),
