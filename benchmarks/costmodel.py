@@ -17,22 +17,23 @@ import torch
 from mpc_ml.core.specs import derive_sizes, evaluate_table, load_spec
 
 
-def _tree_words(m: int) -> int:
-    """Words ltz on m elements ANDs after its carry-save reduction (comparison.toml)."""
-    return 12 * m if m < 16 else 186 * ((m + 63) // 64)
+def _tree_open_words(m: int) -> int:
+    """Words msb on m elements opens after its carry-save reduction (comparison.toml's
+    tree_open_words: 22 per element below 13 elements, else 272 per 64)."""
+    return 22 * m if m < 13 else 272 * ((m + 63) // 64)
 
 
 def _tournament(rows: int, k: int) -> dict:
-    """levels, bit_bytes and tree_words_levels of the max tournament along a dim of k."""
+    """levels, bit_bytes and tree_open_words_levels of the max tournament along a dim of k."""
     levels = bit_bytes = words = 0
     length = k
     while length > 1:
         pairs = length // 2
         levels += 1
         bit_bytes += (rows * pairs + 7) // 8
-        words += _tree_words(rows * pairs)
+        words += _tree_open_words(rows * pairs)
         length -= pairs
-    return {"levels": levels, "bit_bytes": bit_bytes, "tree_words_levels": words}
+    return {"levels": levels, "bit_bytes": bit_bytes, "tree_open_words_levels": words}
 
 
 def _mul(x, y) -> dict:

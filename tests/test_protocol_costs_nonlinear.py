@@ -12,6 +12,7 @@ threads sharing torch's global RNG in the inproc backend).
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 import operator
 import re
@@ -26,8 +27,9 @@ from helpers import enc as share
 from helpers import gen, measured, on_matrix, randn, request_bytes, rounded
 from mpc_ml.primitives.approximations import ERROR_BOUNDS
 from mpc_ml.core.encoding import encode
-from mpc_ml.primitives import (a2b, and_many, b2a, b2a_bits, binary_add, ltz, max_along_last,
-                               max_one_hot, open_bits, open_words, relu, reveal)
+from mpc_ml.primitives import (a2b, and_many, and_monomials, b2a, b2a_bits, binary_add,
+                               bit_products, ltz, max_along_last, max_one_hot, open_bits,
+                               open_words, relu, reveal)
 from mpc_ml.primitives.binary import SLICED_FROM, held_by, reduce_to_two
 from mpc_ml.session import current
 from mpc_ml.core.specs import derive_sizes, evaluate, evaluate_fraction, evaluate_table, load_spec
@@ -35,9 +37,16 @@ from mpc_ml.core.specs import derive_sizes, evaluate, evaluate_fraction, evaluat
 F_BITS = 16
 SIGN_POSITION = [63]
 LTZ_POSITION = [0]  # ltz converts msb's unsliced bit, held at position 0 of a word
-# The carry tree of msb (comparison.toml): btriple requests of these many sliced words,
-# per word per bit position (w = ceil(m / 64)), one per level; 186 in all.
-TREE_WORDS = (63, 62, 32, 16, 8, 4, 1)
+# The fan-in-4 carry operator (a2b.toml, comparison.toml): the monomials of one
+# and_monomials over the inputs P0 P1 P2 P3 G0 G1 G2 (G's three terms, then P), and over
+# P1 P2 P3 G0 G1 G2 at the last level, where P is not needed.
+COMBINE = [[3, 6], [2, 3, 5], [1, 2, 3, 4], [0, 1, 2, 3]]
+COMBINE_LAST = [[2, 5], [1, 2, 4], [0, 1, 2, 3]]
+# msb's rounds after the carry-save reduction: (kind, monomials or None, words per input
+# per sliced word w): the generate bits of 63 positions, then levels on 64 -> 16 -> 4 -> 1
+# groups; on fewer than SLICED_FROM elements each round has m words per input instead.
+CARRY_TREE = (("btriple", None, 63), ("band", COMBINE, 16), ("band", COMBINE, 4),
+              ("band", COMBINE_LAST, 1))
 
 
 # -- helpers -------------------------------------------------------------------------------
@@ -72,31 +81,72 @@ def sum_all(shares) -> torch.Tensor:
     return functools.reduce(operator.add, shares)
 
 
+def entries(mono) -> list[tuple[int, int]]:
+    """A monomial's entries as sorted (input, row shift): i is (i, 0)."""
+    return sorted((e, 0) if isinstance(e, int) else tuple(e) for e in mono)
+
+
+def listed(monomials) -> list[list]:
+    """Monomials as a band request lists them: sorted entries, i or [i, shift]."""
+    return [[i if sh == 0 else [i, sh] for i, sh in entries(m)] for m in monomials]
+
+
+def subset_count(monomials) -> int:
+    """Sets of two or more entries inside some monomial: the band's derived components."""
+    return len({s for mono in monomials for k in range(2, len(mono) + 1)
+                for s in itertools.combinations(entries(mono), k)})
+
+
+def band_bytes(monomials, numel: int) -> int:
+    """Length of the band request of and_monomials over these monomials' inputs (plain
+    indices, on flat words)."""
+    inputs = 1 + max(i for mono in monomials for i in mono)
+    return request_bytes("band", inputs=inputs, monomials=listed(monomials), shape=[numel])
+
+
 def btriple_bytes(m: int) -> dict:
-    """The A2B's AND batches' request lengths for m converted elements."""
+    """The A2B's request lengths for m converted elements: its triples, and the bands of
+    the carry operator with and without the propagate."""
     return dict(btriple_request_bytes_1=request_bytes("btriple", shape=[m]),
-                btriple_request_bytes_2=request_bytes("btriple", shape=[2 * m]))
+                band_request_bytes_7=band_bytes(COMBINE, m),
+                band_request_bytes_6=band_bytes(COMBINE_LAST, m))
 
 
-def tree_words(m: int) -> int:
-    """Words ANDed by ltz on m elements after the carry-save reduction: the whole-word
-    adder's 12 per element below SLICED_FROM, else the sliced carry tree's 186 per 64."""
-    return 12 * m if m < SLICED_FROM else sum(TREE_WORDS) * ((m + 63) // 64)
+def carry_tree(m: int) -> list[tuple[str, list | None, int]]:
+    """msb's AND rounds on m elements after the carry-save reduction: (kind, monomials,
+    words per input), sliced (w = ceil(m / 64)) from SLICED_FROM elements on, else the
+    carries of whole words (m per input, the same kinds and monomials)."""
+    w = (m + 63) // 64
+    return [(kind, monos, c * w if m >= SLICED_FROM else m) for kind, monos, c in CARRY_TREE]
+
+
+def tree_open_words(m: int) -> int:
+    """Words msb on m elements opens after the carry-save reduction: 2 per ANDed word, one
+    per input of each band: 22 per element below SLICED_FROM, else 272 per 64."""
+    return sum(2 * s if kind == "btriple" else (1 + max(map(max, monos))) * s
+               for kind, monos, s in carry_tree(m))
+
+
+def tree_dealer_words(m: int) -> int:
+    """Words of the dealer's corrections for msb on m elements after the carry-save
+    reduction: one per ANDed word, one per subset product per band word (60 per element
+    below SLICED_FROM, else 518 per 64)."""
+    return sum(s if kind == "btriple" else subset_count(monos) * s
+               for kind, monos, s in carry_tree(m))
 
 
 def ltz_request_bytes(m: int) -> dict:
-    """The AND requests of ltz on m elements: one [m] per carry-save level, then the carry
-    tree's seven on w = ceil(m / 64) sliced words per bit position (summed), or for small
-    m the whole-word adder's seven ([m], five [2 m], [m])."""
-    w = (m + 63) // 64
-    shapes = [c * w for c in TREE_WORDS] if m >= SLICED_FROM else [m] + [2 * m] * 5 + [m]
+    """The AND requests of msb on m elements: one [m] per carry-save level, then the carry
+    tree's four (a btriple and three bands; summed)."""
     return dict(btriple_request_bytes_1=request_bytes("btriple", shape=[m]),
-                tree_request_bytes=sum(request_bytes("btriple", shape=[s]) for s in shapes))
+                tree_request_bytes=sum(request_bytes("btriple", shape=[s]) if kind == "btriple"
+                                       else band_bytes(monos, s)
+                                       for kind, monos, s in carry_tree(m)))
 
 
-def mul_triple_bytes(a_shape, b_shape=None) -> int:
-    return request_bytes("triple", op="mul", a_shape=list(a_shape),
-                         b_shape=list(a_shape if b_shape is None else b_shape), kwargs={})
+def bit_product_bytes(shape, value_shapes) -> int:
+    return request_bytes("bit_product", shape=list(shape),
+                         value_shapes=[list(v) for v in value_shapes])
 
 
 def dabits_bytes(shape, positions=SIGN_POSITION) -> int:
@@ -137,8 +187,9 @@ def csa_from_table(spec: dict, n: int) -> int:
 
 # -- the spec files ------------------------------------------------------------------------------
 SPEC_NAMES = ("and", "a2b", "b2a", "comparison", "approximations")
-REQUIRED_REFERENCES = {"and": ["Beaver"], "a2b": ["Kogge", "ABY"], "b2a": ["daBits"],
-                       "comparison": ["ABY", "CrypTen"],
+REQUIRED_REFERENCES = {"and": ["Beaver", "Ohata", "ABY2.0"], "a2b": ["Kogge", "ABY"],
+                       "b2a": ["daBits", "bit injection"],
+                       "comparison": ["ABY", "CrypTen", "Brent", "Ohata", "ABY2.0"],
                        "approximations": ["CrypTen", "Catrina", "Abramowitz"]}
 FUNCTIONS = ("exp", "reciprocal", "inv_sqrt", "sqrt", "log", "sigmoid", "tanh", "erf", "gelu",
              "softmax", "log_softmax")
@@ -245,7 +296,60 @@ def test_and_xor_and_openings(inproc_matrix):
             assert torch.equal(xor_all([res[0][c][2][i] for res in results]), x ^ y)
 
 
-# -- A2B (carry-save + Kogge-Stone), B2A ----------------------------------------------------------
+# (number of inputs, their shape, monomials): unsorted and degree-1 monomials, degree 5, the
+# carry operator's two bands, the prefix OR's one 4-input monomial, and entries (i, s) of
+# inputs with their rows shifted by s (rows, words inputs; the same input at two shifts)
+MONOMIAL_CALLS = [(6, (3, 7), [(1, 0), (3, 2, 1), (0, 2, 3, 4, 5), (4,)]),
+                  (7, (130,), [tuple(m) for m in COMBINE]),
+                  (6, (2, 9), [tuple(m) for m in COMBINE_LAST]),
+                  (4, (2, 2, 5), [(0, 1, 2, 3)]),
+                  (2, (6, 3), [((0, 1), 1), ((0, 2), 1, (1, 1)), (0, (1, -2), (1, 3))])]
+
+
+def shifted(x: torch.Tensor, shift: int) -> torch.Tensor:
+    """Rows of x moved by shift (row r reads row r - shift), zero-filled."""
+    out = torch.zeros_like(x)
+    if shift >= 0:
+        out[shift:] = x[:x.shape[0] - shift]
+    else:
+        out[:shift] = x[-shift:]
+    return out
+
+
+def test_and_monomials(inproc_matrix):
+    n, provider = inproc_matrix.n, inproc_matrix.provider
+    spec = load_spec("and")
+    section = spec["and_monomials"]
+    values = [[words(1000 + 10 * c + i, *shape) for i in range(k)]
+              for c, (k, shape, _) in enumerate(MONOMIAL_CALLS)]
+    sh = [[xor_shares(x, n, 1100 + 10 * c + i) for i, x in enumerate(xs)]
+          for c, xs in enumerate(values)]
+
+    def party():
+        session, r = current(), mpc.rank()
+        return [measured(lambda: and_monomials(session, [x[r] for x in shares], monos))
+                for shares, (_, _, monos) in zip(sh, MONOMIAL_CALLS)]
+
+    results = inproc_matrix.run(party)
+    for rank, records in enumerate(results):
+        kw = dict(n=n, rank=rank, provider=provider)
+        for (k, shape, monos), (z, stats) in zip(MONOMIAL_CALLS, records):
+            numel = math.prod(shape)
+            rows = any(not isinstance(e, int) for m in monos for e in m)
+            assert_costs(stats, spec, section, f"and_monomials {k} x {shape} {monos}",
+                         numel=numel, inputs=k, subsets=subset_count(monos),
+                         band_request_bytes=request_bytes(
+                             "band", inputs=k, monomials=listed(monos),
+                             shape=list(shape) if rows else [numel]), **kw)
+            assert len(z) == len(monos) and all(t.shape == shape for t in z)
+    assert subset_count(COMBINE) == 22 and subset_count(COMBINE_LAST) == 15
+    for c, (xs, (_, _, monos)) in enumerate(zip(values, MONOMIAL_CALLS)):
+        for j, mono in enumerate(monos):
+            want = functools.reduce(operator.and_, [shifted(xs[i], sh) for i, sh in entries(mono)])
+            assert torch.equal(xor_all([res[c][0][j] for res in results]), want), (c, mono)
+
+
+# -- A2B (carry-save + radix-4 Kogge-Stone), B2A, bit_products --------------------------------------
 EDGE_WORDS = torch.tensor([0, 1, -1, 2 ** 63 - 1, -2 ** 63, 2 ** 62, -2 ** 62, 12345],
                           dtype=torch.int64)
 A2B_VALUES = [words(700, 2, 3), torch.cat([EDGE_WORDS, words(701, 9)])]
@@ -308,6 +412,47 @@ def test_a2b_adders_and_b2a(inproc_matrix):
         assert torch.equal(u2 + v2, value), "reduce_to_two keeps the sum"
 
 
+# (the bit's shape, the values' shapes): values of the bit's shape, broadcast over trailing
+# dims, or covering only the bit's leading rows
+BIT_PRODUCT_CALLS = [((3, 5), [(3, 5), (3, 5, 4)]), ((70,), [(70,)]), ((2, 1), [(2, 1, 3)]),
+                     ((4, 3), [(4, 3), (2, 3, 2)])]
+
+
+def test_bit_products(inproc_matrix):
+    n, provider = inproc_matrix.n, inproc_matrix.provider
+    spec = load_spec("b2a")
+    section = spec["bit_products"]
+    bits = [torch.randint(0, 2, shape, generator=gen(1200 + c))
+            for c, (shape, _) in enumerate(BIT_PRODUCT_CALLS)]
+    bit_sh = [[torch.randint(0, 2, b.shape, generator=gen(1210 + 10 * c + i)) for i in range(n - 1)]
+              for c, b in enumerate(bits)]
+    bit_sh = [parts + [xor_all(parts + [b])] for parts, b in zip(bit_sh, bits)]
+    values = [[words(1300 + 10 * c + i, *v) for i, v in enumerate(shapes)]
+              for c, (_, shapes) in enumerate(BIT_PRODUCT_CALLS)]
+    val_sh = [[add_shares(v, n, 1400 + 10 * c + i) for i, v in enumerate(vs)]
+              for c, vs in enumerate(values)]
+
+    def party():
+        session, r = current(), mpc.rank()
+        return [measured(lambda: bit_products(session, bs[r], [v[r] for v in vs]))
+                for bs, vs in zip(bit_sh, val_sh)]
+
+    results = inproc_matrix.run(party)
+    for rank, records in enumerate(results):
+        kw = dict(n=n, rank=rank, provider=provider)
+        for (shape, shapes), ((_, products), stats) in zip(BIT_PRODUCT_CALLS, records):
+            assert_costs(stats, spec, section, f"bit_products {shape} x {shapes}",
+                         numel=math.prod(shape), values_numel=sum(map(math.prod, shapes)),
+                         bit_product_request_bytes=bit_product_bytes(shape, shapes), **kw)
+            assert [tuple(p.shape) for p in products] == shapes
+    for c, (b, vs) in enumerate(zip(bits, values)):
+        assert torch.equal(sum_all([res[c][0][0] for res in results]), b), "the bit's B2A"
+        for j, v in enumerate(vs):
+            rows = b[:v.shape[0]]
+            want = v * rows.reshape(rows.shape + (1,) * (v.dim() - b.dim()))  # mod 2^64
+            assert torch.equal(sum_all([res[c][0][1][j] for res in results]), want), (c, j)
+
+
 @pytest.mark.parametrize("n", (5, 6, 7))
 def test_carry_save_depth_beyond_four_parties(n):
     """The csa_rounds table where it departs from n - 2 (tfp; values checked too)."""
@@ -323,9 +468,9 @@ def test_carry_save_depth_beyond_four_parties(n):
     csa = csa_from_table(spec, n)
     numel = value.numel()
     for rank, (_, stats) in enumerate(results):
-        assert stats == {"rounds": csa + 7, "bytes_sent": 16 * (n - 1) * (n + 10) * numel,
-                         "bytes_received": 16 * (n - 1) * (n + 10) * numel,
-                         "messages": (n - 1) * (csa + 7)}, (n, rank, stats)
+        assert stats == {"rounds": csa + 4, "bytes_sent": 16 * (n - 1) * (n + 9) * numel,
+                         "bytes_received": 16 * (n - 1) * (n + 9) * numel,
+                         "messages": (n - 1) * (csa + 4)}, (n, rank, stats)
     assert torch.equal(xor_all([x for x, _ in results]), value)
 
 
@@ -345,11 +490,15 @@ def comparison_sizes(kind: str, shape, paired: bool = False) -> dict:
     shape = list(shape)
     cmp_shape = [2] + shape if paired else shape
     m = math.prod(cmp_shape)
-    sizes = dict(numel=math.prod(shape), dabits_request_bytes=dabits_bytes(cmp_shape, LTZ_POSITION),
-                 **ltz_request_bytes(m))
-    if kind in ("relu", "clamp"):
-        sizes["triple_request_bytes"] = mul_triple_bytes(cmp_shape)
+    sizes = dict(numel=math.prod(shape), **ltz_request_bytes(m))
+    if kind in ("relu", "clamp"):  # ltz_times: the bit and one value of its shape
+        sizes["bit_product_request_bytes"] = bit_product_bytes(cmp_shape, [cmp_shape])
+    else:
+        sizes["dabits_request_bytes"] = dabits_bytes(cmp_shape, LTZ_POSITION)
     return sizes
+
+
+EDGE_COUNTS = (SLICED_FROM - 1, SLICED_FROM)
 
 
 def test_comparisons(inproc_matrix):
@@ -397,15 +546,24 @@ def test_comparisons(inproc_matrix):
         wide_relu, s_wide_relu = measured(lambda: q.relu())
         u, v = share(eq_a, 0), share(eq_b, 1)
         same, s_eq = measured(lambda: u == v)
+        edges = []  # either side of SLICED_FROM: whole words, then sliced words
+        for m in EDGE_COUNTS:
+            e = share(wide[:m], 0)
+            edge_bit, s_edge = measured(lambda: ltz(session, e.share))
+            edges.append((s_edge, reveal(session, edge_bit)))
         return (out, (s_ltz, reveal(session, bit)), (s_relu, reveal(session, r)),
                 (s_wide, reveal(session, wide_bit), s_wide_relu, wide_relu.decrypt(),
-                 s_eq, same.decrypt()))
+                 s_eq, same.decrypt()), edges)
 
     enc = encode(prim, F_BITS)
     enc_wide = encode(wide, F_BITS)
-    for rank, (records, (s_ltz, bit), (s_relu, r), wide_out) in enumerate(
+    for rank, (records, (s_ltz, bit), (s_relu, r), wide_out, edges) in enumerate(
             inproc_matrix.run(party)):
         kw = dict(n=n, rank=rank, provider=provider)
+        for m, (stats, edge_bit) in zip(EDGE_COUNTS, edges):
+            assert_costs(stats, spec, spec["ltz"], f"ltz of {m}", **kw,
+                         **comparison_sizes("ltz", (m,)))
+            assert torch.equal(edge_bit, (enc_wide[:m] < 0).long()), f"ltz of {m}"
         s_wide, wide_bit, s_wide_relu, wide_relu, s_eq, same = wide_out
         assert_costs(s_wide, spec, spec["ltz"], "ltz of 130", **kw,
                      **comparison_sizes("ltz", wide.shape))
@@ -430,33 +588,34 @@ def test_comparisons(inproc_matrix):
 
 # -- tournament max --------------------------------------------------------------------------------
 def level_sizes(batch, length: int, k: int, selected: int, hot: bool = False) -> dict:
-    """Sizes of one tournament level on a (*batch, length) tensor, request lengths included."""
+    """Sizes of one tournament level on a (*batch, length) tensor, request lengths included:
+    its bit_product carries `selected` values of the pairs' shape, or (one-hot) the values
+    and the masks (..., pairs, k)."""
     shape = [*batch, length // 2]
-    sizes = dict(rows=math.prod(batch), length=length, k=k, selected=selected,
-                 dabits_request_bytes=dabits_bytes(shape, LTZ_POSITION),
-                 triple_request_bytes=mul_triple_bytes(shape), **ltz_request_bytes(math.prod(shape)))
-    if hot:
-        sizes["hot_triple_request_bytes"] = mul_triple_bytes([*shape, k], [*shape, 1])
-    return sizes
+    value_shapes = [shape, [*shape, k]] if hot else [shape] * selected
+    return dict(rows=math.prod(batch), length=length, k=k, selected=selected,
+                bit_product_request_bytes=bit_product_bytes(shape, value_shapes),
+                **ltz_request_bytes(math.prod(shape)))
 
 
 def tournament(spec: dict, section: dict, batch, k: int, selected: int, n: int,
                hot: bool = False) -> dict:
     """Sizes of [max_along_last.total] / [max_one_hot.total], from the per-level section
     (whose dealer formula gives the request bytes of each level)."""
-    levels, bit_bytes, words_levels, dealer_bytes, length = 0, 0, 0, 0, k
+    levels, bit_bytes, open_levels, dealer_words, dealer_bytes, length = 0, 0, 0, 0, 0, k
     level = section["level"]
     while length > 1:
         sizes = spec_sizes(spec, level, n, **level_sizes(batch, length, k, selected, hot))
         bit_bytes += (sizes["m"] + 7) // 8
-        words_levels += tree_words(sizes["m"])
+        open_levels += tree_open_words(sizes["m"])
+        dealer_words += tree_dealer_words(sizes["m"])
         dealer_bytes += evaluate(level["dealer"]["correction_party"]["dealer_bytes_sent"], **sizes)
         levels += 1
         length = (length + 1) // 2
     assert levels == (math.ceil(math.log2(k)) if k > 1 else 0)
     return dict(rows=math.prod(batch), k=k, selected=selected, levels=levels,
-                bit_bytes=bit_bytes, tree_words_levels=words_levels,
-                dealer_request_bytes_levels=dealer_bytes)
+                bit_bytes=bit_bytes, tree_open_words_levels=open_levels,
+                tree_dealer_words_levels=dealer_words, dealer_request_bytes_levels=dealer_bytes)
 
 
 MAX_CASES = [((3, 2), True), ((2, 5), True), ((4, 1, 8), False), ((3, 1), True), ((7,), False)]
