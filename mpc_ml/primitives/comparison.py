@@ -19,7 +19,8 @@ import torch
 
 from ..session import Session
 from .beaver import beaver_many
-from .binary import b2a_bits, bit_products, msb
+from ..providers.base import MAX_MONOMIAL_DEGREE
+from .binary import and_monomials, b2a_bits, bit_products, msb
 from .fss import ltz_fss
 
 Value = torch.Tensor | Callable[[], torch.Tensor]
@@ -122,3 +123,42 @@ def max_one_hot(session: Session, x: torch.Tensor) -> tuple[torch.Tensor, torch.
             hots = torch.cat([hots, hot[..., m:, :]], -2)
         x, hot = vals, hots
     return x[..., 0], hot[..., 0, :]
+
+
+ALL_PAIRS_UP_TO = 10
+"""max_all_pairs serves a last dim of at most this many elements (k (k - 1) / 2 comparisons)."""
+
+
+def and_all(session: Session, words: list[torch.Tensor]) -> torch.Tensor:
+    """The AND of XOR-shared words (equal shapes): ceil(log5(len)) rounds of 5-input ANDs."""
+    while len(words) > 1:
+        groups = [words[i:i + MAX_MONOMIAL_DEGREE] for i in range(0, len(words), MAX_MONOMIAL_DEGREE)]
+        inputs = [w for g in groups for w in g]
+        starts = [sum(len(g) for g in groups[:i]) for i in range(len(groups))]
+        monomials = [tuple(range(a, a + len(g))) for a, g in zip(starts, groups)]
+        words = and_monomials(session, inputs, monomials)
+    return words[0]
+
+
+def max_all_pairs(session: Session, x: torch.Tensor) -> torch.Tensor:
+    """Max over a short last dim (k <= ALL_PAIRS_UP_TO) in 1 comparison depth instead of
+    ceil(log2 k): all k (k - 1) / 2 differences in one msb; candidate i wins when it beats
+    every j < i strictly and ties or beats every j > i (so the first maximum wins, as in
+    torch): the AND of its k - 1 oriented bits (and_all), one-hot; then one bit_products
+    round gives sum_i win_i x_i. Rounds for n = 2: 4 + ceil(log5(k - 1)) + 1."""
+    k = x.shape[-1]
+    if not 1 <= k <= ALL_PAIRS_UP_TO:
+        raise ValueError(f"max_all_pairs: last dim {k} is not in 1..{ALL_PAIRS_UP_TO}")
+    if k == 1:
+        return x[..., 0]
+    pairs = [(i, j) for i in range(k) for j in range(i + 1, k)]
+    left = torch.tensor([i for i, _ in pairs], device=x.device)
+    right = torch.tensor([j for _, j in pairs], device=x.device)
+    below = msb(session, x[..., left] - x[..., right])  # [x_i < x_j] for i < j
+    ones = 1 if session.rank == 0 else 0
+    column = {pair: c for c, pair in enumerate(pairs)}
+    beats = [[below[..., column[(j, i)]] if j < i else below[..., column[(i, j)]] ^ ones
+              for j in range(k) if j != i] for i in range(k)]
+    wins = and_all(session, [torch.stack([beats[i][m] for i in range(k)], -1) for m in range(k - 1)])
+    _, (chosen,) = bit_products(session, wins, [x])
+    return chosen.sum(-1)

@@ -280,7 +280,13 @@ def _softmax(node, out, g):
 
 @gradient(Op.LOG_SOFTMAX)
 def _log_softmax(node, out, g):
-    dim = node.ctx["dim"]
-    return (g - out._exp_wide() * g.sum(dim, keepdim=True),)  # out <= 0, possibly far below -80
+    dim, probs = node.ctx["dim"], node.ctx.get("probs")
+    # softmax from the forward's pieces (one round), or exp of out (<= 0, maybe far below -80)
+    if probs is None:
+        p = out._exp_wide()
+    else:
+        share, bits = probs()
+        p = out._new(share, pending=bits)
+    return (g - p * g.sum(dim, keepdim=True),)
 
 

@@ -561,7 +561,9 @@ class MPCTensor:
 
     def log_softmax(self, dim: int) -> "MPCTensor":
         """log(softmax(dim))."""
-        return self._approximation(Op.LOG_SOFTMAX, dim=dim)
+        share, pending, probs = approximations.log_softmax_parts(self.session, self.share, dim)
+        return record(Op.LOG_SOFTMAX, self._new(share, pending=pending), (self,), dim=dim,
+                      probs=probs)
 
     # -- operators ---------------------------------------------------------------------
     def __lt__(self, other: MPCTensor | Public) -> MPCTensor: return self.lt(other)
