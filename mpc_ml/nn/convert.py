@@ -99,12 +99,53 @@ _METHODS = {"view", "reshape", "flatten", "relu", "sigmoid", "tanh", "size", "di
             "chunk", "split", "narrow", "clone"}
 
 
+def _is_relu(node: torch.fx.Node, module: torch.nn.Module) -> bool:
+    if node.op == "call_module":
+        return type(module.get_submodule(node.target)) is torch.nn.ReLU
+    return ((node.op == "call_function" and node.target in (torch.relu, TF.relu)
+             and not node.kwargs.get("inplace")) or (node.op == "call_method" and node.target == "relu"))
+
+
+def _is_max_pool(node: torch.fx.Node, module: torch.nn.Module) -> bool:
+    if node.op == "call_module":
+        return type(module.get_submodule(node.target)) is torch.nn.MaxPool2d
+    return node.op == "call_function" and node.target is TF.max_pool2d
+
+
+def _relus_into_pools(graph: torch.fx.Graph, module: torch.nn.Module) -> set[str]:
+    """The ReLU nodes whose only use is as the input of a MaxPool2d: those two run as one
+    relu_max_pool2d (max(relu(x)) over a window is the max of the window and 0), in one
+    comparison depth instead of two."""
+    return {node.name for node in graph.nodes if _is_relu(node, module) and len(node.users) == 1
+            and _is_max_pool(next(iter(node.users)), module)
+            and next(iter(node.users)).args[:1] == (node,)}
+
+
+class _ReluOf:
+    """A ReLU left for the MaxPool2d that is its only use (relu_max_pool2d)."""
+
+    def __init__(self, x):
+        self.x = x
+
+
+def _pool_of_relu(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
+                  return_indices=False):
+    """max_pool2d's arguments, input a _ReluOf."""
+    x = input.x
+    if return_indices:
+        raise ValueError("max_pool2d(return_indices=True) is not supported")
+    if isinstance(x, MPCTensor):
+        return x.relu_max_pool2d(kernel_size, stride, padding, dilation, ceil_mode)
+    return TF.max_pool2d(torch.relu(x), kernel_size, stride, padding, dilation, ceil_mode)
+
+
 class ConvertedModule(Module):
     """A traced torch model rebuilt from mpc_ml layers; runs its fx graph."""
 
-    def __init__(self, graph: torch.fx.Graph):
+    def __init__(self, graph: torch.fx.Graph, fused_relus: set[str] = frozenset()):
         super().__init__()
         object.__setattr__(self, "_graph", graph)
+        object.__setattr__(self, "_fused_relus", set(fused_relus))
 
     def _attribute(self, target: str):
         module_name, _, name = target.rpartition(".")
@@ -123,7 +164,17 @@ class ConvertedModule(Module):
             return torch.fx.node.map_arg(arg, lambda n: env[n.name])
 
         for node in self._graph.nodes:
-            if node.op == "placeholder":
+            args = value(node.args)
+            if args[:1] and isinstance(args[0], _ReluOf):  # the MaxPool2d after a fused ReLU
+                if node.op == "call_module":
+                    pool = self.get_submodule(node.target)
+                    env[node.name] = _pool_of_relu(args[0], pool.kernel_size, pool.stride,
+                                                   pool.padding, pool.dilation, pool.ceil_mode)
+                else:
+                    env[node.name] = _pool_of_relu(*args, **value(node.kwargs))
+            elif node.name in self._fused_relus:
+                env[node.name] = _ReluOf(args[0])
+            elif node.op == "placeholder":
                 env[node.name] = inputs.pop(0) if inputs else node.args[0] if node.args else None
             elif node.op == "get_attr":
                 env[node.name] = self._attribute(node.target)
@@ -182,7 +233,7 @@ def from_pytorch(module: torch.nn.Module,
 
     with _TRACE_LOCK:
         graph = _Tracer().trace(module)
-    converted = ConvertedModule(graph)
+    converted = ConvertedModule(graph, _relus_into_pools(graph, module))
     for node in graph.nodes:
         if node.op == "call_module":
             owner, _, name = node.target.rpartition(".")

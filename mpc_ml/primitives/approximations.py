@@ -477,7 +477,7 @@ def _shift_by_max(session: Session, x: torch.Tensor, dim: int) -> torch.Tensor:
     for a short dim (max_all_pairs), else the tournament."""
     moved = x.movedim(dim, -1)
     if moved.shape[-1] <= ALL_PAIRS_UP_TO:
-        top = max_all_pairs(session, moved)
+        top, _ = max_all_pairs(session, moved)
     else:
         top, _ = max_along_last(session, moved, 0)
     return (moved - top.unsqueeze(-1)).movedim(-1, dim)

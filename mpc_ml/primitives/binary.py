@@ -174,12 +174,36 @@ def carries(session: Session, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     radix-4 Kogge-Stone prefix (1 + 3 rounds). Level s combines, at each position i, the
     groups ending at i, i - s, i - 2s and i - 3s (shifts of G and P, zero-filled)."""
     p = u ^ v
-    (g,) = and_many(session, [(u, v)])
+    g = and_first(session, u, v)
     for s in SPANS:
         last = s == SPANS[-1]
         g, p = combine_groups(session, [g << (3 * s), g << (2 * s), g << s, g],
                               [p << (3 * s), p << (2 * s), p << s, p], not last)
     return g
+
+
+def and_held(session: Session, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """u & v for a word u that party 0 holds and a word v that party 1 holds (2 parties:
+    their own shares of x, before any carry-save), in one round of 8 bytes per element each
+    way, half of and_many's: with a held by party 0, b by party 1 and [a & b], party 0 sends
+    e = u ^ a, party 1 sends f = v ^ b; then u & v = e & f ^ a & f (party 0) ^ e & b
+    (party 1) ^ [a & b]."""
+    corr = session.provider.request("held_btriple", shape=list(u.shape))
+    a, b = (t.to(u.device) for t in corr.free)
+    own = (u ^ a) if session.rank == 0 else (v ^ b)
+    e, f = (g.to(u.device) for g in _gather_with_riders(session, own.reshape(-1)))
+    e, f = e.reshape(u.shape), f.reshape(u.shape)
+    (c,) = corr.derived()
+    z = (e & f) ^ (a & f) if session.rank == 0 else e & b
+    return z ^ c.to(u.device)
+
+
+def and_first(session: Session, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """u & v for the two words reduce_to_two returns: and_held for 2 parties (each word is
+    one party's own share), else and_many."""
+    if session.world_size == 2:
+        return and_held(session, u, v)
+    return and_many(session, [(u, v)])[0]
 
 
 def reduce_to_two(session: Session, words: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -260,7 +284,7 @@ def msb(session: Session, x: torch.Tensor) -> torch.Tensor:
     if x.numel() < SLICED_FROM:
         return (((u ^ v) >> 63 ^ carries(session, u, v) >> 62) & 1).reshape(x.shape)
     su, sv = _bit_slices(u), _bit_slices(v)
-    (g,) = and_many(session, [(su[:63], sv[:63])])
+    g = and_first(session, su[:63], sv[:63])
     none = g.new_zeros(1, g.shape[1])
     g, p = torch.cat([none, g]), torch.cat([none, su[:63] ^ sv[:63]])
     while g.shape[0] > 1:
@@ -322,7 +346,7 @@ def sliced_sum(session: Session, x: torch.Tensor) -> torch.Tensor:
     u, v = reduce_to_two(session, words)
     su, sv = _bit_slices(u), _bit_slices(v)
     p = su ^ sv
-    (g,) = and_many(session, [(su, sv)])
+    g = and_first(session, su, sv)
     prop = p
     for t in SPANS:
         monomials = [((0, t), 1), ((0, 2 * t), 1, (1, t)), ((0, 3 * t), 1, (1, t), (1, 2 * t))]

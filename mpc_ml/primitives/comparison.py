@@ -129,36 +129,59 @@ ALL_PAIRS_UP_TO = 10
 """max_all_pairs serves a last dim of at most this many elements (k (k - 1) / 2 comparisons)."""
 
 
-def and_all(session: Session, words: list[torch.Tensor]) -> torch.Tensor:
-    """The AND of XOR-shared words (equal shapes): ceil(log5(len)) rounds of 5-input ANDs."""
+def _pack(bits: torch.Tensor) -> torch.Tensor:
+    """0/1 int64 bits (any shape) packed 64 to a word (linear over XOR: shares stay shares)."""
+    flat = bits.reshape(-1)
+    flat = torch.cat([flat, flat.new_zeros((-flat.numel()) % 64)]).view(-1, 64)
+    return (flat << torch.arange(64, device=flat.device)).sum(-1)
+
+
+def _unpack(words: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    bits = (words.unsqueeze(-1) >> torch.arange(64, device=words.device)) & 1
+    return bits.reshape(-1)[:like.numel()].reshape(like.shape)
+
+
+def and_all(session: Session, bits: list[torch.Tensor]) -> torch.Tensor:
+    """The AND of XOR-shared 0/1 bits (equal shapes), packed 64 to a word:
+    ceil(log5(len)) rounds of 5-input ANDs (binary.and_monomials)."""
+    words = [_pack(b) for b in bits]
     while len(words) > 1:
         groups = [words[i:i + MAX_MONOMIAL_DEGREE] for i in range(0, len(words), MAX_MONOMIAL_DEGREE)]
         inputs = [w for g in groups for w in g]
         starts = [sum(len(g) for g in groups[:i]) for i in range(len(groups))]
         monomials = [tuple(range(a, a + len(g))) for a, g in zip(starts, groups)]
         words = and_monomials(session, inputs, monomials)
-    return words[0]
+    return _unpack(words[0], bits[0])
 
 
-def max_all_pairs(session: Session, x: torch.Tensor) -> torch.Tensor:
-    """Max over a short last dim (k <= ALL_PAIRS_UP_TO) in 1 comparison depth instead of
-    ceil(log2 k): all k (k - 1) / 2 differences in one msb; candidate i wins when it beats
-    every j < i strictly and ties or beats every j > i (so the first maximum wins, as in
-    torch): the AND of its k - 1 oriented bits (and_all), one-hot; then one bit_products
-    round gives sum_i win_i x_i. Rounds for n = 2: 4 + ceil(log5(k - 1)) + 1."""
+def max_all_pairs(session: Session, x: torch.Tensor,
+                  with_zero: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """(max over a short last dim, integer one-hot of the first maximum (..., k)), in one
+    comparison depth instead of ceil(log2 k); with_zero adds 0 as a last candidate, so that
+    the max is max(relu(x)) (then the one-hot is all zero where 0 wins).
+
+    All c (c - 1) / 2 differences of the c candidates (c <= ALL_PAIRS_UP_TO) go through one
+    msb; candidate i wins when it beats every j < i strictly and ties or beats every j > i
+    (the first maximum wins, as in torch): the AND of its c - 1 oriented bits (and_all);
+    one bit_products round gives the one-hot and sum_i win_i x_i. Rounds for n = 2:
+    4 + ceil(log5(c - 1)) + 1.
+    """
     k = x.shape[-1]
-    if not 1 <= k <= ALL_PAIRS_UP_TO:
-        raise ValueError(f"max_all_pairs: last dim {k} is not in 1..{ALL_PAIRS_UP_TO}")
-    if k == 1:
-        return x[..., 0]
-    pairs = [(i, j) for i in range(k) for j in range(i + 1, k)]
+    c = k + int(with_zero)
+    if not 1 <= k or c > ALL_PAIRS_UP_TO:
+        raise ValueError(f"max_all_pairs: {c} candidates is not in 1..{ALL_PAIRS_UP_TO}")
+    if c == 1:
+        hot = torch.ones_like(x) if session.rank == 0 else torch.zeros_like(x)
+        return x[..., 0], hot
+    candidates = torch.cat([x, torch.zeros_like(x[..., :1])], -1) if with_zero else x
+    pairs = [(i, j) for i in range(c) for j in range(i + 1, c)]
     left = torch.tensor([i for i, _ in pairs], device=x.device)
     right = torch.tensor([j for _, j in pairs], device=x.device)
-    below = msb(session, x[..., left] - x[..., right])  # [x_i < x_j] for i < j
+    below = msb(session, candidates[..., left] - candidates[..., right])  # [x_i < x_j], i < j
     ones = 1 if session.rank == 0 else 0
-    column = {pair: c for c, pair in enumerate(pairs)}
+    column = {pair: col for col, pair in enumerate(pairs)}
     beats = [[below[..., column[(j, i)]] if j < i else below[..., column[(i, j)]] ^ ones
-              for j in range(k) if j != i] for i in range(k)]
-    wins = and_all(session, [torch.stack([beats[i][m] for i in range(k)], -1) for m in range(k - 1)])
-    _, (chosen,) = bit_products(session, wins, [x])
-    return chosen.sum(-1)
+              for j in range(c) if j != i] for i in range(k)]
+    wins = and_all(session, [torch.stack([beats[i][m] for i in range(k)], -1) for m in range(c - 1)])
+    hot, (chosen,) = bit_products(session, wins, [x])
+    return chosen.sum(-1), hot

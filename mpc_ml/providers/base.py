@@ -30,7 +30,9 @@ class CorrelationKind:
     """How to make one kind of correlation from its parameters.
 
     `free_xor` / `derived_xor` say, per component, whether it is XOR-shared (binary)
-    rather than additively shared (arithmetic); True says it of every component. A kind with `public` components (key
+    rather than additively shared (arithmetic); True says it of every component. `holders`
+    names, per free component, a party that holds it whole (a mask of an input only that
+    party knows). A kind with `public` components (key
     material that every party needs whole, such as the correction words of an FSS key)
     has them sent by the generator to every party; its `derive` then also gets each
     party's own free draws (derive(params, total_free, per_party)) and returns the
@@ -39,9 +41,13 @@ class CorrelationKind:
 
     def __init__(self, free: Callable[[dict], list], derived: Callable[[dict], list],
                  derive: Callable[..., list], free_xor: tuple | bool = (),
-                 derived_xor: tuple | bool = (), public: Callable[[dict], list] | None = None):
+                 derived_xor: tuple | bool = (), public: Callable[[dict], list] | None = None,
+                 holders: tuple = ()):
         self.free_shapes, self.derived_shapes, self.derive = free, derived, derive
         self.free_xor, self.derived_xor = free_xor, derived_xor
+        self.holders = holders
+        """Per free component, the rank that holds it whole (the others hold zeros and draw
+        nothing for it), or None: shared by everyone."""
         self.public_shapes = public or (lambda p: [])
         self.has_public = public is not None
 
@@ -299,6 +305,13 @@ KINDS: dict[str, CorrelationKind] = {
         derived=lambda p: [tuple(p["shape"])],
         derive=lambda p, free: [free[0] & free[1]],
         free_xor=(True, True), derived_xor=(True,)),
+    # AND of a word party 0 holds and one party 1 holds (primitives/binary.and_held): a, a
+    # mask held by party 0, b held by party 1; c = a AND b, XOR-shared.
+    "held_btriple": CorrelationKind(
+        free=lambda p: [tuple(p["shape"]), tuple(p["shape"])],
+        derived=lambda p: [tuple(p["shape"])],
+        derive=lambda p, free: [free[0] & free[1]],
+        free_xor=(True, True), derived_xor=(True,), holders=(0, 1)),
     # Multi-input AND (primitives/binary.and_monomials): one uniform XOR-shared mask per
     # input; the AND of the (row-shifted) masks of every subset (two or more) of a monomial.
     "band": CorrelationKind(
@@ -328,10 +341,13 @@ def kind_of(request: dict) -> CorrelationKind:
         raise ValueError(f"unknown correlation kind {request.get('kind')!r}") from None
 
 
-def draw_shares(stream: PRG, request: dict, with_derived: bool) -> tuple[list, list]:
-    """One party's shares drawn from its stream: (free, derived or [])."""
+def draw_shares(stream: PRG, request: dict, with_derived: bool, rank: int) -> tuple[list, list]:
+    """Party `rank`'s shares drawn from its stream: (free, derived or [])."""
     kind = kind_of(request)
-    free = [stream.random_ring(s) for s in kind.free_shapes(request["params"])]
+    holders = kind.holders
+    free = [stream.random_ring(s) if i >= len(holders) or holders[i] in (None, rank)
+            else torch.zeros(tuple(s), dtype=torch.int64)
+            for i, s in enumerate(kind.free_shapes(request["params"]))]
     derived = ([stream.random_ring(s) for s in kind.derived_shapes(request["params"])]
                if with_derived else [])
     return free, derived
@@ -351,7 +367,7 @@ class CorrelationGenerator:
         per_party = []
         for i, stream in enumerate(self.streams):
             is_corr = i == self.correction_party
-            free, derived = draw_shares(stream, request, with_derived=not is_corr)
+            free, derived = draw_shares(stream, request, with_derived=not is_corr, rank=i)
             per_party.append(free)
             if is_corr:
                 mine_free = free

@@ -207,7 +207,8 @@ class DealerProvider(Provider):
             raise PrefetchDivergence(self._diverged)
         prefetched = bool(self._expected)
         ends_repeat = self._check_expected(request) if prefetched else False
-        free, derived = draw_shares(self._stream, request, with_derived=not self.is_correction_party)
+        free, derived = draw_shares(self._stream, request,
+                                    with_derived=not self.is_correction_party, rank=self.rank)
         kind = kind_of(request)
         public = kind.public_shapes(request["params"])
         if not self.is_correction_party:

@@ -43,5 +43,5 @@ class TrustedFirstParty(Provider):
         if self.rank == 0:
             free, derived, *_ = self._generator.generate(request)  # (no public parts: see check_job)
             return Correlation(free, derived)
-        free, derived = draw_shares(self._stream, request, with_derived=True)
+        free, derived = draw_shares(self._stream, request, with_derived=True, rank=self.rank)
         return Correlation(free, derived)

@@ -19,9 +19,9 @@ import torch.nn.functional as F
 from ..core import ring
 from ..core.encoding import decode, encode
 from ..core.ops import Op
-from ..primitives import (approximations, beaver_product, flush_riders, lazy_products, ltz,
-                          max_along_last, max_one_hot, negative_part, reveal,
-                          share_input, truncate, truncate_later)
+from ..primitives import (ALL_PAIRS_UP_TO, approximations, beaver_product, flush_riders,
+                          lazy_products, ltz, max_all_pairs, max_along_last, max_one_hot,
+                          negative_part, reveal, share_input, truncate, truncate_later)
 from ..session import Session, current
 from . import tape
 from .validation import validate
@@ -483,6 +483,24 @@ class MPCTensor:
             (top, _), hot = max_along_last(self.session, win, 0), None
         return record(Op.MAX_POOL2D, self._like(top), (self,), mask=hot, geometry=geometry,
                       input_shape=self.shape)
+
+    def relu_max_pool2d(self, kernel_size: ring.IntOrTuple, stride: ring.IntOrTuple | None = None,
+                        padding: ring.IntOrTuple = 0, dilation: ring.IntOrTuple = 1,
+                        ceil_mode: bool = False) -> "MPCTensor":
+        """max_pool2d(relu(self)) in one comparison depth: every pair of a window's elements
+        and 0 compared at once (max_all_pairs); what from_pytorch runs for a ReLU whose only
+        use is a MaxPool2d. Windows of more than ALL_PAIRS_UP_TO - 1 elements: relu, then
+        max_pool2d."""
+        geometry = dict(kernel_size=kernel_size, stride=stride, padding=padding, dilation=dilation,
+                        ceil_mode=ceil_mode)
+        kh, kw = ring.pair(kernel_size, 2)
+        if kh * kw + 1 > ALL_PAIRS_UP_TO:
+            return self.relu().max_pool2d(**geometry)
+        low = -(1 << 61) if self._pending else int(encode(-(2.0 ** 30), self._bits))
+        win = ring.sliding_windows(self._data, fill=low if self.session.rank == 0 else 0, **geometry)
+        top, hot = max_all_pairs(self.session, win, with_zero=True)
+        return record(Op.MAX_POOL2D, self._like(top), (self,), mask=hot, geometry=geometry,
+                      input_shape=self.shape, relu=True)
 
     def avg_pool2d(self, kernel_size: ring.IntOrTuple, stride: ring.IntOrTuple | None = None,
                    padding: ring.IntOrTuple = 0, ceil_mode: bool = False,
