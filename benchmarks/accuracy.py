@@ -73,15 +73,17 @@ def logspaced(lo_exp: float, hi_exp: float, alternate: bool = False,
     return make
 
 
-def logits(scale: float) -> Callable[[int], torch.Tensor]:
-    """n // 10 rows of 10 random logits: N(0, scale^2), or uniform in +-scale if negative."""
+def logits(scale: float, width: int = LOGIT_ROWS_OF) -> Callable[[int], torch.Tensor]:
+    """n // width rows of `width` random logits: N(0, scale^2), or uniform in +-scale if
+    negative (rows of 10 take the all-pairs max and the polynomials in the sum, rows of
+    more than 10 the tournament and the reciprocal / log)."""
     def make(n: int) -> torch.Tensor:
         g = torch.Generator().manual_seed(7)
-        rows = max(1, n // LOGIT_ROWS_OF)
+        rows = max(1, n // width)
         if scale > 0:
-            t = torch.randn(rows, LOGIT_ROWS_OF, generator=g, dtype=torch.float64) * scale
+            t = torch.randn(rows, width, generator=g, dtype=torch.float64) * scale
         else:
-            t = (torch.rand(rows, LOGIT_ROWS_OF, generator=g, dtype=torch.float64) * 2 - 1) * -scale
+            t = (torch.rand(rows, width, generator=g, dtype=torch.float64) * 2 - 1) * -scale
         return snap(t)
     return make
 
@@ -131,9 +133,11 @@ ROWS = [
     Row("log", "[0.01, 100]", linear(0.01, 100), lambda x: x.log(), torch.log),
     Row("log", "[2^-16, 2^45]", logspaced(-16, 45), lambda x: x.log(), torch.log, "log"),
     Row("sigmoid", "[-10, 10]", linear(-10, 10), lambda x: x.sigmoid(), torch.sigmoid),
-    Row("sigmoid", "[-700, 700]", linear(-700, 700), lambda x: x.sigmoid(), torch.sigmoid),
+    Row("sigmoid", "±[2^-16, 2^45]", logspaced(-16, 45, alternate=True), lambda x: x.sigmoid(),
+        torch.sigmoid, "log, ± alternating"),
     Row("tanh", "[-10, 10]", linear(-10, 10), lambda x: x.tanh(), torch.tanh),
-    Row("tanh", "[-350, 350]", linear(-350, 350), lambda x: x.tanh(), torch.tanh),
+    Row("tanh", "±[2^-16, 2^45]", logspaced(-16, 45, alternate=True), lambda x: x.tanh(),
+        torch.tanh, "log, ± alternating"),
     Row("erf", "[-6, 6]", linear(-6, 6), lambda x: x.erf(), torch.erf),
     Row("erf", "[-1e4, 1e4]", linear(-1e4, 1e4), lambda x: x.erf(), torch.erf),
     Row("gelu", "[-6, 6]", linear(-6, 6), lambda x: x.gelu(), F.gelu),
@@ -141,7 +145,11 @@ ROWS = [
         lambda t: torch.softmax(t, -1), "random"),
     Row("softmax", "rows of 10, U(±350)", logits(-350.0), lambda x: x.softmax(-1),
         lambda t: torch.softmax(t, -1), "random"),
+    Row("softmax", "rows of 16, N(0, 5²)", logits(5.0, 16), lambda x: x.softmax(-1),
+        lambda t: torch.softmax(t, -1), "random"),
     Row("log_softmax", "rows of 10, N(0, 5²)", logits(5.0), lambda x: x.log_softmax(-1),
+        lambda t: torch.log_softmax(t, -1), "random"),
+    Row("log_softmax", "rows of 16, N(0, 5²)", logits(5.0, 16), lambda x: x.log_softmax(-1),
         lambda t: torch.log_softmax(t, -1), "random"),
     Row("x / y", "x ∈ [-100, 100], y ∈ [0.1, 100]", quotient_inputs, lambda x, y: x / y,
         torch.div, "linear, y shuffled", QUOTIENT_BOUND),
@@ -262,7 +270,7 @@ def function_rows(results: dict, points: int) -> tuple[str, bool]:
         worst = int(over.argmax())
         at = ", ".join(f"{t.reshape(-1)[worst].item():.6g}" for t in inputs)
         if row.name.endswith("softmax"):
-            at = f"row {worst // LOGIT_ROWS_OF}"
+            at = f"row {worst // true.shape[-1]}"
         # the bound holds on the domain: a grid must stay inside it (x / y: the divisor's)
         inside = bool(row.bound.in_domain(inputs[-1]).all())
         passed = inside and bool((over <= 1).all())
@@ -357,8 +365,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.exact_n % 10 or args.exact_n < 40:
         p.error("--exact-n must be a multiple of 10, at least 40")
     start = time.perf_counter()
-    fn_results = mpc.run(functions_party, world_size=args.world_size, args=(args.points,))[0]
-    exact_results = mpc.run(exact_party, world_size=args.world_size, args=(args.exact_n,))[0]
+    fn_results = mpc.run(functions_party, world_size=args.world_size, provider="tfp",
+                         args=(args.points,))[0]
+    exact_results = mpc.run(exact_party, world_size=args.world_size, provider="tfp",
+                            args=(args.exact_n,))[0]
     text, ok = report(fn_results, exact_results, args, time.perf_counter() - start)
     print(text)
     if args.out:

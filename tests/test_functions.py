@@ -85,9 +85,13 @@ GRIDS = {
                           ERROR_BOUNDS["sigmoid"]),
     "sigmoid[-700,700]": (linear(-700, 700), method("sigmoid"), torch.sigmoid,
                           ERROR_BOUNDS["sigmoid"]),
+    "sigmoid±[2^-16,2^45]": (logspaced(-16, 45, alternate=True), method("sigmoid"), torch.sigmoid,
+                             ERROR_BOUNDS["sigmoid"]),
     "tanh[-10,10]": (linear(-10, 10), method("tanh"), torch.tanh, ERROR_BOUNDS["tanh"]),
     "tanh[-250,250]": (linear(-250, 250), method("tanh"), torch.tanh, ERROR_BOUNDS["tanh"]),
     "tanh[-350,350]": (linear(-350, 350), method("tanh"), torch.tanh, ERROR_BOUNDS["tanh"]),
+    "tanh±[2^-16,2^45]": (logspaced(-16, 45, alternate=True), method("tanh"), torch.tanh,
+                          ERROR_BOUNDS["tanh"]),
     "erf[-6,6]": (linear(-6, 6), method("erf"), torch.erf, ERROR_BOUNDS["erf"]),
     "erf[-1e4,1e4]": (linear(-1e4, 1e4), method("erf"), torch.erf, ERROR_BOUNDS["erf"]),
     "gelu[-6,6]": (linear(-6, 6), method("gelu"), F.gelu, ERROR_BOUNDS["gelu"]),
@@ -101,6 +105,8 @@ GRIDS = {
                      ERROR_BOUNDS["softmax"]),
     "log_softmax N(0,5²)": (logits(5.0), method("log_softmax", -1), lambda t: t.log_softmax(-1),
                             ERROR_BOUNDS["log_softmax"]),
+    "log_softmax dim0": (logits(3.0), method("log_softmax", 0), lambda t: t.log_softmax(0),
+                         ERROR_BOUNDS["log_softmax"]),
     "x/y": (quotient, lambda x, y: x / y, torch.div, QUOTIENT_BOUND),
 }
 KNOWN_MISSES: dict[str, str] = {}  # grids of a documented domain the code misses (none now)

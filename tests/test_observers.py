@@ -40,8 +40,8 @@ def test_validation_names_the_first_op_that_drifts(monkeypatch):
     real = approximations.sigmoid
 
     def drifting(session, x):
-        out = real(session, x)
-        return out + (655 if session.rank == 0 else 0)  # 0.01 at f = 16
+        share, bits = real(session, x)  # left pending by `bits`
+        return share + ((655 << bits) if session.rank == 0 else 0), bits  # 0.01 at f = 16
 
     monkeypatch.setattr(approximations, "sigmoid", drifting)
 
@@ -54,7 +54,7 @@ def test_validation_names_the_first_op_that_drifts(monkeypatch):
     message = str(raised.value)
     assert "ValidationError" in message and "validation: sigmoid of (private (1, 3))" in message
     assert re.search(r"differs from plaintext by 0\.0(1|099)", message), message  # 655 / 2^16
-    assert "bound 0.0001" in message
+    assert f"bound {approximations.ERROR_BOUNDS['sigmoid'].tolerance:.3g}" in message
 
 
 def test_validation_says_when_an_input_is_outside_the_stated_domain():
@@ -108,7 +108,10 @@ def test_correlation_trace_lists_each_ops_requests_by_kind_and_shape(provider):
     assert len(matmul) == 1  # the product is left pending (lazy truncation)
     kinds = [kind for kind, _ in relu]
     assert kinds[0] == "trunc"  # the matmul's truncation, riding on the comparison
-    assert {"btriple", "dabits", "triple"} <= set(kinds)  # comparison, bit conversion, x * bit
+    # the comparison's ANDs (the first on the parties' own words for 2 parties), and the bit's
+    # conversion with the product x * bit in one correlation
+    assert {"held_btriple", "band", "bit_product"} <= set(kinds)
+    assert not {"dabits", "triple"} & set(kinds)
     assert total == []  # a sum is local
 
 

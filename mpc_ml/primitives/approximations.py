@@ -7,10 +7,11 @@ domain and error (for the default precision_bits = 16): the tests, the accuracy 
 
 Outside the domain (no error can be raised without revealing data): exp(x) for
 x > 12.5 loses accuracy (0.4% at 16), overflows beyond 21 and for x < -80 is garbage
-(sigmoid, tanh, erf and softmax use a wider exp, right down to -710); reciprocal(0) = 0, and
+(erf and softmax use a wider exp, right down to -710); reciprocal(0) = 0, and
 reciprocal(-2^-16) = 0 (the ones' complement used for negative inputs is 0 there); sqrt,
 inv_sqrt and log of a negative x give their value at |x|; inv_sqrt(0) = sqrt(0) = 0;
-log(0) is an unspecified finite value.
+log(0) is an unspecified finite value; tanh(x) for |x| > 2^46 - 4 (the last 4 of the
+encodable range) is garbage: 2x + 8 wraps in its comparisons.
 """
 from __future__ import annotations
 
@@ -92,27 +93,29 @@ def _everywhere(x: torch.Tensor) -> torch.Tensor:
 
 
 ERROR_BOUNDS: dict[str, ErrorBound] = {
-    "exp": ErrorBound("degree-4 fit at x/2^5, 5 squarings at adaptive precision", "[-8, 8]",
-                      _within(-8, 8), 1e-3, True),
-    "reciprocal": ErrorBound("leading-bit normalisation, 2 Newton steps, rescale",
+    "exp": ErrorBound("degree-4 fit at x/2^5 (24 fractional bits), 5 squarings at adaptive precision",
+                      "[-8, 8]", _within(-8, 8), 1e-3, True),
+    "reciprocal": ErrorBound("leading-bit normalisation, linear guess, 2 Newton steps, rescale",
                              "|x| in [2^-15, 2^45]",
                              lambda x: (x.abs() >= 2.0 ** -15) & (x.abs() <= 2.0 ** 45), 1e-3, True),
-    "inv_sqrt": ErrorBound("normalisation, 2 Newton steps", "(0, 2^45]",
+    "inv_sqrt": ErrorBound("normalisation, linear guess, 2 Newton steps, rescale", "(0, 2^45]",
                            lambda x: (x > 0) & (x <= 2.0 ** 45), 1e-3, True),
     "sqrt": ErrorBound("|m| * inv_sqrt(m) rescaled", "[0, 2^45]", _within(0, 2.0 ** 45), 1e-3, True),
     "log": ErrorBound("normalisation, degree-8 fit of ln on [0.5, 1], + e ln 2", "(0, 2^45]",
                       lambda x: (x > 0) & (x <= 2.0 ** 45), 1e-3, True),
-    "sigmoid": ErrorBound("sign, exp(-|x|), 2 Newton steps for 1/(1 + e^-|x|)", "[-700, 700]",
-                          _within(-700, 700), 1e-4, False),
-    "tanh": ErrorBound("2 sigmoid(2x) - 1", "[-350, 350]", _within(-350, 350), 2e-4, False),
+    "sigmoid": ErrorBound("degree-7 fit of sigmoid(8w) in w = x/8 on [-8, 8], 0 below and 1 above "
+                          "(three comparisons)", "all x", _everywhere, 5e-4, False),
+    "tanh": ErrorBound("2 sigmoid(2x) - 1", "[-2^45, 2^45]", _within(-2.0 ** 45, 2.0 ** 45),
+                       1e-3, False),
     "erf": ErrorBound("Abramowitz & Stegun 7.1.26 on min(|x|, 4), sign restored", "all x",
-                      _everywhere, 2e-4, False),
+                      _everywhere, 3e-4, False),
     "gelu": ErrorBound("x (1 + erf(x / sqrt 2)) / 2: erf's error times |x| / 2, plus roundings",
                        "all x", _everywhere, 1e-4, False, per_input=1e-4),
-    "softmax": ErrorBound("x - max (tournament), exp, sum, reciprocal", "x - max >= -700",
-                          _everywhere, 1e-3, False),
-    "log_softmax": ErrorBound("(x - max) - log(sum exp(x - max))", "x - max >= -700",
-                              _everywhere, 1e-3, True),
+    "softmax": ErrorBound("x - max (all pairs for k <= 10, else tournament), exp, sum, 1/sum "
+                          "(degree-12 fit and a Newton step for k <= 10, else reciprocal)",
+                          "x - max >= -700", _everywhere, 1e-3, False),
+    "log_softmax": ErrorBound("(x - max) - log(sum exp(x - max)), the log a degree-12 fit in "
+                              "the sum for k <= 10", "x - max >= -700", _everywhere, 1e-3, True),
 }
 """Method, domain and error of every function here, at precision_bits = 16."""
 
@@ -394,15 +397,15 @@ _SIGMOID_C = _sigmoid_coefficients()
 
 
 def _sigmoid_shares(ops: _Ops, x: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """sigmoid(x) in 8 rounds: the polynomial first, then three comparisons and one
-    product by the region bits, left pending.
+    """sigmoid(x) in csa_rounds + 8 rounds (8 for 2 parties): the polynomial first, then
+    three comparisons and one product by the region bits, left pending.
 
     With w = x / 8 and g as above, sigmoid(x) = 1/2 + E(w) + O(w) on [0, 8] and
     1 - sigmoid(-x) = 1/2 - E(w) + O(w) on [-8, 0), E and O the even and odd parts of g
     (so one set of powers serves both signs); 0 below -8 and 1 above 8. Rounds 1-3 make
     u = w^2, then u^2, w (c1 + c3 u), w (c5 + c7 u), then u^2 (c4 + c6 u), u^2 w (c5 + c7 u)
     (Estrin's scheme, coefficients folded into the linear factors). Then msb of
-    [x + 8, x, x - 8] (4 rounds) gives bits lo, neg, hi; the regions [0, 8), [-8, 0) and
+    [x + 8, x, x - 8] (csa_rounds + 4 rounds) gives bits lo, neg, hi; the regions [0, 8), [-8, 0) and
     [8, inf) are hi ^ neg, neg ^ lo and not hi (XOR: local), and one bit_products round
     multiplies the first two by P+ = 1/2 + E + O and P- = 1/2 - E + O and converts the third. Outside
     [-8, 8] the polynomial is garbage, but times a zero bit it is exactly 0 in the ring.
