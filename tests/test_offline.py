@@ -279,7 +279,7 @@ def test_prefetched_training_steps_match_torch(n, to_dealer):
             assert_near(got, torch.tensor(w), TOL, f"party {rank}: loss of step {i}")
     requests = pre[n - 1]["requests"]
     kinds = {r["kind"] for r in requests}
-    assert {"triple", "trunc", "btriple"} <= kinds, kinds
+    assert {"triple", "trunc", "band", "bit_product"} <= kinds, kinds
     L = len(requests)
     assert kinds_of([m for _, m in to_dealer]) == [f"request*{L}", "announce*1", f"ack*{REPEATS}",
                                                    f"request*{L}"]

@@ -1,6 +1,7 @@
-"""from_pytorch: a torch.nn.Module traced with torch.fx, rebuilt from mpc_ml layers.
+"""from_pytorch: a torch model through torch.export (nn/export.py) or, where export
+cannot, traced with torch.fx and rebuilt from mpc_ml layers (this file).
 
-Leaf torch modules become the mpc_ml layer of the same kind (same values), stored
+Along fx, leaf torch modules become the mpc_ml layer of the same kind (same values), stored
 under the same qualified names, so state_dict keys are the torch module's own. The
 traced graph is kept and interpreted node by node, so residual additions, flatten,
 view and other functional calls work as in the source model. Anything without an
@@ -9,6 +10,7 @@ mpc_ml counterpart is an error naming the op and the node where it occurs.
 from __future__ import annotations
 
 import operator
+import sys
 import threading
 from typing import Any
 
@@ -20,6 +22,7 @@ from .. import tensor as T
 from ..tensor import MPCTensor
 from . import functional as F
 from . import layers as L
+from .export import export as exported_module
 from .module import Module
 
 _COPIED = {torch.nn.Linear: L.Linear, torch.nn.Conv1d: L.Conv1d, torch.nn.Conv2d: L.Conv2d,
@@ -216,15 +219,26 @@ def _holder(root: Module, path: str) -> Module:
     return holder
 
 
-def from_pytorch(module: torch.nn.Module,
-                 example_input: torch.Tensor | tuple[torch.Tensor, ...]) -> ConvertedModule:
-    """A plaintext mpc_ml copy of a torch model (same weights, same state_dict keys).
+def fresh_inputs(example_input) -> tuple[torch.Tensor, ...]:
+    """Seeded random tensors of the example's shapes and dtypes (the example itself may be
+    uninitialised, as torch.empty makes it): floats standard normal, integers (token ids)
+    0 or 1, booleans random."""
+    inputs = example_input if isinstance(example_input, tuple) else (example_input,)
+    g = torch.Generator().manual_seed(0)
+    out = []
+    for t in inputs:
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"from_pytorch: example inputs are tensors, got {type(t).__name__}")
+        if t.is_floating_point():
+            out.append(torch.randn(t.shape, generator=g).to(t.dtype))
+        elif t.dtype == torch.bool:
+            out.append(torch.rand(t.shape, generator=g) < 0.5)
+        else:
+            out.append(torch.randint(0, 2, t.shape, generator=g).to(t.dtype))
+    return tuple(out)
 
-    The model is traced with torch.fx; example_input (a tensor or a tuple of them) is
-    run through both models to check the conversion.
-    """
-    if not isinstance(module, torch.nn.Module):
-        raise TypeError(f"from_pytorch needs a torch.nn.Module, got {type(module).__name__}")
+
+def _fx_convert(module: torch.nn.Module) -> ConvertedModule:
     leaves = tuple(_COPIED) + tuple(_STATELESS)
 
     class _Tracer(torch.fx.Tracer):
@@ -255,8 +269,51 @@ def from_pytorch(module: torch.nn.Module,
     for name, sub in module.named_modules():
         if name and isinstance(sub, leaves):
             converted.get_submodule(name).train(sub.training)
+    return converted
+
+
+TRACERS = ("auto", "export", "fx")
+
+
+def from_pytorch(module: torch.nn.Module, example_input: torch.Tensor | tuple[torch.Tensor, ...],
+                 tracer: str = "auto") -> Module:
+    """A plaintext mpc_ml copy of a torch model (same weights, same state_dict keys).
+
+    tracer 'export' runs torch.export and keeps the model's ATen graph (nn/export.py),
+    in the mode (train or eval) the model is in; 'fx' rebuilds the model from mpc_ml
+    layers along torch.fx's trace (whose layers .train() and .eval() switch); 'auto' (the
+    default) takes export and falls back to fx where export cannot (a graph that updates
+    state, such as batch norm in training mode, or export failing on the model's code).
+    example_input (a tensor or a tuple of them) gives shapes and dtypes only: the
+    conversion is traced and checked on fresh random inputs of that kind.
+    """
+    if not isinstance(module, torch.nn.Module):
+        raise TypeError(f"from_pytorch needs a torch.nn.Module, got {type(module).__name__}")
+    if tracer not in TRACERS:
+        raise ValueError(f"from_pytorch: unknown tracer {tracer!r}; choose one of {TRACERS}")
+    inputs = fresh_inputs(example_input)
+    converted = None
+    if tracer in ("auto", "export"):
+        try:
+            with _TRACE_LOCK, torch.random.fork_rng():
+                converted = exported_module(module, inputs)
+        except NotImplementedError:
+            if tracer == "export":
+                raise
+            export_error = sys.exc_info()[1]
+        except Exception as e:  # torch.export cannot trace this model's code
+            if tracer == "export":
+                raise RuntimeError(f"from_pytorch: torch.export failed: {e}") from e
+            export_error = e
+    if converted is None:
+        try:
+            converted = _fx_convert(module)
+        except NotImplementedError as fx_error:
+            if tracer == "auto" and isinstance(export_error, NotImplementedError):
+                raise export_error from fx_error
+            raise
     with _TRACE_LOCK:  # the check runs the torch model, which another thread may be tracing
-        _check(module, converted, example_input)
+        _check(module, converted, inputs)
     return converted
 
 
