@@ -28,9 +28,9 @@ from helpers import gen, measured, on_matrix, randn, request_bytes, rounded
 from mpc_ml.primitives.approximations import ERROR_BOUNDS
 from mpc_ml.core.encoding import encode
 from mpc_ml.primitives import (a2b, and_many, and_monomials, b2a, b2a_bits, binary_add,
-                               bit_products, ltz, max_along_last, max_one_hot, open_bits,
-                               open_words, relu, reveal)
-from mpc_ml.primitives.binary import SLICED_FROM, held_by, reduce_to_two
+                               bit_products, ltz, max_all_pairs, max_along_last, max_one_hot,
+                               open_bits, open_words, relu, reveal)
+from mpc_ml.primitives.binary import SLICED_FROM, and_held, held_by, reduce_to_two
 from mpc_ml.session import current
 from mpc_ml.core.specs import derive_sizes, evaluate, evaluate_fraction, evaluate_table, load_spec
 
@@ -104,44 +104,73 @@ def band_bytes(monomials, numel: int) -> int:
     return request_bytes("band", inputs=inputs, monomials=listed(monomials), shape=[numel])
 
 
-def btriple_bytes(m: int) -> dict:
-    """The A2B's request lengths for m converted elements: its triples, and the bands of
-    the carry operator with and without the propagate."""
+def btriple_bytes(m: int, shape=None) -> dict:
+    """The A2B's request lengths for m converted elements (of this shape): its triples (for
+    2 parties the first AND's held_btriple, of the input's shape), and the bands of the
+    carry operator with and without the propagate."""
     return dict(btriple_request_bytes_1=request_bytes("btriple", shape=[m]),
+                held_btriple_request_bytes=request_bytes("held_btriple",
+                                                         shape=list(shape or [m])),
                 band_request_bytes_7=band_bytes(COMBINE, m),
                 band_request_bytes_6=band_bytes(COMBINE_LAST, m))
 
 
-def carry_tree(m: int) -> list[tuple[str, list | None, int]]:
+def carry_tree(m: int, n: int) -> list[tuple[str, list | None, int, list]]:
     """msb's AND rounds on m elements after the carry-save reduction: (kind, monomials,
-    words per input), sliced (w = ceil(m / 64)) from SLICED_FROM elements on, else the
-    carries of whole words (m per input, the same kinds and monomials)."""
+    words per input, the request's shape), sliced (w = ceil(m / 64)) from SLICED_FROM
+    elements on, else the carries of whole words (m per input, the same kinds and
+    monomials). For 2 parties the first AND is and_held on the parties' own words, whose
+    request keeps the words' shape ([63, w] sliced, [m] whole)."""
     w = (m + 63) // 64
-    return [(kind, monos, c * w if m >= SLICED_FROM else m) for kind, monos, c in CARRY_TREE]
+    sliced = m >= SLICED_FROM
+    out = []
+    for kind, monos, c in CARRY_TREE:
+        size = c * w if sliced else m
+        if kind == "btriple" and n == 2:
+            out.append(("held_btriple", None, size, [63, w] if sliced else [m]))
+        else:
+            out.append((kind, monos, size, [size]))
+    return out
 
 
-def tree_open_words(m: int) -> int:
-    """Words msb on m elements opens after the carry-save reduction: 2 per ANDed word, one
-    per input of each band: 22 per element below SLICED_FROM, else 272 per 64."""
-    return sum(2 * s if kind == "btriple" else (1 + max(map(max, monos))) * s
-               for kind, monos, s in carry_tree(m))
+def tree_open_words(m: int, n: int) -> int:
+    """Words msb on m elements opens after the carry-save reduction: 2 per ANDed word (1 for
+    and_held), one per input of each band: 22 per element below SLICED_FROM, else 272 per
+    64 (21 and 209 for 2 parties)."""
+    return sum(s if kind == "held_btriple" else 2 * s if kind == "btriple"
+               else (1 + max(map(max, monos))) * s for kind, monos, s, _ in carry_tree(m, n))
 
 
-def tree_dealer_words(m: int) -> int:
+def tree_dealer_words(m: int, n: int) -> int:
     """Words of the dealer's corrections for msb on m elements after the carry-save
     reduction: one per ANDed word, one per subset product per band word (60 per element
     below SLICED_FROM, else 518 per 64)."""
-    return sum(s if kind == "btriple" else subset_count(monos) * s
-               for kind, monos, s in carry_tree(m))
+    return sum(s if kind in ("btriple", "held_btriple") else subset_count(monos) * s
+               for kind, monos, s, _ in carry_tree(m, n))
 
 
-def ltz_request_bytes(m: int) -> dict:
+def tree_requests(m: int, n: int) -> list[tuple[str, dict]]:
+    """The requests of msb on m elements: one btriple [m] per carry-save level, then the
+    carry tree's four (a btriple, or held_btriple, and three bands)."""
+    out = [("btriple", {"shape": [m]})] * (n - 2)
+    for kind, monos, s, shape in carry_tree(m, n):
+        if monos is None:
+            out.append((kind, {"shape": shape}))
+        else:
+            out.append(("band", {"inputs": 1 + max(map(max, monos)), "monomials": listed(monos),
+                                 "shape": [s]}))
+    return out
+
+
+def total_bytes(requests) -> int:
+    return sum(request_bytes(kind, **params) for kind, params in requests)
+
+
+def ltz_request_bytes(m: int, n: int) -> dict:
     """The AND requests of msb on m elements: one [m] per carry-save level, then the carry
-    tree's four (a btriple and three bands; summed)."""
+    tree's four (a btriple or held_btriple and three bands; summed)."""
     return dict(btriple_request_bytes_1=request_bytes("btriple", shape=[m]),
-                tree_request_bytes=sum(request_bytes("btriple", shape=[s]) if kind == "btriple"
-                                       else band_bytes(monos, s)
-                                       for kind, monos, s in carry_tree(m)))
+                tree_request_bytes=total_bytes(tree_requests(m, n)[n - 2:]))
 
 
 def bit_product_bytes(shape, value_shapes) -> int:
@@ -349,6 +378,33 @@ def test_and_monomials(inproc_matrix):
             assert torch.equal(xor_all([res[c][0][j] for res in results]), want), (c, mono)
 
 
+HELD_SHAPES = [(5,), (3, 7), (63, 2)]
+
+
+@on_matrix(n=2, backend="inproc")
+def test_and_held(matrix):
+    """2 parties: u held by party 0, v by party 1 (their own words), one round of 8 bytes
+    per element each way; the request keeps the words' shape."""
+    provider = matrix.provider
+    spec = load_spec("and")
+    us = [words(1500 + i, *shape) for i, shape in enumerate(HELD_SHAPES)]
+    vs = [words(1510 + i, *shape) for i, shape in enumerate(HELD_SHAPES)]
+
+    def party():
+        session, r = current(), mpc.rank()
+        return [measured(lambda: and_held(session, held_by(session, u, 0), held_by(session, v, 1)))
+                for u, v in zip(us, vs)]
+
+    results = matrix.run(party)
+    for rank, records in enumerate(results):
+        for shape, (_, stats) in zip(HELD_SHAPES, records):
+            assert_costs(stats, spec, spec["and_held"], f"and_held {shape}", n=2, rank=rank,
+                         provider=provider, numel=math.prod(shape),
+                         held_btriple_request_bytes=request_bytes("held_btriple", shape=list(shape)))
+    for i, (u, v) in enumerate(zip(us, vs)):
+        assert torch.equal(results[0][i][0] ^ results[1][i][0], u & v), HELD_SHAPES[i]
+
+
 # -- A2B (carry-save + radix-4 Kogge-Stone), B2A, bit_products --------------------------------------
 EDGE_WORDS = torch.tensor([0, 1, -1, 2 ** 63 - 1, -2 ** 63, 2 ** 62, -2 ** 62, 12345],
                           dtype=torch.int64)
@@ -384,7 +440,7 @@ def test_a2b_adders_and_b2a(inproc_matrix):
         for value, (w, s_a2b, back, s_b2a, bits, total, s_add, two, s_csa) in zip(A2B_VALUES,
                                                                                records):
             numel = value.numel()
-            req = btriple_bytes(numel)
+            req = btriple_bytes(numel, value.shape)
             where = f"{tuple(value.shape)}"
             assert_costs(s_a2b, spec_a, spec_a, f"a2b {where}", numel=numel, **req, **kw)
             assert_costs(s_add, spec_a, spec_a["binary_add"], f"binary_add {where}", numel=numel,
@@ -485,12 +541,12 @@ def comparison_inputs():
     return x, y
 
 
-def comparison_sizes(kind: str, shape, paired: bool = False) -> dict:
+def comparison_sizes(kind: str, shape, n: int, paired: bool = False) -> dict:
     """Request lengths of a comparison section on a tensor of this (result) shape."""
     shape = list(shape)
     cmp_shape = [2] + shape if paired else shape
     m = math.prod(cmp_shape)
-    sizes = dict(numel=math.prod(shape), **ltz_request_bytes(m))
+    sizes = dict(numel=math.prod(shape), **ltz_request_bytes(m, n))
     if kind in ("relu", "clamp"):  # ltz_times: the bit and one value of its shape
         sizes["bit_product_request_bytes"] = bit_product_bytes(cmp_shape, [cmp_shape])
     else:
@@ -562,32 +618,32 @@ def test_comparisons(inproc_matrix):
         kw = dict(n=n, rank=rank, provider=provider)
         for m, (stats, edge_bit) in zip(EDGE_COUNTS, edges):
             assert_costs(stats, spec, spec["ltz"], f"ltz of {m}", **kw,
-                         **comparison_sizes("ltz", (m,)))
+                         **comparison_sizes("ltz", (m,), n))
             assert torch.equal(edge_bit, (enc_wide[:m] < 0).long()), f"ltz of {m}"
         s_wide, wide_bit, s_wide_relu, wide_relu, s_eq, same = wide_out
         assert_costs(s_wide, spec, spec["ltz"], "ltz of 130", **kw,
-                     **comparison_sizes("ltz", wide.shape))
+                     **comparison_sizes("ltz", wide.shape, n))
         assert torch.equal(wide_bit, (enc_wide < 0).long()), "ltz of 130"
         assert_costs(s_wide_relu, spec, spec["relu"], "relu of 130", **kw,
-                     **comparison_sizes("relu", wide.shape))
+                     **comparison_sizes("relu", wide.shape, n))
         assert torch.equal(wide_relu, rounded(wide).clamp(min=0)), "relu of 130"
         assert_costs(s_eq, spec, spec["eq"], "== of 40", **kw,
-                     **comparison_sizes("eq", eq_a.shape, True))
+                     **comparison_sizes("eq", eq_a.shape, n, True))
         assert torch.equal(same, (rounded(eq_a) == rounded(eq_b)).double()), "== of 40"
         for (name, section, paired, _, want_fn), (stats, value) in zip(cases, records):
             want = want_fn(rounded(a), rounded(b))
             assert_costs(stats, spec, spec[section], name, **kw,
-                         **comparison_sizes(section, want.shape, paired))
+                         **comparison_sizes(section, want.shape, n, paired))
             assert value.shape == want.shape and torch.equal(value, want), name
-        assert_costs(s_ltz, spec, spec["ltz"], "ltz", **kw, **comparison_sizes("ltz", prim.shape))
+        assert_costs(s_ltz, spec, spec["ltz"], "ltz", **kw, **comparison_sizes("ltz", prim.shape, n))
         assert torch.equal(bit, (enc < 0).long()), "ltz"
         assert_costs(s_relu, spec, spec["relu"], "relu primitive", **kw,
-                     **comparison_sizes("relu", prim.shape))
+                     **comparison_sizes("relu", prim.shape, n))
         assert torch.equal(r, enc.clamp(min=0)), "relu is exact in the ring"
 
 
 # -- tournament max --------------------------------------------------------------------------------
-def level_sizes(batch, length: int, k: int, selected: int, hot: bool = False) -> dict:
+def level_sizes(batch, length: int, k: int, selected: int, n: int, hot: bool = False) -> dict:
     """Sizes of one tournament level on a (*batch, length) tensor, request lengths included:
     its bit_product carries `selected` values of the pairs' shape, or (one-hot) the values
     and the masks (..., pairs, k)."""
@@ -595,7 +651,7 @@ def level_sizes(batch, length: int, k: int, selected: int, hot: bool = False) ->
     value_shapes = [shape, [*shape, k]] if hot else [shape] * selected
     return dict(rows=math.prod(batch), length=length, k=k, selected=selected,
                 bit_product_request_bytes=bit_product_bytes(shape, value_shapes),
-                **ltz_request_bytes(math.prod(shape)))
+                **ltz_request_bytes(math.prod(shape), n))
 
 
 def tournament(spec: dict, section: dict, batch, k: int, selected: int, n: int,
@@ -605,10 +661,10 @@ def tournament(spec: dict, section: dict, batch, k: int, selected: int, n: int,
     levels, bit_bytes, open_levels, dealer_words, dealer_bytes, length = 0, 0, 0, 0, 0, k
     level = section["level"]
     while length > 1:
-        sizes = spec_sizes(spec, level, n, **level_sizes(batch, length, k, selected, hot))
+        sizes = spec_sizes(spec, level, n, **level_sizes(batch, length, k, selected, n, hot))
         bit_bytes += (sizes["m"] + 7) // 8
-        open_levels += tree_open_words(sizes["m"])
-        dealer_words += tree_dealer_words(sizes["m"])
+        open_levels += tree_open_words(sizes["m"], n)
+        dealer_words += tree_dealer_words(sizes["m"], n)
         dealer_bytes += evaluate(level["dealer"]["correction_party"]["dealer_bytes_sent"], **sizes)
         levels += 1
         length = (length + 1) // 2
@@ -655,7 +711,7 @@ def test_tournament_max(inproc_matrix):
             assert_costs(stats, spec, sec["total"], where, **kw, **sizes)
             if k == 2:  # a single level
                 assert_costs(stats, spec, sec["level"], where, **kw,
-                             **level_sizes(batch, k, k, selected))
+                             **level_sizes(batch, k, k, selected, n))
             want = encode(t, F_BITS).max(-1)
             assert torch.equal(top, want.values), where
             if with_index:
@@ -701,6 +757,84 @@ def test_max_pool2d(matrix):
                      **tournament(spec, spec["max_along_last"], [2, 1, 4, 6], 9, 1, n))
         assert torch.equal(y, F.max_pool2d(rounded(t), 2))
         assert torch.equal(z, F.max_pool2d(rounded(t), 3, stride=1, padding=1))
+
+
+# -- all pairs at once ------------------------------------------------------------------------------
+def and_all_requests(c: int, pw: int) -> list[tuple[str, dict]]:
+    """and_all's bands for c - 1 packed bit words of pw words each: groups of at most 5,
+    then (c >= 7) the AND of the groups' two results."""
+    count, out = c - 1, []
+    while count > 1:
+        groups = [list(range(a, min(a + 5, count))) for a in range(0, count, 5)]
+        out.append(("band", {"inputs": count, "monomials": groups, "shape": [pw]}))
+        count = len(groups)
+    return out
+
+
+def all_pairs_requests(batch, k: int, zero: int, n: int) -> list[tuple[str, dict]]:
+    """The requests of max_all_pairs on a (*batch, k) tensor: msb of the pairs' differences,
+    and_all, one bit_product of the win bits (..., k) and x."""
+    c, rows = k + zero, math.prod(batch)
+    if c == 1:
+        return []
+    m = rows * c * (c - 1) // 2
+    shape = [*batch, k]
+    return (tree_requests(m, n) + and_all_requests(c, (rows * k + 63) // 64)
+            + [("bit_product", {"shape": shape, "value_shapes": [shape]})])
+
+
+def all_pairs_sizes(batch, k: int, zero: int, n: int) -> dict:
+    """The variables of [max_all_pairs] that are request lengths."""
+    rows, c = math.prod(batch), k + zero
+    m = rows * c * (c - 1) // 2
+    return dict(rows=rows, k=k, zero=zero, **ltz_request_bytes(m, n),
+                and_request_bytes=total_bytes(and_all_requests(c, (rows * k + 63) // 64)),
+                bit_product_request_bytes=bit_product_bytes([*batch, k], [[*batch, k]]))
+
+
+# (batch, k, with_zero): c = k + zero candidates from 2 to 10, and_all in 0, 1 and 2 rounds,
+# msb on whole words (m < 13) and sliced, packed words of one and two words (rows * k > 64)
+ALL_PAIRS_CASES = [((5,), 2, False), ((1,), 3, False), ((4, 3), 6, False), ((2,), 6, True),
+                   ((3,), 7, False), ((10,), 10, False), ((13,), 9, True), ((2, 2), 1, True)]
+
+
+def test_max_all_pairs(inproc_matrix):
+    n, provider = inproc_matrix.n, inproc_matrix.provider
+    spec = load_spec("comparison")
+    section = spec["max_all_pairs"]
+    data = []
+    for i, (batch, k, _) in enumerate(ALL_PAIRS_CASES):
+        t = torch.round(randn(1600 + i, *batch, k) * 4) / 4  # ties
+        t.reshape(-1, k)[::3, -1] = t.reshape(-1, k)[::3, 0]
+        data.append(t)
+    observed = []
+
+    def party():
+        session, out, seen = current(), [], []
+        session.provider.observers.append(lambda r: seen.append((r["kind"], r["params"])))
+        for t, (_, _, zero) in zip(data, ALL_PAIRS_CASES):
+            x = share(t, n - 1)
+            seen.clear()
+            (top, hot), stats = measured(lambda: max_all_pairs(session, x.share, with_zero=zero))
+            out.append((stats, list(seen), reveal(session, top), reveal(session, hot)))
+        session.provider.observers.pop()
+        return out
+
+    for rank, records in enumerate(inproc_matrix.run(party)):
+        for t, (batch, k, zero), (stats, seen, top, hot) in zip(data, ALL_PAIRS_CASES, records):
+            where = f"max_all_pairs {batch} k={k} with_zero={zero}"
+            assert seen == all_pairs_requests(batch, k, int(zero), n), where
+            if k + zero > 1:
+                assert_costs(stats, spec, section, where, n=n, rank=rank, provider=provider,
+                             **all_pairs_sizes(batch, k, int(zero), n))
+            else:
+                assert stats["rounds"] == stats["bytes_sent"] == 0, where
+            enc_t = encode(t, F_BITS)
+            cand = torch.cat([enc_t, torch.zeros_like(enc_t[..., :1])], -1) if zero else enc_t
+            want = cand.max(-1)
+            assert torch.equal(top, want.values), where
+            want_hot = F.one_hot(want.indices, k + int(zero))[..., :k]
+            assert torch.equal(hot, want_hot), where
 
 
 # -- nonlinear functions ------------------------------------------------------------------------
