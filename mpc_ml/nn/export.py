@@ -76,6 +76,11 @@ def _embedding(weight, ids, padding_idx: int = -1, *_):
     return (ids.unsqueeze(-1) == rows) @ weight
 
 
+MASKED = -500.0
+"""The score of a masked position: e^-500 is 0 at any precision, and it stays within the
+softmax's exp (which is exact down to -710; finfo.min, as models write masks, would wrap)."""
+
+
 def attention(q, k, v, attn_mask=None, dropout_p: float = 0.0, is_causal: bool = False,
               scale: float | None = None, enable_gqa: bool = False):
     """softmax(q k^T * scale + mask) v, as torch's scaled_dot_product_attention: a boolean
@@ -91,7 +96,9 @@ def attention(q, k, v, attn_mask=None, dropout_p: float = 0.0, is_causal: bool =
         attn_mask = torch.ones(lq, lk, dtype=torch.bool).tril()
     if attn_mask is not None:
         if attn_mask.dtype == torch.bool:
-            attn_mask = torch.zeros(attn_mask.shape, dtype=torch.float64).masked_fill(~attn_mask, -1e4)
+            attn_mask = torch.zeros(attn_mask.shape, dtype=torch.float64).masked_fill(~attn_mask, MASKED)
+        elif not isinstance(attn_mask, MPCTensor):
+            attn_mask = attn_mask.to(torch.float64).clamp(min=MASKED)  # finfo.min would wrap the ring
         scores = scores + attn_mask
     return scores.softmax(-1) @ v
 
@@ -121,6 +128,15 @@ def _slice(x, dim=0, start=None, end=None, step=1):
     return x[_index(x, dim, slice(start, end, step))]
 
 
+def _power(x, p):
+    if float(p) == int(p) and p >= 0:
+        return x ** int(p)
+    roots = {0.5: x.sqrt, -0.5: x.inv_sqrt, -1.0: x.reciprocal}
+    if float(p) not in roots:
+        raise ValueError(f"pow: private x ** {p} is supported for whole p >= 0, 0.5, -0.5 and -1")
+    return roots[float(p)]()
+
+
 def _pool_stride(stride):
     return None if stride in (None, [], ()) else stride
 
@@ -138,6 +154,8 @@ ATEN_OPS: dict[str, Callable] = {
     "aten.relu6.default": lambda x: x.clamp(0.0, 6.0),
     "aten.hardswish.default": lambda x: x * ((x + 3.0).clamp(0.0, 6.0) * (1 / 6)),
     "aten.leaky_relu.default": lambda x, slope=0.01: x.relu() * (1 - slope) + x * slope,
+    "aten.elu.default": lambda x, alpha=1.0, scale=1.0, input_scale=1.0:
+        (x.relu() + ((x - x.relu()) * input_scale)._exp_wide() * alpha - alpha) * scale,
     "aten.exp.default": lambda x: x.exp(),
     "aten.log.default": lambda x: x.log(),
     "aten.sqrt.default": lambda x: x.sqrt(),
@@ -164,8 +182,7 @@ ATEN_OPS: dict[str, Callable] = {
     "aten.mul.Tensor": _binary(operator.mul), "aten.mul.Scalar": _binary(operator.mul),
     "aten.div.Tensor": lambda a, b: a / b, "aten.div.Scalar": lambda a, b: a / b,
     "aten.neg.default": lambda x: -x,
-    "aten.pow.Tensor_Scalar": lambda x, p: x ** p if isinstance(p, int) else
-        {0.5: x.sqrt, -0.5: x.inv_sqrt, -1: x.reciprocal}[p](),
+    "aten.pow.Tensor_Scalar": lambda x, p: _power(x, p),
     "aten.matmul.default": lambda a, b: a @ b, "aten.mm.default": lambda a, b: a @ b,
     "aten.bmm.default": lambda a, b: a @ b,
     "aten.addmm.default": lambda bias, a, b, beta=1, alpha=1: (a @ b) * alpha + bias * beta,
@@ -174,6 +191,9 @@ ATEN_OPS: dict[str, Callable] = {
     "aten.sum.dim_IntList": lambda x, dims=None, keepdim=False, dtype=None: x.sum(dims, keepdim),
     "aten.sum.default": lambda x, dtype=None: x.sum(),
     "aten.var.correction": _var,
+    "aten.var.dim": lambda x, dims=None, unbiased=True, keepdim=False:
+        _var(x, dims, 1 if unbiased else 0, keepdim),
+    "aten.flip.default": lambda x, dims: x.flip(dims),
     "aten.view.default": lambda x, shape: x.reshape(shape),
     "aten._unsafe_view.default": lambda x, shape: x.reshape(shape),
     "aten.reshape.default": lambda x, shape: x.reshape(shape),
@@ -202,6 +222,7 @@ ATEN_OPS: dict[str, Callable] = {
     "aten.to.dtype": lambda x, dtype, *a, **kw: x,
     "aten.type_as.default": lambda x, other: x,
     "aten.lift_fresh_copy.default": lambda x: x,
+    "aten._assert_tensor_metadata.default": lambda *args, **kwargs: None,
 }
 """ATen operator -> what runs it on private arguments (its plaintext runs are the ATen
 operator itself)."""
@@ -346,8 +367,14 @@ def unsupported(program: torch.export.ExportedProgram) -> list[str]:
     buffers and inputs, and what is computed from them) and that mpc_ml cannot run on
     them, each with the module and the line of user code it came from. Operators on
     constants alone (zeros, arange, masks from shapes) run as plaintext."""
-    private = {spec.arg.name for spec in program.graph_signature.input_specs
-               if spec.kind.name in ("PARAMETER", "BUFFER", "USER_INPUT")}
+    def may_be_private(spec) -> bool:  # encrypt() shares floating-point state only
+        if spec.kind.name == "USER_INPUT":
+            return True
+        if spec.kind.name not in ("PARAMETER", "BUFFER"):
+            return False
+        value = program.state_dict.get(spec.target, program.constants.get(spec.target))
+        return value is not None and value.is_floating_point()
+    private = {spec.arg.name for spec in program.graph_signature.input_specs if may_be_private(spec)}
     missing = []
     for node in program.graph.nodes:
         if node.op != "call_function" or not any(a.name in private for a in node.all_input_nodes):

@@ -1,0 +1,225 @@
+"""from_pytorch through torch.export (mpc_ml/nn/export.py): models written with current
+torch and Hugging Face code, run privately, forward and backward, against torch."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as TF
+
+import transformers
+
+import mpc_ml as mpc
+from helpers import enc
+from mpc_ml.nn.export import ExportedModule
+
+TOL = 2e-2  # relative to max(1, |torch's values|): fixed point and the approximations
+
+
+def private_run(model: nn.Module, inputs: tuple, backward: bool = False, n: int = 2,
+                provider: str = "tfp", private_inputs: bool = True):
+    """(outputs, {parameter name: gradient of outputs.sum()}) of the converted model, with
+    the weights from party 0 and the inputs from party 1 (integer inputs stay public)."""
+    def party():
+        net = mpc.nn.from_pytorch(model, inputs).encrypt(src=0)
+        xs = [enc(x, 1) if private_inputs and x.is_floating_point() else x for x in inputs]
+        if not backward:
+            with mpc.no_grad():
+                return net(*xs).decrypt(), {}
+        out = net(*xs)
+        out.sum().backward()
+        return out.decrypt(), {k: p.grad.decrypt() for k, p in net.named_parameters()
+                               if p.grad is not None}
+    return mpc.run(party, world_size=n, provider=provider)[0]
+
+
+def torch_run(model: nn.Module, inputs: tuple, backward: bool = False):
+    model.zero_grad()
+    out = model(*inputs)
+    if backward:
+        out.sum().backward()
+    grads = {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
+    return out.detach(), grads
+
+
+def assert_close(got, want, what: str, tol: float = TOL):
+    scale = max(1.0, want.abs().max().item())
+    err = (got.double() - want.double()).abs().max().item()
+    assert err <= tol * scale, f"{what}: max error {err:.3g} (scale {scale:.3g})"
+
+
+def check(model: nn.Module, inputs: tuple, backward: bool = True, tol: float = TOL, **kw):
+    model = model.eval()
+    got, got_grads = private_run(model, inputs, backward, **kw)
+    want, want_grads = torch_run(model, inputs, backward)
+    assert_close(got, want, type(model).__name__, tol)
+    for name, g in want_grads.items():
+        assert name in got_grads, f"no gradient for {name}"
+        assert_close(got_grads[name], g, f"gradient of {name}", tol)
+
+
+def seeded(build):
+    torch.manual_seed(0)
+    return build()
+
+
+# -- the models the issue found failing ----------------------------------------------------------
+class FunctionalPoolRelu6(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 3, 3)
+
+    def forward(self, x):
+        return TF.relu6(torch.max_pool2d(self.conv(x), 2)).flatten(1)
+
+
+class EmbedNorm(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.emb, self.norm, self.head = nn.Embedding(20, 8), nn.LayerNorm(8), nn.Linear(8, 3)
+
+    def forward(self, ids):
+        return self.head(self.norm(self.emb(ids))).mean(1)
+
+
+def test_functional_pool_and_relu6():
+    check(seeded(FunctionalPoolRelu6), (torch.randn(2, 1, 8, 8),))
+
+
+def test_embedding_and_layer_norm_with_public_token_ids():
+    check(seeded(EmbedNorm), (torch.randint(0, 20, (2, 5)),))
+
+
+def test_transformer_encoder():
+    layer = seeded(lambda: nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=True))
+    model = seeded(lambda: nn.TransformerEncoder(layer, 1, enable_nested_tensor=False))
+    check(model, (torch.randn(2, 4, 8),), backward=False)
+
+
+def test_uninitialised_example_input_converts_and_checks_on_fresh_data():
+    model = seeded(lambda: nn.Sequential(nn.Linear(4, 3), nn.ReLU())).eval()
+    example = torch.empty(2, 4).fill_(float("nan"))
+    converted = mpc.nn.from_pytorch(model, example)
+    assert isinstance(converted, ExportedModule)
+    x = torch.randn(2, 4)
+    assert torch.allclose(converted(x), model(x))
+
+
+def test_unsupported_operator_is_named_with_its_module_and_line():
+    class UsesGRU(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.rnn = nn.GRU(3, 4, batch_first=True)
+
+        def forward(self, x):
+            return self.rnn(x)[0]
+
+    with pytest.raises(NotImplementedError) as info:
+        mpc.nn.from_pytorch(seeded(UsesGRU), torch.zeros(1, 2, 3))
+    message = str(info.value)
+    assert "gru" in message and "'rnn'" in message and "GRU" in message, message
+    assert "test_export.py" in message and "self.rnn(x)" in message, message
+
+
+def test_unknown_tracer_is_refused():
+    with pytest.raises(ValueError, match="tracer"):
+        mpc.nn.from_pytorch(nn.Linear(2, 2), torch.zeros(1, 2), tracer="jit")
+
+
+# -- coverage -------------------------------------------------------------------------------------
+ACTIVATIONS = [nn.SiLU(), nn.Hardswish(), nn.ReLU6(), nn.Hardtanh(-0.5, 0.5), nn.LeakyReLU(0.1),
+               nn.GELU(), nn.GELU("tanh"), nn.ELU()]
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS, ids=lambda a: repr(a))
+def test_activations_forward_and_backward(activation):
+    model = seeded(lambda: nn.Sequential(nn.Linear(6, 5), activation, nn.Linear(5, 2)))
+    check(model, (torch.randn(4, 6) * 2,))
+
+
+class Attention(nn.Module):
+    def __init__(self, causal: bool, mask: str | None):
+        super().__init__()
+        self.proj, self.causal, self.mask = nn.Linear(8, 24), causal, mask
+
+    def forward(self, x):
+        q, k, v = self.proj(x).view(2, 5, 2, 12).transpose(1, 2).split(4, -1)
+        mask = None
+        if self.mask == "bool":
+            mask = torch.ones(5, 5, dtype=torch.bool).triu(1).logical_not()
+        elif self.mask == "float":
+            mask = torch.zeros(5, 5).masked_fill(torch.eye(5, dtype=torch.bool), torch.finfo(torch.float32).min)
+        out = TF.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=self.causal)
+        return out.transpose(1, 2).reshape(2, 5, 8)
+
+
+@pytest.mark.parametrize("causal,mask", [(False, None), (True, None), (False, "bool"), (False, "float")])
+def test_scaled_dot_product_attention(causal, mask):
+    check(seeded(lambda: Attention(causal, mask)), (torch.randn(2, 5, 8),))
+
+
+def test_multihead_attention():
+    class MHA(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.att = nn.MultiheadAttention(8, 2, batch_first=True)
+
+        def forward(self, x):
+            return self.att(x, x, x, need_weights=False)[0]
+
+    check(seeded(MHA), (torch.randn(2, 4, 8),))
+
+
+def test_residual_cat_slice_mean_var():
+    class Mixed(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(6, 6), nn.Linear(12, 4)
+
+        def forward(self, x):
+            h = x + self.a(x)
+            h = torch.cat([h, x.flip(1) * 0.5], -1)[:, 1:]
+            h = torch.cat([h, h[:, :1]], -1)
+            return self.b(h) - h.mean(1, keepdim=True) + h.var(1, keepdim=True) * 0.1
+
+    check(seeded(Mixed), (torch.randn(3, 6),))
+
+
+def test_private_token_ids_are_one_hot_products():
+    model = seeded(EmbedNorm).eval()
+    ids = torch.randint(0, 20, (2, 3))
+
+    def party():
+        net = mpc.nn.from_pytorch(model, ids).encrypt(src=0)
+        private_ids = mpc.encrypt(ids.double() if mpc.rank() == 1 else None, src=1, shape=ids.shape)
+        with mpc.no_grad():
+            return net(private_ids).decrypt()
+    got = mpc.run(party, world_size=2, provider="tfp")[0]
+    assert_close(got, model(ids).detach(), "embedding of private ids")
+
+
+# -- models defined by packages no one here wrote ---------------------------------------------------
+
+class Logits(nn.Module):
+    """A Hugging Face model called on token ids, returning its logits."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, ids):
+        return self.model(input_ids=ids).logits
+
+
+def test_hugging_face_bert():
+    cfg = transformers.BertConfig(vocab_size=64, hidden_size=16, num_hidden_layers=2,
+                                  num_attention_heads=2, intermediate_size=32,
+                                  max_position_embeddings=16, num_labels=3)
+    model = seeded(lambda: Logits(transformers.BertForSequenceClassification(cfg)))
+    check(model, (torch.randint(0, 64, (1, 6)),), backward=False, tol=1e-2)
+
+
+def test_hugging_face_gpt2():
+    cfg = transformers.GPT2Config(vocab_size=64, n_embd=16, n_layer=2, n_head=2, n_positions=16)
+    model = seeded(lambda: Logits(transformers.GPT2LMHeadModel(cfg)))
+    check(model, (torch.randint(0, 64, (1, 6)),), backward=False, tol=1e-2)
