@@ -31,6 +31,7 @@ from mpc_ml.primitives import (a2b, and_many, and_monomials, b2a, b2a_bits, bina
                                bit_products, ltz, max_all_pairs, max_along_last, max_one_hot,
                                open_bits, open_words, relu, reveal)
 from mpc_ml.primitives.binary import SLICED_FROM, and_held, held_by, reduce_to_two
+from mpc_ml.primitives.normalization import leading_bit_weighted
 from mpc_ml.session import current
 from mpc_ml.core.specs import derive_sizes, evaluate, evaluate_fraction, evaluate_table, load_spec
 
@@ -219,7 +220,8 @@ SPEC_NAMES = ("and", "a2b", "b2a", "comparison", "approximations")
 REQUIRED_REFERENCES = {"and": ["Beaver", "Ohata", "ABY2.0"], "a2b": ["Kogge", "ABY"],
                        "b2a": ["daBits", "bit injection"],
                        "comparison": ["ABY", "CrypTen", "Brent", "Ohata", "ABY2.0"],
-                       "approximations": ["CrypTen", "Catrina", "Abramowitz"]}
+                       "approximations": ["CrypTen", "Catrina", "Abramowitz", "Estrin",
+                                          "Goldschmidt", "SecureML", "Kogge"]}
 FUNCTIONS = ("exp", "reciprocal", "inv_sqrt", "sqrt", "log", "sigmoid", "tanh", "erf", "gelu",
              "softmax", "log_softmax")
 
@@ -246,29 +248,41 @@ def test_spec_is_complete_and_its_formulas_evaluate(name):
             assert csa_from_table(spec, n) == evaluate(spec["sizes"]["csa_rounds"], n=n)
 
 
+def cost_sections(spec: dict, fname: str) -> list[tuple[str, dict, int]]:
+    """(where, section, k) for each table of a function's costs: the section itself, or
+    for softmax / log_softmax its two paths (evaluated at k = 8 and k = 16)."""
+    section = spec[fname]
+    if "cost" in section:
+        return [(fname, section, 8)]
+    return [(f"{fname}.all_pairs", section["all_pairs"], 8),
+            (f"{fname}.tournament", section["tournament"], 16)]
+
+
 def test_approximations_sections_state_method_domain_error():
     spec = load_spec("approximations")
     comparison = load_spec("comparison")
-    for fname in FUNCTIONS:
-        section = spec[fname]
-        for key in ("api", "method", "domain", "error_bound", "composition",
-                    "bytes_per_element_per_peer"):
-            assert section.get(key), f"{fname}: no {key}"
-        # bytes_per_element_per_peer is bytes_sent's part per element; the rest are sign
-        # bits. The carry trees work on 64 elements a word, so the per-element figure is
-        # exact where every comparison's count is a multiple of 64: numel = 1024, and
-        # k = 8 (rows 128: levels of 512, 256 and 128 comparisons).
-        numel, k = 1024, 8
-        for n in (2, 3, 4):
-            tour = tournament(comparison, comparison["max_along_last"], [numel // k], k, 1, n)
-            assert tour["tree_words_levels"] * 64 == sum(TREE_WORDS) * (numel // k * (k - 1))
-            sizes = spec_sizes(spec, section, n, numel=numel, k=k, levels=tour["levels"],
-                               bit_bytes=tour["bit_bytes"],
-                               tree_words_levels=tour["tree_words_levels"])
-            sent = evaluate(section["cost"]["all"]["bytes_sent"], **sizes)
-            linear = evaluate_fraction(section["bytes_per_element_per_peer"], **sizes)
-            rest = sent - (n - 1) * linear * sizes["numel"]
-            assert 0 <= rest <= (n - 1) * (tour["bit_bytes"] + 2 * numel // 8), (fname, n, rest)
+    for fname in FUNCTIONS + ("normalisation", "exp_wide"):
+        for key in ("api", "method", "domain", "error_bound"):
+            assert spec[fname].get(key), f"{fname}: no {key}"
+        for where, section, k in cost_sections(spec, fname):
+            for key in ("composition", "bytes_per_element_per_peer", "requests"):
+                assert section.get(key), f"{where}: no {key}"
+            # bytes_per_element_per_peer is bytes_sent's part per element; the rest are
+            # packed bits. The carry trees and the sliced normalisation work on 64 elements
+            # a word, so the per-element figure is exact where every count is a multiple of
+            # 64: numel = 1024; k = 8 (rows 128, 3584 pairs) and k = 16 (rows 64: tournament
+            # levels of 512, 256, 128 and 64 comparisons, a normalisation of 64).
+            numel = 1024
+            for n in (2, 3, 4):
+                tour = tournament(comparison, comparison["max_along_last"], [numel // k], k, 1, n)
+                sizes = spec_sizes(spec, section, n, numel=numel, k=k, request_bytes=0,
+                                   **{key: tour[key] for key in (
+                                       "levels", "bit_bytes", "tree_open_words_levels",
+                                       "tree_dealer_words_levels")})
+                sent = evaluate(section["cost"]["all"]["bytes_sent"], **sizes)
+                linear = evaluate_fraction(section["bytes_per_element_per_peer"], **sizes)
+                rest = sent - (n - 1) * linear * numel
+                assert 0 <= rest <= (n - 1) * (tour["bit_bytes"] + 3 * numel // 8), (where, n, rest)
     # the one table of bounds (ERROR_BOUNDS), as the spec repeats it
     for fname, bound in ERROR_BOUNDS.items():
         assert spec[fname]["domain"] == bound.domain, fname
@@ -838,14 +852,167 @@ def test_max_all_pairs(inproc_matrix):
 
 
 # -- nonlinear functions ------------------------------------------------------------------------
+# The correlation requests each function makes, in order (what the sections' `requests`
+# list): the test compares them with what the provider saw, and the dealer's request bytes
+# are their lengths.
+F_EXTRA = 13  # h of the reciprocal's rescaling: power_weights(2, -(j + 1 - f)) for f = 16
+SQUARINGS, WIDE_SQUARINGS = 5, 8
+
+
+def lazy_req(xs, ys, x_bits: int, y_bits: int, square: bool = False) -> tuple[str, dict]:
+    return ("lazy_triple", {"x_shape": list(xs), "y_shape": list(ys), "x_bits": x_bits,
+                            "y_bits": y_bits, "square": square})
+
+
+def triple_req(shape) -> tuple[str, dict]:
+    return ("triple", {"op": "mul", "a_shape": list(shape), "b_shape": list(shape), "kwargs": {}})
+
+
+def trunc_req(shape, bits: int) -> tuple[str, dict]:
+    return ("trunc", {"shape": list(shape), "bits": bits})
+
+
+def exp_requests(shape, squarings: int) -> list:
+    """z^2 (a square of the settled input), z^2 times the bracket, the squarings at 24
+    pending bits and the last but one's result at 32."""
+    return ([lazy_req(shape, shape, 0, 0, True), lazy_req(shape, shape, 24, 38)]
+            + [lazy_req(shape, shape, 24, 24, True)] * (squarings - 1)
+            + [lazy_req(shape, shape, 32, 32, True)])
+
+
+def lead_requests(shape, n: int) -> list:
+    """leading_bit_weighted on x of this shape: carry-save, then the sliced prefix and
+    suffix OR (from SLICED_FROM = 21 elements) or the whole-word adder and prefix OR, then
+    one b2a of all 64 positions."""
+    numel = math.prod(shape)
+    out = [("btriple", {"shape": [numel]})] * (n - 2)
+    if numel < 21:
+        first = ("held_btriple", {"shape": list(shape)}) if n == 2 else ("btriple", {"shape": [numel]})
+        out += [first] + [("band", {"inputs": 1 + max(map(max, monos)), "monomials": listed(monos),
+                                    "shape": [numel]}) for monos in (COMBINE, COMBINE, COMBINE_LAST)]
+        out += [("band", {"inputs": 4, "monomials": [[0, 1, 2, 3]], "shape": [numel]})] * 3
+    else:
+        w = (numel + 63) // 64
+        rows = [64, w]
+        out.append(("held_btriple", {"shape": rows}) if n == 2 else ("btriple", {"shape": [64 * w]}))
+        for t in (1, 4, 16):
+            monos = [((0, t), 1), ((0, 2 * t), 1, (1, t)), ((0, 3 * t), 1, (1, t), (1, 2 * t))]
+            monos += [(1, (1, t), (1, 2 * t), (1, 3 * t))] if t != 16 else []
+            out.append(("band", {"inputs": 2, "monomials": listed(monos), "shape": rows}))
+        for t in (1, 4, 16):
+            out.append(("band", {"inputs": 1, "monomials": listed([((0, -3 * t), (0, -2 * t),
+                                                                     (0, -t), 0)]), "shape": rows}))
+    return out + [("dabits", {"shape": list(shape), "positions": list(range(64))})]
+
+
+def reciprocal_requests(shape, n: int) -> list:
+    numel = math.prod(shape)
+    return (lead_requests(shape, n) + [triple_req(shape), trunc_req([numel], 46)]
+            + [lazy_req(shape, shape, *bits) for bits in ((0, 16), (16, 16), (16, 16, True),
+                                                         (16, 16), (16, 0))])
+
+
+def inv_sqrt_requests(shape, n: int, root: bool = False) -> list:
+    numel = math.prod(shape)
+    steps = [(16, 16, True), (0, 16), (16, 16), (17, 17, True), (0, 16), (17, 16)]
+    tail = [(0, 17), (16, 0)] if root else [(17, 0)]
+    return (lead_requests(shape, n) + [triple_req(shape), trunc_req([numel], 46), triple_req(shape)]
+            + [lazy_req(shape, shape, *bits) for bits in steps + tail])
+
+
+def log_requests(shape, n: int) -> list:
+    numel = math.prod(shape)
+    sq, plain = lazy_req(shape, shape, 0, 0, True), lazy_req(shape, shape, 0, 0)
+    return (lead_requests(shape, n) + [triple_req(shape), trunc_req([numel], 46), triple_req(shape)]
+            + [sq, trunc_req([numel], 16), plain, sq, trunc_req([2 * numel], 16)]
+            + [plain] * 3 + [sq, trunc_req([4 * numel], 16), trunc_req(shape, 16)])
+
+
+def sigmoid_requests(shape, n: int) -> list:
+    one, two = [1, *shape], [2, *shape]
+    return ([lazy_req(shape, shape, 0, 0, True), lazy_req(shape, shape, 15, 15, True),
+             lazy_req(one, two, 0, 31), lazy_req(one, two, 23, 31)]
+            + tree_requests(3 * math.prod(shape), n)
+            + [("bit_product", {"shape": [3, *shape], "value_shapes": [two]})])
+
+
+def erf_requests(shape, n: int) -> list:
+    numel = math.prod(shape)
+    sign = tree_requests(numel, n) + [("bit_product", {"shape": list(shape),
+                                                       "value_shapes": [list(shape)]})]
+    newton = [(16, 32), (32, 16), (16, 16, True), (32, 16), (16, 16, True), (32, 16)]
+    sq, plain = lazy_req(shape, shape, 0, 0, True), lazy_req(shape, shape, 0, 0)
+    return (sign + sign + [lazy_req(shape, shape, *bits) for bits in newton]
+            + [trunc_req(shape, 32), sq, trunc_req([numel], 16)]
+            + exp_requests(shape, WIDE_SQUARINGS)
+            + [sq, trunc_req([numel], 16), plain, sq, trunc_req([2 * numel], 16),
+               triple_req(shape), trunc_req([numel], 16), trunc_req(shape, 16),
+               lazy_req(shape, shape, 0, 16), trunc_req([numel], 16), triple_req(shape)])
+
+
+def gelu_requests(shape, n: int) -> list:
+    return [trunc_req(shape, 16)] + erf_requests(shape, n) + [lazy_req(shape, shape, 0, 16)]
+
+
+ELEMENTWISE_REQUESTS = {
+    "exp": lambda shape, n: exp_requests(shape, SQUARINGS),
+    "reciprocal": reciprocal_requests, "inv_sqrt": inv_sqrt_requests,
+    "sqrt": lambda shape, n: inv_sqrt_requests(shape, n, root=True), "log": log_requests,
+    "sigmoid": sigmoid_requests, "tanh": sigmoid_requests, "erf": erf_requests,
+    "gelu": gelu_requests,
+}
+
+
+def sums_powers_requests(sums) -> list:
+    """The 12 powers of t, affine in the pending row sums (bits 32): 1, 2, 4, 4 products."""
+    return [lazy_req(sums, sums, *bits) for bits in (
+        (32, 32, True), (16, 32), (16, 16, True), (16, 32), (16, 16), (16, 16), (16, 16, True),
+        (16, 32), (16, 16), (16, 16), (16, 16))]
+
+
+def tournament_requests(batch, k: int, n: int) -> list:
+    """max_along_last's, values only: each level msb of the pairs, one bit_product."""
+    out, length = [], k
+    while length > 1:
+        shape = [*batch, length // 2]
+        out += tree_requests(math.prod(shape), n) + [("bit_product", {"shape": shape,
+                                                                       "value_shapes": [shape]})]
+        length = (length + 1) // 2
+    return out
+
+
+def softmax_path(k: int) -> str:
+    return "all_pairs" if 2 <= k <= 10 else "tournament"
+
+
+def softmax_requests(name: str, shape, dim: int, n: int) -> list:
+    shape = list(shape)
+    k = shape[dim]
+    batch = shape[:dim % len(shape)] + shape[dim % len(shape) + 1:]
+    sums = list(shape)
+    sums[dim] = 1
+    if softmax_path(k) == "all_pairs":
+        out = all_pairs_requests(batch, k, 0, n) + exp_requests(shape, WIDE_SQUARINGS)
+        out += sums_powers_requests(sums)
+        if name == "softmax":
+            out += [lazy_req(sums, sums, 16, 32), lazy_req(sums, sums, 32, 16),
+                    lazy_req(shape, shape, 16, 32)]
+        return out
+    out = tournament_requests(batch, k, n) + exp_requests(shape, WIDE_SQUARINGS)
+    out.append(trunc_req(sums, 16))
+    if name == "softmax":
+        return out + reciprocal_requests(sums, n) + [lazy_req(shape, shape, 16, 16 + F_EXTRA)]
+    return out + log_requests(sums, n)
+
+
 def _spread(seed: int, lo: float, hi: float, extra=()) -> torch.Tensor:
-    return torch.cat([uniform(seed, (20 - len(extra),), lo, hi),
+    return torch.cat([uniform(seed, (30 - len(extra),), lo, hi),
                       torch.tensor(extra, dtype=torch.float64)])
 
 
 def _signed(seed: int, lo: float, hi: float, extra=()) -> torch.Tensor:
-    """Magnitudes log-uniform in [lo, hi] with random signs (20 values)."""
-    mag = torch.exp(uniform(seed, (20 - len(extra),), math.log(lo), math.log(hi)))
+    """Magnitudes log-uniform in [lo, hi] with random signs (30 values)."""
+    mag = torch.exp(uniform(seed, (30 - len(extra),), math.log(lo), math.log(hi)))
     sign = torch.where(torch.rand(mag.shape, generator=gen(seed + 1)) < 0.5, -1.0, 1.0)
     return torch.cat([mag * sign, torch.tensor(extra, dtype=torch.float64)])
 
@@ -859,48 +1026,77 @@ ELEMENTWISE = {
     "inv_sqrt": (_signed(902, 2.0 ** -10, 2.0 ** 40, (1.0, 2.0 ** 45)).abs(), torch.rsqrt),
     "sqrt": (_signed(903, 2.0 ** -10, 2.0 ** 40, (0.0, 1.0, 2.0 ** 45)).abs(), torch.sqrt),
     "log": (_signed(904, 2.0 ** -10, 2.0 ** 40, (1.0, 2.0, 2.0 ** 45)).abs(), torch.log),
-    "sigmoid": (_spread(905, -30, 30, (-300.0, 300.0, 0.0)), torch.sigmoid),
-    "tanh": (_spread(906, -10, 10, (-150.0, 150.0, 0.0)), torch.tanh),
+    "sigmoid": (_spread(905, -30, 30, (-300.0, 300.0, 0.0, 8.0, -8.0, 2.0 ** 45)), torch.sigmoid),
+    "tanh": (_spread(906, -10, 10, (-150.0, 150.0, 0.0, 4.0, -4.0, -2.0 ** 45)), torch.tanh),
     "erf": (_spread(907, -6, 6, (-1e4, 1e4, 0.0)), torch.special.erf),
     "gelu": (_spread(908, -6, 6, (-50.0, 50.0, 0.0)), F.gelu),
 }
-SOFTMAX_CASES = [((3, 6), 1), ((2, 5, 3), 1), ((4,), 0)]
+# Each function on 30 elements (the normalisation on bit slices, from 21), 20 (whole words;
+# sigmoid's msb of 60 sliced) and 3 (every msb on whole words).
+PARTS = (30, 20, 3)
+# (shape, dim): k = 6, 5, 4, 2 and 10 (and_all in 1, 0 and 2 rounds; msb sliced and on
+# whole words) take all pairs; k = 12 and k = 1 the tournament (0 levels for k = 1).
+SOFTMAX_CASES = [((3, 6), 1), ((2, 5, 3), 1), ((4,), 0), ((5, 2), 1), ((2, 10), -1),
+                 ((2, 12), 1), ((3, 1), 1)]
 
 
-@on_matrix(backend="inproc", provider="tfp")
+def softmax_sizes(comparison: dict, shape, dim: int, n: int) -> dict:
+    """The variables a softmax section needs beyond numel, k and request_bytes: the
+    tournament's (levels and bit bytes depend on the rows' count only, not their shape)."""
+    k = shape[dim]
+    rows = math.prod(shape) // k
+    sizes = tournament(comparison, comparison["max_along_last"], [rows], k, 1, n)
+    return {key: sizes[key] for key in ("levels", "bit_bytes", "tree_open_words_levels",
+                                        "tree_dealer_words_levels")}
+
+
+def observing(session, seen: list):
+    """Record the requests the provider sees (kind, params) into seen."""
+    session.provider.observers.append(lambda r: seen.append((r["kind"], r["params"])))
+
+
+@on_matrix(backend="inproc")
 def test_functions(matrix):
-    """Rounds, bytes and messages of every function per approximations.toml (tfp), on two
-    sizes each, and each function's ERROR_BOUNDS entry on inputs in its domain."""
-    n = matrix.n
+    """Rounds, bytes, messages and (dealer) the dealer counters of every function per
+    approximations.toml, on three sizes each, the requests as listed; and each function's
+    ERROR_BOUNDS entry on inputs in its domain."""
+    n, provider = matrix.n, matrix.provider
     spec = load_spec("approximations")
     soft_in = [randn(950 + i, *shape, scale=4.0) for i, (shape, _) in enumerate(SOFTMAX_CASES)]
 
     def party():
-        out = {}
+        session, out, seen = current(), {}, []
+        observing(session, seen)
         for name, (t, _) in ELEMENTWISE.items():
             runs = []
-            for part in (t, t[:3]):
-                x = share(part, 0)
+            for size in PARTS:
+                x = share(t[:size], 0)
+                seen.clear()
                 y, stats = measured(lambda: getattr(x, name)())
-                runs.append((stats, y.decrypt()))
+                runs.append((stats, list(seen), y.decrypt()))
             out[name] = runs
         for name in ("softmax", "log_softmax"):
             runs = []
             for t, (_, dim) in zip(soft_in, SOFTMAX_CASES):
                 x = share(t, n - 1)
+                seen.clear()
                 y, stats = measured(lambda: getattr(x, name)(dim))
-                runs.append((stats, y.decrypt()))
+                runs.append((stats, list(seen), y.decrypt()))
             out[name] = runs
+        session.provider.observers.pop()
         return out
 
     comparison = load_spec("comparison")
     for rank, out in enumerate(matrix.run(party)):
-        kw = dict(n=n, rank=rank, provider="tfp")
+        kw = dict(n=n, rank=rank, provider=provider)
         for name, (t, fn) in ELEMENTWISE.items():
             bound = ERROR_BOUNDS[name]
-            for part, (stats, y) in zip((t, t[:3]), out[name]):
-                assert_costs(stats, spec, spec[name], f"{name} of {part.numel()}",
-                             numel=part.numel(), **kw)
+            for size, (stats, seen, y) in zip(PARTS, out[name]):
+                part = t[:size]
+                want_requests = ELEMENTWISE_REQUESTS[name](list(part.shape), n)
+                assert seen == want_requests, f"{name} of {size}: requests"
+                assert_costs(stats, spec, spec[name], f"{name} of {size}", numel=size,
+                             request_bytes=total_bytes(want_requests), **kw)
                 x = rounded(part)
                 assert bool(bound.in_domain(x).all()), f"{name}: inputs outside {bound.domain}"
                 want = fn(x)
@@ -909,27 +1105,79 @@ def test_functions(matrix):
                 assert bool((err <= bound.allowed(x, want)).all()), (
                     f"{name}: error {worst}, over {bound.describe()}")
         for name in ("softmax", "log_softmax"):
-            for t, (shape, dim), (stats, y) in zip(soft_in, SOFTMAX_CASES, out[name]):
+            for t, (shape, dim), (stats, seen, y) in zip(soft_in, SOFTMAX_CASES, out[name]):
                 k = shape[dim]
-                rows = t.numel() // k
-                # levels and bit bytes depend on the rows' count only, not on their shape
-                sizes = tournament(comparison, comparison["max_along_last"], [rows], k, 1, n)
-                assert_costs(stats, spec, spec[name], f"{name} {shape} dim {dim}", numel=t.numel(),
-                             k=k, levels=sizes["levels"], bit_bytes=sizes["bit_bytes"],
-                             tree_words_levels=sizes["tree_words_levels"], **kw)
+                where = f"{name} {shape} dim {dim}"
+                want_requests = softmax_requests(name, shape, dim, n)
+                assert seen == want_requests, f"{where}: requests"
+                assert_costs(stats, spec, spec[name][softmax_path(k)], where, numel=t.numel(),
+                             k=k, request_bytes=total_bytes(want_requests),
+                             **softmax_sizes(comparison, shape, dim, n), **kw)
                 want = getattr(torch, name)(rounded(t), dim)
                 err = (y - want).abs()
                 assert bool((err <= ERROR_BOUNDS[name].allowed(rounded(t), want)).all()), (
-                    f"{name} {shape}: error {float(err.max()):.3g}, over "
-                    f"{ERROR_BOUNDS[name].describe()}")
+                    f"{where}: error {float(err.max()):.3g}, over {ERROR_BOUNDS[name].describe()}")
 
 
-# The ends of the stated domains (ERROR_BOUNDS, repeated in approximations.toml):
-# sigmoid / tanh at +-a and softmax with x - max = -a, where exp's squarings are closest to
-# blowing up, and reciprocal at its smallest magnitude. (With exp's polynomial at 29
-# fractional bits, exp broke below x = -512: v^4 passed the exact truncation's 2^62.)
+LEAD_SIZES = (3, 20, 21, 64, 130)
+
+
+@on_matrix(backend="inproc")
+def test_normalisation_and_exp_wide(matrix):
+    """[normalisation] either side of its SLICED_FROM = 21 (and across sliced words), and
+    [exp_wide], called directly: costs, requests, and the normalisation's sums exactly."""
+    n, provider = matrix.n, matrix.provider
+    spec = load_spec("approximations")
+    values = [torch.cat([torch.tensor([0.0, -2.0 ** -16, 2.0 ** -16, -3.0, 2.0 ** 40]),
+                         randn(1700 + m, max(m - 5, 0), scale=100.0)])[:m] for m in LEAD_SIZES]
+    weights = torch.stack([torch.arange(64, dtype=torch.int64),
+                           torch.ones(64, dtype=torch.int64)], 1)  # sum j bit_j, and the count
+
+    def party():
+        session, out, seen = current(), [], []
+        observing(session, seen)
+        for t in values:
+            x = share(t, 0)
+            seen.clear()
+            sums, stats = measured(lambda: leading_bit_weighted(session, x.share, weights))
+            out.append((stats, list(seen), reveal(session, sums)))
+        x = share(values[3], 1)
+        seen.clear()
+        y, stats = measured(lambda: x._exp_wide())
+        out.append((stats, list(seen), y.decrypt()))
+        session.provider.observers.pop()
+        return out
+
+    for rank, out in enumerate(matrix.run(party)):
+        kw = dict(n=n, rank=rank, provider=provider)
+        for t, (stats, seen, sums) in zip(values, out):
+            shape = list(t.shape)
+            assert seen == lead_requests(shape, n), f"normalisation of {t.numel()}: requests"
+            assert_costs(stats, spec, spec["normalisation"], f"normalisation of {t.numel()}",
+                         numel=t.numel(), request_bytes=total_bytes(lead_requests(shape, n)), **kw)
+            enc_t = encode(t, F_BITS)
+            magnitude = torch.where(enc_t < 0, -enc_t - 1, enc_t)  # the ones' complement
+            lead = torch.where(magnitude > 0, torch.floor(torch.log2(magnitude.double())), 0.0)
+            negative, found = (enc_t < 0).long(), (magnitude > 0).long()
+            assert torch.equal(sums[:, 0], lead.long() * found + 63 * negative), t.numel()
+            assert torch.equal(sums[:, 1], found + negative), t.numel()
+        stats, seen, y = out[-1]
+        shape = list(values[3].shape)
+        assert seen == exp_requests(shape, WIDE_SQUARINGS)
+        assert_costs(stats, spec, spec["exp_wide"], "exp_wide of 64", numel=64,
+                     request_bytes=total_bytes(exp_requests(shape, WIDE_SQUARINGS)), **kw)
+
+
+# The ends of the stated domains (ERROR_BOUNDS, repeated in approximations.toml): softmax
+# with x - max = -a, where exp's squarings are closest to blowing up, and reciprocal at its
+# smallest magnitude (with exp's polynomial at 29 fractional bits, exp broke below x = -512:
+# v^4 passed the exact truncation's 2^62); sigmoid (all x) at the largest encodable
+# magnitudes and either side of its pieces' edges +-8, tanh at +-2^45 and around +-4.
 def _domain_end(name: str) -> float:
     return float(re.findall(r"\d+", ERROR_BOUNDS[name].domain)[-1])
+
+
+U16 = 2.0 ** -16
 
 
 @pytest.mark.parametrize("name", ("sigmoid", "tanh", "softmax", "reciprocal"))
@@ -943,10 +1191,17 @@ def test_functions_at_the_ends_of_their_stated_domains(name):
         a = _domain_end(name)
         assert bound.domain == f"x - max >= -{a:g}"
         t, fn = torch.tensor([0.0, -a, -a / 2, -1.0]), lambda v: torch.softmax(v, 0)
+    elif name == "sigmoid":
+        assert bound.domain == "all x"
+        top = 2.0 ** 46 - 1.5  # below max_encodable(16) = 2^46
+        t = torch.tensor([-top, top, -8 - U16, -8.0, -8 + U16, 8 - U16, 8.0, 8 + U16],
+                         dtype=torch.float64)
+        fn = torch.sigmoid
     else:
-        a = _domain_end(name)
-        assert bound.domain == f"[-{a:g}, {a:g}]"
-        t, fn = torch.tensor([-a, -a + 3.5, a - 3.5, a]), getattr(torch, name)
+        assert bound.domain == "[-2^45, 2^45]"
+        a = 2.0 ** 45
+        t = torch.tensor([-a, a, -4 - U16, -4.0, 4 - U16, 4.0, 4 + U16], dtype=torch.float64)
+        fn = torch.tanh
     assert bool(bound.in_domain(t.double()).all()), (name, t)
 
     def party():
