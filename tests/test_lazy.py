@@ -28,10 +28,11 @@ def lazy_sizes(x_shape, y_shape, z_shape, xb: int, yb: int, square: bool) -> dic
                                             square=square))
 
 
-# (x's shape, y's shape, which operands are pending: p pending, s settled, sq x * x pending)
+# (x's shape, y's shape, which operands are pending: p pending, s settled, sq x * x pending,
+# ssq x * x settled: a square opens x once, not a Beaver triple's two operands)
 CASES = {"pending * settled": ((3, 4), (3, 4), "ps"), "settled * pending": ((3, 4), (3, 4), "sp"),
          "pending * pending": ((2, 5), (2, 5), "pp"), "pending squared": ((6,), (6,), "sq"),
-         "broadcast": ((2, 1, 5), (4, 5), "ps")}
+         "settled squared": ((2, 3), (2, 3), "ssq"), "broadcast": ((2, 1, 5), (4, 5), "ps")}
 
 
 def test_elementwise_products_absorb_pending_truncations(inproc_matrix):
@@ -45,7 +46,7 @@ def test_elementwise_products_absorb_pending_truncations(inproc_matrix):
             a, b, c, d = (enc(t, k % n) for k, t in enumerate(data[name]))
             x = a * b if kind in ("ps", "pp", "sq") else a
             y = c * d if kind in ("sp", "pp") else c
-            if kind == "sq":
+            if kind in ("sq", "ssq"):
                 z, stats = measured(lambda: x * x)
             else:
                 z, stats = measured(lambda: x * y)
@@ -55,7 +56,7 @@ def test_elementwise_products_absorb_pending_truncations(inproc_matrix):
     for rank, out in enumerate(inproc_matrix.run(party)):
         for name, (xs, ys, kind) in CASES.items():
             stats, z, x, y = out[name]
-            square = kind == "sq"
+            square = kind in ("sq", "ssq")
             xb, yb = (16 if kind in ("ps", "pp", "sq") else 0), (16 if kind in ("sp", "pp", "sq") else 0)
             zs = xs if square else tuple(torch.broadcast_shapes(xs, ys))
             assert_costs(stats, SPEC["lazy_mul"], name, n=n, rank=rank, provider=provider,
