@@ -24,7 +24,7 @@ class Config:
     fails catastrophically with probability about |x| * 2^(2f) / 2^63 per element."""
     comparison: str = "circuit"
     """How [x < 0] is computed (relu, max, every comparison). 'circuit': a carry tree on
-    bit-sliced words, any n and provider (csa_rounds + 8 rounds). 'fss': a dealer-made
+    bit-sliced words, any n and provider (csa_rounds + 5 rounds). 'fss': a dealer-made
     distributed comparison function key (Boyle et al., EUROCRYPT 2021), 2 parties and
     provider 'dealer' only: 1 online round, about 1.5 KB of key per element from the
     dealer to each party (protocols/fss_comparison.toml)."""
