@@ -266,7 +266,8 @@ def _bit_slices(word: torch.Tensor) -> torch.Tensor:
 
 SLICED_FROM = 13
 """msb on fewer elements runs the radix-4 carries on whole words (22 words opened per
-element) instead of the carry tree on bit slices (272 per 64 elements): cheaper below 13."""
+element, 21 for 2 parties) instead of the carry tree on bit slices (272 per 64 elements,
+209 for 2 parties): cheaper below 13 (below 10 for 2 parties)."""
 
 
 def msb(session: Session, x: torch.Tensor) -> torch.Tensor:

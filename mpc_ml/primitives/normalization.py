@@ -2,8 +2,9 @@
 
 For the reciprocal, square root and logarithm, x = m * 2^e with 0.5 <= |m| <= 1 is
 the classic range reduction (Catrina & Saxena, "Secure computation with fixed-point
-numbers", FC 2010). Here, in 8 rounds for n = 2:
-1. w = A2B(x) (4 rounds);
+numbers", FC 2010). Here, in csa_rounds + 8 rounds (8 for n = 2), on whole words below
+SLICED_FROM elements:
+1. w = A2B(x) (csa_rounds + 4 rounds);
 2. w' = w ^ (w >> 63): the ones' complement of negative x, |x| - 1, whose leading bit
    is |x|'s except at exact powers of two (then |m| = 1 instead of 0.5, still fine);
    local, since an arithmetic shift of each XOR share broadcasts its sign bit;
@@ -12,6 +13,10 @@ numbers", FC 2010). Here, in 8 rounds for n = 2:
    binary.and_monomials), then the one-hot leading bit lead = s ^ (s >> 1);
 4. one B2A of 64 bits (1 round): bits 0..62 of lead and the sign bit 63 of w, each
    weighted by the caller's public columns (sum_j bit_j * weight_j) in one int64 matmul.
+From SLICED_FROM elements on, the same steps on bit slices (64 rows of 64 elements a
+word): binary.sliced_sum (the radix-4 Kogge-Stone prefix over the rows, 4 rounds), the
+rows flipped by the sign row, the suffix OR over the rows (3 rounds), the one-hot rows
+unsliced, then the same B2A. protocols/approximations.toml [normalisation] has the costs.
 """
 from __future__ import annotations
 
@@ -25,8 +30,8 @@ SIGN_BIT = 63
 
 
 SLICED_FROM = 21
-"""Below 21 elements the whole-word adder and prefix OR (272 bytes per element) are
-cheaper than bit slices (5632 bytes per block of 64)."""
+"""Below 21 elements the whole-word adder and prefix OR (272 bytes per element to each peer,
+264 for 2 parties) are cheaper than bit slices (5632 bytes per block of 64, 5120)."""
 
 
 def leading_bit_weighted(session: Session, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
