@@ -106,19 +106,23 @@ def test_uninitialised_example_input_converts_and_checks_on_fresh_data():
 
 
 def test_unsupported_operator_is_named_with_its_module_and_line():
-    class UsesGRU(nn.Module):
+    class CumulativeHead(nn.Module):
+        def forward(self, x):
+            return x.cumsum(-1)
+
+    class UsesCumsum(nn.Module):
         def __init__(self):
             super().__init__()
-            self.rnn = nn.GRU(3, 4, batch_first=True)
+            self.head = CumulativeHead()
 
         def forward(self, x):
-            return self.rnn(x)[0]
+            return self.head(x)
 
     with pytest.raises(NotImplementedError) as info:
-        mpc.nn.from_pytorch(seeded(UsesGRU), torch.zeros(1, 2, 3))
+        mpc.nn.from_pytorch(UsesCumsum(), torch.zeros(1, 3))
     message = str(info.value)
-    assert "gru" in message and "'rnn'" in message and "GRU" in message, message
-    assert "test_export.py" in message and "self.rnn(x)" in message, message
+    assert "cumsum" in message and "'head'" in message and "CumulativeHead" in message, message
+    assert "test_export.py" in message and "x.cumsum(-1)" in message, message
 
 
 def test_unknown_tracer_is_refused():
@@ -183,6 +187,23 @@ def test_residual_cat_slice_mean_var():
             return self.b(h) - h.mean(1, keepdim=True) + h.var(1, keepdim=True) * 0.1
 
     check(seeded(Mixed), (torch.randn(3, 6),))
+
+
+class Recurrent(nn.Module):
+    def __init__(self, kind: str, bidirectional: bool, layers: int):
+        super().__init__()
+        cls = nn.LSTM if kind == "lstm" else nn.GRU
+        self.rnn = cls(3, 4, num_layers=layers, batch_first=True, bidirectional=bidirectional)
+        self.head = nn.Linear(8 if bidirectional else 4, 2)
+
+    def forward(self, x):
+        return self.head(self.rnn(x)[0])
+
+
+@pytest.mark.parametrize("kind,bidirectional,layers", [("lstm", False, 1), ("lstm", True, 2),
+                                                       ("gru", False, 2), ("gru", True, 1)])
+def test_lstm_and_gru(kind, bidirectional, layers):
+    check(seeded(lambda: Recurrent(kind, bidirectional, layers)), (torch.randn(2, 3, 3),))
 
 
 def test_private_token_ids_are_one_hot_products():

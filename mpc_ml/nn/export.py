@@ -103,6 +103,64 @@ def attention(q, k, v, attn_mask=None, dropout_p: float = 0.0, is_causal: bool =
     return scores.softmax(-1) @ v
 
 
+def _cell_lstm(x_t, state, w_ih, w_hh, b_ih, b_hh):
+    """One LSTM step: the four gates in one matmul each, sigmoid of i, f, o and of 2g
+    together (tanh g = 2 sigmoid(2g) - 1), then c = f c + i g and h = o tanh(c)."""
+    h, c = state
+    gates = F.linear(x_t, w_ih, b_ih) + F.linear(h, w_hh, b_hh)
+    i, f, g, o = gates.chunk(4, -1)
+    s = T.cat([i, f, o, g * 2.0], -1).sigmoid()
+    i, f, o, g2 = s.chunk(4, -1)
+    c = f * c + i * (g2 * 2.0 - 1.0)
+    return o * c.tanh(), c
+
+
+def _cell_gru(x_t, h, w_ih, w_hh, b_ih, b_hh):
+    """One GRU step (torch's gate order r, z, n): n = tanh(x W_in + b_in + r (h W_hn + b_hn)),
+    h' = (1 - z) n + z h."""
+    xi, hi = F.linear(x_t, w_ih, b_ih), F.linear(h, w_hh, b_hh)
+    xr, xz, xn = xi.chunk(3, -1)
+    hr, hz, hn = hi.chunk(3, -1)
+    r, z = (T.cat([xr + hr, xz + hz], -1)).sigmoid().chunk(2, -1)
+    n = (xn + r * hn).tanh()
+    return n + z * (h - n)
+
+
+def _recurrent(cell, gates: int, x, hx, params, has_biases, num_layers, dropout, train,
+               bidirectional, batch_first):
+    """aten.lstm / aten.gru: layers of cells over time (both directions if bidirectional),
+    each direction's outputs concatenated; returns (output, final states...)."""
+    if dropout and train:
+        raise ValueError("recurrent dropout in training is not supported for private inputs")
+    per = 4 if has_biases else 2
+    directions = 2 if bidirectional else 1
+    lstm = isinstance(hx, (list, tuple)) and len(hx) == 2 and gates == 4
+    h0 = hx[0] if lstm else hx
+    seq = x.transpose(0, 1) if batch_first else x  # (time, batch, features)
+    finals_h, finals_c = [], []
+    for layer in range(num_layers):
+        outputs = []
+        for d in range(directions):
+            k = layer * directions + d
+            w = params[k * per:(k + 1) * per]
+            w_ih, w_hh = w[0], w[1]
+            b_ih, b_hh = (w[2], w[3]) if has_biases else (None, None)
+            state = (h0[k], hx[1][k]) if lstm else h0[k]
+            steps = range(seq.shape[0] - 1, -1, -1) if d else range(seq.shape[0])
+            hs = {}
+            for t in steps:
+                state = cell(seq[t], state, w_ih, w_hh, b_ih, b_hh)
+                hs[t] = state[0] if lstm else state
+            outputs.append(T.stack([hs[t] for t in range(seq.shape[0])], 0))
+            finals_h.append(state[0] if lstm else state)
+            if lstm:
+                finals_c.append(state[1])
+        seq = outputs[0] if directions == 1 else T.cat(outputs, -1)
+    out = seq.transpose(0, 1) if batch_first else seq
+    h_n = T.stack(finals_h, 0)
+    return (out, h_n, T.stack(finals_c, 0)) if lstm else (out, h_n)
+
+
 def _batch_norm_eval(x, weight, bias, mean, var, momentum, eps):
     out, _, _ = F.batch_norm(x, mean, var, weight, bias, False, momentum, eps)
     return out, None, None
@@ -172,6 +230,8 @@ ATEN_OPS: dict[str, Callable] = {
     "aten.layer_norm.default": layer_norm,
     "aten.embedding.default": _embedding,
     "aten.scaled_dot_product_attention.default": attention,
+    "aten.lstm.input": lambda *a: _recurrent(_cell_lstm, 4, *a),
+    "aten.gru.input": lambda *a: _recurrent(_cell_gru, 3, *a),
     "aten._softmax.default": lambda x, dim, half=False: x.softmax(dim),
     "aten.softmax.int": lambda x, dim, dtype=None: x.softmax(dim),
     "aten._log_softmax.default": lambda x, dim, half=False: x.log_softmax(dim),
