@@ -206,6 +206,37 @@ def test_lstm_and_gru(kind, bidirectional, layers):
     check(seeded(lambda: Recurrent(kind, bidirectional, layers)), (torch.randn(2, 3, 3),))
 
 
+@pytest.mark.parametrize("dims,kw", [(2, dict(stride=2, padding=1, output_padding=1)),
+                                     (2, dict(stride=1, padding=0, groups=2, dilation=2)),
+                                     (1, dict(stride=3, padding=2))])
+def test_conv_transpose(dims, kw):
+    cls = nn.ConvTranspose2d if dims == 2 else nn.ConvTranspose1d
+    model = seeded(lambda: nn.Sequential(cls(4, 6, 3, **kw), nn.Flatten()))
+    check(model, (torch.randn(2, 4, *([5] * dims)),))
+
+
+def test_grouped_depthwise_conv_group_norm_adaptive_pool():
+    model = seeded(lambda: nn.Sequential(
+        nn.Conv2d(4, 8, 3, groups=2, padding=1), nn.GroupNorm(2, 8),
+        nn.Conv2d(8, 8, 3, groups=8), nn.ReLU6(), nn.AdaptiveAvgPool2d((3, 2)), nn.Flatten()))
+    check(model, (torch.randn(2, 4, 9, 9),))
+
+
+def test_transformer_decoder_layer():
+    layer = seeded(lambda: nn.TransformerDecoderLayer(8, 2, 16, dropout=0.0, batch_first=True))
+
+    class Decode(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layer = layer
+
+        def forward(self, tgt, memory):
+            mask = nn.Transformer.generate_square_subsequent_mask(tgt.shape[1])
+            return self.layer(tgt, memory, tgt_mask=mask, tgt_is_causal=True)
+
+    check(Decode(), (torch.randn(2, 4, 8), torch.randn(2, 5, 8)), backward=False)
+
+
 def test_private_token_ids_are_one_hot_products():
     model = seeded(EmbedNorm).eval()
     ids = torch.randint(0, 20, (2, 3))
@@ -244,3 +275,72 @@ def test_hugging_face_gpt2():
     cfg = transformers.GPT2Config(vocab_size=64, n_embd=16, n_layer=2, n_head=2, n_positions=16)
     model = seeded(lambda: Logits(transformers.GPT2LMHeadModel(cfg)))
     check(model, (torch.randint(0, 64, (1, 6)),), backward=False, tol=1e-2)
+
+
+class BasicBlock(nn.Module):
+    """ResNet's basic block as torchvision writes it: conv-bn-relu-conv-bn, the shortcut
+    a 1x1 conv-bn when the shape changes, relu of the sum."""
+
+    def __init__(self, cin: int, cout: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.downsample = None if stride == 1 and cin == cout else nn.Sequential(
+            nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        return self.relu(self.bn2(self.conv2(out)) + identity)
+
+
+class TinyResNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4),
+                                  nn.ReLU(inplace=True), nn.MaxPool2d(2))
+        self.layer1, self.layer2 = BasicBlock(4, 4, 1), BasicBlock(4, 8, 2)
+        self.pool, self.fc = nn.AdaptiveAvgPool2d(1), nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(self.pool(self.layer2(self.layer1(self.stem(x)))), 1))
+
+
+class InvertedResidual(nn.Module):
+    """MobileNetV2's block: 1x1 expand, 3x3 depthwise, 1x1 project, each conv-bn (relu6
+    after the first two), a residual when the shapes match."""
+
+    def __init__(self, c: int, expand: int):
+        super().__init__()
+        hidden = c * expand
+        self.conv = nn.Sequential(
+            nn.Conv2d(c, hidden, 1, bias=False), nn.BatchNorm2d(hidden), nn.ReLU6(inplace=True),
+            nn.Conv2d(hidden, hidden, 3, 1, 1, groups=hidden, bias=False), nn.BatchNorm2d(hidden),
+            nn.ReLU6(inplace=True), nn.Conv2d(hidden, c, 1, bias=False), nn.BatchNorm2d(c))
+
+    def forward(self, x):
+        return x + self.conv(x)
+
+
+def _with_statistics(model: nn.Module, shape: tuple) -> nn.Module:
+    """Batch-norm running statistics from a few batches, then eval mode."""
+    model.train()
+    with torch.no_grad():
+        for _ in range(3):
+            model(torch.randn(shape))
+    return model.eval()
+
+
+@pytest.mark.parametrize("name", ["resnet", "mobilenet"])
+def test_zoo_convolutional(name):
+    if name == "resnet":
+        model, shape = seeded(TinyResNet), (2, 3, 12, 12)
+    else:
+        model = seeded(lambda: nn.Sequential(nn.Conv2d(3, 4, 3, 2, 1), nn.ReLU6(),
+                                             InvertedResidual(4, 2), nn.AdaptiveAvgPool2d(1),
+                                             nn.Flatten(), nn.Linear(4, 2)))
+        shape = (2, 3, 10, 10)
+    check(_with_statistics(model, shape), (torch.randn(shape),), backward=False)

@@ -161,6 +161,75 @@ def _recurrent(cell, gates: int, x, hx, params, has_biases, num_layers, dropout,
     return (out, h_n, T.stack(finals_c, 0)) if lstm else (out, h_n)
 
 
+def group_norm(x, groups: int, weight=None, bias=None, eps: float = 1e-5, *_):
+    """torch.nn.functional.group_norm: layer_norm over each group of channels, then the
+    per-channel affine map."""
+    n, c = x.shape[0], x.shape[1]
+    grouped = x.reshape(n, groups, -1)
+    out = layer_norm(grouped, [grouped.shape[-1]], None, None, eps).reshape(x.shape)
+    channel = [1, c] + [1] * (x.dim() - 2)
+    if weight is not None:
+        out = out * weight.reshape(channel)
+    return out if bias is None else out + bias.reshape(channel)
+
+
+def _per_dim(value, dims: int) -> tuple:
+    values = list(value) if isinstance(value, (list, tuple)) else [value]
+    return tuple(values * dims if len(values) == 1 else values)
+
+
+def _spread(x, dim: int, stride: int):
+    """x with stride - 1 zeros after each element along dim (the last run dropped)."""
+    if stride == 1:
+        return x
+    moved = x.transpose(dim, -1)
+    zeros = torch.zeros(*moved.shape, stride - 1, dtype=torch.float64)
+    woven = T.cat([moved.unsqueeze(-1), zeros], -1).reshape(*moved.shape[:-1], -1)
+    woven = woven[..., :woven.shape[-1] - (stride - 1)]
+    return woven.transpose(dim, -1)
+
+
+def conv_transpose(x, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1,
+                   dilation=1):
+    """conv_transpose1d/2d as the convolution of the zero-spread, padded input with the
+    flipped kernel whose in and out channels are swapped (per group)."""
+    dims = x.dim() - 2
+    stride, padding, output_padding, dilation = (_per_dim(v, dims) for v in
+                                                 (stride, padding, output_padding, dilation))
+    kernel = weight.shape[2:]
+    for d in range(dims):
+        x = _spread(x, 2 + d, stride[d])
+    pads = []
+    for d in reversed(range(dims)):
+        edge = dilation[d] * (kernel[d] - 1) - padding[d]
+        pads += [edge, edge + output_padding[d]]
+    x = x.pad(pads)
+    c_in, c_out_g = weight.shape[0], weight.shape[1]
+    w = weight.flip(list(range(2, 2 + dims)))
+    w = w.reshape(groups, c_in // groups, c_out_g, *kernel).transpose(1, 2)
+    w = w.reshape(groups * c_out_g, c_in // groups, *kernel)
+    conv = F.conv2d if dims == 2 else F.conv1d
+    return conv(x, w, bias, 1, 0, dilation, groups)
+
+
+def adaptive_avg_pool(x, output_size):
+    """Adaptive average pooling to any size: output cell i of a dim averages input
+    positions floor(i L / out) .. ceil((i + 1) L / out) - 1, as torch; a public averaging
+    matrix per spatial dim."""
+    dims = len(output_size) if isinstance(output_size, (list, tuple)) else 1
+    sizes = tuple(output_size) if isinstance(output_size, (list, tuple)) else (output_size,)
+    for d, out in enumerate(sizes):
+        axis = x.dim() - dims + d
+        length = x.shape[axis]
+        out = length if out is None else out
+        averaging = torch.zeros(out, length, dtype=torch.float64)
+        for i in range(out):
+            lo, hi = (i * length) // out, -(-((i + 1) * length) // out)
+            averaging[i, lo:hi] = 1.0 / (hi - lo)
+        x = (x.transpose(axis, -1) @ averaging.t()).transpose(axis, -1)
+    return x
+
+
 def _batch_norm_eval(x, weight, bias, mean, var, momentum, eps):
     out, _, _ = F.batch_norm(x, mean, var, weight, bias, False, momentum, eps)
     return out, None, None
@@ -225,7 +294,12 @@ ATEN_OPS: dict[str, Callable] = {
     "aten.avg_pool2d.default": lambda x, k, stride=None, padding=0, ceil_mode=False,
         count_include_pad=True, divisor_override=None:
         F.avg_pool2d(x, k, _pool_stride(stride), padding, ceil_mode, count_include_pad),
-    "aten.adaptive_avg_pool2d.default": F.adaptive_avg_pool2d,
+    "aten.adaptive_avg_pool2d.default": adaptive_avg_pool,
+    "aten.adaptive_avg_pool1d.default": adaptive_avg_pool,
+    "aten._adaptive_avg_pool2d.default": adaptive_avg_pool,
+    "aten.group_norm.default": group_norm,
+    "aten.conv_transpose1d.default": conv_transpose,
+    "aten.conv_transpose2d.input": conv_transpose,
     "aten._native_batch_norm_legit_no_training.default": _batch_norm_eval,
     "aten.layer_norm.default": layer_norm,
     "aten.embedding.default": _embedding,
