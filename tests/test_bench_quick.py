@@ -53,9 +53,10 @@ def test_bench_quick(tmp_path, ops):
         assert r["max_scaled_err"] <= r["max_abs_err"], where
         assert (r["dealer_bytes"] > 0) == (r["provider"] == "dealer"), where
         assert r["crypten"] is None and r["aim"] is None and r["aim_missed"] is None, where
-    # relu: one comparison (7 adder rounds + 1 bit conversion) and one product
+    # relu: one comparison (4 carry-tree rounds for 2 parties), then the bit's conversion
+    # with the product by it in one round (comparison.toml [relu])
     relu = [r for r in rows if r["op"].startswith("relu")]
-    assert relu and all(r["rounds"] == [9, 9] for r in relu)
+    assert relu and all(r["rounds"] == [5, 5] for r in relu)
     assert all(r["bytes_per_elem"] <= ops.AIMS["relu1e6"]["bytes_per_elem"] for r in relu)
     assert "| op |" in proc.stdout and "B/elem" in proc.stdout
 
