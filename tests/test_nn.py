@@ -736,17 +736,17 @@ def test_from_pytorch_unsupported_function_names_op_and_node():
 
 
 def test_from_pytorch_unsupported_layer_names_it():
-    class UsesLSTM(nn.Module):
+    class UsesPixelShuffle(nn.Module):
         def __init__(self):
             super().__init__()
-            self.rnn = nn.LSTM(3, 4)
+            self.shuffle = nn.PixelShuffle(2)
 
         def forward(self, x):
-            return self.rnn(x)[0]
+            return self.shuffle(x)
 
     with pytest.raises(NotImplementedError) as info:
-        mpc.nn.from_pytorch(UsesLSTM(), torch.zeros(2, 1, 3))
-    assert "LSTM" in str(info.value) and "rnn" in str(info.value)
+        mpc.nn.from_pytorch(UsesPixelShuffle(), torch.zeros(1, 4, 2, 2))
+    assert "PixelShuffle" in str(info.value) and "shuffle" in str(info.value)
 
 
 def test_from_pytorch_in_every_party_thread():

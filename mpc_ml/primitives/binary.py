@@ -169,12 +169,14 @@ SPANS = (1, 4, 16)
 """The radix-4 carry levels on whole words: group spans 1, 4 and 16 positions."""
 
 
-def carries(session: Session, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+def carries(session: Session, u: torch.Tensor, v: torch.Tensor,
+            own_words: bool = False) -> torch.Tensor:
     """Word whose bit i is the carry out of position i of u + v (XOR-shared words): a
     radix-4 Kogge-Stone prefix (1 + 3 rounds). Level s combines, at each position i, the
-    groups ending at i, i - s, i - 2s and i - 3s (shifts of G and P, zero-filled)."""
+    groups ending at i, i - s, i - 2s and i - 3s (shifts of G and P, zero-filled).
+    own_words: u and v are reduce_to_two's words of additive shares (and_first)."""
     p = u ^ v
-    g = and_first(session, u, v)
+    g = and_first(session, u, v) if own_words else and_many(session, [(u, v)])[0]
     for s in SPANS:
         last = s == SPANS[-1]
         g, p = combine_groups(session, [g << (3 * s), g << (2 * s), g << s, g],
@@ -199,8 +201,8 @@ def and_held(session: Session, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor
 
 
 def and_first(session: Session, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """u & v for the two words reduce_to_two returns: and_held for 2 parties (each word is
-    one party's own share), else and_many."""
+    """u & v for the two words reduce_to_two returns from additive shares: and_held for 2
+    parties (each word is then one party's own share), else and_many."""
     if session.world_size == 2:
         return and_held(session, u, v)
     return and_many(session, [(u, v)])[0]
@@ -223,9 +225,10 @@ def reduce_to_two(session: Session, words: list[torch.Tensor]) -> tuple[torch.Te
     return words[0], words[1]
 
 
-def binary_add(session: Session, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+def binary_add(session: Session, u: torch.Tensor, v: torch.Tensor,
+               own_words: bool = False) -> torch.Tensor:
     """u + v mod 2^64 on XOR-shared words: (u ^ v) ^ (carries << 1), 4 rounds."""
-    return u ^ v ^ (carries(session, u, v) << 1)
+    return u ^ v ^ (carries(session, u, v, own_words) << 1)
 
 
 def a2b(session: Session, x: torch.Tensor) -> torch.Tensor:
@@ -235,7 +238,7 @@ def a2b(session: Session, x: torch.Tensor) -> torch.Tensor:
     """
     words = [held_by(session, x, owner) for owner in range(session.world_size)]
     u, v = reduce_to_two(session, words)
-    return binary_add(session, u, v)
+    return binary_add(session, u, v, own_words=True)
 
 
 def _bit_slices(word: torch.Tensor) -> torch.Tensor:
@@ -283,7 +286,7 @@ def msb(session: Session, x: torch.Tensor) -> torch.Tensor:
     words = [held_by(session, x.reshape(-1), owner) for owner in range(session.world_size)]
     u, v = reduce_to_two(session, words)
     if x.numel() < SLICED_FROM:
-        return (((u ^ v) >> 63 ^ carries(session, u, v) >> 62) & 1).reshape(x.shape)
+        return (((u ^ v) >> 63 ^ carries(session, u, v, own_words=True) >> 62) & 1).reshape(x.shape)
     su, sv = _bit_slices(u), _bit_slices(v)
     g = and_first(session, su[:63], sv[:63])
     none = g.new_zeros(1, g.shape[1])

@@ -7,8 +7,8 @@ share (B2A of one bit), so that multiplying by it needs no truncation:
 relu(x) = x - x * [x < 0]. Where the bit is wanted only to multiply values by it (relu,
 abs, clamp, max), the B2A and the products share one round (ltz_times).
 
-Costs for n = 2 (protocols/comparison.toml has every formula): ltz 5 rounds, 34 + 1/8
-bytes per element to each peer (paid in whole words of 64 elements, 2176 bytes each);
+Costs for n = 2 (protocols/comparison.toml has every formula): ltz 5 rounds, 26.2 + 1/8
+bytes per element to each peer (paid in whole words of 64 elements, 1672 bytes each);
 relu 5 rounds too, 8 bytes more per element (the product rides on the B2A's opening).
 """
 from __future__ import annotations
