@@ -152,7 +152,8 @@ class Attention(nn.Module):
         if self.mask == "bool":
             mask = torch.ones(5, 5, dtype=torch.bool).triu(1).logical_not()
         elif self.mask == "float":
-            mask = torch.zeros(5, 5).masked_fill(torch.eye(5, dtype=torch.bool), torch.finfo(torch.float32).min)
+            lowest = torch.finfo(torch.float32).min  # as models write masks
+            mask = torch.zeros(5, 5).masked_fill(torch.eye(5, dtype=torch.bool), lowest)
         out = TF.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=self.causal)
         return out.transpose(1, 2).reshape(2, 5, 8)
 

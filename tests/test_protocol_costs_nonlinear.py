@@ -405,7 +405,7 @@ def test_and_held(matrix):
     vs = [words(1510 + i, *shape) for i, shape in enumerate(HELD_SHAPES)]
 
     def party():
-        session, r = current(), mpc.rank()
+        session = current()
         return [measured(lambda: and_held(session, held_by(session, u, 0), held_by(session, v, 1)))
                 for u, v in zip(us, vs)]
 
@@ -821,7 +821,6 @@ def test_max_all_pairs(inproc_matrix):
         t = torch.round(randn(1600 + i, *batch, k) * 4) / 4  # ties
         t.reshape(-1, k)[::3, -1] = t.reshape(-1, k)[::3, 0]
         data.append(t)
-    observed = []
 
     def party():
         session, out, seen = current(), [], []

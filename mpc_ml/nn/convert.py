@@ -127,7 +127,7 @@ def _relus_into_pools(graph: torch.fx.Graph, module: torch.nn.Module) -> set[str
 class _ReluOf:
     """A ReLU left for the MaxPool2d that is its only use (relu_max_pool2d)."""
 
-    def __init__(self, x):
+    def __init__(self, x: MPCTensor | torch.Tensor) -> None:
         self.x = x
 
 
@@ -219,7 +219,7 @@ def _holder(root: Module, path: str) -> Module:
     return holder
 
 
-def fresh_inputs(example_input) -> tuple[torch.Tensor, ...]:
+def fresh_inputs(example_input: torch.Tensor | tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
     """Seeded random tensors of the example's shapes and dtypes (the example itself may be
     uninitialised, as torch.empty makes it): floats standard normal, integers (token ids)
     0 or 1, booleans random."""

@@ -23,6 +23,7 @@ import torch.nn.functional as TF
 from .. import tensor as T
 from ..tensor import MPCTensor
 from . import functional as F
+from .functional import TensorLike
 from .module import Module
 
 
@@ -48,7 +49,8 @@ def _binary(op: Callable, alpha_scales_other: bool = False) -> Callable:
     return run
 
 
-def layer_norm(x, normalized_shape, weight=None, bias=None, eps: float = 1e-5, *_):
+def layer_norm(x: TensorLike, normalized_shape: list[int], weight: TensorLike | None = None,
+               bias: TensorLike | None = None, eps: float = 1e-5, *_) -> TensorLike:
     """(x - mean) / sqrt(var + eps) * weight + bias over the last len(normalized_shape)
     dims (the biased variance, as torch)."""
     dims = tuple(range(x.dim() - len(normalized_shape), x.dim()))
@@ -81,8 +83,9 @@ MASKED = -500.0
 softmax's exp (which is exact down to -710; finfo.min, as models write masks, would wrap)."""
 
 
-def attention(q, k, v, attn_mask=None, dropout_p: float = 0.0, is_causal: bool = False,
-              scale: float | None = None, enable_gqa: bool = False):
+def attention(q: TensorLike, k: TensorLike, v: TensorLike, attn_mask: TensorLike | None = None,
+              dropout_p: float = 0.0, is_causal: bool = False, scale: float | None = None,
+              enable_gqa: bool = False) -> TensorLike:
     """softmax(q k^T * scale + mask) v, as torch's scaled_dot_product_attention: a boolean
     mask (or is_causal) keeps the True positions, a float mask is added."""
     if dropout_p:
@@ -161,7 +164,8 @@ def _recurrent(cell, gates: int, x, hx, params, has_biases, num_layers, dropout,
     return (out, h_n, T.stack(finals_c, 0)) if lstm else (out, h_n)
 
 
-def group_norm(x, groups: int, weight=None, bias=None, eps: float = 1e-5, *_):
+def group_norm(x: TensorLike, groups: int, weight: TensorLike | None = None,
+               bias: TensorLike | None = None, eps: float = 1e-5, *_) -> TensorLike:
     """torch.nn.functional.group_norm: layer_norm over each group of channels, then the
     per-channel affine map."""
     n, c = x.shape[0], x.shape[1]
@@ -189,8 +193,10 @@ def _spread(x, dim: int, stride: int):
     return woven.transpose(dim, -1)
 
 
-def conv_transpose(x, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1,
-                   dilation=1):
+def conv_transpose(x: TensorLike, weight: TensorLike, bias: TensorLike | None = None,
+                   stride: int | list[int] = 1, padding: int | list[int] = 0,
+                   output_padding: int | list[int] = 0, groups: int = 1,
+                   dilation: int | list[int] = 1) -> TensorLike:
     """conv_transpose1d/2d as the convolution of the zero-spread, padded input with the
     flipped kernel whose in and out channels are swapped (per group)."""
     dims = x.dim() - 2
@@ -212,7 +218,7 @@ def conv_transpose(x, weight, bias=None, stride=1, padding=0, output_padding=0, 
     return conv(x, w, bias, 1, 0, dilation, groups)
 
 
-def adaptive_avg_pool(x, output_size):
+def adaptive_avg_pool(x: TensorLike, output_size: int | list[int | None]) -> TensorLike:
     """Adaptive average pooling to any size: output cell i of a dim averages input
     positions floor(i L / out) .. ceil((i + 1) L / out) - 1, as torch; a public averaging
     matrix per spatial dim."""
@@ -382,7 +388,7 @@ def _op_name(node: torch.fx.Node) -> str:
 class _ReluOf:
     """A ReLU left for the max_pool2d that is its only use (relu_max_pool2d)."""
 
-    def __init__(self, x):
+    def __init__(self, x: TensorLike) -> None:
         self.x = x
 
 

@@ -16,8 +16,8 @@ from .lazy_product import lazy_products
 from .sharing import flush_riders, open_shares, reveal, ride, share_input, zero_share
 from .truncation import truncate, truncate_later
 
-__all__ = ["ALL_PAIRS_UP_TO", "a2b", "and_many", "and_monomials", "approximations", "b2a", "b2a_bits", "beaver_many",
-           "beaver_product", "binary_add", "bit_products", "flush_riders", "lazy_products", "ltz",
-           "ltz_times", "max_all_pairs", "max_along_last", "max_one_hot",
-           "mul_bits", "negative_part", "open_bits", "open_shares", "open_words", "relu", "reveal",
-           "ride", "select", "share_input", "truncate", "truncate_later", "zero_share"]
+__all__ = ["ALL_PAIRS_UP_TO", "a2b", "and_many", "and_monomials", "approximations", "b2a", "b2a_bits",
+           "beaver_many", "beaver_product", "binary_add", "bit_products", "flush_riders", "lazy_products",
+           "ltz", "ltz_times", "max_all_pairs", "max_along_last", "max_one_hot", "mul_bits",
+           "negative_part", "open_bits", "open_shares", "open_words", "relu", "reveal", "ride", "select",
+           "share_input", "truncate", "truncate_later", "zero_share"]

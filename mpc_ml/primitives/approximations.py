@@ -29,7 +29,7 @@ from .binary import bit_products, msb
 from .comparison import ALL_PAIRS_UP_TO, ltz_times, max_all_pairs, max_along_last
 from .lazy_product import lazy_products
 from .normalization import SIGN_BIT, leading_bit_weighted
-from .truncation import truncate, truncate_later
+from .truncation import truncate
 
 Operand = torch.Tensor | tuple[torch.Tensor, int]
 """A settled share, or (share, bits still to truncate): a pending product (lazy_product.py)."""
@@ -551,7 +551,8 @@ def softmax(session: Session, x: torch.Tensor, dim: int) -> tuple[torch.Tensor, 
     return ops.lazy([(e, (inv[0].expand_as(e[0]), inv[1]))])[0]
 
 
-def log_softmax_parts(session: Session, x: torch.Tensor, dim: int):
+def log_softmax_parts(session: Session, x: torch.Tensor, dim: int) -> tuple[
+        torch.Tensor, int, Callable[[], tuple[torch.Tensor, int]] | None]:
     """(log_softmax shares, pending bits, probs): probs() makes softmax's shares (share,
     bits) for the gradient in one round, or is None (then the gradient takes exp of the
     result). For k <= ALL_PAIRS_UP_TO, log and 1/sum are polynomials in the sum."""

@@ -166,7 +166,7 @@ MAX_MONOMIAL_DEGREE = 5
 MAX_MONOMIALS = 8
 
 
-def monomial_entry(entry) -> tuple[int, int]:
+def monomial_entry(entry: int | list[int] | tuple[int, int]) -> tuple[int, int]:
     """(input, row shift) of a monomial's entry: i (input i) or [i, s] (input i with its
     rows shifted by s: row r reads row r - s, and rows outside read as zero)."""
     return (entry, 0) if isinstance(entry, int) else (entry[0], entry[1])
@@ -228,7 +228,8 @@ def _band_params(p: dict) -> dict:
                              f"row shift] (0 < |shift| < {rows} rows), got {mono!r}")
         used.update(i for i, _ in entries)
     if len(used) != inputs:
-        raise ValueError(f"every input of a band is in some monomial; unused: {sorted(set(range(inputs)) - used)}")
+        unused = sorted(set(range(inputs)) - used)
+        raise ValueError(f"every input of a band is in some monomial; unused: {unused}")
     return p
 
 
