@@ -57,6 +57,7 @@ class Op(StrEnum):
     SIGMOID = "sigmoid"
     TANH = "tanh"
     ERF = "erf"
+    GELU = "gelu"
     SOFTMAX = "softmax"
     LOG_SOFTMAX = "log_softmax"
 

@@ -29,7 +29,7 @@ from .binary import bit_products, msb
 from .comparison import ALL_PAIRS_UP_TO, ltz_times, max_all_pairs, max_along_last
 from .lazy_product import lazy_products
 from .normalization import SIGN_BIT, leading_bit_weighted
-from .truncation import truncate
+from .truncation import truncate, truncate_later
 
 Operand = torch.Tensor | tuple[torch.Tensor, int]
 """A settled share, or (share, bits still to truncate): a pending product (lazy_product.py)."""
@@ -109,8 +109,8 @@ ERROR_BOUNDS: dict[str, ErrorBound] = {
                        1e-3, False),
     "erf": ErrorBound("Abramowitz & Stegun 7.1.26 on min(|x|, 4), sign restored", "all x",
                       _everywhere, 3e-4, False),
-    "gelu": ErrorBound("x (1 + erf(x / sqrt 2)) / 2: erf's error times |x| / 2, plus roundings",
-                       "all x", _everywhere, 1e-4, False, per_input=1e-4),
+    "gelu": ErrorBound("x / 2 + a degree-7 fit of x (Phi(x) - 1/2) in (x/4)^2 on [-4, 4], relu "
+                       "outside", "all x", _everywhere, 5e-4, False),
     "softmax": ErrorBound("x - max (all pairs for k <= 10, else tournament), exp, sum, 1/sum "
                           "(degree-12 fit and a Newton step for k <= 10, else reciprocal)",
                           "x - max >= -700", _everywhere, 1e-3, False),
@@ -472,6 +472,74 @@ def erf(session: Session, x: torch.Tensor) -> torch.Tensor:
     value = ops.const(1.0, a) - ops.mul1(poly, e)
     (neg,) = ops.mul_bits([(value, sign)])
     return value - 2 * neg
+
+
+GELU_EDGE = 4.0
+"""gelu is relu below -4 and above 4 (off by at most 4 Phi(-4) = 1.3e-4 there)."""
+_GW = 18
+"""Fractional bits of w = x / 4 (x's share at 16 bits read at 18: exact)."""
+
+
+def _gelu_coefficients() -> np.ndarray:
+    """x (Phi(x) - 1/2), even in x, as a degree-7 polynomial in t = (x / 4)^2 on [0, 1]:
+    least squares at Chebyshev nodes (error 2.0e-4)."""
+    t = (np.cos(np.pi * (np.arange(400) + 0.5) / 400) + 1) / 2
+    x = GELU_EDGE * np.sqrt(t)
+    target = x * 0.5 * np.vectorize(math.erf)(x / math.sqrt(2))
+    return np.polynomial.polynomial.polyfit(t, target, 7)
+
+
+_GELU_C = _gelu_coefficients()
+
+
+def gelu(session: Session, x: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Shares of the exact GELU x Phi(x) (see ERROR_BOUNDS), left pending by 8 bits."""
+    out, bits, _ = gelu_parts(session, x)
+    return out, bits
+
+
+def gelu_parts(session: Session, x: torch.Tensor) -> tuple[torch.Tensor, int, torch.Tensor]:
+    """(GELU shares, pending bits, integer shares of [-4 <= x < 4]) in 9 rounds.
+
+    gelu(x) = x / 2 + x (Phi(x) - 1/2), whose second term is even and smooth: on [-4, 4] a
+    degree-7 polynomial E in t = (x/4)^2 (Estrin's scheme in 4 rounds: t; t^2; t^2 times
+    [c2 + c3 t, c6 + c7 t, t^2]; t^4 times (c4 + c5 t + t^2 (c6 + c7 t))), outside it
+    |x| / 2 (so gelu = relu there), as PUMA does piecewise (Dong et al. 2023). Then msb of
+    [x + 4, x - 4] gives lo = [x < -4] and hi' = [x < 4]; the regions [-4, 4), [4, inf)
+    and (-inf, -4) are hi' ^ lo, not hi' and lo, and one bit_products round multiplies E
+    by the first and x / 2, -x / 2 by the others. E is garbage outside [-4, 4] but times a
+    zero bit it is exactly 0; its truncation to 2^24 rides on the comparison.
+    """
+    ops = _Ops(session)
+    f, s = ops.f, session
+    w = x << (_GW - 2 - f) if f <= _GW - 2 else truncate(s, x, f + 2 - _GW)  # x/4 at 2^18
+    c = [int(encode(float(v), _Q)) for v in _GELU_C]
+    top = 2 * _GW + _Q  # 52: where the linear factors and the sums are formed
+    ((t, _),) = ops.lazy([(w, w)], 2 * _GW - _U)  # t at 2^36, operand at 2^23
+    t_op = (t, 2 * _GW - _U)
+
+    def linear(a: int, b: int) -> torch.Tensor:  # c_a + c_b t at 2^52
+        return t * c[b] + (torch.full_like(t, c[a] << (2 * _GW)) if s.rank == 0 else 0)
+
+    ((t2, _),) = ops.lazy([(t_op, t_op)], _U)  # t^2 at 2^46
+    rows = torch.stack([linear(2, 3), linear(6, 7), t2 << (top - 2 * _U)])
+    ((r3, _),) = ops.lazy([((t2.unsqueeze(0), _U), (rows, top - _U))], _U)  # at 2^46
+    t2l23, t2l67, t4 = r3[0], r3[1], r3[2]
+    inner = linear(4, 5) + (t2l67 << (top - 2 * _U))
+    ((t4_inner, _),) = ops.lazy([((t4, _U), (inner, top - _U))], _U)
+    lift = top - 2 * _U
+    even = linear(0, 1) + (t2l23 << lift) + (t4_inner << lift)  # at 2^52
+    low = 8
+    settled: list[torch.Tensor] = []
+    truncate_later(s, even, top - f - low, settled.append)  # to 2^24, on msb's first opening
+    edge = ops.const(GELU_EDGE, x)
+    lo, below_hi = msb(s, torch.stack([x + edge, x - edge]))
+    ones = 1 if s.rank == 0 else 0
+    regions = torch.stack([below_hi ^ lo, below_hi ^ ones, lo])
+    half = x << (low - 1)  # x / 2 at 2^24
+    bits, (middle, tails) = bit_products(s, regions, [settled[0].unsqueeze(0),
+                                                      torch.stack([torch.zeros_like(x), half, -half])])
+    return half + middle[0] + tails[1] + tails[2], low, bits[0]
 
 
 # -- softmax family ------------------------------------------------------------------------------

@@ -272,6 +272,15 @@ def _erf(node, out, g):
     return (g * ((x * x).neg()._exp_wide() * (2 / math.sqrt(math.pi))),)
 
 
+@gradient(Op.GELU)
+def _gelu(node, out, g):
+    x = node.inputs[0]  # gelu'(x) = Phi(x) + x phi(x); x phi(x) <= 5.4e-4 beyond |x| = 4
+    cdf = ((x * (1 / math.sqrt(2))).erf() + 1.0) * 0.5
+    near = _mul_bit(x, node.ctx["inside"])  # x on [-4, 4], else 0 (keeps the exp in range)
+    density = (near * near * -0.5)._exp_wide() * (1 / math.sqrt(2 * math.pi))
+    return (g * (cdf + near * density),)
+
+
 @gradient(Op.SOFTMAX)
 def _softmax(node, out, g):
     dim = node.ctx["dim"]

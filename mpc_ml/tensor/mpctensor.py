@@ -569,9 +569,9 @@ class MPCTensor:
         return self._approximation(Op.ERF)
 
     def gelu(self) -> "MPCTensor":
-        """x * Phi(x) = x (1 + erf(x / sqrt 2)) / 2 (exact GELU; its error comes from erf)."""
-        half = ((self * (1 / math.sqrt(2))).erf() + 1.0) * 0.5
-        return self * half
+        """x * Phi(x), the exact (erf) GELU: a polynomial between -4 and 4, relu outside."""
+        share, pending, inside = approximations.gelu_parts(self.session, self.share)
+        return record(Op.GELU, self._new(share, pending=pending), (self,), inside=inside)
 
     def softmax(self, dim: int) -> "MPCTensor":
         """e^x / sum(e^x) along dim."""

@@ -106,6 +106,7 @@ REFERENCES: dict[Op, Reference] = {
     Op.SIGMOID: lambda a, c, o, b: a[0].sigmoid(),
     Op.TANH: lambda a, c, o, b: a[0].tanh(),
     Op.ERF: lambda a, c, o, b: torch.special.erf(a[0]),
+    Op.GELU: lambda a, c, o, b: torch.nn.functional.gelu(a[0]),
     Op.SOFTMAX: lambda a, c, o, b: a[0].softmax(c["dim"]),
     Op.LOG_SOFTMAX: lambda a, c, o, b: a[0].log_softmax(c["dim"]),
     **{op: (lambda op: lambda a, c, o, b: ring.FLOAT_BILINEAR[op](a[0], a[1], **c))(op)
