@@ -230,6 +230,33 @@ def mlp(quick: bool) -> tnn.Module:
                    4)
 
 
+class EmbeddedBert(tnn.Module):
+    """A Hugging Face BERT classifier called on embedded tokens (the client's private
+    hidden states, batch x sequence x hidden), returning its logits."""
+
+    def __init__(self, model: tnn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.model(inputs_embeds=hidden).logits
+
+
+BERT_SHAPES = {False: dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                           intermediate_size=3072),
+               True: dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+                          intermediate_size=128)}
+
+
+def bert_base(quick: bool) -> tnn.Module:
+    """BERT-base's shape (--quick: 2 layers of hidden 64) from a config, random weights
+    (nothing is downloaded), 2 classes, eval mode."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    config = BertConfig(**BERT_SHAPES[quick], max_position_embeddings=512, num_labels=2)
+    return _seeded(lambda: EmbeddedBert(BertForSequenceClassification(config)), 5).eval()
+
+
 def _resnet_label(quick: bool) -> str:
     return "ResNet-18 (widths " + "/".join(map(str, RESNET_WIDTHS[quick])) + ")"
 
@@ -269,6 +296,9 @@ MODELS = [
 SUITE_MODELS = [
     ModelRow("lenet5_step", "LeNet-5, SGD step", lenet5, batch_with_targets((128, 1, 28, 28), 10),
              batch_with_targets((8, 1, 28, 28), 10), train=True),
+    ModelRow("bert_base", "BERT-base shape (12 x 768, 12 heads), sequence 128, embedded input",
+             bert_base, randn((1, 128, 768)), randn((1, 8, 64)),
+             quick_model="BERT (2 x 64, 2 heads), sequence 8, embedded input"),
 ]
 ALL_MODELS = {row.name: row for row in MODELS + SUITE_MODELS}
 

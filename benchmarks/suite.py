@@ -64,7 +64,7 @@ import mpc_ml as mpc  # noqa: E402
 # rows.SUITE_MODELS: lenet5_step); all of them are in rows.ALL_OPS / rows.ALL_MODELS.
 OP_ROWS = ["mul1e6", "matmul256", "matmul1024", "conv2d", "relu1e5", "max1e5", "softmax1e5",
            "sigmoid1e5", "reciprocal1e5", "exp1e5"]
-MODEL_ROWS = ["lenet5_b1", "lenet5_b32", "resnet18", "mlp_step", "lenet5_step"]
+MODEL_ROWS = ["lenet5_b1", "lenet5_b32", "resnet18", "mlp_step", "lenet5_step", "bert_base"]
 PROFILE_NAMES = ["lan", "lan1g", "wan400", "wan100"]
 PROVIDERS = list(common.PROVIDERS)
 FSS = "dealer-fss"
@@ -307,7 +307,7 @@ def markdown(report: dict) -> str:
     lines.append("")
     head = ["row", "profile", "n", "provider", "median ms", "spread ms (min/q1/q3/max)",
             "plain ms", "ratio", "rounds", "MB sent per party", "dealer MB (all parties)",
-            "peak MB per party",
+            "peak MB per party", "max abs err",
             "spec check (rounds, bytes sent)", "pred ms (r*RTT/2)", "pred ms (r*RTT)",
             "CrypTen ms", "CrypTen rounds", "CrypTen MB sent per party", "ours/CrypTen"]
     cells = []
@@ -322,6 +322,7 @@ def markdown(report: dict) -> str:
             "/".join(f"{b / MB:.3g}" for b in r["bytes_sent"]),
             f"{r['dealer_bytes'] / MB:.3g}" if r["provider"] in ("dealer", FSS) else "-",
             "/".join(f"{b / 2**20:.0f}" for b in r["peak_rss_bytes"]),
+            fmt(r.get("max_abs_err"), ".2g"),
             r.get("spec_check", "-"),
             fmt(pred.get("one_way_s") and 1e3 * pred["one_way_s"], ".4g"),
             fmt(pred.get("issue_formula_s") and 1e3 * pred["issue_formula_s"], ".4g"),
