@@ -221,7 +221,7 @@ REQUIRED_REFERENCES = {"and": ["Beaver", "Ohata", "ABY2.0"], "a2b": ["Kogge", "A
                        "b2a": ["daBits", "bit injection"],
                        "comparison": ["ABY", "CrypTen", "Brent", "Ohata", "ABY2.0"],
                        "approximations": ["CrypTen", "Catrina", "Abramowitz", "Estrin",
-                                          "Goldschmidt", "SecureML", "Kogge"]}
+                                          "Goldschmidt", "SecureML", "Kogge", "PUMA"]}
 FUNCTIONS = ("exp", "reciprocal", "inv_sqrt", "sqrt", "log", "sigmoid", "tanh", "erf", "gelu",
              "softmax", "log_softmax")
 
@@ -950,7 +950,14 @@ def erf_requests(shape, n: int) -> list:
 
 
 def gelu_requests(shape, n: int) -> list:
-    return [trunc_req(shape, 16)] + erf_requests(shape, n) + [lazy_req(shape, shape, 0, 16)]
+    """t = (x/4)^2, t^2, t^2 times three rows, t^4 times one (Estrin's scheme); the
+    polynomial's truncation riding on msb of [x + 4, x - 4]; one bit_product of the three
+    region bits with the polynomial (1 row) and (0, x/2, -x/2) (3 rows)."""
+    one, three = [1, *shape], [3, *shape]
+    return ([lazy_req(shape, shape, 0, 0, True), lazy_req(shape, shape, 13, 13, True),
+             lazy_req(one, three, 23, 29), lazy_req(shape, shape, 23, 29), trunc_req(shape, 28)]
+            + tree_requests(2 * math.prod(shape), n)
+            + [("bit_product", {"shape": three, "value_shapes": [one, three]})])
 
 
 ELEMENTWISE_REQUESTS = {
