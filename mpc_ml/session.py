@@ -58,6 +58,7 @@ class Session:
         """Callables (op, out, inputs, ctx) shown every MPCTensor op (e.g. a CorrelationTrace)."""
         self.riders: list = []
         """Arithmetic openings queued to travel with the next opening (primitives.ride)."""
+        self._masks_made = 0  # fixed masks handed out (new_mask_id), the same count on every party
         self.reset_stats()
 
     def _agree_pairwise_seeds(self, context: bytes = b"") -> dict[int, PRG]:
@@ -128,6 +129,12 @@ class Session:
                 raise ValueError(f"party {self.rank}: malformed verdict from party {rank}: {e}") from None
             verdicts.append(got)
         return verdicts
+
+    def new_mask_id(self) -> int:
+        """The id of a new fixed mask (beaver.fixed_mask_product): every party counts its
+        requests for one in program order, so the ids agree."""
+        self._masks_made += 1
+        return self._masks_made - 1
 
     def stats(self) -> dict:
         """Traffic since the last reset: the communicator's, plus the dealer link's."""

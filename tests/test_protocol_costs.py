@@ -63,12 +63,12 @@ def assert_costs(stats: dict, section: dict, where: str, **kw) -> None:
 
 # -- the spec files and their loader ---------------------------------------------------------
 SPEC_NAMES = ("input_sharing", "reveal", "beaver_mul", "beaver_matmul", "beaver_conv",
-              "truncation", "zero_sharing", "lazy_product", "fss_comparison")
+              "truncation", "zero_sharing", "lazy_product", "fss_comparison", "fixed_mask")
 REQUIRED_REFERENCES = {"beaver_mul": ["Beaver"], "beaver_matmul": ["Beaver"],
                        "beaver_conv": ["Beaver"], "truncation": ["Escudero", "SecureML"],
                        "zero_sharing": ["CrypTen"], "input_sharing": ["CrypTen"],
                        "reveal": ["Beaver"], "lazy_product": ["Beaver", "Escudero"],
-                       "fss_comparison": ["Boyle"]}
+                       "fss_comparison": ["Boyle"], "fixed_mask": ["Beaver"]}
 
 
 @pytest.mark.parametrize("name", SPEC_NAMES)

@@ -158,13 +158,14 @@ class Module:
         return any(isinstance(p, MPCTensor) for p in self.parameters())
 
     def encrypt(self, src: int = 0) -> "Module":
-        """Secret-share every floating-point parameter and buffer from party src."""
+        """Secret-share every floating-point parameter and buffer from party src, fixed
+        (MPCTensor.fix_masks: each is opened against a mask once, however many queries)."""
         for module in self.modules():
             for table, trainable in (("_parameters", True), ("_buffers", False)):
                 entries = getattr(module, table)
                 for name, value in entries.items():
                     if isinstance(value, torch.Tensor) and value.is_floating_point():
-                        private = encrypt(value, src=src, shape=value.shape)
+                        private = encrypt(value, src=src, shape=value.shape).fix_masks()
                         entries[name] = private.requires_grad_() if trainable else private
         return self
 

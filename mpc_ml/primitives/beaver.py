@@ -46,6 +46,33 @@ def beaver_many(session: Session, items: list[tuple]) -> list[torch.Tensor]:
     return out
 
 
+def fixed_mask_product(session: Session, op: str, x: torch.Tensor, y: torch.Tensor,
+                       opened: tuple[int, torch.Tensor] | None,
+                       **kwargs) -> tuple[torch.Tensor, tuple[int, torch.Tensor]]:
+    """(share of op(x, y), y's opening) for a fixed y (a model's weights) whose mask b is
+    the same in every product with it: the first product opens y - b with x - a as Beaver
+    does; later ones pass that `opened` (mask id, f = y - b) back and open x - a only, so
+    that their bytes do not grow with y (protocols/fixed_mask.toml). The dealer makes
+    c = a (x) b for a fresh a and that b each time. y's share is not read once opened.
+
+    Rounds 1; bytes 8 * (n - 1) * (numel(x) + numel(y) the first time, numel(x) later).
+    """
+    kwargs = {k: _jsonable(v) for k, v in kwargs.items()}
+    mask = opened[0] if opened else session.new_mask_id()
+    corr = session.provider.request("fixed_triple", op=op, a_shape=list(x.shape),
+                                    b_shape=list(y.shape), kwargs=kwargs, mask=mask)
+    a, b = (t.to(x.device) for t in corr.free)
+    if opened is None:
+        e, f = open_shares(session, [x - a, y - b])
+    else:
+        (e,), f = open_shares(session, [x - a]), opened[1].to(x.device)
+    force = session.config.force_limbs
+    z = ring.bilinear(op, a, f, force, **kwargs)
+    z += ring.bilinear(op, e, b + f if session.rank == 0 else b, force, **kwargs)
+    z += corr.derived()[0].to(z.device)
+    return z, (mask, f)
+
+
 def beaver_product(session: Session, op: str, x: torch.Tensor, y: torch.Tensor,
                    **kwargs) -> torch.Tensor:
     """Share of op(x, y) for shared x, y, at double fixed-point scale (not truncated).

@@ -42,8 +42,11 @@ class CorrelationKind:
     def __init__(self, free: Callable[[dict], list], derived: Callable[[dict], list],
                  derive: Callable[..., list], free_xor: tuple | bool = (),
                  derived_xor: tuple | bool = (), public: Callable[[dict], list] | None = None,
-                 holders: tuple = ()):
+                 holders: tuple = (), fixed: tuple = ()):
         self.free_shapes, self.derived_shapes, self.derive = free, derived, derive
+        self.fixed = fixed
+        """Free components drawn from a stream keyed by the request's `mask` (the same draw
+        every time: a fixed mask, primitives/beaver.fixed_mask_product)."""
         self.free_xor, self.derived_xor = free_xor, derived_xor
         self.holders = holders
         """Per free component, the rank that holds it whole (the others hold zeros and draw
@@ -77,6 +80,13 @@ LOW_63 = (1 << 63) - 1
 
 def _triple_derive(p: dict, free: list) -> list:
     return [ring.bilinear(p["op"], free[0], free[1], **p["kwargs"])]
+
+
+def _fixed_mask_params(p: dict) -> dict:
+    mask = p["mask"]
+    if not isinstance(mask, int) or isinstance(mask, bool) or mask < 0:
+        raise ValueError(f"a fixed_triple's mask is an integer >= 0, got {mask!r}")
+    return p
 
 
 def _trunc_derive(p: dict, free: list) -> list:
@@ -283,6 +293,13 @@ KINDS: dict[str, CorrelationKind] = {
         derived=lambda p: [ring.bilinear_output_shape(p["op"], p["a_shape"], p["b_shape"],
                                                       p["kwargs"])],
         derive=_triple_derive),
+    # Beaver triple with a fixed mask b (the same for every request with this `mask`, so
+    # that y - b is opened once: primitives/beaver.fixed_mask_product); a fresh.
+    "fixed_triple": CorrelationKind(
+        free=lambda p: [tuple(p["a_shape"]), tuple(_fixed_mask_params(p)["b_shape"])],
+        derived=lambda p: [ring.bilinear_output_shape(p["op"], p["a_shape"], p["b_shape"],
+                                                      p["kwargs"])],
+        derive=_triple_derive, fixed=(1,)),
     # Truncation mask: r uniform; (r mod 2^63) >> bits; msb(r).
     "trunc": CorrelationKind(
         free=lambda p: [tuple(p["shape"])],
@@ -346,7 +363,9 @@ def draw_shares(stream: PRG, request: dict, with_derived: bool, rank: int) -> tu
     """Party `rank`'s shares drawn from its stream: (free, derived or [])."""
     kind = kind_of(request)
     holders = kind.holders
-    free = [stream.random_ring(s) if i >= len(holders) or holders[i] in (None, rank)
+    free = [stream.derive(f"fixed-mask/{request['params']['mask']}").random_ring(s)
+            if i in kind.fixed else
+            stream.random_ring(s) if i >= len(holders) or holders[i] in (None, rank)
             else torch.zeros(tuple(s), dtype=torch.int64)
             for i, s in enumerate(kind.free_shapes(request["params"]))]
     derived = ([stream.random_ring(s) for s in kind.derived_shapes(request["params"])]

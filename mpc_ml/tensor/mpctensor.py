@@ -19,9 +19,10 @@ import torch.nn.functional as F
 from ..core import ring
 from ..core.encoding import decode, encode
 from ..core.ops import Op
-from ..primitives import (ALL_PAIRS_UP_TO, approximations, beaver_product, flush_riders,
-                          lazy_products, ltz, max_all_pairs, max_along_last, max_one_hot,
-                          negative_part, reveal, share_input, truncate, truncate_later)
+from ..primitives import (ALL_PAIRS_UP_TO, approximations, beaver_product, fixed_mask_product,
+                          flush_riders, lazy_products, ltz, max_all_pairs, max_along_last,
+                          max_one_hot, negative_part, reveal, share_input, truncate,
+                          truncate_later)
 from ..session import Session, current
 from . import tape
 from .validation import validate
@@ -36,6 +37,9 @@ def record(op: Op, out: "MPCTensor", inputs: tuple, **ctx) -> "MPCTensor":
     """The recording point: `out = op(*inputs)`, with what its gradient needs (ctx), is
     shown to the tape, the validation mode and the session's observers; returns out."""
     tape.record(op, out, inputs, ctx)
+    if op in VIEWS and isinstance(inputs[0], MPCTensor) and inputs[0]._masks is not None:
+        key = (op.value, tuple(out.shape), repr(sorted(ctx.items())))
+        out._masks = inputs[0]._masks.setdefault(key, {})  # a view of fixed weights is fixed
     session = out.session
     if session.config.validate:
         validate(op, out, inputs, ctx)
@@ -43,6 +47,9 @@ def record(op: Op, out: "MPCTensor", inputs: tuple, **ctx) -> "MPCTensor":
         observe(op, out, inputs, ctx)
     return out
 
+
+VIEWS = (Op.RESHAPE, Op.TRANSPOSE, Op.PERMUTE, Op.FLIP)
+"""Shape ops whose result from a fixed tensor (fix_masks) is fixed too, sharing its cache."""
 
 PUBLIC_INTEGER_BOUND = 2 ** 31
 """Public whole-number multipliers below this multiply shares exactly, with no truncation."""
@@ -90,6 +97,7 @@ class MPCTensor:
         self.requires_grad = False
         self.grad: MPCTensor | None = None
         self.grad_fn = None  # the autograd node that made this tensor, if any
+        self._masks: dict | None = None  # a fixed tensor's opening, and its views' (fix_masks)
 
     # -- plumbing ---------------------------------------------------------------
     @property
@@ -105,6 +113,24 @@ class MPCTensor:
     @share.setter
     def share(self, value: torch.Tensor) -> None:
         self._settled(value)
+        self._drop_masks()
+
+    def fix_masks(self) -> "MPCTensor":
+        """Mark this private tensor as fixed (a model's weights, which Module.encrypt marks):
+        under no_grad (inference), the first Beaver product with it on the right opens it
+        against a fixed mask, and later products with it (or with a reshaped or transposed
+        view of it) reuse that opening, so that a query's bytes do not grow with the weights
+        (protocols/fixed_mask.toml). Assigning to it (set_, .share =, item assignment)
+        drops the opening: a changed value is opened against a new mask. With grad enabled
+        and in backward() (training, where every step changes the weights) products are
+        plain Beaver ones."""
+        if self._masks is None:
+            self._masks = {}
+        return self
+
+    def _drop_masks(self) -> None:
+        if self._masks is not None:
+            self._masks.clear()
 
     def _settled(self, share: torch.Tensor) -> None:
         self._data, self._pending, self._riding = share, 0, None
@@ -710,6 +736,7 @@ class MPCTensor:
         return record(Op.GETITEM, self._like(self._data[index]), (self,), index=index)
 
     def __setitem__(self, index: Any, value: MPCTensor | Public) -> None:
+        self._drop_masks()
         if isinstance(value, MPCTensor):
             self.share[index] = self._coerce(value).share
         else:
@@ -718,6 +745,7 @@ class MPCTensor:
     def set_(self, source: "MPCTensor") -> "MPCTensor":
         """Take source's shares in place (as torch's set_), pending truncation included."""
         self._data, self._pending, self._riding = source._data, source._pending, None
+        self._drop_masks()
         return self
 
     def to(self, device: torch.device | str | int) -> "MPCTensor":
@@ -747,6 +775,12 @@ def bilinear(op: Op, x: MPCTensor | Public, y: MPCTensor | Public, **kwargs) -> 
             y_data = x._data if y is x else (y._data.view_as(y._data) if y._data is x._data
                                               else y._data)
             (z,) = lazy_products(session, [(x._data, x._pending, y_data, y._pending)])
+        elif y._masks is not None and not (tape.is_grad_enabled() or tape.in_backward()):
+            # fixed y in inference (not a training forward or backward): opened once
+            opened = y._masks.get("opened")
+            settle([x] if opened else [x, y])
+            z, y._masks["opened"] = fixed_mask_product(session, op, x.share, y._data, opened,
+                                                       **kwargs)
         else:
             settle([x, y])
             z = beaver_product(session, op, x.share, y.share, **kwargs)

@@ -20,6 +20,11 @@ from ..core.ops import Op
 _mode = threading.local()
 
 
+def in_backward() -> bool:
+    """Whether this party thread is computing gradients (backward())."""
+    return getattr(_mode, "backward", 0) > 0
+
+
 def is_grad_enabled() -> bool:
     """Whether this party thread records ops for autograd."""
     return getattr(_mode, "enabled", True)
@@ -136,20 +141,24 @@ def backward(root: Any, grad: Any = None) -> None:
         raise ValueError(f"grad of shape {tuple(grad.shape)} for an output of shape "
                          f"{tuple(root.shape)}")
     grads = {id(root): grad}
-    with no_grad():
-        for t in _topological(root):
-            g = grads.pop(id(t), None)
-            if g is None:
-                continue
-            if t.grad_fn is None:
-                t.grad = g if t.grad is None else t.grad + g
-                continue
-            node = t.grad_fn
-            for inp, ig in zip(node.inputs, GRADIENTS[node.op](node, t, g)):
-                if ig is None or not requires_grad(inp):
+    _mode.backward = getattr(_mode, "backward", 0) + 1
+    try:
+        with no_grad():
+            for t in _topological(root):
+                g = grads.pop(id(t), None)
+                if g is None:
                     continue
-                if tuple(ig.shape) != tuple(inp.shape):
-                    raise AssertionError(f"{node.op} gradient shape {tuple(ig.shape)} != "
-                                         f"{tuple(inp.shape)}")
-                prev = grads.get(id(inp))
-                grads[id(inp)] = ig if prev is None else prev + ig
+                if t.grad_fn is None:
+                    t.grad = g if t.grad is None else t.grad + g
+                    continue
+                node = t.grad_fn
+                for inp, ig in zip(node.inputs, GRADIENTS[node.op](node, t, g)):
+                    if ig is None or not requires_grad(inp):
+                        continue
+                    if tuple(ig.shape) != tuple(inp.shape):
+                        raise AssertionError(f"{node.op} gradient shape {tuple(ig.shape)} != "
+                                             f"{tuple(inp.shape)}")
+                    prev = grads.get(id(inp))
+                    grads[id(inp)] = ig if prev is None else prev + ig
+    finally:
+        _mode.backward -= 1
