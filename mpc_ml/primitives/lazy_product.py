@@ -42,15 +42,16 @@ def _operand(session: Session, opened: torch.Tensor, bits: int, comps: list[torc
     return public_part(opened, bits), [(-1, comps[0]), (sigma, comps[1])]
 
 
-def lazy_products(session: Session, items: list[Item]) -> list[torch.Tensor]:
+def lazy_products(session: Session, items: list[Item], exact: bool = False) -> list[torch.Tensor]:
     """Shares of trunc(x) * trunc(y) for each (x, x_bits, y, y_bits), elementwise with
     broadcasting, all in one round; `y is x` with equal bits is a square.
 
     Rounds 1; bytes 8 * (n - 1) * sum(numel(x) + numel(y)) sent per party (numel(x) for
     a square). Settled operands, none squared: plain Beaver (beaver.py). Under
-    truncation='local' the pending operands are truncated locally first.
+    truncation='local' the pending operands are truncated locally first, unless exact
+    (the approximations' operands, held far above 2^f).
     """
-    if session.config.truncation == "local":
+    if session.config.truncation == "local" and not exact:
         items = [(truncate_local(session, x, xb), 0, truncate_local(session, y, yb), 0)
                  for x, xb, y, yb in items]
     if all(xb == 0 and yb == 0 and y is not x for x, xb, y, yb in items):

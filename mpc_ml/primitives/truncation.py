@@ -71,11 +71,13 @@ def truncate_local(session: Session, x: torch.Tensor, bits: int) -> torch.Tensor
     return x >> bits if session.rank == 0 else -((-x) >> bits)
 
 
-def truncate(session: Session, x: torch.Tensor, bits: int) -> torch.Tensor:
-    """Share of x / 2^bits (see the module docstring for the two methods)."""
+def truncate(session: Session, x: torch.Tensor, bits: int, exact: bool = False) -> torch.Tensor:
+    """Share of x / 2^bits (see the module docstring for the two methods); exact forces
+    the exact one whatever config.truncation (values held far above 2^f, whose local
+    truncation would fail often)."""
     if bits == 0:
         return x
-    if session.config.truncation == "local":
+    if session.config.truncation == "local" and not exact:
         return truncate_local(session, x, bits)
     pending = PendingTruncation(session, x, bits)
     (c,) = open_shares(session, [pending.masked])
@@ -83,10 +85,10 @@ def truncate(session: Session, x: torch.Tensor, bits: int) -> torch.Tensor:
 
 
 def truncate_later(session: Session, x: torch.Tensor, bits: int,
-                   done: Callable[[torch.Tensor], None]) -> None:
+                   done: Callable[[torch.Tensor], None], exact: bool = False) -> None:
     """Truncate x with the next opening of any kind (a rider: no round of its own); done
     gets the share of x / 2^bits. Under truncation='local' it is done at once."""
-    if bits == 0 or session.config.truncation == "local":
+    if bits == 0 or (session.config.truncation == "local" and not exact):
         done(truncate(session, x, bits))
         return
     pending = PendingTruncation(session, x, bits)
