@@ -345,3 +345,23 @@ def test_zoo_convolutional(name):
                                              nn.Flatten(), nn.Linear(4, 2)))
         shape = (2, 3, 10, 10)
     check(_with_statistics(model, shape), (torch.randn(shape),), backward=False)
+
+
+def test_relu_max_pool_ties_with_zero_get_no_gradient():
+    """relu'(0) = 0: a window whose maximum is an exact 0 sends no gradient, as torch."""
+    model = nn.Sequential(nn.ReLU(), nn.MaxPool2d(2))
+    x = torch.tensor([[[[0.0, -1.0], [-2.0, -3.0]], [[0.5, -1.0], [0.25, 0.0]]]])
+
+    def party():
+        xs = enc(x, 1)
+        xs.requires_grad_()
+        net = mpc.nn.from_pytorch(model, x)
+        out = net(xs)
+        out.sum().backward()
+        return out.decrypt(), xs.grad.decrypt()
+
+    got, grad = mpc.run(party, world_size=2, provider="tfp")[0]
+    xt = x.clone().requires_grad_()
+    want = model(xt)
+    want.sum().backward()
+    assert torch.allclose(got, want.detach()) and torch.equal(grad, xt.grad), (grad, xt.grad)

@@ -78,3 +78,47 @@ def test_a_served_model_sends_fewer_bytes_from_its_second_query():
     assert torch.allclose(y1, want, atol=1e-3) and torch.allclose(y2, want, atol=1e-3)
     weights = sum(p.numel() for p in torch_model.parameters() if p.dim() == 2)
     assert first - second == 8 * weights, (first, second)
+
+
+def test_aliases_of_fixed_weights_are_never_stale():
+    """A clone is not in the family; a write through a view, or to the parent under a live
+    view, makes every opening of the family stale (a new mask, the new value)."""
+    x, w = randn(5, 2, 3), randn(6, 3, 3)
+
+    @mpc.no_grad()
+    def party():
+        xs, fixed = enc(x, 1), enc(w, 0).fix_masks()
+        clone = fixed.clone()
+        clone[0] = 0.0
+        (xs @ clone).decrypt()
+        got = [(xs @ fixed.clone()).decrypt()]
+        (xs @ fixed).decrypt()
+        fixed.reshape(-1)[0] = 100.0  # through a view that shares the storage
+        got.append((xs @ fixed).decrypt())
+        transposed = fixed.t()
+        (xs @ transposed).decrypt()
+        fixed[0, 0] = 7.0  # under a live view
+        got.append((xs @ transposed).decrypt())
+        return got
+
+    after_view, after_parent = w.clone(), w.clone()
+    after_view.reshape(-1)[0] = 100.0
+    after_parent.copy_(after_view)
+    after_parent[0, 0] = 7.0
+    wants = [x @ w, x @ after_view, x @ after_parent.t()]
+    for got, want in zip(mpc.run(party, world_size=2, provider="tfp")[0], wants):
+        assert torch.allclose(got.double(), want.double(), atol=1e-2), (got, want)
+
+
+def test_the_dealer_refuses_a_request_past_its_budget():
+    from mpc_ml.core.prg import PRG
+    from mpc_ml.providers.base import MAX_REQUEST_ELEMENTS, CorrelationGenerator, make_request
+    generator = CorrelationGenerator([PRG(bytes(16)), PRG(bytes(range(16)))], correction_party=1)
+    huge = make_request("band", shape=[64, MAX_REQUEST_ELEMENTS // 64], inputs=1,
+                        monomials=[[0, [0, 1]]])
+    try:
+        generator.generate(huge)
+    except ValueError as e:
+        assert "elements" in str(e)
+    else:
+        raise AssertionError("an oversized request was served")

@@ -157,8 +157,8 @@ def and_all(session: Session, bits: list[torch.Tensor]) -> torch.Tensor:
 def max_all_pairs(session: Session, x: torch.Tensor,
                   with_zero: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """(max over a short last dim, integer one-hot of the first maximum (..., k)), in one
-    comparison depth instead of ceil(log2 k); with_zero adds 0 as a last candidate, so that
-    the max is max(relu(x)) (then the one-hot is all zero where 0 wins).
+    comparison depth instead of ceil(log2 k); with_zero adds 0 as a first candidate, so that
+    the max is max(relu(x)) (the one-hot is all zero where 0 wins, ties with 0 included).
 
     All c (c - 1) / 2 differences of the c candidates (c <= ALL_PAIRS_UP_TO) go through one
     msb; candidate i wins when it beats every j < i strictly and ties or beats every j > i
@@ -173,7 +173,8 @@ def max_all_pairs(session: Session, x: torch.Tensor,
     if c == 1:
         hot = torch.ones_like(x) if session.rank == 0 else torch.zeros_like(x)
         return x[..., 0], hot
-    candidates = torch.cat([x, torch.zeros_like(x[..., :1])], -1) if with_zero else x
+    z = int(with_zero)  # 0 comes first: an element must beat it strictly (relu'(0) = 0)
+    candidates = torch.cat([torch.zeros_like(x[..., :1]), x], -1) if with_zero else x
     pairs = [(i, j) for i in range(c) for j in range(i + 1, c)]
     left = torch.tensor([i for i, _ in pairs], device=x.device)
     right = torch.tensor([j for _, j in pairs], device=x.device)
@@ -181,7 +182,7 @@ def max_all_pairs(session: Session, x: torch.Tensor,
     ones = 1 if session.rank == 0 else 0
     column = {pair: col for col, pair in enumerate(pairs)}
     beats = [[below[..., column[(j, i)]] if j < i else below[..., column[(i, j)]] ^ ones
-              for j in range(c) if j != i] for i in range(k)]
+              for j in range(c) if j != i] for i in range(z, c)]
     wins = and_all(session, [torch.stack([beats[i][m] for i in range(k)], -1) for m in range(c - 1)])
     hot, (chosen,) = bit_products(session, wins, [x])
     return chosen.sum(-1), hot

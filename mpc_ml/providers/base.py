@@ -352,6 +352,27 @@ KINDS: dict[str, CorrelationKind] = {
 }
 
 
+MAX_REQUEST_ELEMENTS = 1 << 28
+"""The most int64 elements one request's components may hold together (2 GiB): a hostile
+party's request cannot make the dealer allocate without bound."""
+
+
+def check_size(request: dict) -> None:
+    """ValueError unless the request's components hold at most MAX_REQUEST_ELEMENTS."""
+    kind, params = kind_of(request), request["params"]
+    total = 0
+    for shape in (*kind.free_shapes(params), *kind.derived_shapes(params), *kind.public_shapes(params)):
+        dims = tuple(shape)
+        if not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 1 << 40 for d in dims):
+            raise ValueError(f"a component's shape must be integers >= 0, got {list(dims)}")
+        count = 1
+        for d in dims:
+            count *= d
+        total += count
+        if total > MAX_REQUEST_ELEMENTS:
+            raise ValueError(f"the request holds more than {MAX_REQUEST_ELEMENTS} elements")
+
+
 def kind_of(request: dict) -> CorrelationKind:
     try:
         return KINDS[request["kind"]]
@@ -381,8 +402,10 @@ class CorrelationGenerator:
 
     def generate(self, request: dict) -> tuple[list, list]:
         """(the correction party's free shares, its derived shares), and for a kind with
-        public components, those as a third element (what every party is sent)."""
+        public components, those as a third element (what every party is sent).
+        ValueError for a request past MAX_REQUEST_ELEMENTS."""
         kind = kind_of(request)
+        check_size(request)
         total_free = others_derived = mine_free = None
         per_party = []
         for i, stream in enumerate(self.streams):

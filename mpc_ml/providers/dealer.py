@@ -475,7 +475,7 @@ def _serve_requests(link: Link, rank: int, generator: CorrelationGenerator,
     def answer(request: dict) -> None:
         try:
             _, corrections, *public = generator.generate(request)
-        except (ValueError, KeyError, TypeError, RuntimeError, MemoryError) as e:
+        except Exception as e:  # any malformed request is refused by name, never a crash
             raise refuse(f"the correlation request {request}"[:300],
                          str(e) or type(e).__name__) from None
         for c in corrections:
@@ -521,8 +521,8 @@ def _serve_requests(link: Link, rank: int, generator: CorrelationGenerator,
                 gathering = gathering or _Announced()
                 try:
                     gathering.add(msg)
-                except (ValueError, KeyError, TypeError, RuntimeError) as e:
-                    raise refuse("a prefetch announcement", str(e)) from None
+                except Exception as e:
+                    raise refuse("a prefetch announcement", str(e) or type(e).__name__) from None
                 if gathering.complete:
                     work.append(gathering)
                     gathering = None

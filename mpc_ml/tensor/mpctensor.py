@@ -37,9 +37,12 @@ def record(op: Op, out: "MPCTensor", inputs: tuple, **ctx) -> "MPCTensor":
     """The recording point: `out = op(*inputs)`, with what its gradient needs (ctx), is
     shown to the tape, the validation mode and the session's observers; returns out."""
     tape.record(op, out, inputs, ctx)
-    if op in VIEWS and isinstance(inputs[0], MPCTensor) and inputs[0]._masks is not None:
+    source = inputs[0] if inputs else None
+    if (op in VIEWS and isinstance(source, MPCTensor) and source._masks is not None
+            and out._data.untyped_storage().data_ptr() == source._data.untyped_storage().data_ptr()):
+        # a view of fixed weights (sharing their storage: never a copy) is fixed, in the family
         key = (op.value, tuple(out.shape), repr(sorted(ctx.items())))
-        out._masks = inputs[0]._masks.setdefault(key, {})  # a view of fixed weights is fixed
+        out._masks, out._family = source._masks.setdefault(key, {}), source._family
     session = out.session
     if session.config.validate:
         validate(op, out, inputs, ctx)
@@ -48,8 +51,9 @@ def record(op: Op, out: "MPCTensor", inputs: tuple, **ctx) -> "MPCTensor":
     return out
 
 
-VIEWS = (Op.RESHAPE, Op.TRANSPOSE, Op.PERMUTE, Op.FLIP)
-"""Shape ops whose result from a fixed tensor (fix_masks) is fixed too, sharing its cache."""
+VIEWS = (Op.RESHAPE, Op.TRANSPOSE, Op.PERMUTE)
+"""Shape ops whose result from a fixed tensor (fix_masks), when it shares the tensor's
+storage, is fixed too: one family, whose openings any assignment to a member drops."""
 
 PUBLIC_INTEGER_BOUND = 2 ** 31
 """Public whole-number multipliers below this multiply shares exactly, with no truncation."""
@@ -98,6 +102,7 @@ class MPCTensor:
         self.grad: MPCTensor | None = None
         self.grad_fn = None  # the autograd node that made this tensor, if any
         self._masks: dict | None = None  # a fixed tensor's opening, and its views' (fix_masks)
+        self._family: list[int] | None = None  # [version] shared by a fixed tensor and its views
 
     # -- plumbing ---------------------------------------------------------------
     @property
@@ -118,19 +123,22 @@ class MPCTensor:
     def fix_masks(self) -> "MPCTensor":
         """Mark this private tensor as fixed (a model's weights, which Module.encrypt marks):
         under no_grad (inference), the first Beaver product with it on the right opens it
-        against a fixed mask, and later products with it (or with a reshaped or transposed
-        view of it) reuse that opening, so that a query's bytes do not grow with the weights
-        (protocols/fixed_mask.toml). Assigning to it (set_, .share =, item assignment)
-        drops the opening: a changed value is opened against a new mask. With grad enabled
+        against a fixed mask, and later products with it (or with a reshaped, transposed or
+        permuted view of it that shares its storage) reuse that opening, so that a query's
+        bytes do not grow with the weights (protocols/fixed_mask.toml). Assigning to it or to
+        such a view (set_, .share =, item assignment) makes every opening in the family
+        stale: a changed value is opened against a new mask. With grad enabled
         and in backward() (training, where every step changes the weights) products are
         plain Beaver ones."""
         if self._masks is None:
-            self._masks = {}
+            self._masks, self._family = {}, [0]
         return self
 
     def _drop_masks(self) -> None:
-        if self._masks is not None:
-            self._masks.clear()
+        """An assignment to a fixed tensor or to a view of it (which may share its storage):
+        every opening in the family is stale."""
+        if self._family is not None:
+            self._family[0] += 1
 
     def _settled(self, share: torch.Tensor) -> None:
         self._data, self._pending, self._riding = share, 0, None
@@ -777,10 +785,11 @@ def bilinear(op: Op, x: MPCTensor | Public, y: MPCTensor | Public, **kwargs) -> 
             (z,) = lazy_products(session, [(x._data, x._pending, y_data, y._pending)])
         elif y._masks is not None and not (tape.is_grad_enabled() or tape.in_backward()):
             # fixed y in inference (not a training forward or backward): opened once
-            opened = y._masks.get("opened")
+            version, opened = y._family[0], y._masks.get("opened")
+            opened = opened[1] if opened and opened[0] == version else None
             settle([x] if opened else [x, y])
-            z, y._masks["opened"] = fixed_mask_product(session, op, x.share, y._data, opened,
-                                                       **kwargs)
+            z, made = fixed_mask_product(session, op, x.share, y._data, opened, **kwargs)
+            y._masks["opened"] = (version, made)
         else:
             settle([x, y])
             z = beaver_product(session, op, x.share, y.share, **kwargs)
