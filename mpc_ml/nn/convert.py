@@ -22,6 +22,7 @@ from .. import tensor as T
 from ..tensor import MPCTensor
 from . import functional as F
 from . import layers as L
+from .export import _holder, _ReluOf, _where
 from .export import export as exported_module
 from .module import Module
 
@@ -124,13 +125,6 @@ def _relus_into_pools(graph: torch.fx.Graph, module: torch.nn.Module) -> set[str
             and next(iter(node.users)).args[:1] == (node,)}
 
 
-class _ReluOf:
-    """A ReLU left for the MaxPool2d that is its only use (relu_max_pool2d)."""
-
-    def __init__(self, x: MPCTensor | torch.Tensor) -> None:
-        self.x = x
-
-
 def _pool_of_relu(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
                   return_indices=False):
     """max_pool2d's arguments, input a _ReluOf."""
@@ -194,12 +188,6 @@ class ConvertedModule(Module):
         raise RuntimeError("traced graph has no output")
 
 
-def _where(node: torch.fx.Node) -> str:
-    trace = node.meta.get("stack_trace")
-    line = f"; traced from:\n{trace.strip()}" if trace else ""
-    return f"node '{node.name}'{line}"
-
-
 def _convert_module(module: torch.nn.Module, node: torch.fx.Node) -> Module:
     if type(module) in _COPIED:
         return _COPIED[type(module)].from_torch(module)
@@ -207,16 +195,6 @@ def _convert_module(module: torch.nn.Module, node: torch.fx.Node) -> Module:
         return _STATELESS[type(module)](module)
     raise NotImplementedError(f"from_pytorch: unsupported layer {type(module).__name__} "
                               f"('{node.target}') at {_where(node)}")
-
-
-def _holder(root: Module, path: str) -> Module:
-    """root.<path>, creating empty container modules on the way."""
-    holder = root
-    for name in filter(None, path.split(".")):
-        if name not in holder._modules:
-            holder.add_module(name, Module())
-        holder = holder._modules[name]
-    return holder
 
 
 def fresh_inputs(example_input: torch.Tensor | tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:

@@ -494,6 +494,7 @@ MODE_DEPENDENT = {"aten.dropout.default", "aten._native_batch_norm_legit_no_trai
 
 
 def _holder(root: Module, path: str) -> Module:
+    """root.<path>, creating empty container modules on the way."""
     holder = root
     for name in filter(None, path.split(".")):
         if name not in holder._modules:
