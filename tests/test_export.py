@@ -365,3 +365,15 @@ def test_relu_max_pool_ties_with_zero_get_no_gradient():
     want = model(xt)
     want.sum().backward()
     assert torch.allclose(got, want.detach()) and torch.equal(grad, xt.grad), (grad, xt.grad)
+
+
+def test_converted_at_one_batch_size_runs_at_another():
+    model = seeded(lambda: nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.MaxPool2d(2),
+                                         nn.Flatten(), nn.Linear(36, 5))).eval()
+    x = torch.randn(12, 1, 8, 8)
+
+    def party():
+        net = mpc.nn.from_pytorch(model, x[:2]).encrypt(src=0)
+        with mpc.no_grad():
+            return net(enc(x, 1)).decrypt()
+    assert_close(mpc.run(party, world_size=2, provider="tfp")[0], model(x).detach(), "batch 12")

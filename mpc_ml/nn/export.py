@@ -363,6 +363,7 @@ ATEN_OPS: dict[str, Callable] = {
     "aten.type_as.default": lambda x, other: x,
     "aten.lift_fresh_copy.default": lambda x: x,
     "aten._assert_tensor_metadata.default": lambda *args, **kwargs: None,
+    "aten.sym_size.int": lambda x, dim: x.shape[dim],
 }
 """ATen operator -> what runs it on private arguments (its plaintext runs are the ATen
 operator itself)."""
@@ -520,10 +521,32 @@ def unsupported(program: torch.export.ExportedProgram) -> list[str]:
     for node in program.graph.nodes:
         if node.op != "call_function" or not any(a.name in private for a in node.all_input_nodes):
             continue
-        private.add(node.name)
+        if _makes_tensors(node):  # a size (a dynamic batch's SymInt) is public
+            private.add(node.name)
         if node.target is not operator.getitem and _op_name(node) not in ATEN_OPS:
             missing.append(f"{_op_name(node)} at {_where(node)}")
     return missing
+
+
+def _export(module: torch.nn.Module, inputs: tuple) -> torch.export.ExportedProgram:
+    """torch.export with the batch (dim 0 of every input of 2 or more rows) dynamic, so
+    that the model runs on any batch size; static shapes where the model's code fixes the
+    batch."""
+    batch = torch.export.Dim("batch")
+    dynamic = tuple({0: batch} if t.dim() and t.shape[0] >= 2 else None for t in inputs)
+    if any(dynamic) and len({t.shape[0] for t, d in zip(inputs, dynamic) if d}) == 1:
+        try:
+            return torch.export.export(module, inputs, dynamic_shapes=dynamic).run_decompositions({})
+        except Exception:  # the code specialises the batch: export it as it is
+            pass
+    return torch.export.export(module, inputs).run_decompositions({})
+
+
+def _makes_tensors(node: torch.fx.Node) -> bool:
+    val = node.meta.get("val")
+    if isinstance(val, (list, tuple)):
+        return any(isinstance(v, torch.Tensor) for v in val)
+    return val is None or isinstance(val, torch.Tensor)
 
 
 def export(module: torch.nn.Module, inputs: tuple) -> ExportedModule:
@@ -532,7 +555,7 @@ def export(module: torch.nn.Module, inputs: tuple) -> ExportedModule:
     with warnings.catch_warnings():  # torch's own deprecation notices about its pytree specs
         warnings.simplefilter("ignore", FutureWarning)
         warnings.simplefilter("ignore", UserWarning)
-        program = torch.export.export(module, inputs).run_decompositions({})
+        program = _export(module, inputs)
     missing = unsupported(program)
     if missing:
         raise NotImplementedError("from_pytorch: unsupported operator " + "\nand ".join(missing))
