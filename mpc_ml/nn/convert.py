@@ -23,6 +23,7 @@ from ..tensor import MPCTensor
 from . import functional as F
 from . import layers as L
 from .export import _holder, _ReluOf, _where
+from .export import _pool_of_relu as relu_then_pool
 from .export import export as exported_module
 from .module import Module
 
@@ -127,13 +128,10 @@ def _relus_into_pools(graph: torch.fx.Graph, module: torch.nn.Module) -> set[str
 
 def _pool_of_relu(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
                   return_indices=False):
-    """max_pool2d's arguments, input a _ReluOf."""
-    x = input.x
+    """max_pool2d's arguments, input a _ReluOf (export.py runs the pair)."""
     if return_indices:
         raise ValueError("max_pool2d(return_indices=True) is not supported")
-    if isinstance(x, MPCTensor):
-        return x.relu_max_pool2d(kernel_size, stride, padding, dilation, ceil_mode)
-    return TF.max_pool2d(torch.relu(x), kernel_size, stride, padding, dilation, ceil_mode)
+    return relu_then_pool(input.x, kernel_size, stride, padding, dilation, ceil_mode)
 
 
 class ConvertedModule(Module):
