@@ -236,6 +236,30 @@ def adaptive_avg_pool(x: TensorLike, output_size: int | list[int | None]) -> Ten
     return x
 
 
+def adaptive_max_pool(x: TensorLike, output_size: int | list[int | None]) -> tuple:
+    """Adaptive max pooling to any size, one spatial dim at a time (a max over a box is
+    the max over its rows of the max over its columns): output cell i of a dim is the
+    max of input positions floor(i L / out) .. ceil((i + 1) L / out) - 1, as torch. A
+    window shorter than the longest repeats its last element (which leaves the max, and
+    its one-hot gradient, as they are). Returns (values, None): the indices torch also
+    returns are not supported."""
+    sizes = tuple(output_size) if isinstance(output_size, (list, tuple)) else (output_size,)
+    for d, out in enumerate(sizes):
+        axis = x.dim() - len(sizes) + d
+        length = x.shape[axis]
+        out = length if out is None else out
+        bounds = [((i * length) // out, -(-((i + 1) * length) // out)) for i in range(out)]
+        width = max(hi - lo for lo, hi in bounds)
+        pieces = []
+        for lo, hi in bounds:
+            pieces.append(x[_index(x, axis, slice(lo, hi))])
+            pieces += [x[_index(x, axis, slice(hi - 1, hi))]] * (width - (hi - lo))
+        windows = T.cat(pieces, axis) if len(pieces) > 1 else pieces[0]
+        windows = windows.reshape(*x.shape[:axis], out, width, *x.shape[axis + 1:])
+        x = windows.max(axis + 1)[0] if width > 1 else windows.squeeze(axis + 1)
+    return x, None
+
+
 def _batch_norm_eval(x, weight, bias, mean, var, momentum, eps):
     out, _, _ = F.batch_norm(x, mean, var, weight, bias, False, momentum, eps)
     return out, None, None
@@ -268,6 +292,14 @@ def _power(x, p):
     if float(p) not in roots:
         raise ValueError(f"pow: private x ** {p} is supported for whole p >= 0, 0.5, -0.5 and -1")
     return roots[float(p)]()
+
+
+def _amax(x, dims, keepdim: bool):
+    dims = sorted((d % x.dim() for d in ([dims] if isinstance(dims, int) else dims or
+                                         range(x.dim()))), reverse=True)
+    for d in dims:
+        x = x.max(d, keepdim)[0]
+    return x
 
 
 def _pool_stride(stride):
@@ -303,6 +335,10 @@ ATEN_OPS: dict[str, Callable] = {
     "aten.adaptive_avg_pool2d.default": adaptive_avg_pool,
     "aten.adaptive_avg_pool1d.default": adaptive_avg_pool,
     "aten._adaptive_avg_pool2d.default": adaptive_avg_pool,
+    "aten.adaptive_max_pool2d.default": adaptive_max_pool,
+    "aten.adaptive_max_pool1d.default": adaptive_max_pool,
+    "aten.amax.default": lambda x, dims=(), keepdim=False: _amax(x, dims, keepdim),
+    "aten.max.dim": lambda x, dim, keepdim=False: x.max(dim, keepdim),
     "aten.group_norm.default": group_norm,
     "aten.conv_transpose1d.default": conv_transpose,
     "aten.conv_transpose2d.input": conv_transpose,
