@@ -257,6 +257,32 @@ def bert_base(quick: bool) -> tnn.Module:
     return _seeded(lambda: EmbeddedBert(BertForSequenceClassification(config)), 5).eval()
 
 
+class NextTokenGPT2(tnn.Module):
+    """A Hugging Face GPT-2 language model called on an embedded prompt (the client's
+    private hidden states, batch x sequence x hidden), returning the next token's logits
+    (one token of generation: the LM head runs on the last position only)."""
+
+    def __init__(self, model: tnn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.model(inputs_embeds=hidden, use_cache=False, logits_to_keep=1).logits[:, -1]
+
+
+GPT2_SHAPES = {False: dict(n_embd=768, n_layer=12, n_head=12, vocab_size=50257),
+               True: dict(n_embd=64, n_layer=2, n_head=2, vocab_size=512)}
+
+
+def gpt2_small(quick: bool) -> tnn.Module:
+    """GPT-2 small's shape (--quick: 2 layers of width 64) from a config, random weights
+    (nothing is downloaded), eval mode."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    config = GPT2Config(**GPT2_SHAPES[quick], n_positions=1024, bos_token_id=0, eos_token_id=0)
+    return _seeded(lambda: NextTokenGPT2(GPT2LMHeadModel(config)), 6).eval()
+
+
 def _resnet_label(quick: bool) -> str:
     return "ResNet-18 (widths " + "/".join(map(str, RESNET_WIDTHS[quick])) + ")"
 
@@ -299,6 +325,9 @@ SUITE_MODELS = [
     ModelRow("bert_base", "BERT-base shape (12 x 768, 12 heads), sequence 128, embedded input",
              bert_base, randn((1, 128, 768)), randn((1, 8, 64)),
              quick_model="BERT (2 x 64, 2 heads), sequence 8, embedded input"),
+    ModelRow("gpt2_small", "GPT-2 small shape (12 x 768, 12 heads, vocab 50257), next token of "
+             "a 128-token embedded prompt", gpt2_small, randn((1, 128, 768)), randn((1, 8, 64)),
+             quick_model="GPT-2 (2 x 64, 2 heads, vocab 512), next token of 8, embedded input"),
 ]
 ALL_MODELS = {row.name: row for row in MODELS + SUITE_MODELS}
 

@@ -64,7 +64,8 @@ import mpc_ml as mpc  # noqa: E402
 # rows.SUITE_MODELS: lenet5_step); all of them are in rows.ALL_OPS / rows.ALL_MODELS.
 OP_ROWS = ["mul1e6", "matmul256", "matmul1024", "conv2d", "relu1e5", "max1e5", "softmax1e5",
            "sigmoid1e5", "reciprocal1e5", "exp1e5"]
-MODEL_ROWS = ["lenet5_b1", "lenet5_b32", "resnet18", "mlp_step", "lenet5_step", "bert_base"]
+MODEL_ROWS = ["lenet5_b1", "lenet5_b32", "resnet18", "mlp_step", "lenet5_step", "bert_base",
+              "gpt2_small"]
 PROFILE_NAMES = ["lan", "lan1g", "wan400", "wan100"]
 PROVIDERS = list(common.PROVIDERS)
 FSS = "dealer-fss"
