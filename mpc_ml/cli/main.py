@@ -335,8 +335,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--days", type=int, default=365, help="validity (default 365)")
     p.add_argument("--force", action="store_true", help="replace certificates already in DIR")
     p.set_defaults(func=certs)
-    p = sub.add_parser("demo", help="private CNN training on digits (2 parties + dealer)")
-    p.add_argument("--task", choices=["cnn", "linear"], default="cnn")
+    p = sub.add_parser("demo", help="private training on digits (2 parties + dealer): a CNN, "
+                                    "a transformer encoder, or linear regression")
+    p.add_argument("--task", choices=["cnn", "transformer", "linear"], default="cnn")
     p.add_argument("--epochs", type=int, default=None)
     p.set_defaults(func=demo)
     p = sub.add_parser("infer", help="private inference on loopback: n parties serve an "
