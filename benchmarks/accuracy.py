@@ -43,6 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402  (benchmarks/common.py: the Markdown table writer)
 
 import mpc_ml as mpc  # noqa: E402
+from mpc_ml.nn.export import layer_norm  # noqa: E402
 from mpc_ml.primitives.approximations import ERROR_BOUNDS, ErrorBound  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -94,6 +95,34 @@ def quotient_inputs(n: int) -> tuple[torch.Tensor, torch.Tensor]:
     x = snap(torch.linspace(-100, 100, n, dtype=torch.float64))
     y = snap(torch.linspace(0.1, 100, n, dtype=torch.float64))[torch.randperm(n, generator=g)]
     return x, y
+
+
+ATTENTION_KEYS = 128  # a BERT-base / GPT-2 sequence
+HIDDEN = 768
+
+
+def causal_scores(n: int) -> torch.Tensor:
+    """Rows of 128 attention scores N(0, 3^2) under a causal mask: row i keeps keys 0..i
+    (i mod 128), the others at -500, where attention clamps a mask (nn/export.py)."""
+    t = logits(3.0, ATTENTION_KEYS)(n)
+    keep = torch.arange(ATTENTION_KEYS) <= (torch.arange(len(t)) % ATTENTION_KEYS)[:, None]
+    return torch.where(keep, t, torch.full_like(t, -500.0))
+
+
+def hidden_states(n: int) -> torch.Tensor:
+    """64 rows of 768 hidden features, row r N(mean_r, sigma_r^2) with sigma_r log-spaced
+    over [0.3, 100] and mean_r in +-10 (n is ignored: the rows are whole)."""
+    g = torch.Generator().manual_seed(13)
+    sigma = torch.logspace(math.log10(0.3), 2, 64, dtype=torch.float64)[:, None]
+    mean = (torch.rand(64, 1, generator=g, dtype=torch.float64) * 2 - 1) * 10
+    return snap(mean + sigma * torch.randn(64, HIDDEN, generator=g, dtype=torch.float64))
+
+
+# layer_norm is (x - mean) * inv_sqrt(var + eps): inv_sqrt's relative bound on each output.
+LAYER_NORM_BOUND = dataclasses.replace(
+    ERROR_BOUNDS["inv_sqrt"], method="(x - mean) * inv_sqrt(var + eps)",
+    domain="var + eps in (0, 2^45]",
+    in_domain=lambda x: (x.var(-1, keepdim=True, correction=0) <= 2.0 ** 45).expand_as(x))
 
 
 # x / y is x * reciprocal(y): the reciprocal's bound on the quotient, plus the 2^-16
@@ -153,6 +182,17 @@ ROWS = [
         lambda t: torch.log_softmax(t, -1), "random"),
     Row("x / y", "x ∈ [-100, 100], y ∈ [0.1, 100]", quotient_inputs, lambda x, y: x / y,
         torch.div, "linear, y shuffled", QUOTIENT_BOUND),
+    # attention's ranges (BERT-base, GPT-2 small): the keys, the feed-forward, the hidden width
+    Row("softmax", "rows of 128, N(0, 3²) (attention scores)", logits(3.0, ATTENTION_KEYS),
+        lambda x: x.softmax(-1), lambda t: torch.softmax(t, -1), "random"),
+    Row("softmax", "rows of 128, U(±40)", logits(-40.0, ATTENTION_KEYS),
+        lambda x: x.softmax(-1), lambda t: torch.softmax(t, -1), "random"),
+    Row("softmax", "rows of 128, N(0, 3²), causal mask at -500", causal_scores,
+        lambda x: x.softmax(-1), lambda t: torch.softmax(t, -1), "random"),
+    Row("gelu", "[-10, 10] (feed-forward)", linear(-10, 10), lambda x: x.gelu(), F.gelu),
+    Row("layer_norm", "rows of 768, N(μ, σ²), σ ∈ [0.3, 100], |μ| <= 10", hidden_states,
+        lambda x: layer_norm(x, [HIDDEN], eps=1e-12),
+        lambda t: F.layer_norm(t, [HIDDEN], eps=1e-12), "random", LAYER_NORM_BOUND),
 ]
 
 # Results outside the domain as mpc_ml/primitives/approximations.py documents them:
@@ -269,7 +309,7 @@ def function_rows(results: dict, points: int) -> tuple[str, bool]:
         over = err / row.bound.allowed(inputs[0], true)
         worst = int(over.argmax())
         at = ", ".join(f"{t.reshape(-1)[worst].item():.6g}" for t in inputs)
-        if row.name.endswith("softmax"):
+        if row.name.endswith("softmax") or row.name == "layer_norm":
             at = f"row {worst // true.shape[-1]}"
         # the bound holds on the domain: a grid must stay inside it (x / y: the divisor's)
         inside = bool(row.bound.in_domain(inputs[-1]).all())
@@ -331,6 +371,16 @@ def report(fn_results: dict, exact_results: dict, args, seconds: float) -> tuple
         "(x / y: the reciprocal's bound and the 2^-16 resolution of 1/y times \\|x\\|). Rows with "
         "a wide domain test the whole domain that ERROR_BOUNDS states; rounds are party 0's "
         "communication rounds for the whole call.",
+        "",
+        "The last five rows are attention's ranges (BERT-base, GPT-2 small): 128 keys, scores "
+        "scaled by 1/sqrt(d), a causal mask, the feed-forward's GELU inputs, and LayerNorm over "
+        "768 features. GELU is PUMA's piecewise form (Dong et al., PUMA, 2023, arXiv:2307.12533, "
+        "sec. 4: a polynomial on [-4, 4], relu outside); softmax subtracts the row's max before "
+        "exp, as PUMA and CrypTen do (Knott et al., NeurIPS 2021), then multiplies by a "
+        "Newton reciprocal of the sum; LayerNorm's 1/sqrt(var + eps) is the normalised Newton "
+        "inverse square root of the inv_sqrt row (CrypTen's method with a shallower "
+        "normalisation). Models are held to these bounds end to end in tests/test_export.py "
+        "and the bench rows bert_base and gpt2_small.",
         "",
         fn_table,
         "",
