@@ -37,6 +37,7 @@ all n connections of an unwrapped client can add the shares up.
 """
 from __future__ import annotations
 
+import secrets
 import socket
 import sys
 from typing import Sequence
@@ -347,7 +348,10 @@ class InferenceClient:
         Config(precision_bits=precision_bits)  # validates
         self.precision_bits, self.timeout_s = precision_bits, timeout_s
         self._prg = PRG(new_seed())
-        hello = {"role": "client", "rank": CLIENT_RANK, "world_size": n,
+        self.token = secrets.token_hex(16)
+        """Names this client to every party of a service (serve_clients), which matches its
+        links by it; a one-client server (serve_client) ignores it."""
+        hello = {"role": "client", "rank": CLIENT_RANK, "world_size": n, "token": self.token,
                  "protocol_version": PROTOCOL_VERSION, "precision_bits": precision_bits}
         self.links: list[tcp.TcpLink] = []
         problems = []
@@ -390,7 +394,11 @@ class InferenceClient:
         dtype = x.dtype if x.is_floating_point() else torch.get_default_dtype()
         try:
             for i, (link, s) in enumerate(zip(self.links, self.share(x))):
-                self._call(i, link.send, s)
+                try:
+                    self._call(i, link.send, s)
+                except InferenceError:  # a party that hung up may have said why
+                    self._raise_refusal(i, link)
+                    raise
             total = None
             for i, link in enumerate(self.links):
                 msg = self._call(i, link.recv, self.timeout_s)
@@ -413,6 +421,17 @@ class InferenceClient:
             raise ValueError("predict_batch needs at least one request")
         out = self.predict(torch.cat(inputs))
         return list(out.split([len(t) for t in inputs]))
+
+    def _raise_refusal(self, party: int, link: tcp.TcpLink) -> None:
+        """Raise the error a party sent before it closed the link, if it sent one."""
+        try:
+            msg = link.recv(1.0)
+        except CommError:
+            return
+        if isinstance(msg, dict) and "error" in msg:
+            self._close_links()
+            raise InferenceError(f"inference client: party {party} refused the request: "
+                                 f"{msg['error']}")
 
     def _call(self, party: int, fn, *args):
         try:

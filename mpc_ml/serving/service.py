@@ -1,0 +1,543 @@
+"""A private inference service: compute parties that stay up and answer many outside
+clients at once, batching their requests into shared forward passes.
+
+Every compute party calls `serve_clients(model, listen, ...)` in its session (`mpc-ml
+serve` does it for you). The model owner's weights are shared once at start. Then each
+party runs, besides its main thread:
+
+- an accept thread on its client-facing address; each connection shakes hands in a
+  thread of its own (TLS with a client certificate when `wrap` is given, the hello),
+  so a stray or silent connection holds up nobody;
+- one reader per client link, which checks every frame (an int64 share, non-empty, the
+  model's sample shape, at most max_batch rows, a frame size cap) and files it in this
+  party's table of pending requests as (client token, request number, share). A bad
+  frame, a wrong shape or a disconnect drops that client's link only.
+
+The main threads run one step after another, all parties in lockstep:
+
+1. party 0 (the scheduler) waits until its queue holds requests, then up to max_wait_ms
+   more (or until max_batch rows are queued), and picks a plan: a list of
+   (client token, request number, rows, certified client) in arrival order, at most
+   max_batch rows; with nothing queued for a heartbeat it sends an idle plan, and once
+   stopped and drained a stop plan. The plan is broadcast (one small JSON tensor).
+2. every party claims the plan's shares from its table, waiting up to request_timeout_s
+   for those not arrived yet; one gather of verdicts (session.gather_verdicts) tells
+   every party which requests all of them hold (same rows, same certified client).
+3. a request missing anywhere is dropped on every party: its client is told why (an
+   error frame) and disconnected; the other requests go on. The held shares are stacked
+   along dim 0 and run in one private forward pass; the output share is re-randomised
+   with a fresh sharing of zero and split, and each client is sent only its own rows.
+
+A client's requests are numbered by their order on each link, so one client's n links
+(matched by the random 128-bit token of its hello, and with TLS by the certified client
+index, which must be the same at every party) need no other framing. Only shapes are
+logged (logger "mpc_ml.serving": which client asked for how many rows), never values.
+
+Stopping: `stop` (a threading.Event; `mpc-ml serve` sets it on SIGINT/SIGTERM) makes
+party 0 close its listener, finish the requests it had received, and broadcast a stop
+plan; a stop asked of any other party reaches party 0 in the next verdict. Every party
+then tells its clients, closes their links and returns. A party that dies stops the
+others: their next step raises InferenceError naming it, and every client still
+connected is told so. Nobody runs half a service.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+import socket
+import sys
+import threading
+import time
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import torch
+
+from ..comm import CLIENT_RANK, CommError, CommTimeout, client_index, frames, peer_name, tcp
+from ..config import PROTOCOL_VERSION
+from ..nn import Module
+from ..primitives.sharing import zero_share
+from ..session import Session, current
+from ..tensor import MPCTensor
+from .inference import (InferenceError, _check_client_hello, _check_rank, _client_error,
+                        _forward, _model_device, _prepare)
+
+log = logging.getLogger("mpc_ml.serving")
+
+_TOKEN = re.compile(r"[0-9a-f]{32}")
+_IDLE, _BATCH, _STOP = "idle", "batch", "stop"
+
+
+@dataclass
+class _Client:
+    """One client's link to this party and its requests not yet served."""
+
+    token: str
+    name: str
+    certified: int | None
+    link: tcp.TcpLink
+    next_seq: int = 0
+    pending: dict = field(default_factory=dict)
+    open: bool = True
+
+
+class _Clients:
+    """This party's client side: the listener, the handshakes, the readers and the table
+    of pending requests, shared with the main thread under one condition variable."""
+
+    def __init__(self, session: Session, listener: socket.socket, sample: tuple[int, ...],
+                 max_batch: int, max_pending: int, wrap: tcp.Wrap | None):
+        self.me, self.session, self.listener = session.rank, session, listener
+        self.sample, self.max_batch, self.max_pending, self.wrap = sample, max_batch, max_pending, wrap
+        # a share of max_batch rows, with room for its header; control frames are small
+        self.frame_cap = max(1 << 16, 8 * max_batch * math.prod(sample) + 1024)
+        self.cond = threading.Condition()
+        self.clients: dict[str, _Client] = {}
+        self.queue: deque = deque()  # (token, seq, rows, arrival): party 0 schedules from it
+        self.gone: OrderedDict[str, str] = OrderedDict()  # recent drops: token -> why
+        self.accepting = True
+        self.threads: list[threading.Thread] = []
+
+    # -- connections ------------------------------------------------------------------
+    def start(self) -> None:
+        self._spawn(self._accept_loop, "accept")
+
+    def _spawn(self, target: Callable, what: str, *args) -> None:
+        t = threading.Thread(target=target, args=args, daemon=True,
+                             name=f"mpc-serve-{self.me}-{what}")
+        t.start()
+        self.threads = [u for u in self.threads if u.is_alive()] + [t]
+
+    def _accept_loop(self) -> None:
+        self.listener.settimeout(0.2)
+        while self.accepting:
+            try:
+                sock, source = self.listener.accept()
+            except (socket.timeout, BlockingIOError):
+                continue
+            except OSError:
+                return
+            self._spawn(self._handshake, "handshake", sock, source)
+
+    def _refuse(self, sock, where: str, problem: str) -> None:
+        log.warning("party %d: refused a client connecting from %s: %s", self.me, where, problem)
+        try:
+            sock.sendall(frames.control_frame({"error": f"party {self.me}: {problem}"}))
+            sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+        raw = getattr(sock, "raw", sock)  # under TLS, the socket beneath
+        try:  # read until the client hangs up: closing on its unread hello would reset the
+            raw.settimeout(2.0)  # connection and destroy the error message
+            while raw.recv(1 << 16):
+                pass
+        except OSError:
+            pass
+        raw.close()
+
+    def _handshake(self, sock: socket.socket, source: tuple) -> None:
+        where = f"{source[0]}:{source[1]}"
+        certified = None
+        try:
+            tcp.tune(sock)
+            sock.settimeout(tcp.HELLO_TIMEOUT_S)
+            if self.wrap is not None:
+                sock = self.wrap(sock, server_side=True, peer=None)
+                rank = getattr(sock, "certified_rank", None)
+                certified = client_index(rank) if rank is not None else None
+                if certified is None:
+                    return self._refuse(sock, where, (
+                        f"{peer_name(rank)}'s certificate was presented in the client role; only a "
+                        "client certificate (`mpc-ml certs DIR --clients K`) is accepted"))
+            link = tcp.TcpLink(sock, self.me, CLIENT_RANK, self.frame_cap)
+        except (CommError, OSError) as e:
+            log.warning("party %d: dropped a connection from %s: %s", self.me, where, e)
+            sock.close()
+            return
+        try:
+            hello = link.recv(tcp.HELLO_TIMEOUT_S)
+        except CommError as e:
+            log.warning("party %d: dropped a connection from %s: %s", self.me, where,
+                        _client_error(self.me, e))
+            link.close()
+            return
+        problem = _check_client_hello(hello, self.session)
+        token = hello.get("token") if isinstance(hello, dict) else None
+        if problem is None and not (isinstance(token, str) and _TOKEN.fullmatch(token)):
+            problem = "the hello carries no client token (32 hex digits); this party runs a " \
+                      "service, which matches a client's links by it"
+        name = (f"client {certified}" if certified is not None
+                else f"client {str(token)[:8]} (unauthenticated, from {where})")
+        with self.cond:
+            if problem is None and not self.accepting:
+                problem = "the service is stopping"
+            if problem is None and token in self.clients:
+                problem = "a client with this token is connected already"
+            if problem is None:
+                client = _Client(token, name, certified, link)
+                self.clients[token] = client
+        if problem is not None:
+            log.warning("party %d: refused a client connecting from %s: %s", self.me, where, problem)
+            try:
+                link.send({"error": f"party {self.me}: {problem}"})
+            except CommError:
+                pass
+            link.close()
+            return
+        log.info("party %d: %s connected", self.me, name)
+        try:
+            link.send({"rank": self.me, "world_size": self.session.world_size,
+                       "protocol_version": PROTOCOL_VERSION, "service": True,
+                       "precision_bits": self.session.config.precision_bits})
+        except CommError as e:
+            return self.drop(client, str(_client_error(self.me, e)), tell=False)
+        self._read_loop(client)  # this thread goes on as the client's reader
+
+    def _check_share(self, msg) -> str | None:
+        if isinstance(msg, dict):
+            return f"the client sent an unknown message {msg!r:.200}"
+        if msg.dtype != torch.int64:
+            return f"the client sent a {msg.dtype} tensor, not an int64 share"
+        if msg.dim() == 0 or msg.numel() == 0:
+            return f"the client sent a share of shape {tuple(msg.shape)}; a request is a " \
+                   "non-empty batch"
+        if tuple(msg.shape[1:]) != self.sample:
+            return f"the client sent a share of shape {tuple(msg.shape)}; this model takes " \
+                   f"batches of {self.sample}"
+        if msg.shape[0] > self.max_batch:
+            return f"the client sent a request of {msg.shape[0]} rows; this service takes at " \
+                   f"most {self.max_batch} (max_batch)"
+        return None
+
+    def _read_loop(self, client: _Client) -> None:
+        while True:
+            try:
+                msg = client.link.recv(3600.0)
+            except CommTimeout:
+                continue
+            except CommError as e:
+                reason = None if not client.open else str(_client_error(self.me, e))
+                if reason and reason.endswith("the inference client closed the connection"):
+                    reason = None  # a client that simply left
+                return self.drop(client, reason, tell=True)
+            if isinstance(msg, dict) and msg.get("op") == "done":
+                return self.drop(client, None, tell=False)
+            problem = self._check_share(msg)
+            with self.cond:
+                if not client.open:
+                    return
+                if problem is None and len(client.pending) >= self.max_pending:
+                    problem = f"more than {self.max_pending} requests in flight"
+                if problem is None:
+                    seq, client.next_seq = client.next_seq, client.next_seq + 1
+                    client.pending[seq] = msg
+                    self.queue.append((client.token, seq, int(msg.shape[0]), time.monotonic()))
+                    self.cond.notify_all()
+            if problem is not None:
+                return self.drop(client, problem, tell=True)
+            log.info("party %d: %s asked request %d of shape %s", self.me, client.name, seq,
+                     tuple(msg.shape))
+            del msg
+
+    def drop(self, client: _Client, why: str | None, tell: bool) -> None:
+        """Disconnect one client (telling it why, if tell); its pending requests go."""
+        if why and not why.startswith(f"party {self.me}: "):
+            why = f"party {self.me}: {why}"
+        with self.cond:
+            if not client.open:
+                return
+            client.open = False
+            if self.clients.get(client.token) is client:
+                del self.clients[client.token]
+            client.pending.clear()
+            self.gone[client.token] = (why or "the client left").removeprefix(f"party {self.me}: ")
+            while len(self.gone) > 1024:
+                self.gone.popitem(last=False)
+            self.cond.notify_all()
+        if why:
+            log.warning("dropped %s: %s", client.name, why)
+        if tell and why:
+            try:
+                client.link.send({"error": why})
+            except CommError:
+                pass
+        client.link.close()
+
+    def close(self, why: str) -> None:
+        """Stop accepting; tell every client why and disconnect it."""
+        with self.cond:
+            self.accepting = False
+            clients = list(self.clients.values())
+        try:
+            self.listener.close()
+        except OSError:
+            pass
+        for client in clients:
+            self.drop(client, why, tell=True)
+        deadline = time.monotonic() + 2.0  # a handshake still in its hello timeout is left
+        for t in self.threads:
+            if t is not threading.current_thread():
+                t.join(timeout=max(0.0, deadline - time.monotonic()))
+
+    # -- the main thread's side ----------------------------------------------------------
+    def next_plan(self, stopping: Callable[[], bool], max_wait_s: float, heartbeat_s: float,
+                  stopped_at: list) -> dict:
+        """Party 0: the next plan (a batch, idle after a heartbeat, or stop once drained)."""
+        idle_at = time.monotonic() + heartbeat_s
+        with self.cond:
+            while True:
+                now = time.monotonic()
+                if stopping() and not stopped_at:
+                    stopped_at.append(now)
+                    self.accepting = False
+                # requests of dropped clients, and after a stop those that came later, go
+                while self.queue and (self.queue[0][0] not in self.clients
+                                      or (stopped_at and self.queue[0][3] > stopped_at[0])):
+                    self.queue.popleft()
+                if self.queue:
+                    rows = sum(e[2] for e in self.queue)
+                    due = self.queue[0][3] + max_wait_s
+                    if rows >= self.max_batch or now >= due or stopped_at:
+                        return {"op": _BATCH, "entries": self._take_batch()}
+                    self.cond.wait(min(due - now, 0.2))
+                elif stopped_at:
+                    return {"op": _STOP}
+                elif now >= idle_at:
+                    return {"op": _IDLE}
+                else:
+                    self.cond.wait(min(idle_at - now, 0.2))
+
+    def _take_batch(self) -> list:
+        entries, rows, rest = [], 0, deque()
+        while self.queue:
+            token, seq, n, arrival = self.queue.popleft()
+            client = self.clients.get(token)
+            if client is None or seq not in client.pending:
+                continue
+            if rows + n > self.max_batch:
+                rest.append((token, seq, n, arrival))
+                continue
+            entries.append([token, seq, n, client.certified])
+            rows += n
+        self.queue = rest
+        return entries
+
+    def claim(self, entries: list, timeout_s: float) -> tuple[list, list]:
+        """This party's shares of the plan's requests (None where it does not hold one
+        within timeout_s) and, for each missing one, why."""
+        deadline = time.monotonic() + timeout_s
+        with self.cond:
+            while True:
+                found = [self._lookup(e) for e in entries]
+                left = deadline - time.monotonic()
+                if all(f is not None for f in found) or left <= 0:
+                    break
+                self.cond.wait(left)
+            shares, why = [], []
+            for entry, f in zip(entries, found):
+                token, seq = entry[0], entry[1]
+                if f is None:
+                    f = (False, f"no share of this request reached party {self.me} within "
+                                f"{timeout_s:g} s")
+                ok, detail = f
+                if ok:
+                    shares.append(self.clients[token].pending.pop(seq))
+                    why.append(None)
+                else:
+                    shares.append(None)
+                    why.append(f"party {self.me}: {detail}")
+        return shares, why
+
+    def _lookup(self, entry: list) -> tuple[bool, str | None] | None:
+        """(held, why not) of one plan entry, or None while its share may still come."""
+        if not (isinstance(entry, list) and len(entry) == 4 and isinstance(entry[0], str)
+                and all(isinstance(v, int) for v in entry[1:3])):
+            return False, "a malformed plan entry"
+        token, seq, rows, certified = entry
+        client = self.clients.get(token)
+        if client is None:
+            return False, self.gone.get(token, "the client is not connected here")
+        if certified != client.certified:
+            return False, (f"the client presented the certificate of client {client.certified} "
+                           f"here and of client {certified} to party 0")
+        share = client.pending.get(seq)
+        if share is None:
+            return None if seq >= client.next_seq else (False, "the request is gone")
+        if share.shape[0] != rows:
+            return False, f"a share of {share.shape[0]} rows, where party 0 has {rows}"
+        return True, None
+
+
+def _send_json(session: Session, obj: dict | None) -> dict:
+    """Party 0's plan on every party (one broadcast of its JSON text)."""
+    if session.rank == 0:
+        raw = json.dumps(obj, separators=(",", ":")).encode()
+        session.comm.broadcast(torch.frombuffer(bytearray(raw), dtype=torch.uint8), 0)
+        return obj
+    t = session.comm.broadcast(None, 0)
+    try:
+        if t.dtype != torch.uint8 or t.dim() != 1:
+            raise ValueError("not a byte string")
+        plan = json.loads(bytes(t.numpy().tobytes()).decode())
+        if not isinstance(plan, dict) or plan.get("op") not in (_IDLE, _BATCH, _STOP):
+            raise ValueError("not a plan")
+    except (ValueError, UnicodeDecodeError) as e:
+        raise InferenceError(f"party {session.rank}: malformed plan from party 0: {e}") from None
+    return plan
+
+
+@dataclass
+class ServiceStats:
+    """What a party's service did: requests answered and dropped, batches, traffic."""
+
+    requests: int = 0
+    dropped: int = 0
+    batches: int = 0
+    rows: int = 0
+    batch_log: list = field(default_factory=list)
+    """(requests, rows, bytes_sent, bytes_received, rounds) of each batch, the last 10000."""
+
+    def as_dict(self) -> dict:
+        """The counters as a plain dict (batch_log as lists)."""
+        return {"requests": self.requests, "dropped": self.dropped, "batches": self.batches,
+                "rows": self.rows, "batch_log": [list(b) for b in self.batch_log]}
+
+
+def serve_clients(model: Module, listen: str | socket.socket, *, model_owner: int = 0,
+                  sample_shape: Sequence[int], max_batch: int = 64, max_wait_ms: float = 5.0,
+                  request_timeout_s: float = 5.0, stop: threading.Event | None = None,
+                  wrap: tcp.Wrap | None = None, max_pending: int = 8,
+                  ready: Callable[[str], None] | None = None) -> dict:
+    """Run the inference service on this party until stopped; every compute party calls it.
+
+    listen: this party's client-facing HOST:PORT, or a listening socket (closed at the
+    end). model_owner's weights are shared once, before any client is accepted.
+    sample_shape: the model's input shape after the batch dimension (checked on every
+    request). Requests that arrive within max_wait_ms of the first queued one are run
+    together, at most max_batch rows per forward pass (a larger request is refused);
+    a share that has not reached a party request_timeout_s after party 0 scheduled it
+    loses that request (its client is told and disconnected). stop: set it (on any
+    party) to finish the requests party 0 has received and return. wrap: the parties'
+    TLS (TLSConfig); clients must then present a client certificate. ready(address) is
+    called once the service listens. Returns this party's ServiceStats as a dict; a
+    dead party raises InferenceError naming it, on every party still running.
+    """
+    session = current()
+    _check_rank(session, "model_owner", model_owner)
+    if max_batch < 1 or max_wait_ms < 0 or max_pending < 1:
+        raise ValueError(f"need max_batch >= 1, max_wait_ms >= 0 and max_pending >= 1; got "
+                         f"{max_batch}, {max_wait_ms}, {max_pending}")
+    if not 0 < request_timeout_s < session.config.comm_timeout_s:
+        raise ValueError(f"request_timeout_s={request_timeout_s:g} must be positive and below "
+                         f"comm_timeout_s={session.config.comm_timeout_s:g} (the other parties "
+                         "wait that long for a party's verdict)")
+    sample = tuple(int(d) for d in sample_shape)
+    stop = stop or threading.Event()
+    listener = tcp.listen(listen) if isinstance(listen, str) else listen
+    where = "{}:{}".format(*listener.getsockname()[:2])
+    try:
+        if wrap is None:
+            if not tcp.is_loopback(where) and not session.config.allow_insecure:
+                raise InferenceError(
+                    f"party {session.rank}: serving clients at {where} without TLS would let anyone "
+                    "who can connect read the shares of a client; give wrap=TLSConfig(...) (--tls "
+                    "DIR) or opt out with Config(allow_insecure=True), MPC_ALLOW_INSECURE=1 or "
+                    "--allow-insecure")
+            print(f"mpc_ml: party {session.rank} serves inference clients at {where} without TLS",
+                  file=sys.stderr)
+        model = _prepare(model, model_owner)
+    except BaseException:
+        listener.close()
+        raise
+    device = _model_device(model)
+    heartbeat = min(1.0, session.config.comm_timeout_s / 4)
+    clients = _Clients(session, listener, sample, max_batch, max_pending, wrap)
+    stats = ServiceStats()
+    stopping = {"asked": False}
+    stopped_at: list = []
+    clients.start()
+    log.info("party %d: serving clients at %s (max batch %d rows, max wait %g ms)",
+             session.rank, where, max_batch, max_wait_ms)
+    if ready is not None:
+        ready(where)
+    ending = "the service stopped"
+    try:
+        while True:
+            plan, before = None, session.stats()
+            if session.rank == 0:
+                plan = clients.next_plan(lambda: stop.is_set() or stopping["asked"],
+                                         max_wait_ms / 1e3, heartbeat, stopped_at)
+            try:
+                plan = _send_json(session, plan)
+                entries = plan.get("entries", []) if plan["op"] == _BATCH else []
+                if not isinstance(entries, list):
+                    raise InferenceError(f"party {session.rank}: malformed plan from party 0")
+                shares, why = clients.claim(entries, request_timeout_s)
+                verdicts = session.gather_verdicts({"why": why, "stop": stop.is_set()})
+            except ValueError as e:
+                raise InferenceError(str(e)) from None
+            if any(v.get("stop") for v in verdicts):
+                stopping["asked"] = True
+            said = [v.get("why") for v in verdicts]
+            if any(not isinstance(w, list) or len(w) != len(entries) for w in said):
+                raise InferenceError(f"party {session.rank}: a malformed verdict")
+            reasons = ["; ".join(str(w[i]) for w in said if w[i] is not None) or None
+                       for i in range(len(entries))]
+            _run_batch(session, model, device, clients, entries, shares, reasons, stats, before)
+            if plan["op"] == _STOP:
+                break
+    except CommError as e:
+        ending = f"party {session.rank}: the service stops: {e}"
+        raise InferenceError(ending) from None
+    except BaseException as e:
+        ending = (str(e) if isinstance(e, InferenceError)
+                  else f"party {session.rank}: the service stops: {type(e).__name__}: {e}")
+        raise
+    finally:
+        clients.close(ending)
+    log.info("party %d: stopped after %d requests (%d dropped) in %d batches", session.rank,
+             stats.requests, stats.dropped, stats.batches)
+    return stats.as_dict()
+
+
+def _run_batch(session: Session, model: Module, device: torch.device, clients: _Clients,
+               entries: list, shares: list, reasons: list, stats: ServiceStats,
+               before: dict) -> None:
+    """Drop the requests some party lacks; run the rest in one pass, answer each client."""
+    run = []
+    for entry, share, reason in zip(entries, shares, reasons):
+        client = clients.clients.get(entry[0])
+        if reason is not None:
+            stats.dropped += 1
+            if client is not None:
+                clients.drop(client, f"request {entry[1]} was not served: {reason}", tell=True)
+        else:
+            run.append((entry, share))
+    if not run:
+        return
+    rows = [entry[2] for entry, _ in run]
+    x = MPCTensor(torch.cat([s for _, s in run]).to(device), session)
+    out = _forward(model, x).share
+    if out.dim() == 0 or out.shape[0] != sum(rows):
+        raise InferenceError(f"party {session.rank}: the model's output of shape "
+                             f"{tuple(out.shape)} has no batch dimension of {sum(rows)}")
+    out = (out + zero_share(session, out.shape, out.device)).cpu()  # fresh sharing
+    for (entry, _), part in zip(run, out.split(rows)):
+        client = clients.clients.get(entry[0])
+        if client is None:
+            continue  # it left; its answer goes nowhere
+        try:
+            client.link.send(part.contiguous())
+        except CommError as e:
+            clients.drop(client, str(_client_error(session.rank, e)), tell=False)
+    after = session.stats()
+    stats.requests += len(run)
+    stats.rows += sum(rows)
+    stats.batches += 1
+    stats.batch_log.append((len(run), sum(rows), after["bytes_sent"] - before["bytes_sent"],
+                            after["bytes_received"] - before["bytes_received"],
+                            after["rounds"] - before["rounds"]))
+    del stats.batch_log[:-10000]

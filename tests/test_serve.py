@@ -1,0 +1,487 @@
+"""The private inference service (serving/service.py, `mpc-ml serve`): concurrent clients
+against plaintext torch, dynamic batching, each isolation case, clean shutdown with
+requests in flight, a dead party, TLS client identity and what is logged.
+
+The parties run as mpc.run(backend="inproc") in a background thread, each serving on a
+loopback socket; clients are threads of the test. Waits are on events with deadlines
+(the service's own log records mark when a request has reached a party), never sleeps.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import mpc_ml as mpc
+from helpers import listeners
+from mpc_ml.comm import CommError, client_rank, frames
+from mpc_ml.comm.tls import TLSConfig, make_certificates
+from mpc_ml.serving import InferenceClient, InferenceError, demo_model, serve_clients
+
+TOL = 1e-2  # as tests/test_inference.py
+FAST = mpc.Config(comm_timeout_s=5.0, connect_timeout_s=10.0)
+JOIN_S = 60
+SAMPLE = (64,)
+
+torch.manual_seed(0)
+MODEL = demo_model().eval()
+_CONVERT_LOCK = threading.Lock()  # from_pytorch patches torch process-wide: one at a time
+
+
+def expected(x: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return MODEL(x)
+
+
+def data(seed: int, rows: int) -> torch.Tensor:
+    return torch.randn(rows, *SAMPLE, generator=torch.Generator().manual_seed(seed))
+
+
+class Arrivals(logging.Handler):
+    """Counts the service's 'asked request' records per party; wait(k) blocks until every
+    party has seen k requests (or fails after a deadline)."""
+
+    def __init__(self, parties: int):
+        super().__init__(logging.INFO)
+        self.parties, self.counts, self.cond = parties, {}, threading.Condition()
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = record.getMessage()
+        with self.cond:
+            self.messages.append(text)
+            m = re.match(r"party (\d+): .* asked request", text)
+            if m:
+                self.counts[int(m.group(1))] = self.counts.get(int(m.group(1)), 0) + 1
+                self.cond.notify_all()
+
+    def wait(self, k: int, parties=None, timeout: float = 20) -> None:
+        parties = range(self.parties) if parties is None else parties
+        with self.cond:
+            assert self.cond.wait_for(lambda: all(self.counts.get(p, 0) >= k for p in parties),
+                                      timeout), f"requests did not arrive: {self.counts}"
+
+
+class Service:
+    """serve_clients on n inproc parties in a background thread."""
+
+    def __init__(self, n: int = 2, config: mpc.Config = FAST, wrap=None, body=None, **kwargs):
+        self.socks, self.addrs = listeners(n)
+        self.stop = threading.Event()
+        self.result: dict = {}
+        self.log = Arrivals(n)
+        logger = logging.getLogger("mpc_ml.serving")
+        logger.addHandler(self.log)
+        logger.setLevel(logging.INFO)
+        kwargs = {"max_wait_ms": 20.0, "request_timeout_s": 1.0, **kwargs}
+
+        def party():
+            with _CONVERT_LOCK:
+                source = MODEL if mpc.rank() == 0 else demo_model()  # only party 0's weights count
+                model = mpc.nn.from_pytorch(source, torch.zeros(1, *SAMPLE))
+            if body is not None:
+                return body(model, self)
+            return serve_clients(model, self.socks[mpc.rank()], sample_shape=SAMPLE,
+                                 stop=self.stop, wrap=wrap(mpc.rank()) if wrap else None, **kwargs)
+
+        def target():
+            try:
+                self.result["out"] = mpc.run(party, world_size=n, config=config)
+            except BaseException as e:  # checked by the test
+                self.result["error"] = e
+            finally:
+                for s in self.socks:
+                    s.close()
+                logger.removeHandler(self.log)
+
+        self.thread = threading.Thread(target=target, name="mpc-service", daemon=True)
+        self.thread.start()
+
+    def finish(self) -> dict:
+        self.stop.set()
+        self.thread.join(JOIN_S)
+        assert not self.thread.is_alive(), "the service hung"
+        return self.result
+
+
+def run_clients(addrs, jobs, **client_kwargs) -> dict:
+    """Each job (seed, [rows of each request]) a client thread that sends its requests one
+    after another, all clients starting together; {seed: [(x, y) or the error]}."""
+    barrier = threading.Barrier(len(jobs))
+    got: dict = {}
+
+    def client(seed, sizes):
+        out = got.setdefault(seed, [])
+        try:
+            with InferenceClient(addrs, **client_kwargs) as c:
+                barrier.wait(20)
+                for k, rows in enumerate(sizes):
+                    x = data(1000 * seed + k, rows)
+                    out.append((x, c.predict(x)))
+        except BaseException as e:
+            out.append(e)
+
+    threads = [threading.Thread(target=client, args=job) for job in jobs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(JOIN_S)
+    assert not any(t.is_alive() for t in threads), "a client hung"
+    return got
+
+
+def assert_answers(got: list) -> None:
+    assert got and all(isinstance(a, tuple) for a in got), got
+    for x, y in got:
+        torch.testing.assert_close(y, expected(x), atol=TOL, rtol=0)
+
+
+# -- concurrent clients, batching --------------------------------------------------------
+@pytest.mark.parametrize("n", [2, 3])
+def test_concurrent_clients_each_get_their_own_answers(n):
+    service = Service(n, max_wait_ms=50.0, max_batch=16)
+    jobs = [(seed, [1 + (seed + k) % 3 for k in range(3)]) for seed in range(6)]
+    got = run_clients(service.addrs, jobs)
+    result = service.finish()
+    assert "error" not in result, result.get("error")
+    for seed, _ in jobs:
+        assert_answers(got[seed])
+    for stats in result["out"]:
+        assert stats["requests"] == 18 and stats["dropped"] == 0
+        assert stats["rows"] == sum(sum(s) for _, s in jobs)
+        assert stats["batches"] < 18  # requests that arrived together shared a forward pass
+        assert max(b[1] for b in stats["batch_log"]) <= 16
+
+
+def test_batching_respects_max_batch_and_one_pass_per_batch():
+    service = Service(max_wait_ms=10_000.0, max_batch=4)  # only full batches go early
+    got = run_clients(service.addrs, [(seed, [2]) for seed in range(4)])  # 8 rows: 2 batches
+    result = service.finish()
+    for seed in range(4):
+        assert_answers(got[seed])
+    stats = result["out"][0]
+    assert stats["batches"] == 2 and [b[:2] for b in stats["batch_log"]] == [[2, 4], [2, 4]]
+
+
+# -- isolation -----------------------------------------------------------------------------
+def _mid_frame(client, shares):
+    client.links[0].send(shares[0])
+    header = frames.tensor_header(shares[1])
+    client.links[1].send_raw(header + bytes(frames.tensor_payload(shares[1]))[:8])
+    client._close_links()  # the client dies mid-request
+
+
+def _garbage(client, shares):
+    client.links[0].send(shares[0])
+    client.links[1].send_raw(b"GET / HTTP/1.1\r\n\r\n")
+
+
+def _float_share(client, shares):
+    client.links[0].send(shares[0])
+    client.links[1].send(shares[1].double())
+
+
+def _wrong_shape(client, shares):
+    for link, s in zip(client.links, shares):
+        link.send(s[:, :10])
+
+
+def _different_rows(client, shares):
+    client.links[0].send(shares[0])
+    client.links[1].send(shares[1][:1])
+
+
+def _stall(client, shares):
+    client.links[0].send(shares[0])  # and nothing to party 1, the connection left open
+
+
+def _too_many_rows(client, shares):
+    for link, s in zip(client.links, shares):
+        link.send(torch.cat([s] * 9)[:17])  # 17 rows, max_batch is 16
+
+
+@pytest.mark.parametrize("misbehave,message", [
+    (_mid_frame, None),
+    (_garbage, r"request 0 was not served: party 1: bad frame from the inference client: bad "
+               r"frame magic"),
+    (_float_share, r"party 1: the client sent a torch.float64 tensor"),
+    (_wrong_shape, r"party 0: the client sent a share of shape \(2, 10\); this model takes "
+                   r"batches of \(64,\)"),
+    (_different_rows, r"request 0 was not served: party 1: a share of 1 rows, where party 0 has 2"),
+    (_stall, r"request 0 was not served: party 1: no share of this request reached party 1 "
+             r"within 1 s"),
+    (_too_many_rows, r"party 0: the client sent a request of 17 rows; this service takes at "
+                     r"most 16"),
+], ids=["disconnect-mid-request", "garbage-frame", "float-share", "wrong-shape", "different-rows",
+        "stall", "too-many-rows"])
+def test_a_misbehaving_client_loses_only_its_own_request(misbehave, message):
+    service = Service(max_wait_ms=100.0, max_batch=16)
+    bad = InferenceClient(service.addrs, timeout_s=10)
+    good_started = threading.Event()
+    good: dict = {}
+
+    def good_clients():
+        good_started.set()
+        good.update(run_clients(service.addrs, [(seed, [2, 1]) for seed in range(3)]))
+
+    worker = threading.Thread(target=good_clients)
+    worker.start()
+    good_started.wait(10)
+    misbehave(bad, bad.share(data(99, 2)))
+    if bad.links:  # a client still listening is told why, and disconnected
+        replies = []
+        for link in bad.links:
+            try:
+                replies.append(link.recv(10)["error"])
+            except CommError as e:  # a party that saw garbage hangs up at once
+                replies.append(str(e))
+        assert any(re.search(message, r) for r in replies), replies
+        with pytest.raises(InferenceError):  # it is disconnected
+            bad.predict(data(98, 1))
+    bad.close()
+    worker.join(JOIN_S)
+    for seed in range(3):
+        assert_answers(good[seed])
+    assert_answers(run_clients(service.addrs, [(7, [3])])[7])  # the service still runs
+    result = service.finish()
+    assert "error" not in result, result.get("error")
+    assert result["out"][0]["requests"] == 7
+
+
+def test_a_client_that_leaves_between_requests_and_strays_are_dropped():
+    service = Service()
+    host, port = service.addrs[0].rsplit(":", 1)
+    stray = socket.create_connection((host, int(port)))
+    stray.sendall(b"\x00" * 64)  # garbage where a hello belongs
+    with InferenceClient(service.addrs) as c:
+        torch.testing.assert_close(c.predict(data(1, 2)), expected(data(1, 2)), atol=TOL, rtol=0)
+    c2 = InferenceClient(service.addrs)
+    c2._close_links()  # gone without "done"
+    assert_answers(run_clients(service.addrs, [(3, [1])])[3])
+    stray.close()
+    result = service.finish()
+    assert "error" not in result and result["out"][0]["requests"] == 2
+
+
+# -- stopping ---------------------------------------------------------------------------------
+def test_stop_finishes_the_requests_in_flight_then_refuses():
+    service = Service(max_wait_ms=10_000.0, max_batch=64)  # requests wait for the stop
+    got: dict = {}
+    thread = threading.Thread(target=lambda: got.update(
+        run_clients(service.addrs, [(seed, [1 + seed]) for seed in range(3)])))
+    thread.start()
+    service.log.wait(1)  # every party holds at least one request
+    service.log.wait(3, parties=[0])  # party 0 holds all three
+    start = time.monotonic()
+    result = service.finish()
+    thread.join(JOIN_S)
+    assert time.monotonic() - start < 8  # the stop did not wait out max_wait_ms
+    assert "error" not in result, result.get("error")
+    for seed in range(3):
+        assert_answers(got[seed])
+    assert [s["requests"] for s in result["out"]] == [3, 3]
+    with pytest.raises(InferenceError, match="cannot connect"):
+        InferenceClient(service.addrs, connect_timeout_s=0.5)
+
+
+def test_a_stop_asked_of_another_party_stops_the_service():
+    def body(model, service):
+        stop = service.stop if mpc.rank() == 1 else threading.Event()  # party 0's never set
+        return serve_clients(model, service.socks[mpc.rank()], sample_shape=SAMPLE, stop=stop,
+                             request_timeout_s=1.0)
+
+    service = Service(body=body)
+    assert_answers(run_clients(service.addrs, [(1, [2])])[1])
+    result = service.finish()
+    assert "error" not in result and [s["requests"] for s in result["out"]] == [1, 1]
+
+
+def test_a_dead_party_stops_the_service_with_a_named_error():
+    die = threading.Event()
+
+    def body(model, service):
+        session = mpc.session.current()
+
+        def ready(_addr):
+            if session.rank == 1:  # party 1 "dies": its links to the others go down
+                threading.Thread(target=lambda: (die.wait(30), session.comm.close()),
+                                 daemon=True).start()
+
+        return serve_clients(model, service.socks[session.rank], sample_shape=SAMPLE,
+                             stop=service.stop, request_timeout_s=1.0, ready=ready)
+
+    service = Service(body=body, config=mpc.Config(comm_timeout_s=2.0))
+    client = InferenceClient(service.addrs, timeout_s=20)
+    torch.testing.assert_close(client.predict(data(1, 1)), expected(data(1, 1)), atol=TOL, rtol=0)
+    die.set()
+    with pytest.raises(InferenceError, match="party 1 closed the connection"):
+        client.predict(data(2, 1))
+    client.close()
+    service.thread.join(JOIN_S)
+    error = service.result.get("error")
+    assert isinstance(error, mpc.PartyError) and error.kind == "InferenceError", error
+    assert "party 0: the service stops: party 1 closed the connection" in str(error)
+
+
+# -- TLS: client identity, logging -----------------------------------------------------------
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("serve-certs")
+    make_certificates(directory, parties=2, dealer=True, clients=2)
+    return directory
+
+
+def test_tls_clients_are_named_by_their_certificate_and_only_shapes_are_logged(certs):
+    service = Service(wrap=lambda rank: TLSConfig(certs, rank))
+    got = run_clients(service.addrs, [(0, [3]), (1, [1])], wrap=TLSConfig(certs, client_rank(0)))
+    x = data(5, 2)
+    with InferenceClient(service.addrs, wrap=TLSConfig(certs, client_rank(1))) as c:
+        y = c.predict(x)
+    messages = list(service.log.messages)
+    result = service.finish()
+    assert "error" not in result, result.get("error")
+    assert_answers(got[0])
+    assert_answers(got[1])
+    torch.testing.assert_close(y, expected(x), atol=TOL, rtol=0)
+    assert "party 0: client 1 asked request 0 of shape (2, 64)" in messages
+    assert "party 1: client 0 asked request 0 of shape (3, 64)" in messages
+    logged = "\n".join(messages)
+    assert f"{x[0, 0].item():.4f}"[:6] not in logged and "tensor(" not in logged
+
+
+@pytest.mark.parametrize("rank,who", [(1, "party 1"), (-1, "the dealer")])
+def test_tls_refuses_a_party_or_dealer_certificate_in_the_client_role(certs, rank, who):
+    service = Service(wrap=lambda r: TLSConfig(certs, r))
+    with pytest.raises(InferenceError, match=f"{who}'s certificate was presented in the client "
+                                             "role"):
+        InferenceClient(service.addrs, wrap=TLSConfig(certs, rank), connect_timeout_s=5)
+    with pytest.raises(InferenceError, match="requires TLS"):
+        InferenceClient(service.addrs, connect_timeout_s=5)  # no certificate at all
+    assert_answers(run_clients(service.addrs, [(2, [1])], wrap=TLSConfig(certs, client_rank(0)))[2])
+    result = service.finish()
+    assert "error" not in result, result.get("error")
+
+
+def test_tls_client_identity_must_be_the_same_at_every_party(certs):
+    service = Service(wrap=lambda r: TLSConfig(certs, r))
+    tls = [TLSConfig(certs, client_rank(0)), TLSConfig(certs, client_rank(1))]
+    client = InferenceClient(service.addrs, timeout_s=10,
+                             wrap=lambda sock, server_side, peer: tls[peer](sock, server_side, peer))
+    with pytest.raises(InferenceError, match="presented the certificate of client 1 here and of "
+                                             "client 0 to party 0"):
+        client.predict(data(1, 1))
+    client.close()
+    assert_answers(run_clients(service.addrs, [(4, [1])], wrap=tls[0])[4])
+    result = service.finish()
+    assert "error" not in result and result["out"][0]["dropped"] == 1
+
+
+# -- mpc-ml serve --------------------------------------------------------------------------------
+def _start_serve(argv, env_extra=None):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MPC_")}
+    env.update({"MPC_COMM_TIMEOUT_S": "10", **(env_extra or {})})
+    return subprocess.Popen([sys.executable, "-m", "mpc_ml", "serve", *argv], env=env,
+                            cwd=Path(__file__).resolve().parents[1], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+class Lines:
+    """A stream's lines, read in a thread; wait_for(pattern, count) blocks until seen."""
+
+    def __init__(self, stream):
+        self.lines, self.cond = [], threading.Condition()
+        threading.Thread(target=self._read, args=(stream,), daemon=True).start()
+
+    def _read(self, stream):
+        for line in stream:
+            with self.cond:
+                self.lines.append(line.rstrip("\n"))
+                self.cond.notify_all()
+        with self.cond:
+            self.lines.append(None)
+            self.cond.notify_all()
+
+    def wait_for(self, pattern: str, count: int = 1, timeout: float = 120) -> list[str]:
+        def seen():
+            return [line for line in self.lines if line is not None and re.search(pattern, line)]
+        with self.cond:
+            ok = self.cond.wait_for(lambda: len(seen()) >= count or None in self.lines, timeout)
+            found = seen()
+        assert ok and len(found) >= count, f"no {pattern!r} in:\n" + "\n".join(
+            line for line in self.lines if line is not None)
+        return found
+
+    def text(self) -> str:
+        with self.cond:
+            return "\n".join(line for line in self.lines if line is not None)
+
+
+def _stop_serve(proc, signum=signal.SIGINT, timeout=60) -> int:
+    os.kill(proc.pid, signum)
+    try:
+        return proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        pytest.fail("mpc-ml serve did not stop")
+
+
+def test_cli_serve_answers_clients_and_stops_on_sigint_finishing_requests_in_flight():
+    proc = _start_serve(["--max-wait-ms", "20000", "--max-batch", "32"])
+    out, err = Lines(proc.stdout), Lines(proc.stderr)
+    try:
+        first = out.wait_for(r".")[0]
+        assert re.fullmatch(r"serving clients at 127\.0\.0\.1:\d+,127\.0\.0\.1:\d+", first), first
+        addrs = first.removeprefix("serving clients at ").split(",")
+        got: dict = {}
+        clients = threading.Thread(target=lambda: got.update(
+            run_clients(addrs, [(seed, [seed + 1]) for seed in range(2)])))
+        clients.start()
+        err.wait_for(r"party 0: .* asked request 0", count=2)  # both queued at party 0
+        err.wait_for(r"party 1: .* asked request 0", count=2)
+        code = _stop_serve(proc)  # the batch was waiting for max-wait-ms: the stop runs it
+        clients.join(JOIN_S)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert code == 0, err.text()
+    for seed in range(2):
+        assert_answers(got[seed])
+    assert "stopped after 2 requests" in err.text()
+
+
+def test_cli_serve_party_by_party_from_a_deployment_file(tmp_path):
+    from mpc_ml.cli.main import _free_addresses
+
+    mesh = _free_addresses(3)
+    (tmp_path / "service.toml").write_text(
+        '[job]\nprovider = "dealer"\n'
+        f'[[party]]\naddress = "{mesh[0]}"\n[[party]]\naddress = "{mesh[1]}"\n'
+        f'[dealer]\naddress = "{mesh[2]}"\n')
+    front = _free_addresses(2)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MPC_")}
+    dealer = subprocess.Popen([sys.executable, "-m", "mpc_ml", "dealer", "--listen", mesh[2], "-n",
+                               "2"], env=env, stderr=subprocess.DEVNULL, start_new_session=True)
+    parties = [_start_serve(["--config", str(tmp_path / "service.toml"), "--rank", str(r),
+                             "--listen", front[r]]) for r in range(2)]
+    try:
+        for r, p in enumerate(parties):
+            assert Lines(p.stdout).wait_for(r".")[0] == f"party {r} serving clients at {front[r]}"
+        assert_answers(run_clients(front, [(1, [2]), (2, [1])])[1])
+        codes = [_stop_serve(p, signal.SIGTERM) for p in parties]
+        assert codes == [0, 0]
+        assert dealer.wait(30) == 0
+    finally:
+        for p in [*parties, dealer]:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
