@@ -460,7 +460,7 @@ def test_cli_serve_answers_clients_and_stops_on_sigint_finishing_requests_in_fli
     assert "stopped after 2 requests" in err.text()
 
 
-def test_cli_serve_party_by_party_from_a_deployment_file(tmp_path):
+def test_cli_serve_party_by_party_from_a_deployment_file_and_a_party_death(tmp_path):
     from mpc_ml.cli.main import _free_addresses
 
     mesh = _free_addresses(3)
@@ -477,9 +477,14 @@ def test_cli_serve_party_by_party_from_a_deployment_file(tmp_path):
     try:
         for r, p in enumerate(parties):
             assert Lines(p.stdout).wait_for(r".")[0] == f"party {r} serving clients at {front[r]}"
-        assert_answers(run_clients(front, [(1, [2]), (2, [1])])[1])
-        codes = [_stop_serve(p, signal.SIGTERM) for p in parties]
-        assert codes == [0, 0]
+        errors = Lines(parties[0].stderr)
+        got = run_clients(front, [(1, [2]), (2, [1])])
+        assert_answers(got[1])
+        assert_answers(got[2])
+        parties[1].kill()  # a party dies: party 0 stops, naming it
+        assert parties[0].wait(30) == 1
+        errors.wait_for(r"party 0: the service stops: party 1 (closed the connection|cannot be "
+                        r"reached)")
         assert dealer.wait(30) == 0
     finally:
         for p in [*parties, dealer]:

@@ -1,4 +1,4 @@
-"""The `mpc-ml` command: launch | slurm | demo | dealer | certs | bench | infer."""
+"""The `mpc-ml` command: launch | slurm | demo | dealer | certs | bench | infer | serve."""
 from __future__ import annotations
 
 import argparse
@@ -186,17 +186,17 @@ def bench(bench_args: list[str]) -> int:
     return 0
 
 
-def _load_factory(spec: str):
+def _load_factory(spec: str, command: str = "infer"):
     """'package.module:name' -> the callable it names."""
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
-        raise SystemExit(f"mpc-ml infer: --model {spec!r} is not MODULE:FACTORY")
+        raise SystemExit(f"mpc-ml {command}: --model {spec!r} is not MODULE:FACTORY")
     try:
         obj = importlib.import_module(module_name)
         for part in attr.split("."):
             obj = getattr(obj, part)
     except (ImportError, AttributeError) as e:
-        raise SystemExit(f"mpc-ml infer: cannot load --model {spec!r}: {e}") from None
+        raise SystemExit(f"mpc-ml {command}: cannot load --model {spec!r}: {e}") from None
     return obj
 
 
@@ -287,6 +287,209 @@ def infer(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- mpc-ml serve --------------------------------------------------------------------------
+def _sample_shape(args: argparse.Namespace, source) -> tuple[int, ...]:
+    """--sample-shape, or the input features of the model's first Linear layer."""
+    if args.sample_shape:
+        try:
+            return tuple(int(d) for d in args.sample_shape.split(","))
+        except ValueError:
+            raise SystemExit(f"mpc-ml serve: --sample-shape {args.sample_shape!r} is not a shape "
+                             "like 1,28,28") from None
+    for module in source.modules():
+        if hasattr(module, "in_features"):
+            return (int(module.in_features),)
+        if hasattr(module, "in_channels"):
+            break
+    raise SystemExit("mpc-ml serve: give --sample-shape (one sample's shape, e.g. 1,28,28): the "
+                     "model does not start with a Linear layer")
+
+
+def _serve_party(args: argparse.Namespace) -> int:
+    """One compute party of a service: join the mesh (the environment, or --config's
+    deployment file for --rank), share the model, serve clients at --listen until
+    SIGINT/SIGTERM."""
+    import logging
+    import signal
+
+    import torch
+
+    import mpc_ml as mpc
+    from ..launch import init
+    from ..serving import InferenceError, serve_clients
+
+    if args.config:
+        from ..launch.deploy import load
+
+        try:
+            deployment = load(args.config)
+        except (OSError, ValueError) as e:
+            raise SystemExit(f"mpc-ml serve: {e}") from None
+        if not 0 <= args.rank < deployment.world_size:
+            raise SystemExit(f"mpc-ml serve: --rank {args.rank} is not a party of {args.config} "
+                             f"({deployment.world_size} parties)")
+        os.environ.update(deployment.party_env(args.rank))
+    elif os.environ.get("MPC_RANK") != str(args.rank):
+        raise SystemExit("mpc-ml serve --rank R starts one party of a service: give --config FILE "
+                         "(a deployment file) too")
+    if not args.listen or "," in args.listen:
+        raise SystemExit("mpc-ml serve --rank R: give --listen HOST:PORT, this party's address "
+                         "for clients")
+    if args.allow_insecure:
+        os.environ["MPC_ALLOW_INSECURE"] = "1"
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("mpc-ml serve: %(message)s"))
+    logger = logging.getLogger("mpc_ml.serving")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    torch.manual_seed(args.seed)  # the factory's random init, reproducible (party 0's is used)
+    source = _load_factory(args.model, "serve")()
+    sample = _sample_shape(args, source)
+    try:
+        session = init()
+        model = mpc.nn.from_pytorch(source, torch.zeros(1, *sample))
+        wrap = None
+        if os.environ.get("MPC_TLS_DIR"):
+            from ..comm.tls import TLSConfig
+
+            wrap = TLSConfig(os.environ["MPC_TLS_DIR"], session.rank)
+        serve_clients(model, args.listen, sample_shape=sample, max_batch=args.max_batch,
+                      max_wait_ms=args.max_wait_ms, stop=stop, wrap=wrap,
+                      request_timeout_s=min(5.0, session.config.comm_timeout_s / 2),
+                      ready=lambda addr: print(f"party {session.rank} serving clients at {addr}",
+                                               flush=True))
+    except (InferenceError, CommError, ValueError) as e:
+        print(f"mpc-ml serve: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def serve(args: argparse.Namespace) -> int:
+    """A private inference service: n compute parties (processes) and a dealer on this
+    machine, clients served at --listen until SIGINT/SIGTERM; or, with --rank, one party."""
+    import queue
+    import signal
+    import subprocess
+
+    if args.rank is not None:
+        return _serve_party(args)
+    if args.config:
+        raise SystemExit("mpc-ml serve --config FILE starts one party: give --rank R (and "
+                         "--listen); start the dealer with `mpc-ml dealer`")
+    if args.nparties is None or args.nparties < 2:
+        raise SystemExit("mpc-ml serve: -n must be at least 2")
+    _load_factory(args.model, "serve")  # a bad --model fails here, before anything starts
+    deployment = _local_deployment(args)
+    n = deployment.world_size
+    front = args.listen.split(",") if args.listen else _free_addresses(n)
+    if len(front) != n:
+        raise SystemExit(f"mpc-ml serve: --listen names {len(front)} addresses for {n} parties")
+    for addr in front:
+        try:
+            tcp.parse_address(addr)
+        except ValueError as e:
+            raise SystemExit(f"mpc-ml serve: {e}") from None
+    config = Config.from_env()
+    if args.allow_insecure:
+        config = config.replace(allow_insecure=True)
+    try:
+        check_transport("mpc-ml serve", front, deployment.tls, config)
+    except ValueError as e:
+        raise SystemExit(str(e)) from None
+    dealer_errors: list = []
+    dealer_thread = None
+    if deployment.dealer is not None:  # the dealer: a thread of this command
+        from ..launch.dealer_service import serve_jobs
+
+        dealer_tls = None
+        if deployment.tls:
+            from ..comm import DEALER_RANK
+            from ..comm.tls import TLSConfig
+
+            dealer_tls = TLSConfig(deployment.tls, DEALER_RANK)
+        dealer_listener = tcp.listen(deployment.dealer.address)
+
+        def run_dealer() -> None:
+            try:  # a service may idle: the dealer waits as long as the parties do
+                serve_jobs(dealer_listener, config.replace(dealer_idle_timeout_s=1e7), dealer_tls,
+                           max_jobs=1, world_size=n, first_job_within_s=config.connect_timeout_s)
+            except CommError as e:
+                dealer_errors.append(e)
+
+        dealer_thread = threading.Thread(target=run_dealer, name="mpc-serve-dealer", daemon=True)
+        dealer_thread.start()
+    env = dict(os.environ)
+    env.setdefault("MPC_TORCH_THREADS", str(max(1, (os.cpu_count() or 1) // n)))
+    if args.allow_insecure:
+        env["MPC_ALLOW_INSECURE"] = "1"
+    env.pop("MPC_TLS_DIR", None)
+    options = ["--model", args.model, "--max-batch", str(args.max_batch),
+               "--max-wait-ms", str(args.max_wait_ms), "--seed", str(args.seed)]
+    if args.sample_shape:
+        options += ["--sample-shape", args.sample_shape]
+    procs = [subprocess.Popen([sys.executable, "-m", "mpc_ml", "serve", "--rank", str(r),
+                               "--listen", front[r], *options],
+                              env={**env, **deployment.party_env(r)}, stdout=subprocess.PIPE,
+                              text=True) for r in range(n)]
+    events: queue.Queue = queue.Queue()
+
+    def watch(rank: int, proc: subprocess.Popen) -> None:
+        for line in proc.stdout:
+            if line.startswith(f"party {rank} serving clients at "):
+                events.put(("ready", rank, None))
+            else:
+                print(line, end="", file=sys.stderr)
+        events.put(("exit", rank, proc.wait()))
+
+    for r, proc in enumerate(procs):
+        threading.Thread(target=watch, args=(r, proc), daemon=True).start()
+
+    def forward(signum, frame) -> None:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    ready, exits, failed_at = set(), {}, None
+    try:
+        while len(exits) < n:
+            try:
+                kind, rank, code = events.get(timeout=0.5)
+            except queue.Empty:
+                if failed_at is not None and time.monotonic() > failed_at + config.comm_timeout_s + 5:
+                    break  # the others had their time to notice
+                continue
+            if kind == "ready":
+                ready.add(rank)
+                if len(ready) == n:
+                    print(f"serving clients at {','.join(front)}", flush=True)
+            else:
+                exits[rank] = code
+                if code != 0 and failed_at is None:
+                    failed_at = time.monotonic()
+                    print(f"mpc-ml serve: party {rank} exited with code {code}", file=sys.stderr)
+                    if len(ready) < n:  # it never started: stop the others
+                        forward(None, None)
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+        for s, h in previous.items():
+            signal.signal(s, h)
+    if dealer_thread is not None:
+        dealer_thread.join(10)
+    if any(code != 0 for code in exits.values()) or len(exits) < n:
+        return 1
+    if dealer_errors:
+        print(f"mpc-ml serve: the dealer: {dealer_errors[0]}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mpc-ml", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -354,6 +557,30 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--provider", choices=list(PROVIDERS), default=DEFAULT_PROVIDER)
     p.add_argument("--seed", type=int, default=0, help="seeds the model's init and --random")
     p.set_defaults(func=infer)
+    p = sub.add_parser("serve", help="a private inference service: n parties (and a dealer) "
+                                     "answer outside clients, batched, until SIGINT/SIGTERM")
+    p.add_argument("--model", default="mpc_ml.serving:demo_model", metavar="MODULE:FACTORY",
+                   help="a function returning a torch.nn.Module (default: a 64-32-10 MLP); "
+                        "called after torch.manual_seed(--seed); party 0's weights are served")
+    p.add_argument("--sample-shape", metavar="SHAPE", help="one sample's shape, e.g. 1,28,28 "
+                   "(default: the first Linear layer's input features)")
+    p.add_argument("-n", "--nparties", type=int, default=2)
+    p.add_argument("--provider", choices=list(PROVIDERS), default=DEFAULT_PROVIDER)
+    p.add_argument("--tls", metavar="DIR", help="TLS with the certificates in DIR (`mpc-ml certs "
+                   "DIR --parties N --dealer --clients K`): clients must present a client one")
+    p.add_argument("--listen", metavar="HOST:PORT,...", help="the parties' addresses for clients "
+                   "(default: free loopback ports); with --rank, this party's one")
+    p.add_argument("--max-batch", type=int, default=64, metavar="B",
+                   help="at most B rows per forward pass (default 64)")
+    p.add_argument("--max-wait-ms", type=float, default=5.0, metavar="T", help="run the requests "
+                   "that arrive within T ms of the first one together (default 5)")
+    p.add_argument("--seed", type=int, default=0, help="seeds the model's init")
+    p.add_argument("--config", metavar="FILE", help="with --rank: the deployment file whose "
+                   "party R this is (start the dealer with `mpc-ml dealer`)")
+    p.add_argument("--rank", type=int, metavar="R", help="start only party R (on its host)")
+    p.add_argument("--allow-insecure", action="store_true", help="serve on non-loopback "
+                   "addresses without TLS")
+    p.set_defaults(func=serve)
     sub.add_parser("bench", help="run the benchmark suite (from a checkout); options go to "
                                  "benchmarks/suite.py, e.g. mpc-ml bench --quick; "
                                  "--ops-only / --models-only / --offline-only: "
