@@ -268,14 +268,18 @@ def _dealer_process(listener, world_size, config, results, tls_dir=None) -> None
 
 
 def run_tcp(fn: Callable, world_size: int, provider: str, args: tuple, kwargs: dict,
-            config: Config, tls_dir: str | None = None) -> list[Any]:
-    """The tcp backend: each party (and the dealer) a spawned process on loopback."""
-    try:
-        pickle.dumps((fn, args, kwargs))
-    except Exception as e:
-        raise TypeError("mpc.run(backend='tcp') pickles fn, args and kwargs to start each party "
-                        f"process; use a module-level function ({e})") from None
-    ctx = mp.get_context("spawn")
+            config: Config, tls_dir: str | None = None, start: str = "spawn") -> list[Any]:
+    """The tcp backend: each party (and the dealer) a spawned process on loopback.
+
+    start="fork" forks them instead (POSIX): fn may then be a closure, as in CrypTen's
+    run_multiprocess (mpc_ml.compat.crypten), and each party has its own torch RNG."""
+    if start == "spawn":
+        try:
+            pickle.dumps((fn, args, kwargs))
+        except Exception as e:
+            raise TypeError("mpc.run(backend='tcp') pickles fn, args and kwargs to start each "
+                            f"party process; use a module-level function ({e})") from None
+    ctx = mp.get_context(start)
     results = ctx.Queue()
     listeners = [tcp.listen("127.0.0.1:0") for _ in range(world_size)]
     addrs = [f"127.0.0.1:{s.getsockname()[1]}" for s in listeners]

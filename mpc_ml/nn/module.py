@@ -13,7 +13,7 @@ from typing import Any, Iterable, Iterator
 
 import torch
 
-from ..tensor import MPCTensor, encrypt
+from ..tensor import MPCTensor, encrypt, no_grad, settle
 
 Tensor = torch.Tensor | MPCTensor
 
@@ -121,6 +121,17 @@ class Module:
             if isinstance(p, MPCTensor):
                 p.grad = None
 
+    def update_parameters(self, learning_rate: float) -> None:
+        """One plain gradient step, p -= learning_rate * p.grad, on every private parameter
+        with a gradient (CrypTen's Module.update_parameters): the gradients' and the
+        updates' truncations each settle in one round for all parameters, as optim.SGD."""
+        params = [p for p in self.parameters() if isinstance(p, MPCTensor) and p.grad is not None]
+        with no_grad():
+            settle(p.grad for p in params)
+            for p in params:
+                p.set_(p - p.grad * learning_rate)
+            settle(params)
+
     # -- state -----------------------------------------------------------------------------
     def state_dict(self) -> "OrderedDict[str, Tensor]":
         """Parameters and buffers under torch's keys (plaintext after decrypt())."""
@@ -157,9 +168,12 @@ class Module:
         """Whether any parameter is private."""
         return any(isinstance(p, MPCTensor) for p in self.parameters())
 
-    def encrypt(self, src: int = 0) -> "Module":
+    def encrypt(self, src: int = 0, *, mode: bool = True) -> "Module":
         """Secret-share every floating-point parameter and buffer from party src, fixed
-        (MPCTensor.fix_masks: each is opened against a mask once, however many queries)."""
+        (MPCTensor.fix_masks: each is opened against a mask once, however many queries).
+        mode=False is decrypt() (CrypTen's encrypt(mode=False))."""
+        if not mode:
+            return self.decrypt()
         for module in self.modules():
             for table, trainable in (("_parameters", True), ("_buffers", False)):
                 entries = getattr(module, table)

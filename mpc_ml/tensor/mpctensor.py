@@ -251,6 +251,10 @@ class MPCTensor:
         value = reveal(self.session, self._data, dst)
         return None if value is None else decode(value, scale, self.dtype)
 
+    def get_plain_text(self, dst: int | None = None) -> torch.Tensor | None:
+        """decrypt(dst), by CrypTen's name."""
+        return self.decrypt(dst)
+
     # -- linear operations (local) -------------------------------------------------
     def add(self, other: MPCTensor | Public) -> "MPCTensor":
         """self + other."""

@@ -1,0 +1,193 @@
+"""CrypTen 0.4.1's API on mpc_ml: `import mpc_ml.compat.crypten as crypten`, or
+`mpc_ml.compat.install()` so that `import crypten` itself resolves here.
+
+What differs from CrypTen, and what is refused, is in docs/migrating-from-crypten.md:
+the default provider is mpc_ml's dealer (CrypTen's TTP), run_multiprocess runs the
+parties as threads, a failing party raises instead of returning None, and nothing
+received from a peer is ever unpickled.
+"""
+from __future__ import annotations
+
+import builtins
+import logging
+import os
+from typing import Any, Callable
+
+import torch
+
+from ... import launch as _launch
+from ...session import current as _current, is_active as _is_active
+from ...tensor import MPCTensor, enable_grad, no_grad, settle
+from . import communicator as comm, mpc, nn, optim
+from .config import cfg
+from .mpc import ptype
+
+CrypTensor = MPCTensor
+"""CrypTen's tensor type: an mpc_ml MPCTensor (isinstance checks work)."""
+
+_initialised_here = False
+
+
+def init(config_file: str | None = None, party_name: str | None = None,
+         device: str | None = None) -> None:
+    """Join the parties: a no-op inside run_multiprocess (or mpc.run); a launched party
+    (`mpc-ml launch`, mpiexec: MPC_RANK / MPC_WORLD_SIZE) sets up its links. CrypTen's
+    torch.distributed environment (RANK, WORLD_SIZE, RENDEZVOUS) and its 1-party world
+    are not supported: both are refused by name."""
+    global _initialised_here
+    if config_file is not None:
+        raise ValueError("crypten.init(config_file=): set crypten.cfg's keys in code instead "
+                         "(mpc_ml reads no YAML)")
+    if _is_active():
+        return
+    if "MPC_RANK" in os.environ or os.environ.get("MPC_BACKEND") == "mpi":
+        cfg.locked = True
+        _launch.init(cfg.config())
+        _initialised_here = True
+        return
+    if "RENDEZVOUS" in os.environ:
+        raise RuntimeError("crypten.init(): CrypTen's RENDEZVOUS/RANK/WORLD_SIZE launch is not "
+                           "supported; start the script with `mpc-ml launch -n N script.py`, or "
+                           "run the parties with crypten.mpc.run_multiprocess")
+    raise RuntimeError("crypten.init(): mpc_ml has no 1-party world (a job has at least 2 "
+                       "parties); wrap the code in @crypten.mpc.run_multiprocess(world_size=2) "
+                       "or start it with `mpc-ml launch -n 2 script.py`")
+
+
+def uninit() -> None:
+    """Leave the parties (what init set up; run_multiprocess's parties end with it)."""
+    global _initialised_here
+    if _initialised_here:
+        _launch.shutdown()
+        _initialised_here, cfg.locked = False, False
+
+
+def is_initialized() -> bool:
+    """Whether this thread or process is a party."""
+    return _is_active()
+
+
+def cryptensor(tensor: Any = None, src: int = 0, ptype: ptype = ptype.arithmetic,
+               requires_grad: bool = False, broadcast_size: bool = False,
+               precision: int | None = None, device: str | None = None) -> MPCTensor:
+    """src's tensor, secret-shared. Every party may pass a tensor of the right shape (only
+    src's values are used), or None (src announces the shape: broadcast_size)."""
+    if ptype is not mpc.arithmetic:
+        raise NotImplementedError("crypten.cryptensor(ptype=binary): mpc_ml has no public "
+                                  "XOR-shared tensor type yet; use the arithmetic type")
+    if precision is not None and precision != _current().config.precision_bits:
+        raise ValueError(f"crypten.cryptensor(precision={precision}): mpc_ml encodes every "
+                         "tensor at cfg.encoder.precision_bits, set before the parties start")
+    if tensor is not None and not isinstance(tensor, torch.Tensor):
+        tensor = torch.as_tensor(tensor, dtype=torch.get_default_dtype())
+    if isinstance(tensor, torch.Tensor) and not tensor.is_floating_point():
+        tensor = tensor.to(torch.get_default_dtype())
+    out = _encrypt(tensor, src, device)
+    return out.requires_grad_() if requires_grad else out
+
+
+def _encrypt(tensor, src: int, device) -> MPCTensor:
+    from ...tensor import encrypt
+    mine = _current().rank == src
+    shape = None if mine or tensor is None else tensor.shape
+    return encrypt(tensor if mine else None, src=src, shape=shape, device=device)
+
+
+def print(*args: Any, in_order: bool = False, dst: int = 0, **kwargs: Any) -> None:
+    """builtins.print on party dst only, or on every party in rank order (in_order=True)."""
+    session = _current()
+    if not in_order:
+        if session.rank == dst:
+            builtins.print(*args, **kwargs)
+        return
+    for rank in range(session.world_size):
+        if rank == session.rank:
+            builtins.print(*args, **kwargs)
+        comm.get().barrier()
+
+
+def log(*args: Any, in_order: bool = False, dst: int = 0, **kwargs: Any) -> None:
+    """logging.info on party dst only, or on every party in rank order."""
+    session = _current()
+    text = " ".join(str(a) for a in args)
+    for rank in range(session.world_size) if in_order else [dst]:
+        if rank == session.rank:
+            logging.info(text)
+        if in_order:
+            comm.get().barrier()
+
+
+# -- files: plain objects from one party, shares per party; nothing received is unpickled ----
+def save_from_party(obj: Any, f: Any, src: int = 0, save_closure: Callable = torch.save,
+                    **kwargs: Any) -> None:
+    """Party src writes the plaintext obj (torch.save); the others write nothing."""
+    if isinstance(obj, MPCTensor):
+        raise NotImplementedError("crypten.save_from_party: saving an encrypted tensor is not "
+                                  "supported (as in CrypTen); use crypten.save for its shares")
+    if _current().rank == src:
+        save_closure(obj, f, **kwargs)
+
+
+def load_from_party(f: Any = None, preloaded: Any = None, encrypted: bool = False,
+                    model_class: Any = None, src: int = 0, load_closure: Callable | None = None,
+                    **kwargs: Any) -> MPCTensor:
+    """Party src loads a tensor (torch.load with weights_only=True) and shares it; the
+    others learn only its shape. Modules are refused: load the state dict on src and use
+    crypten.nn.from_pytorch(model, dummy_input).encrypt(src=src)."""
+    if encrypted:
+        raise NotImplementedError("crypten.load_from_party(encrypted=True): use crypten.load")
+    value = None
+    if _current().rank == src:
+        value = preloaded
+        if value is None:
+            value = (load_closure or _safe_load)(f, **kwargs)
+        if not isinstance(value, torch.Tensor):
+            raise TypeError(f"crypten.load_from_party: party {src} loaded a "
+                            f"{type(value).__name__}; only tensors are shared (a model's weights: "
+                            "from_pytorch(model, dummy_input).encrypt(src=src))")
+    return cryptensor(value, src=src)
+
+
+def save(obj: MPCTensor, f: Any, **kwargs: Any) -> None:
+    """Each party writes its own share of obj (a tensor file torch.load reads with
+    weights_only=True; f may contain "{rank}")."""
+    if not isinstance(obj, MPCTensor):
+        raise TypeError(f"crypten.save saves an encrypted tensor's shares, got "
+                        f"{type(obj).__name__}; use save_from_party for plain objects")
+    session = obj.session
+    settle([obj])
+    torch.save({"share": obj.share, "precision_bits": session.config.precision_bits,
+                "world_size": session.world_size, "rank": session.rank,
+                "float64": obj.dtype == torch.float64}, _party_file(f, session.rank))
+
+
+def load(f: Any, **kwargs: Any) -> MPCTensor:
+    """This party's share saved by crypten.save, checked against this session."""
+    session = _current()
+    saved = _safe_load(_party_file(f, session.rank))
+    expected = {"precision_bits": session.config.precision_bits,
+                "world_size": session.world_size, "rank": session.rank}
+    if not isinstance(saved, dict) or not isinstance(saved.get("share"), torch.Tensor) or any(
+            saved.get(k) != v for k, v in expected.items()) or saved["share"].dtype != torch.int64:
+        raise ValueError(f"crypten.load: {f!r} is not party {session.rank}'s share saved by "
+                         f"crypten.save in this setting ({expected})")
+    dtype = torch.float64 if saved.get("float64") else torch.get_default_dtype()
+    return MPCTensor(saved["share"], session, dtype)
+
+
+def _party_file(f: Any, rank: int) -> Any:
+    return f.replace("{rank}", str(rank)) if isinstance(f, str) else f
+
+
+def _safe_load(f: Any, **kwargs: Any) -> Any:
+    return torch.load(f, weights_only=True, **kwargs)
+
+
+def set_grad_enabled(mode: bool) -> Any:
+    """CrypTen's set_grad_enabled: enable_grad() or no_grad()."""
+    return enable_grad() if mode else no_grad()
+
+
+__all__ = ["CrypTensor", "cfg", "comm", "cryptensor", "enable_grad", "init", "is_initialized",
+           "load", "load_from_party", "log", "mpc", "nn", "no_grad", "optim", "print", "ptype",
+           "save", "save_from_party", "set_grad_enabled", "uninit"]

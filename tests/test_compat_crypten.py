@@ -1,0 +1,147 @@
+"""mpc_ml.compat.crypten runs CrypTen programs unchanged but for the import, parametrized
+like CrypTen's own tests: TFP and TTP (mpc_ml's dealer), 2 and 3 parties; values against
+torch."""
+import sys
+
+import pytest
+import torch
+
+import mpc_ml.compat
+import mpc_ml.compat.crypten as crypten
+from tests.crypten_programs import linear_svm
+
+
+@pytest.fixture(params=[("TFP", 2), ("TTP", 2), ("TTP", 3)], ids=lambda p: f"{p[0]}-{p[1]}")
+def setting(request):
+    provider, world_size = request.param
+    with crypten.cfg.temp_override({"mpc.provider": provider}):
+        yield world_size
+
+
+def test_linear_svm_example(setting):
+    run = crypten.mpc.run_multiprocess(world_size=setting)(linear_svm.run_mpc_linear_svm)
+    results = run(epochs=10)
+    w, b = linear_svm.plaintext(epochs=10)
+    for got_w, got_b, accuracies in results:
+        assert torch.allclose(got_w, w, atol=2e-2) and torch.allclose(got_b, b, atol=2e-2)
+        assert len(accuracies) == 10 and 0 <= min(accuracies) <= max(accuracies) <= 1
+
+
+def test_tutorial_1_basics(setting):
+    """Tutorial 1: encrypt, arithmetic with public and private operands, decrypt."""
+    x, y = torch.tensor([1.0, 2.0, 3.0]), torch.tensor([4.0, 5.0, 6.0])
+
+    @crypten.mpc.run_multiprocess(world_size=setting)
+    def party():
+        crypten.init()  # a no-op inside run_multiprocess, as in CrypTen's tutorials
+        x_enc, y_enc = crypten.cryptensor(x), crypten.cryptensor(y, src=1)
+        assert crypten.is_initialized() and isinstance(x_enc, crypten.CrypTensor)
+        z = (x_enc + y_enc) * x_enc - 2.0
+        rank = crypten.comm.get().get_rank()
+        return rank, z.get_plain_text(), (x_enc < y_enc).get_plain_text(), (x_enc / y).get_plain_text()
+
+    for rank, (got_rank, z, lt, quotient) in enumerate(party()):
+        assert got_rank == rank
+        assert torch.allclose(z, (x + y) * x - 2.0, atol=1e-3)
+        assert torch.equal(lt, (x < y).float())
+        assert torch.allclose(quotient, x / y, atol=1e-3)
+
+
+def test_install_makes_import_crypten_resolve():
+    saved = {k: v for k, v in sys.modules.items() if k == "crypten" or k.startswith("crypten.")}
+    try:
+        mpc_ml.compat.install()
+        import crypten as imported
+        from crypten import nn as imported_nn
+        assert imported is crypten and imported_nn is crypten.nn
+        assert sys.modules["crypten.communicator"] is crypten.comm
+    finally:
+        for k in [k for k in sys.modules if k == "crypten" or k.startswith("crypten.")]:
+            del sys.modules[k]
+        sys.modules.update(saved)
+
+
+def test_tutorial_7_encrypted_training(setting, tmp_path):
+    from tests.crypten_programs import encrypted_training as t7
+    t7.write_data(tmp_path, 200)
+    results = t7.train_encrypted(tmp_path, epochs=5, learning_rate=0.5, world_size=setting)
+    want = t7.train_plaintext(200, epochs=5, learning_rate=0.5)
+    for losses in results:
+        assert max(abs(a - b) for a, b in zip(losses, want)) < 1e-3, (losses, want)
+    assert want[-1] < want[0]
+
+
+def test_comm_collectives(setting):
+    @crypten.mpc.run_multiprocess(world_size=setting)
+    def party():
+        c = crypten.comm.get()
+        me, n = c.get_rank(), c.get_world_size()
+        mine = torch.tensor([float(me), me + 0.5])
+        buffer = torch.zeros(2)
+        c.broadcast(buffer if me else mine.clone(), src=0)
+        got = {"broadcast": (mine if me == 0 else buffer).clone(),
+               "all_gather": torch.stack(c.all_gather(mine)),
+               "all_reduce": c.all_reduce(mine),
+               "reduce": c.reduce(mine, dst=1),
+               "gather": c.gather(torch.tensor([me]), dst=0)}
+        if me == 0:
+            c.send(torch.arange(3), 1)
+        elif me == 1:
+            got["recv"] = c.recv(torch.zeros(3, dtype=torch.int64), src=0)
+        got["scatter"] = c.scatter([torch.tensor([10.0 * r]) for r in range(n)] if me == 0
+                                   else None, src=0, size=(1,))
+        c.barrier()
+        got["rounds"] = c.get_communication_stats()["rounds"]
+        return got
+
+    results = party()
+    n = len(results)
+    everyone = torch.tensor([[float(r), r + 0.5] for r in range(n)])
+    for rank, got in enumerate(results):
+        assert torch.equal(got["broadcast"], torch.tensor([0.0, 0.5]))
+        assert torch.equal(got["all_gather"], everyone)
+        assert torch.equal(got["all_reduce"], everyone.sum(0))
+        assert got["reduce"] is None if rank != 1 else torch.equal(got["reduce"], everyone.sum(0))
+        assert got["gather"] == [None] if rank else [int(t) for t in got["gather"]] == list(range(n))
+        assert torch.equal(got["scatter"], torch.tensor([10.0 * rank]))
+        assert got["rounds"] > 0
+    assert torch.equal(results[1]["recv"], torch.arange(3))
+
+
+def test_cfg_keys_map_or_refuse_by_name():
+    assert crypten.cfg.encoder.precision_bits == 16 and crypten.cfg.mpc.provider == "TTP"
+    with crypten.cfg.temp_override({"encoder.precision_bits": 20, "mpc.provider": "TFP"}):
+        assert crypten.cfg.config().precision_bits == 20 and crypten.cfg.provider() == "tfp"
+    assert crypten.cfg["encoder.precision_bits"] == 16
+    crypten.cfg.functions.exp_iterations = 8  # CrypTen's default: accepted
+    with pytest.raises(ValueError, match="functions.exp_iterations"):
+        crypten.cfg.functions.exp_iterations = 12
+    with pytest.raises(ValueError, match="active_security"):
+        crypten.cfg.mpc.active_security = True
+    with pytest.raises(KeyError, match="no key"):
+        crypten.cfg["encoder.precision"] = 3
+    with pytest.raises(RuntimeError, match="1-party world"):
+        crypten.init()
+
+
+def test_saved_shares_load_back_and_pickles_are_refused(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (print, ("unpickled!",))
+
+    torch.save({"x": Evil()}, tmp_path / "evil.pth")
+
+    @crypten.mpc.run_multiprocess(world_size=2)
+    def party():
+        x = crypten.cryptensor(torch.tensor([1.5, -2.0]))
+        crypten.save(x * 2, str(tmp_path / "x{rank}.pth"))
+        back = crypten.load(str(tmp_path / "x{rank}.pth")).get_plain_text()
+        try:
+            crypten.load_from_party(str(tmp_path / "evil.pth"), src=0)
+        except Exception as e:  # torch.load(weights_only=True) refuses the pickle
+            return back, type(e).__name__
+        return back, None
+
+    for back, refused in party():
+        assert torch.allclose(back, torch.tensor([3.0, -4.0]))
+        assert refused is not None
