@@ -21,12 +21,17 @@ from .providers.attestation import AttestationError, parse_measurements
 _local = threading.local()
 
 
-def check_job(world_size: int, provider: str, config: Config | None = None) -> None:
+def check_job(world_size: int, provider: str, config: Config | None = None,
+              one_party: bool = False) -> None:
     """The checks every way of starting a job makes: a known provider, at least two
-    parties, and settings that are correct for this many parties (ValueError otherwise)."""
+    parties (one_party: exactly one, launch.local_session), and settings that are correct
+    for this many parties (ValueError otherwise)."""
     if provider not in PROVIDERS:
         raise ValueError(f"unknown provider {provider!r}; choose one of {tuple(PROVIDERS)}")
-    if not isinstance(world_size, int) or isinstance(world_size, bool) or world_size < 2:
+    if one_party:
+        if world_size != 1 or provider != "tfp":
+            raise ValueError("a 1-party world has world size 1 and provider 'tfp'")
+    elif not isinstance(world_size, int) or isinstance(world_size, bool) or world_size < 2:
         raise ValueError(f"a job needs at least two parties (world_size >= 2), got {world_size!r}")
     if config is not None and config.truncation == "local" and world_size != 2:
         raise ValueError("truncation='local' is only correct for 2 parties")
@@ -40,8 +45,8 @@ class Session:
     """Everything one party needs to run protocols."""
 
     def __init__(self, comm: Communicator, config: Config, provider: str,
-                 dealer_link: Link | None = None):
-        check_job(comm.world_size, provider, config)
+                 dealer_link: Link | None = None, one_party: bool = False):
+        check_job(comm.world_size, provider, config, one_party)
         self.comm, self.config = comm, config
         self.rank, self.world_size = comm.rank, comm.world_size
         self.own = PRG(new_seed())

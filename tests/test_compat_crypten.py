@@ -1,7 +1,12 @@
 """mpc_ml.compat.crypten runs CrypTen programs unchanged but for the import, parametrized
 like CrypTen's own tests: TFP and TTP (mpc_ml's dealer), 2 and 3 parties; values against
 torch."""
+import json
+import os
+import subprocess
 import sys
+import threading
+from pathlib import Path
 
 import pytest
 import torch
@@ -9,6 +14,9 @@ import torch
 import mpc_ml.compat
 import mpc_ml.compat.crypten as crypten
 from tests.crypten_programs import linear_svm
+from tests.helpers import free_addresses
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(params=[("TFP", 2), ("TTP", 2), ("TTP", 3)], ids=lambda p: f"{p[0]}-{p[1]}")
@@ -120,8 +128,83 @@ def test_cfg_keys_map_or_refuse_by_name():
         crypten.cfg.mpc.active_security = True
     with pytest.raises(KeyError, match="no key"):
         crypten.cfg["encoder.precision"] = 3
-    with pytest.raises(RuntimeError, match="1-party world"):
+
+
+def test_init_without_a_launcher_is_a_one_party_world(capsys):
+    """CrypTen's notebook mode: one process holds everything (run in a thread: a session
+    is per thread)."""
+    out = {}
+
+    def notebook():
         crypten.init()
+        x, y = crypten.cryptensor([1.0, -2.0, 3.0]), crypten.cryptensor([0.5, 4.0, -1.0])
+        out["world"] = crypten.comm.get().get_world_size()
+        out["values"] = [(x * y).get_plain_text(), (x < y).get_plain_text(),
+                         x.softmax(0).get_plain_text(), x.relu().get_plain_text()]
+        crypten.uninit()
+        out["after"] = crypten.is_initialized()
+
+    thread = threading.Thread(target=notebook)
+    thread.start()
+    thread.join()
+    x, y = torch.tensor([1.0, -2.0, 3.0]), torch.tensor([0.5, 4.0, -1.0])
+    assert out["world"] == 1 and out["after"] is False
+    for got, want in zip(out["values"], [x * y, (x < y).float(), x.softmax(0), x.relu()]):
+        assert torch.allclose(got, want, atol=1e-3)
+    assert "nothing is private" in capsys.readouterr().out
+
+
+def _launch_like_crypten(tmp_path, rendezvous: str, provider: str, extra_env=None) -> list[dict]:
+    procs = []
+    for rank in range(2):
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MPC_")}
+        env.update(RANK=str(rank), WORLD_SIZE="2", RENDEZVOUS=rendezvous, **(extra_env or {}))
+        procs.append(subprocess.Popen([sys.executable, "-m", "tests.crypten_programs.launched",
+                                       provider], env=env, cwd=ROOT, stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True))
+    outs = []
+    for p in procs:
+        stdout, stderr = p.communicate(timeout=120)
+        assert p.returncode == 0, stderr[-2000:]
+        outs.append(json.loads(stdout.strip().splitlines()[-1]))
+    return outs
+
+
+@pytest.mark.parametrize("how", ["file", "tcp"])
+def test_init_from_crypten_launch_environment(tmp_path, how):
+    extra, provider = {}, "TFP"
+    dealer = None
+    if how == "file":
+        rendezvous = f"file://{tmp_path}/rendezvous"
+    else:  # tcp, with mpc_ml's dealer as CrypTen's TTP
+        meeting, dealer_addr = free_addresses(2)
+        rendezvous = f"tcp://{meeting}"
+        dealer = subprocess.Popen([sys.executable, "-m", "mpc_ml", "dealer", "-n", "2",
+                                   "--listen", dealer_addr], cwd=ROOT,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        extra, provider = {"MPC_DEALER_ADDR": dealer_addr}, "TTP"
+    try:
+        outs = _launch_like_crypten(tmp_path, rendezvous, provider, extra)
+    finally:
+        if dealer is not None:
+            dealer.communicate(timeout=60)
+    for rank, out in enumerate(outs):
+        assert out["rank"] == rank and out["world_size"] == 2
+        assert out["product"] == pytest.approx([0.5, -2.0, -12.0], abs=1e-3)
+        assert out["max"] == pytest.approx(2.0, abs=1e-4)
+
+
+def test_rendezvous_refuses_a_stale_or_hostile_file(tmp_path):
+    from mpc_ml.compat.crypten import rendezvous
+    path = tmp_path / "stale"
+    path.write_text('{"rank": 0, "addr": "127.0.0.1:1"}\n')
+    with pytest.raises(rendezvous.RendezvousError, match="two addresses for rank 0"):
+        rendezvous.addresses(f"file://{path}", 0, 2, timeout=5)
+    path.write_text('{"rank": 7, "addr": "127.0.0.1:1"}\n')
+    with pytest.raises(rendezvous.RendezvousError, match="malformed"):
+        rendezvous.addresses(f"file://{path}", 0, 2, timeout=5)
+    with pytest.raises(rendezvous.RendezvousError, match="file:// and tcp://"):
+        rendezvous.addresses("nccl://x", 0, 2, timeout=5)
 
 
 def test_saved_shares_load_back_and_pickles_are_refused(tmp_path):

@@ -135,8 +135,8 @@ class Communicator:
     def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
         """Sum of every party's tensor (int64 sums wrap mod 2^64)."""
         parts = [t.to(tensor.device) for t in self.all_gather(tensor)]
-        total = parts[0] + parts[1]
-        for t in parts[2:]:
+        total = parts[0].clone()
+        for t in parts[1:]:
             total += t
         return total
 

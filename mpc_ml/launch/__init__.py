@@ -5,7 +5,7 @@ and reports the first real failure (PartyError). Imports comm/, providers/ and t
 session; knows nothing of shares or tensors.
 """
 from .results import PEER_FAILURE_EXIT, PartyError
-from .run import BACKENDS, init, run, run_tcp_dealer, shutdown, tcp_session
+from .run import BACKENDS, init, local_session, run, run_tcp_dealer, shutdown, tcp_session
 
-__all__ = ["BACKENDS", "PEER_FAILURE_EXIT", "PartyError", "init", "run", "run_tcp_dealer",
-           "shutdown", "tcp_session"]
+__all__ = ["BACKENDS", "PEER_FAILURE_EXIT", "PartyError", "init", "local_session", "run",
+           "run_tcp_dealer", "shutdown", "tcp_session"]

@@ -97,6 +97,16 @@ def tcp_session(rank: int, world_size: int, addrs: list[str], provider: str, con
         raise
 
 
+def local_session(config: Config | None = None) -> Session:
+    """A 1-party world, active in this thread: this process holds every value, so nothing
+    is private. For trying code in a notebook (CrypTen's init() without a launcher does
+    this), never for data that must stay private; the protocols run as for n parties."""
+    comm = Communicator(0, 1, {}, (config or Config()).comm_timeout_s)
+    session = Session(comm, config or Config(), "tfp", one_party=True)
+    activate(session)
+    return session
+
+
 def run_tcp_dealer(listener: socket.socket, world_size: int, config: Config,
                    tls: TLSConfig | None = None) -> int:
     """The dealer's main: accept every party on listener, serve until they finish.

@@ -38,8 +38,8 @@ def public_word(session: Session, value: torch.Tensor) -> torch.Tensor:
 
 
 def _xor_reduce(parts: list[torch.Tensor]) -> torch.Tensor:
-    total = parts[0] ^ parts[1].to(parts[0].device)
-    for p in parts[2:]:
+    total = parts[0].clone()
+    for p in parts[1:]:
         total ^= p.to(total.device)
     return total
 
@@ -215,6 +215,8 @@ def reduce_to_two(session: Session, words: list[torch.Tensor]) -> tuple[torch.Te
     maj = ((a ^ c) & (b ^ c)) ^ c costs one AND.
     """
     words = list(words)
+    if len(words) == 1:  # a 1-party world (CrypTen's notebook mode): the word is the sum
+        return words[0], torch.zeros_like(words[0])
     while len(words) > 2:
         triples = [words[i:i + 3] for i in range(0, len(words) - len(words) % 3, 3)]
         rest = words[len(triples) * 3:]

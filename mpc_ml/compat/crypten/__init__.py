@@ -8,6 +8,7 @@ received from a peer is ever unpickled.
 """
 from __future__ import annotations
 
+import atexit
 import builtins
 import logging
 import os
@@ -16,9 +17,9 @@ from typing import Any, Callable
 import torch
 
 from ... import launch as _launch
-from ...session import current as _current, is_active as _is_active
+from ...session import activate, check_job, current as _current, is_active as _is_active
 from ...tensor import MPCTensor, enable_grad, no_grad, settle
-from . import communicator as comm, mpc, nn, optim
+from . import communicator as comm, mpc, nn, optim, rendezvous
 from .config import cfg
 from .mpc import ptype
 
@@ -30,28 +31,48 @@ _initialised_here = False
 
 def init(config_file: str | None = None, party_name: str | None = None,
          device: str | None = None) -> None:
-    """Join the parties: a no-op inside run_multiprocess (or mpc.run); a launched party
-    (`mpc-ml launch`, mpiexec: MPC_RANK / MPC_WORLD_SIZE) sets up its links. CrypTen's
-    torch.distributed environment (RANK, WORLD_SIZE, RENDEZVOUS) and its 1-party world
-    are not supported: both are refused by name."""
+    """Join the parties, as CrypTen's init does from its environment:
+
+    - inside run_multiprocess (or mpc.run): nothing to do;
+    - a party started by `mpc-ml launch` or mpiexec (MPC_RANK / MPC_WORLD_SIZE): its links;
+    - CrypTen's launchers' RANK, WORLD_SIZE and RENDEZVOUS (file:// or tcp://): the
+      parties learn each other's addresses there (rendezvous.py) and link up with mpc_ml's
+      handshake; cfg.mpc.provider TTP needs MPC_DEALER_ADDR (`mpc-ml dealer -n N`);
+    - none of these (a notebook): a 1-party world, where this process holds every value
+      and nothing is private (CrypTen does the same; it prints so).
+    """
     global _initialised_here
     if config_file is not None:
         raise ValueError("crypten.init(config_file=): set crypten.cfg's keys in code instead "
                          "(mpc_ml reads no YAML)")
     if _is_active():
         return
-    if "MPC_RANK" in os.environ or os.environ.get("MPC_BACKEND") == "mpi":
-        cfg.locked = True
-        _launch.init(cfg.config())
-        _initialised_here = True
-        return
-    if "RENDEZVOUS" in os.environ:
-        raise RuntimeError("crypten.init(): CrypTen's RENDEZVOUS/RANK/WORLD_SIZE launch is not "
-                           "supported; start the script with `mpc-ml launch -n N script.py`, or "
-                           "run the parties with crypten.mpc.run_multiprocess")
-    raise RuntimeError("crypten.init(): mpc_ml has no 1-party world (a job has at least 2 "
-                       "parties); wrap the code in @crypten.mpc.run_multiprocess(world_size=2) "
-                       "or start it with `mpc-ml launch -n 2 script.py`")
+    env = os.environ
+    config = cfg.config()
+    if "MPC_RANK" in env or env.get("MPC_BACKEND") == "mpi":
+        _launch.init(config)
+    elif "RENDEZVOUS" in env:
+        rank, world_size = int(env["RANK"]), int(env["WORLD_SIZE"])
+        provider = cfg.provider()
+        dealer = env.get("MPC_DEALER_ADDR")
+        if provider == "dealer" and not dealer:
+            raise RuntimeError("crypten.init(): cfg.mpc.provider is TTP (mpc_ml's dealer): start "
+                               f"`mpc-ml dealer -n {world_size} --listen HOST:PORT` and set "
+                               "MPC_DEALER_ADDR=HOST:PORT in every party, or set "
+                               "crypten.cfg.mpc.provider = 'TFP' (party 0 then sees every "
+                               "correlation)")
+        check_job(world_size, provider, config)
+        addrs, listener = rendezvous.addresses(env["RENDEZVOUS"], rank, world_size,
+                                               config.connect_timeout_s)
+        activate(_launch.tcp_session(rank, world_size, addrs, provider, config, dealer,
+                                     listener))
+        atexit.register(_launch.shutdown)
+    else:
+        builtins.print("crypten.init(): no launcher environment: a 1-party world, in which this "
+                       "process holds every value and nothing is private")
+        _launch.local_session(config)
+    cfg.locked = True
+    _initialised_here = True
 
 
 def uninit() -> None:
