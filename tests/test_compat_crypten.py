@@ -228,3 +228,16 @@ def test_saved_shares_load_back_and_pickles_are_refused(tmp_path):
     for back, refused in party():
         assert torch.allclose(back, torch.tensor([3.0, -4.0]))
         assert refused is not None
+
+
+def test_binary_ptype():
+    @crypten.mpc.run_multiprocess(world_size=2)
+    def party():
+        x = crypten.cryptensor(torch.tensor([1.0, 2.0, 3.0]), ptype=crypten.mpc.binary)
+        y = crypten.cryptensor(torch.tensor([3.0, 1.0, 3.0]), ptype=crypten.mpc.binary, src=1)
+        return (x ^ y).get_plain_text(), (x & y).get_plain_text(), (x + y).get_plain_text()
+
+    for xor, conj, total in party():
+        assert torch.equal(xor, torch.tensor([2.0, 3.0, 0.0]))
+        assert torch.equal(conj, torch.tensor([1.0, 0.0, 3.0]))
+        assert torch.equal(total, torch.tensor([4.0, 3.0, 6.0]))

@@ -19,6 +19,7 @@ import torch
 from ... import launch as _launch
 from ...session import activate, check_job, current as _current, is_active as _is_active
 from ...tensor import MPCTensor, enable_grad, no_grad, settle
+from ...tensor.binary_tensor import BinaryTensor
 from . import communicator as comm, mpc, nn, optim, rendezvous
 from .config import cfg
 from .mpc import ptype
@@ -90,12 +91,12 @@ def is_initialized() -> bool:
 
 def cryptensor(tensor: Any = None, src: int = 0, ptype: ptype = ptype.arithmetic,
                requires_grad: bool = False, broadcast_size: bool = False,
-               precision: int | None = None, device: str | None = None) -> MPCTensor:
+               precision: int | None = None, device: str | None = None
+               ) -> MPCTensor | BinaryTensor:
     """src's tensor, secret-shared. Every party may pass a tensor of the right shape (only
     src's values are used), or None (src announces the shape: broadcast_size)."""
-    if ptype is not mpc.arithmetic:
-        raise NotImplementedError("crypten.cryptensor(ptype=binary): mpc_ml has no public "
-                                  "XOR-shared tensor type yet; use the arithmetic type")
+    if ptype not in (mpc.arithmetic, mpc.binary):
+        raise ValueError(f"crypten.cryptensor: unknown ptype {ptype!r}")
     if precision is not None and precision != _current().config.precision_bits:
         raise ValueError(f"crypten.cryptensor(precision={precision}): mpc_ml encodes every "
                          "tensor at cfg.encoder.precision_bits, set before the parties start")
@@ -104,6 +105,11 @@ def cryptensor(tensor: Any = None, src: int = 0, ptype: ptype = ptype.arithmetic
     if isinstance(tensor, torch.Tensor) and not tensor.is_floating_point():
         tensor = tensor.to(torch.get_default_dtype())
     out = _encrypt(tensor, src, device)
+    if ptype is mpc.binary:
+        if requires_grad:
+            raise ValueError("crypten.cryptensor(ptype=binary, requires_grad=True): bitwise "
+                             "operations have no gradient")
+        return BinaryTensor.from_arithmetic(out)
     return out.requires_grad_() if requires_grad else out
 
 
