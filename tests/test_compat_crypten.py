@@ -241,3 +241,14 @@ def test_binary_ptype():
         assert torch.equal(xor, torch.tensor([2.0, 3.0, 0.0]))
         assert torch.equal(conj, torch.tensor([1.0, 0.0, 3.0]))
         assert torch.equal(total, torch.tensor([4.0, 3.0, 6.0]))
+
+
+def test_autograd_cnn_example():
+    """(one setting: the example is the suite's slowest; the others cover the matrix)"""
+    from tests.crypten_programs import autograd_cnn
+    run = crypten.mpc.run_multiprocess(world_size=2)(autograd_cnn.run_mpc_autograd_cnn)
+    kw = dict(num_epochs=1, learning_rate=0.01, batch_size=10, num_samples=30)
+    results = run(**kw)
+    want = autograd_cnn.train_plaintext(**kw)
+    for losses in results:
+        assert max(abs(a - b) for a, b in zip(losses, want)) < 5e-3, (losses, want)

@@ -18,7 +18,7 @@ import torch
 
 from ... import launch as _launch
 from ...session import activate, check_job, current as _current, is_active as _is_active
-from ...tensor import MPCTensor, enable_grad, no_grad, settle
+from ...tensor import MPCTensor, cat, enable_grad, no_grad, settle, stack, where
 from ...tensor.binary_tensor import BinaryTensor
 from . import communicator as comm, mpc, nn, optim, rendezvous
 from .config import cfg
@@ -215,6 +215,7 @@ def set_grad_enabled(mode: bool) -> Any:
     return enable_grad() if mode else no_grad()
 
 
-__all__ = ["CrypTensor", "cfg", "comm", "cryptensor", "enable_grad", "init", "is_initialized",
-           "load", "load_from_party", "log", "mpc", "nn", "no_grad", "optim", "print", "ptype",
-           "save", "save_from_party", "set_grad_enabled", "uninit"]
+__all__ = ["BinaryTensor", "CrypTensor", "cat", "cfg", "comm", "cryptensor", "enable_grad", "init",
+           "is_initialized", "load", "load_from_party", "log", "mpc", "nn", "no_grad", "optim",
+           "print", "ptype", "save", "save_from_party", "set_grad_enabled", "stack", "uninit",
+           "where"]
