@@ -67,6 +67,8 @@ OP_ROWS = ["mul1e6", "matmul256", "matmul1024", "conv2d", "relu1e5", "max1e5", "
 MODEL_ROWS = ["lenet5_b1", "lenet5_b32", "resnet18", "mlp_step", "lenet5_step", "bert_base",
               "gpt2_small"]
 PROFILE_NAMES = ["lan", "lan1g", "wan400", "wan100"]
+SERVE_ROW = "serve"
+"""The inference service under load (benchmarks/serve.py): `--models serve`, not a default."""
 PROVIDERS = list(common.PROVIDERS)
 FSS = "dealer-fss"
 """The dealer with Config(comparison='fss') (protocols/fss_comparison.toml): 2 parties only."""
@@ -402,7 +404,8 @@ def parse_args(argv):
     args.ops = OP_ROWS if args.ops is None else args.ops
     args.models = MODEL_ROWS if args.models is None else args.models
     for name in args.ops + args.models:
-        if name not in bench_rows.ALL_OPS and name not in bench_rows.ALL_MODELS:
+        if name not in bench_rows.ALL_OPS and name not in bench_rows.ALL_MODELS \
+                and name != SERVE_ROW:
             p.error(f"unknown row {name!r}")
     return args
 
@@ -412,7 +415,7 @@ def main(argv=None) -> dict:
     from tqdm import tqdm
 
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    rows_wanted = args.ops + args.models
+    rows_wanted = [r for r in args.ops + args.models if r != SERVE_ROW]
     info = common.machine_info(mpc.__version__)
     notes = []
     profiles = [netns.PROFILES[n] for n in args.profiles]
@@ -423,7 +426,7 @@ def main(argv=None) -> dict:
             notes.append(f"network profiles {', '.join(p.name for p in shaped)} skipped: {why}")
             profiles = [p for p in profiles if p.name == "lan"]
     jobs = [(p, n, prov) for p in profiles for n in args.parties for prov in args.providers
-            if prov != FSS or n == 2]
+            if prov != FSS or n == 2] if rows_wanted else []
     if args.offline_dealer:
         notes.append("--offline-dealer: on shaped profiles the dealer's link is neither shaped nor "
                      "delayed (its correlations stand for an offline phase); the parties' links are")
@@ -494,9 +497,14 @@ def main(argv=None) -> dict:
         "backend": "tcp", "threads_per_party": 1, "machine": info,
         "profiles": list(profile_info.values()), "notes": notes,
         "crypten": crypten, "rows": rows}
+    if SERVE_ROW in args.models:  # its own processes and table (benchmarks/serve.py)
+        import serve as bench_serve
+        report["serve"] = bench_serve.run([p.name for p in profiles], args.quick, notes=notes)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "suite.json").write_text(json.dumps(report, indent=2) + "\n")
     md = markdown(report)
+    if report.get("serve"):
+        md += "\n\n" + bench_serve.markdown(report["serve"])
     (args.out / "suite.md").write_text(md + "\n")
     print(md)
     for note in notes:

@@ -63,7 +63,7 @@ class Arrivals(logging.Handler):
             m = re.match(r"party (\d+): .* asked request", text)
             if m:
                 self.counts[int(m.group(1))] = self.counts.get(int(m.group(1)), 0) + 1
-                self.cond.notify_all()
+            self.cond.notify_all()
 
     def wait(self, k: int, parties=None, timeout: float = 20) -> None:
         parties = range(self.parties) if parties is None else parties
@@ -88,7 +88,7 @@ class Service:
         def party():
             with _CONVERT_LOCK:
                 source = MODEL if mpc.rank() == 0 else demo_model()  # only party 0's weights count
-                model = mpc.nn.from_pytorch(source, torch.zeros(1, *SAMPLE))
+                model = mpc.nn.from_pytorch(source, torch.zeros(2, *SAMPLE))
             if body is not None:
                 return body(model, self)
             return serve_clients(model, self.socks[mpc.rank()], sample_shape=SAMPLE,
@@ -331,6 +331,19 @@ def test_a_dead_party_stops_the_service_with_a_named_error():
     error = service.result.get("error")
     assert isinstance(error, mpc.PartyError) and error.kind == "InferenceError", error
     assert "party 0: the service stops: party 1 closed the connection" in str(error)
+
+
+def test_an_idle_service_keeps_its_dealer_link_alive(monkeypatch):
+    from mpc_ml.serving import service as service_module
+
+    monkeypatch.setattr(service_module, "DEALER_KEEPALIVE_S", 0.0)  # every idle heartbeat
+    service = Service(config=mpc.Config(comm_timeout_s=2.0))
+    with service.log.cond:
+        assert service.log.cond.wait_for(lambda: sum(
+            "kept the dealer link alive" in m for m in service.log.messages) >= 2, 20)
+    assert_answers(run_clients(service.addrs, [(1, [1])])[1])
+    result = service.finish()
+    assert "error" not in result and all(s["keepalives"] >= 1 for s in result["out"])
 
 
 # -- TLS: client identity, logging -----------------------------------------------------------

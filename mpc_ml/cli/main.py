@@ -342,15 +342,15 @@ def _serve_party(args: argparse.Namespace) -> int:
     logger = logging.getLogger("mpc_ml.serving")
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
-    stop = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop.set())
     torch.manual_seed(args.seed)  # the factory's random init, reproducible (party 0's is used)
     source = _load_factory(args.model, "serve")()
     sample = _sample_shape(args, source)
     try:
         session = init()
-        model = mpc.nn.from_pytorch(source, torch.zeros(1, *sample))
+        model = mpc.nn.from_pytorch(source, torch.zeros(2, *sample))  # 2 rows: a dynamic batch
+        stop = threading.Event()  # after from_pytorch: torch.export installs its own handlers
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, lambda *_: stop.set())
         wrap = None
         if os.environ.get("MPC_TLS_DIR"):
             from ..comm.tls import TLSConfig
@@ -358,7 +358,6 @@ def _serve_party(args: argparse.Namespace) -> int:
             wrap = TLSConfig(os.environ["MPC_TLS_DIR"], session.rank)
         serve_clients(model, args.listen, sample_shape=sample, max_batch=args.max_batch,
                       max_wait_ms=args.max_wait_ms, stop=stop, wrap=wrap,
-                      request_timeout_s=min(5.0, session.config.comm_timeout_s / 2),
                       ready=lambda addr: print(f"party {session.rank} serving clients at {addr}",
                                                flush=True))
     except (InferenceError, CommError, ValueError) as e:

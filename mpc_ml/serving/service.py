@@ -11,7 +11,9 @@ party runs, besides its main thread:
 - one reader per client link, which checks every frame (an int64 share, non-empty, the
   model's sample shape, at most max_batch rows, a frame size cap) and files it in this
   party's table of pending requests as (client token, request number, share). A bad
-  frame, a wrong shape or a disconnect drops that client's link only.
+  frame, a wrong shape or a disconnect drops that client's link only;
+- one sender per client link, so that a client that reads slowly holds up only its own
+  thread (one that lets max_pending answers pile up unread is dropped).
 
 The main threads run one step after another, all parties in lockstep:
 
@@ -45,6 +47,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import queue
 import re
 import socket
 import sys
@@ -69,6 +72,11 @@ log = logging.getLogger("mpc_ml.serving")
 
 _TOKEN = re.compile(r"[0-9a-f]{32}")
 _IDLE, _BATCH, _STOP = "idle", "batch", "stop"
+_CLOSE = object()  # in a client's outbox: close the link after what came before
+DEALER_KEEPALIVE_S = 600.0
+"""After this long without a batch, the parties ask the dealer for one small correlation
+(a 1-element product), so that a dealer's idle timeout (Config.dealer_idle_timeout_s,
+an hour by default) never ends an idle service."""
 
 
 @dataclass
@@ -82,6 +90,8 @@ class _Client:
     next_seq: int = 0
     pending: dict = field(default_factory=dict)
     open: bool = True
+    outbox: queue.Queue = field(default_factory=queue.Queue)
+    """What its sender thread sends, in order: the hello reply, answers, a last error."""
 
 
 class _Clients:
@@ -99,6 +109,7 @@ class _Clients:
         self.queue: deque = deque()  # (token, seq, rows, arrival): party 0 schedules from it
         self.gone: OrderedDict[str, str] = OrderedDict()  # recent drops: token -> why
         self.accepting = True
+        self.busy_at = time.monotonic()  # party 0: the last batch or dealer keep-alive
         self.threads: list[threading.Thread] = []
 
     # -- connections ------------------------------------------------------------------
@@ -179,6 +190,7 @@ class _Clients:
             if problem is None:
                 client = _Client(token, name, certified, link)
                 self.clients[token] = client
+                self._spawn(self._send_loop, "sender", client)
         if problem is not None:
             log.warning("party %d: refused a client connecting from %s: %s", self.me, where, problem)
             try:
@@ -188,13 +200,30 @@ class _Clients:
             link.close()
             return
         log.info("party %d: %s connected", self.me, name)
-        try:
-            link.send({"rank": self.me, "world_size": self.session.world_size,
-                       "protocol_version": PROTOCOL_VERSION, "service": True,
-                       "precision_bits": self.session.config.precision_bits})
-        except CommError as e:
-            return self.drop(client, str(_client_error(self.me, e)), tell=False)
+        client.outbox.put({"rank": self.me, "world_size": self.session.world_size,
+                           "protocol_version": PROTOCOL_VERSION, "service": True,
+                           "precision_bits": self.session.config.precision_bits})
         self._read_loop(client)  # this thread goes on as the client's reader
+
+    def _send_loop(self, client: _Client) -> None:
+        """The client's sender: a client that reads slowly holds up only this thread."""
+        while True:
+            msg = client.outbox.get()
+            if msg is _CLOSE:
+                break
+            try:
+                client.link.send(msg)
+            except CommError as e:  # drop() queues the _CLOSE this loop ends on
+                self.drop(client, str(_client_error(self.me, e)), tell=False)
+        client.link.close()
+
+    def answer(self, client: _Client, share: torch.Tensor) -> None:
+        """Queue a client's answer; one that lets max_pending answers pile up unread is
+        dropped (its link closed at once, which frees its sender)."""
+        if client.outbox.qsize() >= self.max_pending:
+            return self.drop(client, "the client does not read its answers", tell=False,
+                             force=True)
+        client.outbox.put(share)
 
     def _check_share(self, msg) -> str | None:
         if isinstance(msg, dict):
@@ -242,8 +271,9 @@ class _Clients:
                      tuple(msg.shape))
             del msg
 
-    def drop(self, client: _Client, why: str | None, tell: bool) -> None:
-        """Disconnect one client (telling it why, if tell); its pending requests go."""
+    def drop(self, client: _Client, why: str | None, tell: bool, force: bool = False) -> None:
+        """Disconnect one client (telling it why, if tell) once what is queued for it has
+        gone out, or at once if force; its pending requests go."""
         if why and not why.startswith(f"party {self.me}: "):
             why = f"party {self.me}: {why}"
         with self.cond:
@@ -260,11 +290,10 @@ class _Clients:
         if why:
             log.warning("dropped %s: %s", client.name, why)
         if tell and why:
-            try:
-                client.link.send({"error": why})
-            except CommError:
-                pass
-        client.link.close()
+            client.outbox.put({"error": why})
+        client.outbox.put(_CLOSE)
+        if force:
+            client.link.close()
 
     def close(self, why: str) -> None:
         """Stop accepting; tell every client why and disconnect it."""
@@ -281,6 +310,8 @@ class _Clients:
         for t in self.threads:
             if t is not threading.current_thread():
                 t.join(timeout=max(0.0, deadline - time.monotonic()))
+        for client in clients:  # a sender still stuck on a client that does not read
+            client.link.close()
 
     # -- the main thread's side ----------------------------------------------------------
     def next_plan(self, stopping: Callable[[], bool], max_wait_s: float, heartbeat_s: float,
@@ -301,12 +332,16 @@ class _Clients:
                     rows = sum(e[2] for e in self.queue)
                     due = self.queue[0][3] + max_wait_s
                     if rows >= self.max_batch or now >= due or stopped_at:
+                        self.busy_at = now
                         return {"op": _BATCH, "entries": self._take_batch()}
                     self.cond.wait(min(due - now, 0.2))
                 elif stopped_at:
                     return {"op": _STOP}
                 elif now >= idle_at:
-                    return {"op": _IDLE}
+                    if now - self.busy_at < DEALER_KEEPALIVE_S:
+                        return {"op": _IDLE}
+                    self.busy_at = now
+                    return {"op": _IDLE, "keepalive": True}
                 else:
                     self.cond.wait(min(idle_at - now, 0.2))
 
@@ -397,18 +432,22 @@ class ServiceStats:
     dropped: int = 0
     batches: int = 0
     rows: int = 0
+    keepalives: int = 0
     batch_log: list = field(default_factory=list)
-    """(requests, rows, bytes_sent, bytes_received, rounds) of each batch, the last 10000."""
+    """(requests, rows, bytes_sent, bytes_received, rounds, dealer_bytes_received, end time
+    (time.time())) of each batch, the last 10000; traffic counts the batch's plan and
+    verdicts too."""
 
     def as_dict(self) -> dict:
         """The counters as a plain dict (batch_log as lists)."""
         return {"requests": self.requests, "dropped": self.dropped, "batches": self.batches,
-                "rows": self.rows, "batch_log": [list(b) for b in self.batch_log]}
+                "rows": self.rows, "keepalives": self.keepalives,
+                "batch_log": [list(b) for b in self.batch_log]}
 
 
 def serve_clients(model: Module, listen: str | socket.socket, *, model_owner: int = 0,
                   sample_shape: Sequence[int], max_batch: int = 64, max_wait_ms: float = 5.0,
-                  request_timeout_s: float = 5.0, stop: threading.Event | None = None,
+                  request_timeout_s: float | None = None, stop: threading.Event | None = None,
                   wrap: tcp.Wrap | None = None, max_pending: int = 8,
                   ready: Callable[[str], None] | None = None) -> dict:
     """Run the inference service on this party until stopped; every compute party calls it.
@@ -418,8 +457,9 @@ def serve_clients(model: Module, listen: str | socket.socket, *, model_owner: in
     sample_shape: the model's input shape after the batch dimension (checked on every
     request). Requests that arrive within max_wait_ms of the first queued one are run
     together, at most max_batch rows per forward pass (a larger request is refused);
-    a share that has not reached a party request_timeout_s after party 0 scheduled it
-    loses that request (its client is told and disconnected). stop: set it (on any
+    a share that has not reached a party request_timeout_s (default: 5 s, at most half
+    of comm_timeout_s) after party 0 scheduled it loses that request (its client is told
+    and disconnected). stop: set it (on any
     party) to finish the requests party 0 has received and return. wrap: the parties'
     TLS (TLSConfig); clients must then present a client certificate. ready(address) is
     called once the service listens. Returns this party's ServiceStats as a dict; a
@@ -430,6 +470,8 @@ def serve_clients(model: Module, listen: str | socket.socket, *, model_owner: in
     if max_batch < 1 or max_wait_ms < 0 or max_pending < 1:
         raise ValueError(f"need max_batch >= 1, max_wait_ms >= 0 and max_pending >= 1; got "
                          f"{max_batch}, {max_wait_ms}, {max_pending}")
+    if request_timeout_s is None:
+        request_timeout_s = min(5.0, session.config.comm_timeout_s / 2)
     if not 0 < request_timeout_s < session.config.comm_timeout_s:
         raise ValueError(f"request_timeout_s={request_timeout_s:g} must be positive and below "
                          f"comm_timeout_s={session.config.comm_timeout_s:g} (the other parties "
@@ -487,6 +529,12 @@ def serve_clients(model: Module, listen: str | socket.socket, *, model_owner: in
             reasons = ["; ".join(str(w[i]) for w in said if w[i] is not None) or None
                        for i in range(len(entries))]
             _run_batch(session, model, device, clients, entries, shares, reasons, stats, before)
+            if plan.get("keepalive") is True:  # one correlation from the dealer
+                z = MPCTensor(zero_share(session, (1,)), session)
+                _ = z * z
+                stats.keepalives += 1
+                log.info("party %d: kept the dealer link alive (no batch for %g s)",
+                         session.rank, DEALER_KEEPALIVE_S)
             if plan["op"] == _STOP:
                 break
     except CommError as e:
@@ -529,15 +577,15 @@ def _run_batch(session: Session, model: Module, device: torch.device, clients: _
         client = clients.clients.get(entry[0])
         if client is None:
             continue  # it left; its answer goes nowhere
-        try:
-            client.link.send(part.contiguous())
-        except CommError as e:
-            clients.drop(client, str(_client_error(session.rank, e)), tell=False)
+        clients.answer(client, part.contiguous())
     after = session.stats()
     stats.requests += len(run)
     stats.rows += sum(rows)
     stats.batches += 1
     stats.batch_log.append((len(run), sum(rows), after["bytes_sent"] - before["bytes_sent"],
                             after["bytes_received"] - before["bytes_received"],
-                            after["rounds"] - before["rounds"]))
+                            after["rounds"] - before["rounds"],
+                            after.get("dealer_bytes_received", 0)
+                            - before.get("dealer_bytes_received", 0),
+                            time.time()))
     del stats.batch_log[:-10000]
