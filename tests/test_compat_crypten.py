@@ -252,3 +252,30 @@ def test_autograd_cnn_example():
     want = autograd_cnn.train_plaintext(**kw)
     for losses in results:
         assert max(abs(a - b) for a, b in zip(losses, want)) < 5e-3, (losses, want)
+
+
+def test_tutorial_1_as_written_in_a_one_party_world():
+    from tests.crypten_programs import tutorial_1
+    seen = {}
+    thread = threading.Thread(target=lambda: seen.update(tutorial_1.main()))
+    thread.start()
+    thread.join()
+    for key, want in tutorial_1.EXPECTED.items():
+        got = seen[key]
+        if isinstance(want, bool):
+            assert got is want, key
+        elif key == "sizes":
+            assert got == want
+        else:
+            got = torch.stack(got) if isinstance(got, list) else got
+            assert torch.allclose(got.float(), torch.tensor(want), atol=2e-3), (key, got)
+
+
+def test_tutorial_4_classifies_with_an_encrypted_network(tmp_path):
+    from tests.crypten_programs import tutorial_4
+    results, plain, plain_accuracy = tutorial_4.classify(tmp_path)
+    assert plain_accuracy > 85
+    for encrypted, output, accuracy in results:
+        assert encrypted
+        assert torch.allclose(torch.tensor(output), plain, atol=2e-2)
+        assert abs(accuracy - plain_accuracy) <= 0.5

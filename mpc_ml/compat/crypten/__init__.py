@@ -26,6 +26,8 @@ from .mpc import ptype
 
 CrypTensor = MPCTensor
 """CrypTen's tensor type: an mpc_ml MPCTensor (isinstance checks work)."""
+communicator = comm
+"""CrypTen's crypten.communicator (crypten.communicator.get().get_rank())."""
 
 _initialised_here = False
 
@@ -87,6 +89,11 @@ def uninit() -> None:
 def is_initialized() -> bool:
     """Whether this thread or process is a party."""
     return _is_active()
+
+
+def is_encrypted_tensor(obj: Any) -> bool:
+    """Whether obj is private (an MPCTensor or a BinaryTensor)."""
+    return isinstance(obj, (MPCTensor, BinaryTensor))
 
 
 def cryptensor(tensor: Any = None, src: int = 0, ptype: ptype = ptype.arithmetic,
@@ -215,7 +222,7 @@ def set_grad_enabled(mode: bool) -> Any:
     return enable_grad() if mode else no_grad()
 
 
-__all__ = ["BinaryTensor", "CrypTensor", "cat", "cfg", "comm", "cryptensor", "enable_grad", "init",
-           "is_initialized", "load", "load_from_party", "log", "mpc", "nn", "no_grad", "optim",
-           "print", "ptype", "save", "save_from_party", "set_grad_enabled", "stack", "uninit",
-           "where"]
+__all__ = ["BinaryTensor", "CrypTensor", "cat", "cfg", "comm", "communicator", "cryptensor",
+           "enable_grad", "init", "is_encrypted_tensor", "is_initialized", "load",
+           "load_from_party", "log", "mpc", "nn", "no_grad", "optim", "print", "ptype", "save",
+           "save_from_party", "set_grad_enabled", "stack", "uninit", "where"]
