@@ -32,7 +32,11 @@ PROGRAMS = {
                    1e-2),
     "autograd_cnn": ("autograd_cnn", "examples/mpc_autograd_cnn: 1 epoch, 100 samples, batch 5",
                      1e-2),
+    "tutorial_1": ("tutorial_1", "tutorial 1: its cells, in a 1-party world", 2e-3),
+    "tutorial_4": ("tutorial_4", "tutorial 4: a 64-128-128-10 MLP on 397 digits, inference", 2e-2),
 }
+T1_KEYS = ["decrypted", "from_list", "add_public", "sub_public", "mul_public", "div_public", "add",
+           "sub", "mul", "div", "comparisons", "select", "stack", "reshape"]
 
 
 def _point_at_crypten() -> None:
@@ -82,6 +86,11 @@ def run_one(name: str, framework: str, provider: str) -> dict:
         elif name == "tutorial_7":
             module.write_data(tmp, 500)
             result = module.train_encrypted(tmp, 10, 0.5)[0]
+        elif name == "tutorial_1":
+            seen = module.main()
+            result = [_as_lists(seen[k]) for k in T1_KEYS]
+        elif name == "tutorial_4":
+            result = module.classify(tmp)[0][0][1]
         else:
             result = run(module.run_mpc_autograd_cnn)(num_epochs=1, num_samples=100)[0]
     return {"seconds": time.perf_counter() - start, "result": _as_lists(result)}
@@ -90,7 +99,15 @@ def run_one(name: str, framework: str, provider: str) -> dict:
 def expected(name: str):
     """The same program in plain torch."""
     sys.path.insert(0, str(ROOT))
-    from tests.crypten_programs import autograd_cnn, encrypted_training, linear_svm
+    import torch
+    from tests.crypten_programs import (autograd_cnn, encrypted_training, linear_svm, tutorial_1,
+                                        tutorial_4)
+    if name == "tutorial_1":
+        return [tutorial_1.EXPECTED[k] for k in T1_KEYS]
+    if name == "tutorial_4":
+        x_train, y_train, x_test, _ = tutorial_4.split_digits()
+        with torch.no_grad():
+            return tutorial_4.train_alice(x_train, y_train)(x_test).tolist()
     if name == "linear_svm":
         w, b = linear_svm.plaintext(epochs=50)
         return [w.tolist(), b.tolist()]

@@ -154,12 +154,14 @@ def log(*args: Any, in_order: bool = False, dst: int = 0, **kwargs: Any) -> None
 # -- files: plain objects from one party, shares per party; nothing received is unpickled ----
 def save_from_party(obj: Any, f: Any, src: int = 0, save_closure: Callable = torch.save,
                     **kwargs: Any) -> None:
-    """Party src writes the plaintext obj (torch.save); the others write nothing."""
+    """Party src writes the plaintext obj (torch.save); the others write nothing; all then
+    wait for it (a barrier, as CrypTen), so the file exists when any party goes on."""
     if isinstance(obj, MPCTensor):
         raise NotImplementedError("crypten.save_from_party: saving an encrypted tensor is not "
                                   "supported (as in CrypTen); use crypten.save for its shares")
     if _current().rank == src:
         save_closure(obj, f, **kwargs)
+    comm.get().barrier()
 
 
 def load_from_party(f: Any = None, preloaded: Any = None, encrypted: bool = False,
@@ -182,12 +184,16 @@ def load_from_party(f: Any = None, preloaded: Any = None, encrypted: bool = Fals
     return cryptensor(value, src=src)
 
 
-def save(obj: MPCTensor, f: Any, **kwargs: Any) -> None:
-    """Each party writes its own share of obj (a tensor file torch.load reads with
-    weights_only=True; f may contain "{rank}")."""
+def save(obj: Any, f: Any, src: int | None = None, **kwargs: Any) -> None:
+    """Each party writes its own share of an encrypted obj (a tensor file torch.load reads
+    with weights_only=True; f may contain "{rank}"). A plain tensor is written by party src
+    (default 0): save_from_party, as CrypTen's tutorials call save(x, f, src=...)."""
     if not isinstance(obj, MPCTensor):
-        raise TypeError(f"crypten.save saves an encrypted tensor's shares, got "
-                        f"{type(obj).__name__}; use save_from_party for plain objects")
+        save_from_party(obj, f, src=src or 0, **kwargs)
+        return
+    if src is not None:
+        raise ValueError("crypten.save(encrypted, f, src=): every party saves its own share; "
+                         "leave src out")
     session = obj.session
     settle([obj])
     torch.save({"share": obj.share, "precision_bits": session.config.precision_bits,
@@ -195,8 +201,12 @@ def save(obj: MPCTensor, f: Any, **kwargs: Any) -> None:
                 "float64": obj.dtype == torch.float64}, _party_file(f, session.rank))
 
 
-def load(f: Any, **kwargs: Any) -> MPCTensor:
-    """This party's share saved by crypten.save, checked against this session."""
+def load(f: Any, src: int | None = None, **kwargs: Any) -> MPCTensor:
+    """This party's share saved by crypten.save, checked against this session; with src,
+    party src's plain tensor shared (load_from_party: the older CrypTen's load(f, src=),
+    which CrypTen's tutorials 3 and 4 call and 0.4.1 refuses)."""
+    if src is not None:
+        return load_from_party(f, src=src, **kwargs)
     session = _current()
     saved = _safe_load(_party_file(f, session.rank))
     expected = {"precision_bits": session.config.precision_bits,
