@@ -111,6 +111,7 @@ class _Clients:
         self.accepting = True
         self.busy_at = time.monotonic()  # party 0: the last batch or dealer keep-alive
         self.threads: list[threading.Thread] = []
+        self._threads_lock = threading.Lock()
 
     # -- connections ------------------------------------------------------------------
     def start(self) -> None:
@@ -120,7 +121,8 @@ class _Clients:
         t = threading.Thread(target=target, args=args, daemon=True,
                              name=f"mpc-serve-{self.me}-{what}")
         t.start()
-        self.threads = [u for u in self.threads if u.is_alive()] + [t]
+        with self._threads_lock:
+            self.threads = [u for u in self.threads if u.is_alive()] + [t]
 
     def _accept_loop(self) -> None:
         self.listener.settimeout(0.2)
@@ -307,7 +309,9 @@ class _Clients:
         for client in clients:
             self.drop(client, why, tell=True)
         deadline = time.monotonic() + 2.0  # a handshake still in its hello timeout is left
-        for t in self.threads:
+        with self._threads_lock:
+            threads = list(self.threads)
+        for t in threads:
             if t is not threading.current_thread():
                 t.join(timeout=max(0.0, deadline - time.monotonic()))
         for client in clients:  # a sender still stuck on a client that does not read
