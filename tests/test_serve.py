@@ -258,6 +258,41 @@ def test_a_misbehaving_client_loses_only_its_own_request(misbehave, message):
     assert result["out"][0]["requests"] == 7
 
 
+def test_a_client_that_does_not_read_its_answers_stalls_only_its_own_sender():
+    """The main thread only queues answers; a sender stuck on a full socket (here a link
+    whose send blocks until it is closed) gets its client dropped after max_pending."""
+    from types import SimpleNamespace
+
+    from mpc_ml.serving.service import _Client, _Clients
+
+    class StuckLink:
+        def __init__(self):
+            self.closed, self.sent = threading.Event(), []
+
+        def send(self, msg):
+            self.sent.append(msg)
+            if not self.closed.wait(20):  # a peer that never reads
+                raise AssertionError("never unblocked")
+            raise CommError("closed")
+
+        def close(self):
+            self.closed.set()
+
+    session = SimpleNamespace(rank=0, world_size=2, config=mpc.Config())
+    listener, _ = listeners(1)
+    clients = _Clients(session, listener[0], SAMPLE, max_batch=4, max_pending=2, wrap=None)
+    link = StuckLink()
+    client = _Client("0" * 32, "client x", None, link)
+    clients.clients[client.token] = client
+    clients._spawn(clients._send_loop, "sender", client)
+    for _ in range(4):  # the first blocks the sender, two wait, the fourth is one too many
+        clients.answer(client, torch.zeros(1, 10, dtype=torch.int64))
+    assert link.closed.wait(10) and not client.open and client.token not in clients.clients
+    assert "does not read its answers" in clients.gone[client.token]
+    clients.close("the test ends")  # returns: nothing is left blocked
+    assert not any(t.is_alive() for t in clients.threads)
+
+
 def test_a_client_that_leaves_between_requests_and_strays_are_dropped():
     service = Service()
     host, port = service.addrs[0].rsplit(":", 1)
