@@ -3,15 +3,13 @@
 Bilinear ops (mul, matmul, conv1d, conv2d) are computed exactly mod 2^64:
 - on CPU with torch's int64 kernels (conv via an im2col + int64 matmul, which is
   several times faster than torch's int64 direct convolution);
-- on CUDA, where torch has no int64 matmul/conv, by splitting each operand into four
-  16-bit limbs held in float64 and summing the ten limb products that reach below
-  2^64. Each limb product is a sum of k terms below 2^32, exact in float64 while
-  k < 2^21. The same limb path can be forced on CPU (``force_limbs``) so that CI
-  exercises it.
+- on CUDA, where torch has no int64 matmul/conv, from float64 products of limbs
+  (core/limbs.py: 3 limbs of 22 bits or 4 of 16, only the pairs that reach below 2^64,
+  batched into one library call, the reduction split where float64 would round). The
+  same limb path can be forced on CPU (``force_limbs``) so that CI exercises it.
 """
 from __future__ import annotations
 
-import itertools
 from collections.abc import Iterable, Sequence
 from typing import Callable
 
@@ -19,11 +17,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from . import limbs
 from .ops import BILINEAR_OPS, Op
-
-LIMB_BITS = 16
-N_LIMBS = 4
-MAX_LIMB_REDUCTION = 1 << 21
 
 Shape = Sequence[int]
 """A tensor shape: a torch.Size, tuple or list of ints."""
@@ -297,23 +292,21 @@ def bilinear(op: str, a: torch.Tensor, b: torch.Tensor, force_limbs: bool = Fals
     return limb_bilinear(op, a, b, **kwargs)
 
 
-def split_limbs(x: torch.Tensor) -> list[torch.Tensor]:
-    """Four 16-bit limbs of each int64 element, as float64 (little end first)."""
-    mask = (1 << LIMB_BITS) - 1
-    return [((x >> (LIMB_BITS * i)) & mask).to(torch.float64) for i in range(N_LIMBS)]
+_LIMB_BILINEAR: dict[Op, Callable] = {
+    Op.MATMUL: limbs.matmul, Op.CONV1D: limbs.conv1d, Op.CONV2D: limbs.conv2d,
+    Op.CONV2D_INPUT: limbs.conv2d_input, Op.CONV2D_WEIGHT: limbs.conv2d_weight}
 
 
 def limb_bilinear(op: str, a: torch.Tensor, b: torch.Tensor, **kwargs) -> torch.Tensor:
-    """op(a, b) mod 2^64 from float64 limb products (the CUDA path)."""
-    k = reduction_size(op, a.shape, b.shape, kwargs.get("groups", 1))
-    if k >= MAX_LIMB_REDUCTION:
-        raise ValueError(f"{op}: reduction of {k} terms is too long for exact limb products")
-    fop = FLOAT_BILINEAR[op]
-    al, bl = split_limbs(a), split_limbs(b)
-    out = None
-    for i, j in itertools.product(range(N_LIMBS), repeat=2):
-        if i + j >= N_LIMBS:
-            continue
-        term = fop(al[i], bl[j], **kwargs).to(torch.int64) << (LIMB_BITS * (i + j))
-        out = term if out is None else out + term
-    return out
+    """op(a, b) mod 2^64 from float64 limb products (the CUDA path, core/limbs.py)."""
+    if op == Op.CONV1D and isinstance(kwargs.get("padding"), str):
+        kwargs["padding"] = resolve_padding(kwargs["padding"], b.shape[2:],
+                                            pair(kwargs.get("dilation", 1), 1),
+                                            pair(kwargs.get("stride", 1), 1), 1)
+    if op == Op.CONV2D and isinstance(kwargs.get("padding"), str):
+        kwargs["padding"] = resolve_padding(kwargs["padding"], b.shape[2:],
+                                            pair(kwargs.get("dilation", 1), 2),
+                                            pair(kwargs.get("stride", 1), 2), 2)
+    if op == Op.MUL:
+        return a * b
+    return _LIMB_BILINEAR[op](a, b, **kwargs)

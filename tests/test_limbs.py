@@ -1,0 +1,93 @@
+"""The GPU path's limb kernels (core/limbs.py), run on CPU tensors: bit for bit equal to
+torch's int64 kernels on random full-range words and on adversarial ones (every limb
+all ones) with the reduction at each plan's bound and one past it."""
+from unittest import mock
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mpc_ml.core import limbs, ring
+
+
+def words(*shape, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(-2 ** 63, 2 ** 63 - 1, shape, generator=g, dtype=torch.int64)
+
+
+def ones(*shape):
+    return torch.full(shape, -1, dtype=torch.int64)  # every bit set: every limb 2^w - 1
+
+
+@pytest.mark.parametrize("a_shape, b_shape", [
+    ((5, 9), (9, 4)), ((2, 3, 5, 9), (9, 4)), ((9,), (9, 4)), ((5, 9), (9,)),
+    ((1, 5, 600), (2, 600, 3)), ((3, 7), (2, 1, 7, 2)), ((9,), (9,)),
+])
+def test_matmul_is_exact(a_shape, b_shape):
+    a, b = words(*a_shape, seed=1), words(*b_shape, seed=2)
+    assert torch.equal(limbs.matmul(a, b), torch.matmul(a, b))
+
+
+@pytest.mark.parametrize("x_shape, w_shape, kw", [
+    ((2, 4, 7, 6), (6, 2, 3, 3), dict(stride=2, padding=1, groups=2)),
+    ((1, 3, 8, 8), (2, 3, 2, 3), dict(stride=(1, 2), padding=(2, 0), dilation=(2, 1))),
+    ((2, 8, 5, 5), (8, 1, 3, 3), dict(padding=1, groups=8)),  # depthwise
+    ((1, 70, 4, 4), (2, 70, 3, 3), dict(padding=1)),  # 630 terms: the 16-bit plan
+])
+def test_conv2d_and_its_gradients_are_exact(x_shape, w_shape, kw):
+    x, w = words(*x_shape, seed=3), words(*w_shape, seed=4)
+    out = ring.conv2d_int64(x, w, **kw)
+    assert torch.equal(limbs.conv2d(x, w, **kw), out)
+    g = words(*out.shape, seed=5)
+    assert torch.equal(limbs.conv2d_input(g, w, x.shape, **kw),
+                       ring.conv2d_input_int64(g, w, input_shape=x.shape, **kw))
+    assert torch.equal(limbs.conv2d_weight(x, g, w.shape, **kw),
+                       ring.conv2d_weight_int64(x, g, weight_shape=w.shape, **kw))
+
+
+def test_conv1d_is_exact():
+    x, w = words(2, 4, 9, seed=6), words(6, 2, 3, seed=7)
+    kw = dict(stride=2, padding=1, groups=2)
+    assert torch.equal(limbs.conv1d(x, w, **kw), ring.conv1d_int64(x, w, **kw))
+
+
+def test_the_plans_and_their_bounds():
+    for width in (22, 16):
+        k = limbs.max_reduction(width)
+        assert k * (2 ** width - 1) ** 2 <= 2 ** 53 < (k + 1) * (2 ** width - 1) ** 2
+    assert limbs.max_reduction(22) == 512 and limbs.max_reduction(16) == 2 ** 21 + 64
+    small, large = limbs.limb_plan(512), limbs.limb_plan(513)
+    assert (small.width, small.count, len(small.pairs)) == (22, 3, 6)
+    assert (large.width, large.count, len(large.pairs)) == (16, 4, 10)
+    assert all(small.width * (i + j) < 64 for i, j in small.pairs)
+
+
+@pytest.mark.parametrize("k", [512, 513])
+def test_all_ones_limbs_at_the_22_bit_bound_and_past_it(k):
+    a, b = ones(3, k), ones(k, 2)
+    assert torch.equal(limbs.matmul(a, b), torch.matmul(a, b))
+
+
+@pytest.mark.parametrize("past", [0, 1])
+def test_all_ones_limbs_at_the_16_bit_bound_and_past_it(past):
+    k = limbs.max_reduction(16) + past
+    a, b = ones(1, k), ones(k, 1)
+    assert limbs.limb_plan(k).chunks(k) == 1 + past  # past the bound: split in two
+    assert torch.equal(limbs.matmul(a, b), torch.matmul(a, b))
+
+
+def test_one_library_call_per_op():
+    calls = {"matmul": 0, "conv2d": 0}
+    real_matmul, real_conv = torch.matmul, F.conv2d
+
+    def count_matmul(*a, **k):
+        calls["matmul"] += 1
+        return real_matmul(*a, **k)
+
+    def count_conv(*a, **k):
+        calls["conv2d"] += 1
+        return real_conv(*a, **k)
+    with mock.patch.object(torch, "matmul", count_matmul), mock.patch.object(F, "conv2d", count_conv):
+        limbs.matmul(words(4, 700), words(700, 3))
+        limbs.conv2d(words(1, 3, 6, 6), words(4, 3, 3, 3))
+    assert calls == {"matmul": 1, "conv2d": 1}
