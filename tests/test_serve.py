@@ -341,6 +341,18 @@ def test_a_stop_asked_of_another_party_stops_the_service():
     assert "error" not in result and [s["requests"] for s in result["out"]] == [1, 1]
 
 
+def test_parties_with_different_settings_refuse_to_start():
+    def body(model, service):
+        return serve_clients(model, service.socks[mpc.rank()], sample_shape=SAMPLE,
+                             max_batch=16 if mpc.rank() == 0 else 8, stop=service.stop)
+
+    service = Service(body=body)
+    service.thread.join(JOIN_S)
+    error = service.result.get("error")
+    assert isinstance(error, mpc.PartyError) and error.kind == "InferenceError", error
+    assert "the parties serve with different max_batch (party 0: 16, party 1: 8)" in str(error)
+
+
 def test_a_dead_party_stops_the_service_with_a_named_error():
     die = threading.Event()
 

@@ -495,6 +495,8 @@ def serve_clients(model: Module, listen: str | socket.socket, *, model_owner: in
             print(f"mpc_ml: party {session.rank} serves inference clients at {where} without TLS",
                   file=sys.stderr)
         model = _prepare(model, model_owner)
+        _agree_settings(session, {"sample_shape": list(sample), "max_batch": max_batch,
+                                  "tls": wrap is not None})
     except BaseException:
         listener.close()
         raise
@@ -553,6 +555,21 @@ def serve_clients(model: Module, listen: str | socket.socket, *, model_owner: in
     log.info("party %d: stopped after %d requests (%d dropped) in %d batches", session.rank,
              stats.requests, stats.dropped, stats.batches)
     return stats.as_dict()
+
+
+def _agree_settings(session: Session, mine: dict) -> None:
+    """Every party serves the same sample shape and batch cap, with or without TLS (one
+    gather at start; a difference is refused by name on every party)."""
+    try:
+        theirs = session.gather_verdicts(mine)
+    except ValueError as e:
+        raise InferenceError(str(e)) from None
+    for key, value in mine.items():
+        values = [v.get(key) for v in theirs]
+        if any(v != values[0] for v in values):
+            seen = ", ".join(f"party {r}: {v!r}" for r, v in enumerate(values))
+            raise InferenceError(f"party {session.rank}: the parties serve with different "
+                                 f"{key} ({seen}); refusing to start")
 
 
 def _run_batch(session: Session, model: Module, device: torch.device, clients: _Clients,
