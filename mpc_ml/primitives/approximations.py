@@ -1,4 +1,4 @@
-"""Nonlinear functions on shares (exp, log, reciprocal, sqrt, sigmoid, tanh, erf, softmax).
+"""Nonlinear functions on shares (exp, log, reciprocal, sqrt, sigmoid, tanh, erf, softmax, cos, sin).
 
 Written once against shares and the primitives, so they work for any number of parties
 and either provider. They truncate exactly whatever config.truncation says: their
@@ -119,6 +119,12 @@ ERROR_BOUNDS: dict[str, ErrorBound] = {
                           "x - max >= -700", _everywhere, 1e-3, False),
     "log_softmax": ErrorBound("(x - max) - log(sum exp(x - max)), the log a degree-12 fit in "
                               "the sum for k <= 10", "x - max >= -700", _everywhere, 1e-3, True),
+    "cos": ErrorBound("angle addition: each party's share read as an angle, e^ix the product of "
+                      "the parties' unit complex numbers (ceil(log2 n) product rounds)",
+                      "|x| <= 2^30", _within(-2.0 ** 30, 2.0 ** 30), 5e-5, False),
+    "sin": ErrorBound("angle addition: each party's share read as an angle, e^ix the product of "
+                      "the parties' unit complex numbers (ceil(log2 n) product rounds)",
+                      "|x| <= 2^30", _within(-2.0 ** 30, 2.0 ** 30), 5e-5, False),
 }
 """Method, domain and error of every function here, at precision_bits = 16."""
 
@@ -644,3 +650,44 @@ def log_softmax(session: Session, x: torch.Tensor, dim: int) -> tuple[torch.Tens
     """Shares of log_softmax along dim: (x - max) - log(sum exp(x - max)), left pending."""
     out, bits, _ = log_softmax_parts(session, x, dim)
     return out, bits
+
+
+# -- cos, sin --------------------------------------------------------------------------------------
+TRIG_BITS = 27
+"""Fractional bits of each party's cos and sin of its own angle: every product lands at 2^54."""
+
+
+def cos_sin(session: Session, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """(shares of cos x, of sin x, pending bits) by angle addition over the parties' shares:
+    ceil(log2 n) rounds of products (1 for 2 parties), no approximation but the roundings.
+
+    1. Locally, party i reads its share x_i (at 2^f) as the angle
+       theta_i = 2 pi ((x_i C) mod 2^64) / 2^64, C = round(2^(64 - f) / (2 pi)). The shares
+       sum to x 2^f mod 2^64, and 2^64 units of x_i C are one whole turn, so
+       sum_i theta_i = x (mod 2 pi), within 2 pi |x| 2^(f - 65) (C's rounding): the ring's
+       wrap-around is the reduction mod 2 pi, for every x.
+    2. Party i holds z_i = (cos theta_i, sin theta_i) at TRIG_BITS fractional bits, the
+       others 0: a sharing of a value one party knows, without a message. theta_i is a
+       function of x_i alone, so z_i tells party i nothing new.
+    3. e^(ix) = prod_i z_i: each level multiplies pairs z_a z_b as one broadcast product
+       [c_a, s_a] x [c_b, s_b] (four real products, opening 4 numel), then
+       cos = c_a c_b - s_a s_b and sin = s_a c_b + c_a s_b (local); a level's truncation
+       back to 2^TRIG_BITS rides in the next level's opening (lazy products).
+    The result is left pending at 2^(2 TRIG_BITS). Error: the final truncation (1 unit),
+    the roundings of the held values (2^-28 each) and C's (above).
+    """
+    f, n, unit = session.config.precision_bits, session.world_size, 1 << TRIG_BITS
+    turns = x * round(2.0 ** (64 - f) / (2 * math.pi))  # mod 2^64: 2^64 is one turn
+    theta = turns.to(torch.float64) * (2 * math.pi / 2.0 ** 64)
+    own = torch.stack([torch.cos(theta), torch.sin(theta)]).mul(unit).round().to(torch.int64)
+    none = torch.zeros_like(own)
+    level = [(own if session.rank == i else none, 0) for i in range(n)]
+    while len(level) > 1:
+        pairs = list(zip(level[0::2], level[1::2]))
+        items = [(a.unsqueeze(1), ab, b.unsqueeze(0), bb) for (a, ab), (b, bb) in pairs]
+        products = lazy_products(session, items, exact=True)
+        following = [(torch.stack([q[0, 0] - q[1, 1], q[0, 1] + q[1, 0]]), TRIG_BITS)
+                     for q in products]
+        level = following + ([level[-1]] if len(level) % 2 else [])
+    both, _ = level[0]
+    return both[0], both[1], 2 * TRIG_BITS - f
