@@ -22,8 +22,8 @@ from . import nn, optim, serving
 from .config import Config
 from .launch import PartyError, init, run, shutdown
 from .session import current as _current
-from .tensor import (MPCTensor, cat, conv1d, conv2d, enable_grad, encrypt, is_grad_enabled,
-                     no_grad, stack, where)
+from .tensor import (MPCTensor, bernoulli, cat, conv1d, conv2d, enable_grad, encrypt,
+                     is_grad_enabled, no_grad, rand, randn, stack, where)
 
 __version__ = "0.1.0"
 
@@ -53,6 +53,6 @@ def reset_stats() -> None:
     _current().reset_stats()
 
 
-__all__ = ["Config", "MPCTensor", "PartyError", "cat", "conv1d", "conv2d", "enable_grad", "encrypt",
-           "init", "inference", "is_grad_enabled", "nn", "no_grad", "optim", "rank", "reset_stats",
-           "run", "serving", "shutdown", "stack", "stats", "where", "world_size"]
+__all__ = ["Config", "MPCTensor", "PartyError", "bernoulli", "cat", "conv1d", "conv2d", "enable_grad",
+           "encrypt", "init", "inference", "is_grad_enabled", "nn", "no_grad", "optim", "rand", "randn",
+           "rank", "reset_stats", "run", "serving", "shutdown", "stack", "stats", "where", "world_size"]

@@ -23,6 +23,7 @@ class Op(StrEnum):
     CONV2D = "conv2d"
     CONV2D_INPUT = "conv2d_input"
     CONV2D_WEIGHT = "conv2d_weight"
+    CONV_TRANSPOSE2D = "conv_transpose2d"
     DIV_PUBLIC = "div_public"
     # shape and selection, local
     RESHAPE = "reshape"
@@ -35,12 +36,20 @@ class Op(StrEnum):
     CAT = "cat"
     STACK = "stack"
     WHERE = "where"
+    CUMSUM = "cumsum"
+    ROLL = "roll"
+    GATHER = "gather"
+    SCATTER = "scatter"
+    SCATTER_ADD = "scatter_add"
+    INDEX_SELECT = "index_select"
+    INDEX_ADD = "index_add"
     # comparisons and what is built on them
     RELU = "relu"
     ABS = "abs"
     CLAMP = "clamp"
     MAX = "max"
     MAX_POOL2D = "max_pool2d"
+    MAX_POOL2D_INDICES = "max_pool2d_indices"
     WINDOW_SUM = "window_sum"
     LT = "lt"
     GT = "gt"
@@ -60,6 +69,8 @@ class Op(StrEnum):
     GELU = "gelu"
     SOFTMAX = "softmax"
     LOG_SOFTMAX = "log_softmax"
+    COS = "cos"
+    SIN = "sin"
 
     @property
     def differentiable(self) -> bool:
@@ -71,6 +82,7 @@ NOT_DIFFERENTIABLE = frozenset({
     Op.CONV1D,  # recorded as a height-1 conv2d
     Op.CONV2D_INPUT, Op.CONV2D_WEIGHT,  # gradient ops themselves (no double backward)
     Op.LT, Op.GT, Op.EQ, Op.NE, Op.SIGN, Op.ARGMAX,  # piecewise constant: no gradient, as torch
+    Op.MAX_POOL2D_INDICES,
 })
 
 BILINEAR_OPS = (Op.MUL, Op.MATMUL, Op.CONV1D, Op.CONV2D, Op.CONV2D_INPUT, Op.CONV2D_WEIGHT)

@@ -177,45 +177,13 @@ def group_norm(x: TensorLike, groups: int, weight: TensorLike | None = None,
     return out if bias is None else out + bias.reshape(channel)
 
 
-def _per_dim(value, dims: int) -> tuple:
-    values = list(value) if isinstance(value, (list, tuple)) else [value]
-    return tuple(values * dims if len(values) == 1 else values)
-
-
-def _spread(x, dim: int, stride: int):
-    """x with stride - 1 zeros after each element along dim (the last run dropped)."""
-    if stride == 1:
-        return x
-    moved = x.transpose(dim, -1)
-    zeros = torch.zeros(*moved.shape, stride - 1, dtype=torch.float64)
-    woven = T.cat([moved.unsqueeze(-1), zeros], -1).reshape(*moved.shape[:-1], -1)
-    woven = woven[..., :woven.shape[-1] - (stride - 1)]
-    return woven.transpose(dim, -1)
-
-
 def conv_transpose(x: TensorLike, weight: TensorLike, bias: TensorLike | None = None,
                    stride: int | list[int] = 1, padding: int | list[int] = 0,
                    output_padding: int | list[int] = 0, groups: int = 1,
                    dilation: int | list[int] = 1) -> TensorLike:
-    """conv_transpose1d/2d as the convolution of the zero-spread, padded input with the
-    flipped kernel whose in and out channels are swapped (per group)."""
-    dims = x.dim() - 2
-    stride, padding, output_padding, dilation = (_per_dim(v, dims) for v in
-                                                 (stride, padding, output_padding, dilation))
-    kernel = weight.shape[2:]
-    for d in range(dims):
-        x = _spread(x, 2 + d, stride[d])
-    pads = []
-    for d in reversed(range(dims)):
-        edge = dilation[d] * (kernel[d] - 1) - padding[d]
-        pads += [edge, edge + output_padding[d]]
-    x = x.pad(pads)
-    c_in, c_out_g = weight.shape[0], weight.shape[1]
-    w = weight.flip(list(range(2, 2 + dims)))
-    w = w.reshape(groups, c_in // groups, c_out_g, *kernel).transpose(1, 2)
-    w = w.reshape(groups * c_out_g, c_in // groups, *kernel)
-    conv = F.conv2d if dims == 2 else F.conv1d
-    return conv(x, w, bias, 1, 0, dilation, groups)
+    """conv_transpose1d/2d (functional.conv_transpose1d/2d: one Beaver product)."""
+    conv = F.conv_transpose2d if x.dim() == 4 else F.conv_transpose1d
+    return conv(x, weight, bias, stride, padding, output_padding, groups, dilation)
 
 
 def adaptive_avg_pool(x: TensorLike, output_size: int | list[int | None]) -> TensorLike:
@@ -237,27 +205,11 @@ def adaptive_avg_pool(x: TensorLike, output_size: int | list[int | None]) -> Ten
 
 
 def adaptive_max_pool(x: TensorLike, output_size: int | list[int | None]) -> tuple:
-    """Adaptive max pooling to any size, one spatial dim at a time (a max over a box is
-    the max over its rows of the max over its columns): output cell i of a dim is the
-    max of input positions floor(i L / out) .. ceil((i + 1) L / out) - 1, as torch. A
-    window shorter than the longest repeats its last element (which leaves the max, and
-    its one-hot gradient, as they are). Returns (values, None): the indices torch also
-    returns are not supported."""
+    """Adaptive max pooling to any size (MPCTensor.adaptive_max_pool2d / 1d), as torch.
+    Returns (values, None): the indices torch also returns are not passed on."""
     sizes = tuple(output_size) if isinstance(output_size, (list, tuple)) else (output_size,)
-    for d, out in enumerate(sizes):
-        axis = x.dim() - len(sizes) + d
-        length = x.shape[axis]
-        out = length if out is None else out
-        bounds = [((i * length) // out, -(-((i + 1) * length) // out)) for i in range(out)]
-        width = max(hi - lo for lo, hi in bounds)
-        pieces = []
-        for lo, hi in bounds:
-            pieces.append(x[_index(x, axis, slice(lo, hi))])
-            pieces += [x[_index(x, axis, slice(hi - 1, hi))]] * (width - (hi - lo))
-        windows = T.cat(pieces, axis) if len(pieces) > 1 else pieces[0]
-        windows = windows.reshape(*x.shape[:axis], out, width, *x.shape[axis + 1:])
-        x = windows.max(axis + 1)[0] if width > 1 else windows.squeeze(axis + 1)
-    return x, None
+    pool = x.adaptive_max_pool2d if len(sizes) == 2 else x.adaptive_max_pool1d
+    return pool(sizes), None
 
 
 def _batch_norm_eval(x, weight, bias, mean, var, momentum, eps):

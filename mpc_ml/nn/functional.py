@@ -46,9 +46,46 @@ def conv2d(input: TensorLike, weight: TensorLike, bias: TensorLike | None = None
     return T.conv2d(input, weight, bias, stride, padding, dilation, groups)
 
 
+def conv_transpose1d(input: TensorLike, weight: TensorLike, bias: TensorLike | None = None,
+                     stride: IntOrTuple = 1, padding: IntOrTuple = 0, output_padding: IntOrTuple = 0,
+                     groups: int = 1, dilation: IntOrTuple = 1) -> TensorLike:
+    """1-d transposed convolution over (N, C, L) inputs, as torch.nn.functional.conv_transpose1d."""
+    if not _private(input, weight, bias):
+        return F.conv_transpose1d(input, weight, bias, stride, padding, output_padding, groups, dilation)
+    return T.conv_transpose1d(input, weight, bias, stride, padding, output_padding, groups, dilation)
+
+
+def conv_transpose2d(input: TensorLike, weight: TensorLike, bias: TensorLike | None = None,
+                     stride: IntOrTuple = 1, padding: IntOrTuple = 0, output_padding: IntOrTuple = 0,
+                     groups: int = 1, dilation: IntOrTuple = 1) -> TensorLike:
+    """2-d transposed convolution over (N, C, H, W) inputs, as torch.nn.functional.conv_transpose2d."""
+    if not _private(input, weight, bias):
+        return F.conv_transpose2d(input, weight, bias, stride, padding, output_padding, groups, dilation)
+    return T.conv_transpose2d(input, weight, bias, stride, padding, output_padding, groups, dilation)
+
+
 def relu(input: TensorLike, inplace: bool = False) -> TensorLike:
     """max(input, 0) elementwise (`inplace` is accepted for torch's signature and ignored)."""
     return input.relu()
+
+
+def hardtanh(input: TensorLike, min_val: float = -1.0, max_val: float = 1.0,
+             inplace: bool = False) -> TensorLike:
+    """clamp(input, min_val, max_val) (`inplace` is accepted for torch's signature and ignored)."""
+    return F.hardtanh(input, min_val, max_val) if not _private(input) else input.hardtanh(min_val, max_val)
+
+
+def relu6(input: TensorLike, inplace: bool = False) -> TensorLike:
+    """clamp(input, 0, 6) (`inplace` is accepted for torch's signature and ignored)."""
+    return F.relu6(input) if not _private(input) else input.relu6()
+
+
+def cosine_similarity(x1: TensorLike, x2: TensorLike, dim: int = 1, eps: float = 1e-8) -> TensorLike:
+    """sum(x1 x2) / (|x1| |x2|) along dim, as torch.nn.functional.cosine_similarity."""
+    if not _private(x1, x2):
+        return F.cosine_similarity(x1, x2, dim, eps)
+    return (x1 if isinstance(x1, MPCTensor) else x2).cosine_similarity(
+        x2 if isinstance(x1, MPCTensor) else x1, dim, eps)
 
 
 def sigmoid(input: TensorLike) -> TensorLike:
@@ -80,13 +117,29 @@ def log_softmax(input: TensorLike, dim: int) -> TensorLike:
 
 def max_pool2d(input: TensorLike, kernel_size: IntOrTuple, stride: IntOrTuple | None = None,
                padding: IntOrTuple = 0, dilation: IntOrTuple = 1, ceil_mode: bool = False,
-               return_indices: bool = False) -> TensorLike:
-    """2-d max pooling, as torch.nn.functional.max_pool2d (without return_indices)."""
-    if return_indices:
-        raise ValueError("max_pool2d(return_indices=True) is not supported")
+               return_indices: bool = False) -> TensorLike | tuple[TensorLike, TensorLike]:
+    """2-d max pooling, as torch.nn.functional.max_pool2d; return_indices=True adds each
+    maximum's flat position in its H x W plane (private for a private input)."""
     if not _private(input):
-        return F.max_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode)
-    return input.max_pool2d(kernel_size, stride, padding, dilation, ceil_mode)
+        return F.max_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode,
+                            return_indices=return_indices)
+    return input.max_pool2d(kernel_size, stride, padding, dilation, ceil_mode, return_indices)
+
+
+def adaptive_max_pool2d(input: TensorLike, output_size: int | tuple[int | None, int | None],
+                        return_indices: bool = False) -> TensorLike | tuple[TensorLike, TensorLike]:
+    """Adaptive max pooling to any size, as torch.nn.functional.adaptive_max_pool2d."""
+    if not _private(input):
+        return F.adaptive_max_pool2d(input, output_size, return_indices)
+    return input.adaptive_max_pool2d(output_size, return_indices)
+
+
+def adaptive_max_pool1d(input: TensorLike, output_size: int | tuple[int],
+                        return_indices: bool = False) -> TensorLike | tuple[TensorLike, TensorLike]:
+    """Adaptive max pooling over the last dim, as torch.nn.functional.adaptive_max_pool1d."""
+    if not _private(input):
+        return F.adaptive_max_pool1d(input, output_size, return_indices)
+    return input.adaptive_max_pool1d(output_size, return_indices)
 
 
 def avg_pool2d(input: TensorLike, kernel_size: IntOrTuple, stride: IntOrTuple | None = None,

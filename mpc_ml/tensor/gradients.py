@@ -299,3 +299,87 @@ def _log_softmax(node, out, g):
     return (g - p * g.sum(dim, keepdim=True),)
 
 
+
+
+# -- added ops: scans, index ops, transposed convolution, cos and sin --------------------------
+@gradient(Op.CUMSUM)
+def _cumsum(node, out, g):
+    dim = node.ctx["dim"]
+    return (g.flip(dim).cumsum(dim).flip(dim),)
+
+
+@gradient(Op.ROLL)
+def _roll(node, out, g):
+    shifts = node.ctx["shifts"]
+    back = -shifts if isinstance(shifts, int) else tuple(-s for s in shifts)
+    return (g.roll(back, node.ctx["dims"]),)
+
+
+def _into(shape, g: MPCTensor, index_shape) -> MPCTensor:
+    """g (of index_shape) in the leading corner of zeros of `shape` (scatter's src may be
+    larger than its index; only that corner was read)."""
+    if tuple(index_shape) == tuple(shape):
+        return g
+    pad = []
+    for have, want in zip(reversed(tuple(index_shape)), reversed(tuple(shape))):
+        pad += [0, want - have]
+    return g.pad(pad)
+
+
+@gradient(Op.GATHER)
+def _gather(node, out, g):
+    (x,) = node.inputs
+    zeros = x._new(torch.zeros_like(x._data))
+    return (zeros.scatter_add(node.ctx["dim"], node.ctx["index"], g),)
+
+
+@gradient(Op.SCATTER)
+def _scatter(node, out, g):
+    x, src = node.inputs
+    dim, index = node.ctx["dim"], node.ctx["index"]
+    gx = g.scatter(dim, index, 0.0) if requires_grad(x) else None
+    gs = _into(src.shape, g.gather(dim, index), index.shape) if requires_grad(src) else None
+    return gx, gs
+
+
+@gradient(Op.SCATTER_ADD)
+def _scatter_add(node, out, g):
+    x, src = node.inputs
+    dim, index = node.ctx["dim"], node.ctx["index"]
+    gs = _into(src.shape, g.gather(dim, index), index.shape) if requires_grad(src) else None
+    return (g if requires_grad(x) else None), gs
+
+
+@gradient(Op.INDEX_SELECT)
+def _index_select(node, out, g):
+    (x,) = node.inputs
+    zeros = x._new(torch.zeros_like(x._data))
+    return (zeros.index_add(node.ctx["dim"], node.ctx["index"], g),)
+
+
+@gradient(Op.INDEX_ADD)
+def _index_add(node, out, g):
+    x, source = node.inputs
+    gs = g.index_select(node.ctx["dim"], node.ctx["index"]) if requires_grad(source) else None
+    return (g if requires_grad(x) else None), gs
+
+
+@gradient(Op.CONV_TRANSPOSE2D)
+def _conv_transpose2d(node, out, g):
+    x, w = node.inputs  # out = conv2d_input(x, w): conv2d(., w)'s adjoint applied to x
+    kw = {k: list(node.ctx[k]) if isinstance(node.ctx[k], tuple) else node.ctx[k]
+          for k in ("stride", "padding", "dilation", "groups")}
+    gx = bilinear(Op.CONV2D, g, w, **kw) if requires_grad(x) else None
+    gw = (bilinear(Op.CONV2D_WEIGHT, g, x, weight_shape=list(_shape_of(w)), **kw)
+          if requires_grad(w) else None)
+    return gx, gw
+
+
+@gradient(Op.COS)
+def _cos(node, out, g):
+    return (g * node.inputs[0].sin().neg(),)
+
+
+@gradient(Op.SIN)
+def _sin(node, out, g):
+    return (g * node.inputs[0].cos(),)

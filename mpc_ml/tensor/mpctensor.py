@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from ..core import ring
 from ..core.encoding import decode, encode
 from ..core.ops import Op
+from ..primitives.binary import b2a_weighted
 from ..primitives import (ALL_PAIRS_UP_TO, approximations, beaver_product, fixed_mask_product,
                           flush_riders, lazy_products, ltz, max_all_pairs, max_along_last,
                           max_one_hot, negative_part, reveal, share_input, truncate,
@@ -103,6 +104,7 @@ class MPCTensor:
         self.grad_fn = None  # the autograd node that made this tensor, if any
         self._masks: dict | None = None  # a fixed tensor's opening, and its views' (fix_masks)
         self._family: list[int] | None = None  # [version] shared by a fixed tensor and its views
+        self._version = 0  # in-place ops so far (autograd refuses a graph that saw an older one)
 
     # -- plumbing ---------------------------------------------------------------
     @property
@@ -328,22 +330,187 @@ class MPCTensor:
         """torch.nn.functional.conv2d with self as input."""
         return conv2d(self, weight, bias, stride, padding, dilation, groups)
 
-    def __pow__(self, exponent: int) -> "MPCTensor":
-        """self ** k for a non-negative integer k, by repeated squaring."""
-        if not isinstance(exponent, int) or exponent < 0:
-            raise ValueError("MPCTensor ** k supports non-negative integer k only")
-        result, base = None, self
-        while exponent:
-            if exponent & 1:
-                result = base if result is None else result * base
-            exponent >>= 1
-            if exponent:
-                base = base * base
-        return result if result is not None else self._new(self._public_share(1.0, self.shape))
-
     def square(self) -> "MPCTensor":
         """self * self."""
         return self * self
+
+    def _int_pow(self, k: int) -> "MPCTensor":
+        """self ** k for a whole k >= 0: repeated squaring (about 2 log2 k products)."""
+        result, base = None, self
+        while k:
+            if k & 1:
+                result = base if result is None else result * base
+            k >>= 1
+            if k:
+                base = base * base
+        return result if result is not None else self._new(self._public_share(1.0, self.shape))
+
+    def pow(self, exponent: int | float | torch.Tensor) -> "MPCTensor":
+        """self ** exponent (a public number): a whole exponent by repeated squaring (a
+        negative one of reciprocal()), 0.5, -0.5 and -1 by sqrt, inv_sqrt and reciprocal;
+        any other real exponent of a positive base is pos_pow()'s."""
+        if isinstance(exponent, MPCTensor):
+            raise TypeError("pow takes a public exponent; for a private one use pos_pow()")
+        p = float(torch.as_tensor(exponent).item())
+        if p == int(p):
+            k = int(p)
+            return self._int_pow(k) if k >= 0 else self.reciprocal()._int_pow(-k)
+        roots = {0.5: self.sqrt, -0.5: self.inv_sqrt}
+        if p not in roots:
+            raise ValueError(f"pow: private x ** {p} is supported for whole exponents, 0.5 and "
+                             "-0.5; use pos_pow() for other exponents of a positive base")
+        return roots[p]()
+
+    def __pow__(self, exponent: int | float) -> "MPCTensor":
+        return self.pow(exponent)
+
+    def pos_pow(self, exponent: int | float | torch.Tensor | "MPCTensor") -> "MPCTensor":
+        """self ** exponent for self > 0 and any real (public or private) exponent, as
+        CrypTen: a whole public exponent by pow(), else exp(exponent * log(self)) (log's
+        domain and error, then the wide exp's: accurate while |exponent log self| <= 8,
+        about 0 rather than garbage down to -710)."""
+        if not isinstance(exponent, MPCTensor):
+            p = torch.as_tensor(exponent)
+            if p.numel() == 1 and float(p) == int(float(p)):
+                return self.pow(int(float(p)))
+        return (self.log() * exponent)._exp_wide()
+
+    def polynomial(self, coeffs: Sequence[float] | torch.Tensor | "MPCTensor") -> "MPCTensor":
+        """sum_i coeffs[i] * self ** (i + 1), as CrypTen (the linear term first, no constant
+        term): the powers in ceil(log2 k) product rounds (each round multiplies the powers
+        so far by the highest), then one product by the coefficients and a sum."""
+        c = coeffs if isinstance(coeffs, MPCTensor) else torch.as_tensor(coeffs, dtype=torch.float64)
+        if c.dim() != 1 or c.shape[0] == 0:
+            raise ValueError("polynomial coefficients must be a non-empty 1-d sequence or tensor")
+        k = c.shape[0]
+        terms = self.unsqueeze(0)
+        while terms.shape[0] < k:
+            top = terms[terms.shape[0] - 1:]
+            terms = cat([terms, terms[:k - terms.shape[0]] * top])
+        c = c.reshape(k, *[1] * self.dim())
+        return (terms * c).sum(0)
+
+    def prod(self, dim: int | None = None, keepdim: bool = False) -> "MPCTensor":
+        """Product of all elements, or along dim (as torch.prod): a tree of elementwise
+        products, ceil(log2 k) rounds."""
+        if dim is None:
+            out = self.reshape(-1).prod(0)
+            return out.reshape([1] * self.dim()) if keepdim else out
+        x = self.movedim(dim, -1) if self.dim() else self.reshape(1)
+        while x.shape[-1] > 1:
+            half = x.shape[-1] // 2
+            paired = x[..., :half] * x[..., half:2 * half]
+            x = cat([paired, x[..., 2 * half:]], -1) if x.shape[-1] % 2 else paired
+        out = x.squeeze(-1) if self.dim() else x.reshape(())
+        return out.unsqueeze(dim) if keepdim and self.dim() else out
+
+    def movedim(self, source: int, destination: int) -> "MPCTensor":
+        """Dimension source moved to position destination (as torch.movedim)."""
+        dims = list(range(self.dim()))
+        dims.insert(destination % self.dim(), dims.pop(source % self.dim()))
+        return self.permute(dims)
+
+    def dot(self, other: MPCTensor | Public) -> "MPCTensor":
+        """The inner product of two 1-d tensors."""
+        if self.dim() != 1 or len(other.shape) != 1:
+            raise ValueError("dot expects 1-d tensors")
+        return self.matmul(other)
+
+    def ger(self, other: MPCTensor | Public) -> "MPCTensor":
+        """The outer product of two 1-d tensors: one broadcast elementwise product."""
+        other = other.unsqueeze(0) if isinstance(other, MPCTensor) else torch.as_tensor(other).unsqueeze(0)
+        return self.unsqueeze(1) * other
+
+    def outer(self, other: MPCTensor | Public) -> "MPCTensor":
+        """ger(), under torch's newer name."""
+        return self.ger(other)
+
+    def norm(self, p: float | str = "fro", dim: Dims | None = None,
+             keepdim: bool = False) -> "MPCTensor":
+        """The p-norm over all elements or along dim: p = 1 (sum of abs), 2 or 'fro' (sqrt of
+        the sum of squares), inf (max of abs), other p >= 1 by pos_pow (as CrypTen)."""
+        p = 2 if p == "fro" else p
+        if not isinstance(p, (int, float)) or p < 1:
+            raise ValueError(f"norm: p must be 'fro' or a number >= 1, got {p!r}")
+
+        def summed(t: MPCTensor) -> MPCTensor:
+            return t.sum() if dim is None else t.sum(dim, keepdim=keepdim)
+        if p == 1:
+            return summed(self.abs())
+        if p == 2:
+            return summed(self.square()).sqrt()
+        if p == math.inf:
+            if dim is None:
+                return self.abs().max()
+            if not isinstance(dim, int):
+                raise ValueError("norm(p=inf) takes one dim")
+            return self.abs().max(dim, keepdim)[0]
+        return summed(self.abs().pos_pow(p)).pos_pow(1 / p)
+
+    def var(self, dim: Dims | None = None, unbiased: bool | None = None, keepdim: bool = False, *,
+            correction: int | None = None) -> "MPCTensor":
+        """Variance over all elements or along dim, sum((x - mean)^2) / (N - correction):
+        correction 1 by default (unbiased), 0 with unbiased=False, as torch.var."""
+        if correction is None:
+            correction = 0 if unbiased is False else 1
+        dims = tuple(range(self.dim())) if dim is None else ((dim,) if isinstance(dim, int) else tuple(dim))
+        count = math.prod(self.shape[d] for d in dims)
+        if count - correction <= 0:
+            raise ValueError(f"var of {count} elements with correction {correction}")
+        centred = self - self.mean(dims, keepdim=True)
+        return centred.square().sum(dims, keepdim=keepdim).div(count - correction)
+
+    def std(self, dim: Dims | None = None, unbiased: bool | None = None, keepdim: bool = False, *,
+            correction: int | None = None) -> "MPCTensor":
+        """sqrt(var(...)), as torch.std."""
+        return self.var(dim, unbiased, keepdim, correction=correction).sqrt()
+
+    def cumsum(self, dim: int) -> "MPCTensor":
+        """Running sums along dim (local)."""
+        settle([self])  # as sum(): partial sums of pending products could pass their bound
+        return record(Op.CUMSUM, self._new(self.share.cumsum(dim)), (self,), dim=dim)
+
+    def trace(self) -> "MPCTensor":
+        """The sum of a 2-d tensor's diagonal."""
+        if self.dim() != 2:
+            raise ValueError("trace expects a 2-d tensor")
+        rows, cols = self.shape
+        return self.take(torch.arange(min(rows, cols)) * (cols + 1)).sum()
+
+    def cosine_similarity(self, other: MPCTensor | Public, dim: int = 1,
+                          eps: float = 1e-8) -> "MPCTensor":
+        """sum(x y) / sqrt(sum(x^2) sum(y^2)) along dim, one inv_sqrt (whose domain bounds
+        the product of the squared norms by 2^45); eps is accepted for torch's signature: a
+        zero vector gives 0 (inv_sqrt(0) = 0), as torch does."""
+        xy = (self * other).sum(dim)
+        xx = self.square().sum(dim)
+        yy = (other.square() if isinstance(other, MPCTensor) else torch.as_tensor(other) ** 2).sum(dim)
+        return xy * (xx * yy).inv_sqrt()
+
+    def hardtanh(self, min_val: float = -1.0, max_val: float = 1.0) -> "MPCTensor":
+        """clamp(min_val, max_val), as torch.nn.functional.hardtanh: one comparison."""
+        return self.clamp(min_val, max_val)
+
+    def relu6(self) -> "MPCTensor":
+        """clamp(0, 6), as torch.nn.functional.relu6."""
+        return self.clamp(0.0, 6.0)
+
+    def _trig(self) -> tuple["MPCTensor", "MPCTensor"]:
+        c, s, pending = approximations.cos_sin(self.session, self.share)
+        return self._new(c, pending=pending), self._new(s, pending=pending)
+
+    def cos(self) -> "MPCTensor":
+        """Cosine (approximations.cos_sin: ceil(log2 n) rounds; see ERROR_BOUNDS)."""
+        return record(Op.COS, self._trig()[0], (self,))
+
+    def sin(self) -> "MPCTensor":
+        """Sine (approximations.cos_sin: ceil(log2 n) rounds; see ERROR_BOUNDS)."""
+        return record(Op.SIN, self._trig()[1], (self,))
+
+    def cossin(self) -> tuple["MPCTensor", "MPCTensor"]:
+        """(cos(self), sin(self)) from one protocol run, as CrypTen's cossin."""
+        c, s = self._trig()
+        return record(Op.COS, c, (self,)), record(Op.SIN, s, (self,))
 
     # -- comparisons (private 0/1 results, in fixed point) ---------------------------------
     def _bit(self, bit_share: torch.Tensor) -> "MPCTensor":
@@ -507,20 +674,80 @@ class MPCTensor:
 
     def max_pool2d(self, kernel_size: ring.IntOrTuple, stride: ring.IntOrTuple | None = None,
                    padding: ring.IntOrTuple = 0, dilation: ring.IntOrTuple = 1,
-                   ceil_mode: bool = False) -> "MPCTensor":
-        """torch.nn.functional.max_pool2d (padding counts as -inf)."""
+                   ceil_mode: bool = False,
+                   return_indices: bool = False) -> MPCTensor | tuple[MPCTensor, MPCTensor]:
+        """torch.nn.functional.max_pool2d (padding counts as -inf). return_indices=True also
+        gives each maximum's position in its H x W plane as a private index, as torch's
+        indices decrypt (the first maximum on ties): sum_j [j wins] * position_j from the
+        window's private one-hot mask, local once the mask is made (an index rather than the
+        mask: the output's size, not kernel-size times it, and what torch returns)."""
         # -2^30 at scale 2^f; -2^(61 - f - pending) for a pending input (its scale is higher)
         low = -(1 << 61) if self._pending else int(encode(-(2.0 ** 30), self._bits))
         fill = low if self.session.rank == 0 else 0
         geometry = dict(kernel_size=kernel_size, stride=stride, padding=padding, dilation=dilation,
                         ceil_mode=ceil_mode)
         win = ring.sliding_windows(self._data, fill=fill, **geometry)
-        if tape.wants((self,)):
+        if return_indices or tape.wants((self,)):
             top, hot = max_one_hot(self.session, win)
         else:
             (top, _), hot = max_along_last(self.session, win, 0), None
-        return record(Op.MAX_POOL2D, self._like(top), (self,), mask=hot, geometry=geometry,
-                      input_shape=self.shape)
+        values = record(Op.MAX_POOL2D, self._like(top), (self,), mask=hot, geometry=geometry,
+                        input_shape=self.shape)
+        if not return_indices:
+            return values
+        h, w = self.shape[-2:]
+        plane = torch.arange(h * w, dtype=torch.int64, device=win.device).reshape(1, 1, h, w)
+        positions = ring.sliding_windows(plane, fill=0, **geometry)
+        index = (hot * (positions << self._bits)).sum(-1)
+        return values, record(Op.MAX_POOL2D_INDICES, self._new(index), (self,), geometry=geometry)
+
+    def adaptive_max_pool2d(self, output_size: int | Sequence[int | None],
+                            return_indices: bool = False) -> MPCTensor | tuple[MPCTensor, MPCTensor]:
+        """torch.nn.functional.adaptive_max_pool2d to any size: output cell i of a dim is the
+        max of input positions floor(i L / out) .. ceil((i + 1) L / out) - 1, as torch. The
+        windows are gathered by a public index (shorter ones repeat their last element, which
+        changes neither the max nor, the first maximum winning, its index) and reduced by one
+        tournament each; return_indices=True adds the private flat index in the H x W plane."""
+        sizes = (output_size, output_size) if isinstance(output_size, int) else tuple(output_size)
+        return self._adaptive_max(sizes, return_indices)
+
+    def adaptive_max_pool1d(self, output_size: int | Sequence[int],
+                            return_indices: bool = False) -> MPCTensor | tuple[MPCTensor, MPCTensor]:
+        """torch.nn.functional.adaptive_max_pool1d, as adaptive_max_pool2d over the last dim."""
+        sizes = (output_size,) if isinstance(output_size, int) else tuple(output_size)
+        return self._adaptive_max(sizes, return_indices)
+
+    def _adaptive_max(self, sizes: tuple, return_indices: bool):
+        lengths = self.shape[self.dim() - len(sizes):]
+        cells = []  # per pooled dim: (out, padded window) positions along that dim
+        for length, out in zip(lengths, sizes):
+            out = length if out is None else out
+            bounds = [((i * length) // out, -(-((i + 1) * length) // out)) for i in range(out)]
+            width = max(hi - lo for lo, hi in bounds)
+            cells.append(torch.tensor([list(range(lo, hi)) + [hi - 1] * (width - hi + lo)
+                                       for lo, hi in bounds], dtype=torch.int64))
+        if len(cells) == 1:
+            flat = cells[0]  # (out, window) positions along the last dim
+        elif len(cells) == 2:  # (out_h, out_w, window) positions in the H x W plane, row-major
+            rows, cols = cells
+            flat = (rows[:, None, :, None] * lengths[1] + cols[None, :, None, :]).reshape(
+                rows.shape[0], cols.shape[0], -1)
+        else:
+            raise ValueError(f"adaptive max pooling over {len(cells)} dims")
+        outs = [c.shape[0] for c in cells]
+        flat = flat.to(self.device)
+        lead = self.shape[:self.dim() - len(sizes)]
+        windows = self.reshape(*lead, -1).index_select(-1, flat.reshape(-1))
+        windows = windows.reshape(*lead, *outs, flat.shape[-1])
+        if flat.shape[-1] == 1:
+            values = windows.squeeze(-1)
+            index = self._new(self._public_share(flat[..., 0].expand(values.shape).to(torch.float64)))
+        else:
+            values, _, hot = windows._reduce_max(-1, False, 1, one_hot=return_indices)
+            index = self._new((hot * (flat << self._bits)).sum(-1)) if return_indices else None
+        if not return_indices:
+            return values
+        return values, record(Op.MAX_POOL2D_INDICES, index, (self,), output_size=sizes)
 
     def relu_max_pool2d(self, kernel_size: ring.IntOrTuple, stride: ring.IntOrTuple | None = None,
                         padding: ring.IntOrTuple = 0, dilation: ring.IntOrTuple = 1,
@@ -716,6 +943,97 @@ class MPCTensor:
         """Order reversed along dims."""
         return record(Op.FLIP, self._like(self._data.flip(dims)), (self,), dims=dims)
 
+    # -- index operations (public indices, local on every share) ------------------------------
+    def _index(self, index: torch.Tensor) -> torch.Tensor:
+        index = torch.as_tensor(index)
+        if index.is_floating_point() or index.dtype == torch.bool:
+            raise TypeError(f"indices must be an integer tensor, got {index.dtype}")
+        return index.to(torch.int64).to(self._data.device)
+
+    def _source(self, src: "MPCTensor | Public", shape) -> tuple[torch.Tensor, torch.Tensor, Any, int]:
+        """(self's data, src's data at one scale, src as recorded, that scale's pending): a
+        private src aligned with self, a public one (or a number, filled to shape) encoded
+        at self's scale by party 0 (0 elsewhere)."""
+        if isinstance(src, MPCTensor):
+            src = self._coerce(src)
+            (a, b), pending = aligned([self, src])
+            return a, b, src, pending
+        p = self._public(src)
+        p = torch.full(tuple(shape), float(p), dtype=torch.float64) if p.dim() == 0 else p
+        enc = self._public_share(p, pending=self._pending)
+        return self._data, enc, p, self._pending
+
+    def gather(self, dim: int, index: torch.Tensor) -> "MPCTensor":
+        """torch.gather with a public index: out[i][j] = self[index[i][j]][j] (dim 0)."""
+        index = self._index(index)
+        out = self._like(self._data.gather(dim, index))
+        return record(Op.GATHER, out, (self,), dim=dim, index=index)
+
+    def scatter(self, dim: int, index: torch.Tensor, src: "MPCTensor | Public") -> "MPCTensor":
+        """torch.scatter (out of place) with a public index; src private, public or a number."""
+        index = self._index(index)
+        a, b, src, pending = self._source(src, index.shape)
+        out = self._new(a.scatter(dim, index, b), pending=pending)
+        return record(Op.SCATTER, out, (self, src), dim=dim, index=index)
+
+    def scatter_add(self, dim: int, index: torch.Tensor, src: "MPCTensor | Public") -> "MPCTensor":
+        """torch.scatter_add (out of place) with a public index; src private or public."""
+        index = self._index(index)
+        a, b, src, pending = self._source(src, index.shape)
+        out = self._new(a.scatter_add(dim, index, b), pending=pending)
+        return record(Op.SCATTER_ADD, out, (self, src), dim=dim, index=index)
+
+    def index_select(self, dim: int, index: torch.Tensor) -> "MPCTensor":
+        """The entries at a public 1-d index along dim (repeats allowed)."""
+        index = self._index(index).reshape(-1)
+        out = self._like(self._data.index_select(dim, index))
+        return record(Op.INDEX_SELECT, out, (self,), dim=dim, index=index)
+
+    def index_add(self, dim: int, index: torch.Tensor, source: "MPCTensor | Public",
+                  alpha: float = 1) -> "MPCTensor":
+        """torch.index_add (out of place): self with alpha * source's slices added at a public
+        1-d index along dim (repeats accumulate)."""
+        index = self._index(index).reshape(-1)
+        if alpha != 1:
+            source = source * alpha if isinstance(source, MPCTensor) else torch.as_tensor(source) * alpha
+        a, b, source, pending = self._source(source, ())
+        out = self._new(a.index_add(dim, index, b), pending=pending)
+        return record(Op.INDEX_ADD, out, (self, source), dim=dim, index=index)
+
+    def take(self, index: torch.Tensor) -> "MPCTensor":
+        """The entries at a public index into the flattened tensor, in index's shape."""
+        index = self._index(index)
+        flat = index.reshape(-1) % max(self.numel(), 1)
+        return self.reshape(-1).index_select(0, flat).reshape(index.shape)
+
+    def roll(self, shifts: int | Sequence[int], dims: Dims | None = None) -> "MPCTensor":
+        """Elements shifted cyclically along dims (the flattened tensor if None), as torch.roll."""
+        shifts = shifts if isinstance(shifts, int) else tuple(shifts)
+        dims = dims if dims is None or isinstance(dims, int) else tuple(dims)
+        out = self._like(self._data.roll(shifts, dims))
+        return record(Op.ROLL, out, (self,), shifts=shifts, dims=dims)
+
+    def unfold(self, dimension: int, size: int, step: int) -> "MPCTensor":
+        """Every window of `size` elements `step` apart along dimension, in a new last
+        dimension (as torch.Tensor.unfold): an index_select of the windows' positions."""
+        d = dimension % self.dim()
+        windows = (self.shape[d] - size) // step + 1
+        if size < 1 or step < 1 or windows < 1:
+            raise ValueError(f"unfold: size {size}, step {step} for dimension of {self.shape[d]}")
+        positions = (torch.arange(windows) * step).unsqueeze(1) + torch.arange(size)
+        picked = self.index_select(d, positions.reshape(-1))
+        picked = picked.reshape(*self.shape[:d], windows, size, *self.shape[d + 1:])
+        return picked.movedim(d + 1, -1)
+
+    def unbind(self, dim: int = 0) -> tuple["MPCTensor", ...]:
+        """The slices along dim, that dim removed."""
+        d = dim % self.dim()
+        return tuple(self[(slice(None),) * d + (i,)] for i in range(self.shape[d]))
+
+    def select(self, dim: int, index: int) -> "MPCTensor":
+        """The slice at index along dim, that dim removed."""
+        return self[(slice(None),) * (dim % self.dim()) + (index,)]
+
     def contiguous(self) -> "MPCTensor":
         """self (shares are always usable as they are)."""
         return self
@@ -754,6 +1072,139 @@ class MPCTensor:
         else:
             self.share[index] = self._public_share(value)
 
+    def bernoulli(self) -> "MPCTensor":
+        """Private 0/1 draws with probabilities self (in [0, 1]), as torch.bernoulli: see
+        mpc_ml.bernoulli."""
+        return bernoulli(self)
+
+    # -- in-place ops: the result assigned into self, as set_ does ----------------------------
+    def _in_place(self, method: str, *args: Any, **kwargs: Any) -> "MPCTensor":
+        """self = self.<method>(*args) in place, as torch's `<method>_`: self's shares are
+        replaced (set_), not written into the storage a view shares. Under grad mode the
+        op is recorded on a stand-in for self's old value, so backward routes through it;
+        a leaf that requires grad is refused, as torch; backward through an op recorded
+        before the change is refused (the version count), as torch."""
+        if tape.is_grad_enabled() and self.requires_grad and self.is_leaf:
+            raise RuntimeError("a leaf Variable that requires grad is being used in an in-place "
+                               "operation (wrap it in mpc.no_grad(), as for an optimizer step)")
+        old = self._new(self._data, self.dtype, self._pending)
+        old.requires_grad, old.grad_fn, old._version = self.requires_grad, self.grad_fn, self._version
+        args = tuple(old if a is self else a for a in args)
+        out = getattr(old, method)(*args, **kwargs)
+        self._data, self._pending, self._riding = out._data, out._pending, None
+        self._drop_masks()
+        self._version += 1
+        if tape.is_grad_enabled():
+            self.requires_grad, self.grad_fn = out.requires_grad, out.grad_fn
+        return self
+
+    def add_(self, other: MPCTensor | Public, *, alpha: float = 1) -> "MPCTensor":
+        """self += alpha * other, in place."""
+        return self._in_place("add", other if alpha == 1 else other * alpha)
+
+    def sub_(self, other: MPCTensor | Public, *, alpha: float = 1) -> "MPCTensor":
+        """self -= alpha * other, in place."""
+        return self._in_place("sub", other if alpha == 1 else other * alpha)
+
+    def mul_(self, other: MPCTensor | Public) -> "MPCTensor":
+        """self *= other, in place."""
+        return self._in_place("mul", other)
+
+    def div_(self, other: MPCTensor | Public) -> "MPCTensor":
+        """self /= other, in place."""
+        return self._in_place("div", other)
+
+    def neg_(self) -> "MPCTensor":
+        """self = -self, in place."""
+        return self._in_place("neg")
+
+    def abs_(self) -> "MPCTensor":
+        """self = |self|, in place."""
+        return self._in_place("abs")
+
+    def square_(self) -> "MPCTensor":
+        """self = self * self, in place."""
+        return self._in_place("square")
+
+    def pow_(self, exponent: int | float) -> "MPCTensor":
+        """self = self ** exponent, in place (pow's exponents)."""
+        return self._in_place("pow", exponent)
+
+    def clamp_(self, min: Public | None = None, max: Public | None = None) -> "MPCTensor":
+        """self = clamp(self, min, max), in place."""
+        return self._in_place("clamp", min, max)
+
+    def hardtanh_(self, min_val: float = -1.0, max_val: float = 1.0) -> "MPCTensor":
+        """self = hardtanh(self), in place."""
+        return self._in_place("hardtanh", min_val, max_val)
+
+    def relu_(self) -> "MPCTensor":
+        """self = relu(self), in place."""
+        return self._in_place("relu")
+
+    def sigmoid_(self) -> "MPCTensor":
+        """self = sigmoid(self), in place."""
+        return self._in_place("sigmoid")
+
+    def tanh_(self) -> "MPCTensor":
+        """self = tanh(self), in place."""
+        return self._in_place("tanh")
+
+    def exp_(self) -> "MPCTensor":
+        """self = e^self, in place."""
+        return self._in_place("exp")
+
+    def log_(self) -> "MPCTensor":
+        """self = log(self), in place."""
+        return self._in_place("log")
+
+    def sqrt_(self) -> "MPCTensor":
+        """self = sqrt(self), in place."""
+        return self._in_place("sqrt")
+
+    def reciprocal_(self) -> "MPCTensor":
+        """self = 1 / self, in place."""
+        return self._in_place("reciprocal")
+
+    def cos_(self) -> "MPCTensor":
+        """self = cos(self), in place."""
+        return self._in_place("cos")
+
+    def sin_(self) -> "MPCTensor":
+        """self = sin(self), in place."""
+        return self._in_place("sin")
+
+    def scatter_(self, dim: int, index: torch.Tensor, src: "MPCTensor | Public") -> "MPCTensor":
+        """scatter(), in place."""
+        return self._in_place("scatter", dim, index, src)
+
+    def scatter_add_(self, dim: int, index: torch.Tensor, src: "MPCTensor | Public") -> "MPCTensor":
+        """scatter_add(), in place."""
+        return self._in_place("scatter_add", dim, index, src)
+
+    def index_add_(self, dim: int, index: torch.Tensor, source: "MPCTensor | Public",
+                   alpha: float = 1) -> "MPCTensor":
+        """index_add(), in place."""
+        return self._in_place("index_add", dim, index, source, alpha)
+
+    def _filled(self, value: "MPCTensor | Public") -> "MPCTensor":
+        """value broadcast to self's shape (a copy), on the graph when private."""
+        if isinstance(value, MPCTensor):
+            return self._coerce(value).expand(self.shape).clone()
+        return self._new(self._public_share(value, self.shape))
+
+    def copy_(self, src: "MPCTensor | Public") -> "MPCTensor":
+        """self's values replaced by src's (broadcast), in place; the gradient goes to src."""
+        return self._in_place("_filled", src)
+
+    def fill_(self, value: float) -> "MPCTensor":
+        """Every element set to a public value, in place."""
+        return self._in_place("_filled", value)
+
+    def zero_(self) -> "MPCTensor":
+        """Every element set to 0, in place."""
+        return self._in_place("_filled", 0.0)
+
     def set_(self, source: "MPCTensor") -> "MPCTensor":
         """Take source's shares in place (as torch's set_), pending truncation included."""
         self._data, self._pending, self._riding = source._data, source._pending, None
@@ -773,8 +1224,12 @@ class MPCTensor:
         return self.to("cuda")
 
 
-def bilinear(op: Op, x: MPCTensor | Public, y: MPCTensor | Public, **kwargs) -> MPCTensor:
-    """op(x, y) for a bilinear op where at least one operand is private."""
+def bilinear(op: Op, x: MPCTensor | Public, y: MPCTensor | Public, *, record_as: Op | None = None,
+             record_ctx: dict | None = None, **kwargs) -> MPCTensor:
+    """op(x, y) for a bilinear op where at least one operand is private; recorded as op with
+    kwargs, or as `record_as` with `record_ctx` (an op computed by a bilinear kernel, such as
+    conv_transpose2d by conv2d_input)."""
+    recorded, ctx = (op, kwargs) if record_as is None else (record_as, record_ctx or {})
     xp, yp = isinstance(x, MPCTensor), isinstance(y, MPCTensor)
     ref = x if xp else y
     session, bits = ref.session, ref._bits
@@ -797,7 +1252,7 @@ def bilinear(op: Op, x: MPCTensor | Public, y: MPCTensor | Public, **kwargs) -> 
         else:
             settle([x, y])
             z = beaver_product(session, op, x.share, y.share, **kwargs)
-        return record(op, ref._new(z, dtype, pending=bits), (x, y), **kwargs)
+        return record(recorded, ref._new(z, dtype, pending=bits), (x, y), **ctx)
     private, public = (x, y) if xp else (y, x)
     p = private._public(public)
     force = session.config.force_limbs
@@ -810,7 +1265,7 @@ def bilinear(op: Op, x: MPCTensor | Public, y: MPCTensor | Public, **kwargs) -> 
         enc = encode(p, bits, device=private.device)
         args = (private.share, enc) if xp else (enc, private.share)
         out = private._new(ring.bilinear(op, *args, force, **kwargs), pending=bits)
-    return record(op, out, (x, p) if xp else (p, y), **kwargs)
+    return record(recorded, out, (x, p) if xp else (p, y), **ctx)
 
 
 def aligned(tensors: Sequence[MPCTensor]) -> tuple[list[torch.Tensor], int]:
@@ -925,3 +1380,96 @@ def where(condition: MPCTensor | torch.Tensor, input: MPCTensor | Public,
     (a, b), ref, pending = _shares([input, other])
     out = ref._new(torch.where(cond.to(a.device), a, b), pending=pending)
     return record(Op.WHERE, out, (input, other), condition=cond)
+
+
+def conv_transpose2d(input: MPCTensor | torch.Tensor, weight: MPCTensor | torch.Tensor,
+                     bias: MPCTensor | torch.Tensor | None = None, stride: ring.IntOrTuple = 1,
+                     padding: ring.IntOrTuple = 0, output_padding: ring.IntOrTuple = 0,
+                     groups: int = 1, dilation: ring.IntOrTuple = 1) -> MPCTensor:
+    """torch.nn.functional.conv_transpose2d where input and/or weight are private: the
+    adjoint of conv2d(., weight) applied to input, one Beaver product of the operands' own
+    sizes (the conv2d_input kernel that conv2d's backward uses; no zero-spread input).
+    output_padding must be below stride (torch also allows it below dilation)."""
+    stride, padding, output_padding, dilation = (ring.pair(v, 2) for v in (
+        stride, padding, output_padding, dilation))
+    if any(o >= s for o, s in zip(output_padding, stride)):
+        raise ValueError(f"conv_transpose2d: output_padding {output_padding} must be smaller "
+                         f"than stride {stride}")
+    n, _, *size = input.shape
+    kernel = weight.shape[2:]
+    out = [(i - 1) * s - 2 * p + d * (k - 1) + o + 1
+           for i, s, p, d, k, o in zip(size, stride, padding, dilation, kernel, output_padding)]
+    geometry = dict(stride=list(stride), padding=list(padding), dilation=list(dilation), groups=groups)
+    ctx = dict(stride=stride, padding=padding, output_padding=output_padding, dilation=dilation,
+               groups=groups)
+    result = bilinear(Op.CONV2D_INPUT, input, weight, input_shape=[n, weight.shape[1] * groups, *out],
+                      record_as=Op.CONV_TRANSPOSE2D, record_ctx=ctx, **geometry)
+    return _add_bias(result, bias, 2)
+
+
+def conv_transpose1d(input: MPCTensor | torch.Tensor, weight: MPCTensor | torch.Tensor,
+                     bias: MPCTensor | torch.Tensor | None = None, stride: ring.IntOrTuple = 1,
+                     padding: ring.IntOrTuple = 0, output_padding: ring.IntOrTuple = 0,
+                     groups: int = 1, dilation: ring.IntOrTuple = 1) -> MPCTensor:
+    """torch.nn.functional.conv_transpose1d where input and/or weight are private (a height-1
+    conv_transpose2d)."""
+    def one(v: ring.IntOrTuple) -> tuple[int, int]:
+        return (0, ring.pair(v, 1)[0])
+    out = conv_transpose2d(input.unsqueeze(2), weight.unsqueeze(2), None,
+                           (1, ring.pair(stride, 1)[0]), one(padding), one(output_padding), groups,
+                           (1, ring.pair(dilation, 1)[0]))
+    return _add_bias(out.squeeze(2), bias, 1)
+
+
+# -- private randomness --------------------------------------------------------------------
+def _size(size: tuple) -> tuple[int, ...]:
+    return tuple(size[0]) if len(size) == 1 and isinstance(size[0], (tuple, list, torch.Size)) else size
+
+
+def rand(*size: int | Sequence[int], device: torch.device | str | None = None) -> MPCTensor:
+    """Private uniform values on [0, 1) that no party knows: the multiples of 2^-f there,
+    each with probability 2^-f (mean (1 - 2^-f) / 2), f = precision_bits.
+
+    1. each party draws f bits per element from its own cryptographic PRG: an XOR sharing
+       of the f-bit word u, uniform when any one party's draw is;
+    2. u = sum_k 2^k bit_k by one B2A of those f bits (daBits, b2a_weighted): additive
+       shares of u, which at scale 2^f is u / 2^f.
+    1 round; ceil(numel f / 8) bytes to each peer (packed bits), one dabits request.
+    """
+    session = current()
+    shape, f = _size(size), session.config.precision_bits
+    word = session.own.random_ring(shape, device) & ((1 << f) - 1)
+    weights = torch.tensor([[1 << k] for k in range(f)], dtype=torch.int64)
+    share = b2a_weighted(session, word, list(range(f)), weights)[..., 0]
+    return MPCTensor(share, session)
+
+
+IRWIN_HALL_TERMS = 12
+"""randn sums this many private uniforms: variance 1 without scaling."""
+
+
+def randn(*size: int | Sequence[int], device: torch.device | str | None = None) -> MPCTensor:
+    """Private approximately standard normal values that no party knows: the Irwin-Hall sum
+    of 12 rand() values minus its mean 6 (1 - 2^-f), exact in the ring (no truncation, no
+    approximation), in rand's one round (12 numel elements).
+
+    Its distribution: mean 0, variance 1 - 2^-2f, excess kurtosis -0.1 (normal: 0), support
+    [-6, 6] (normal tails beyond 6 sigma: 2e-9); its CDF is within 2.4e-3 of the normal
+    one everywhere (Irwin-Hall's own deviation for 12 terms, 2.34e-3; the 2^-f grid adds
+    at most 2^-f). For Gaussian noise whose tails matter (differential privacy) this is not a
+    substitute for an exact sampler.
+    """
+    shape = _size(size)
+    total = rand(IRWIN_HALL_TERMS, *shape, device=device).sum(0)
+    f = total._bits
+    return total.sub(IRWIN_HALL_TERMS * (1 - 2.0 ** -f) / 2)
+
+
+def bernoulli(p: MPCTensor | Public) -> MPCTensor:
+    """Private 0/1 draws, 1 with probability p (private or public, in [0, 1]), no party
+    knowing the outcome: [rand() < p], one rand round and one comparison. P(1) =
+    ceil(p 2^f) / 2^f, within 2^-f of p."""
+    if isinstance(p, MPCTensor):
+        return rand(p.shape, device=p.device).lt(p)
+    p = torch.as_tensor(p, dtype=torch.float64)
+    return rand(p.shape, device=p.device).lt(p)

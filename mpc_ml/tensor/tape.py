@@ -54,12 +54,14 @@ def enable_grad() -> _GradMode:
 
 
 class Node:
-    """How an output was made: its Op, inputs, and saved context."""
+    """How an output was made: its Op, inputs, saved context, and the inputs' versions
+    (their count of in-place ops when recorded: backward refuses a changed one, as torch)."""
 
-    __slots__ = ("op", "inputs", "ctx")
+    __slots__ = ("op", "inputs", "ctx", "versions")
 
     def __init__(self, op: Op, inputs: tuple, ctx: dict):
         self.op, self.inputs, self.ctx = op, inputs, ctx
+        self.versions = tuple(getattr(t, "_version", 0) for t in inputs)
 
     def __repr__(self) -> str:
         return f"<{self.op.value}Backward>"
@@ -123,6 +125,17 @@ def _topological(root) -> list:
     return order[::-1]
 
 
+def _check_versions(node: Node) -> None:
+    """Refuse a node whose private input was changed in place after it was recorded: the
+    gradient would use the new value (or route through the new op), as torch refuses."""
+    for i, (t, version) in enumerate(zip(node.inputs, node.versions)):
+        if requires_grad(t) and getattr(t, "_version", 0) != version:
+            raise RuntimeError(
+                f"one of the variables needed for gradient computation has been modified by "
+                f"an inplace operation: input {i} of {node.op.value}Backward is at version "
+                f"{t._version}; expected version {version} instead")
+
+
 def backward(root: Any, grad: Any = None) -> None:
     """Accumulate gradients of root into the .grad of every leaf that requires grad.
 
@@ -152,6 +165,7 @@ def backward(root: Any, grad: Any = None) -> None:
                     t.grad = g if t.grad is None else t.grad + g
                     continue
                 node = t.grad_fn
+                _check_versions(node)
                 for inp, ig in zip(node.inputs, GRADIENTS[node.op](node, t, g)):
                     if ig is None or not requires_grad(inp):
                         continue

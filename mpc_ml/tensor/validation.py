@@ -69,6 +69,14 @@ def _window_sum(a, ctx, out, bits):
                         count_include_pad=True, divisor_override=1)
 
 
+def _pool_indices(a, ctx, out, bits):
+    if "geometry" in ctx:
+        return F.max_pool2d(a[0], **ctx["geometry"], return_indices=True)[1].double()
+    size = ctx["output_size"]
+    pool = F.adaptive_max_pool2d if len(size) == 2 else F.adaptive_max_pool1d
+    return pool(a[0], size, return_indices=True)[1].double()
+
+
 Reference = Callable[[list, dict, Any, int], torch.Tensor]
 REFERENCES: dict[Op, Reference] = {
     Op.ADD: lambda a, c, o, b: a[0] + a[1],
@@ -109,6 +117,18 @@ REFERENCES: dict[Op, Reference] = {
     Op.GELU: lambda a, c, o, b: torch.nn.functional.gelu(a[0]),
     Op.SOFTMAX: lambda a, c, o, b: a[0].softmax(c["dim"]),
     Op.LOG_SOFTMAX: lambda a, c, o, b: a[0].log_softmax(c["dim"]),
+    Op.COS: lambda a, c, o, b: a[0].cos(),
+    Op.SIN: lambda a, c, o, b: a[0].sin(),
+    Op.CUMSUM: lambda a, c, o, b: a[0].cumsum(c["dim"]),
+    Op.ROLL: lambda a, c, o, b: a[0].roll(c["shifts"], c["dims"]),
+    Op.GATHER: lambda a, c, o, b: a[0].gather(c["dim"], c["index"]),
+    Op.SCATTER: lambda a, c, o, b: a[0].scatter(c["dim"], c["index"], a[1].to(a[0].dtype)),
+    Op.SCATTER_ADD: lambda a, c, o, b: a[0].scatter_add(c["dim"], c["index"], a[1].to(a[0].dtype)),
+    Op.INDEX_SELECT: lambda a, c, o, b: a[0].index_select(c["dim"], c["index"]),
+    Op.INDEX_ADD: lambda a, c, o, b: a[0].index_add(c["dim"], c["index"], a[1].to(a[0].dtype)),
+    Op.CONV_TRANSPOSE2D: lambda a, c, o, b: F.conv_transpose2d(
+        a[0], a[1], None, c["stride"], c["padding"], c["output_padding"], c["groups"], c["dilation"]),
+    Op.MAX_POOL2D_INDICES: _pool_indices,
     **{op: (lambda op: lambda a, c, o, b: ring.FLOAT_BILINEAR[op](a[0], a[1], **c))(op)
        for op in BILINEAR_OPS},
 }
@@ -119,7 +139,7 @@ def _allowed(op: Op, inputs: list, want: torch.Tensor, bits: int) -> torch.Tenso
     ulp = 2.0 ** -bits
     if op.value in ERROR_BOUNDS:
         return ERROR_BOUNDS[op.value].allowed(inputs[0], want)
-    if op in BILINEAR_OPS:
+    if op in BILINEAR_OPS or op == Op.CONV_TRANSPOSE2D:
         return torch.full_like(want, ulp) + 1e-12 * want.abs()
     if op == Op.DIV_PUBLIC:  # 1/p is encoded at f + log2|p| bits: |x| 2^-(f+1) / |p| <= |y| 2^-(f+1)
         return ulp + want.abs() * 2.0 ** -(bits + 1)
