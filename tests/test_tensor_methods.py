@@ -95,6 +95,15 @@ def _inplace_copy(L, a, b):
     return y * a
 
 
+def _inplace_fill(L, a, b):
+    y = a * 1.0
+    y.zero_()
+    y.add_(b)
+    z = a * 1.0
+    z.fill_(0.25)
+    return y * a + z
+
+
 def _inplace_index(L, a, b, c):
     y = a * 1.0
     y.index_add_(0, torch.tensor([2, 0]), b)
@@ -126,6 +135,7 @@ CASES = {
     "inplace_div_private": (lambda L, a, b: (a * 1.0).div_(b), [P(3, 4), P(3, 4, lo=1.0, hi=3.0)], 2e-3),
     "inplace_nonlinear": (_inplace_nonlinear, [P(3, 4, lo=-2.0, hi=2.0), P(3, 4, lo=-3.0, hi=3.0)], 2e-3),
     "inplace_copy": (_inplace_copy, [P(3, 4), P(4)], 1e-3),
+    "inplace_fill": (_inplace_fill, [P(3, 4), P(3, 4)], 1e-3),
     "inplace_index": (_inplace_index, [P(3, 4), P(2, 4), P(3, 2)], 1e-3),
     # powers, products and reductions
     "pow_whole": (lambda L, a: a.pow(3) + a.pow(0) + a ** 2 + a.pow(1.0), [P(3, 4)], 1e-3),
@@ -378,6 +388,26 @@ def test_new_ops_pass_the_validation_mode():
 
     assert mpc.run(body, world_size=2, backend="inproc", provider="tfp",
                    config=mpc.Config(validate=True))[0]
+
+
+def test_refusals_name_what_is_supported():
+    def body():
+        x = enc(torch.ones(2, 1, 3, 3), 0)
+        with pytest.raises(ValueError, match="pos_pow"):
+            x.pow(1.5)
+        with pytest.raises(TypeError, match="public exponent"):
+            x.pow(x)
+        with pytest.raises(ValueError, match="p must be"):
+            x.norm(0.5)
+        with pytest.raises(ValueError, match="output_padding"):
+            mpc.tensor.conv_transpose2d(x, torch.ones(1, 1, 2, 2), stride=2, output_padding=2)
+        with pytest.raises(TypeError, match="integer tensor"):
+            x.gather(1, torch.zeros(2, 1, 3, 3))
+        with pytest.raises(ValueError, match="dot expects 1-d"):
+            x.dot(x)
+        return True
+
+    assert mpc.run(body, world_size=2, backend="inproc", provider="tfp")[0]
 
 
 def test_cos_sin_bound_on_a_wide_grid():
