@@ -10,6 +10,7 @@ PROTOCOL_VERSION = 2  # 2: seeds by key agreement, job ids, attestation, prefetc
 TRUNCATION_METHODS = ("exact", "local")
 COMPARISON_METHODS = ("circuit", "fss")
 DEALER_ATTEST_MODES = ("none", "sim", "sgx")
+PRG_ALGORITHMS = ("aes", "chacha20")
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,11 @@ class Config:
     """How long the dealer waits for the next request before giving up."""
     force_limbs: bool = False
     """Compute matmul/conv by the CUDA float64-limb kernels even on CPU (to test them)."""
+    prg: str = "aes"
+    """The keystream of every seeded draw: 'aes' (AES-128-CTR from `cryptography`, the
+    fastest on a CPU; draws for a GPU tensor are made on the host and copied) or
+    'chacha20' (core/chacha.py in torch integer ops: made on the tensor's device, no host
+    round trip; what a GPU job should use). Agreed at the handshake, the dealer's too."""
     allow_insecure: bool = False
     """Let parties on non-loopback addresses run without TLS (shares then cross the network
     in the clear). Also MPC_ALLOW_INSECURE=1 or --allow-insecure."""
@@ -72,6 +78,8 @@ class Config:
         if self.dealer_attest not in DEALER_ATTEST_MODES:
             raise ValueError(f"unknown dealer_attest {self.dealer_attest!r}; choose one of "
                              f"{DEALER_ATTEST_MODES}")
+        if self.prg not in PRG_ALGORITHMS:
+            raise ValueError(f"unknown prg {self.prg!r}; choose one of {PRG_ALGORITHMS}")
         if self.comm_timeout_s <= 0 or self.connect_timeout_s <= 0:
             raise ValueError("timeouts must be positive")
 
@@ -83,6 +91,7 @@ class Config:
         """The fields that every party must hold identical values for."""
         return {"precision_bits": self.precision_bits, "truncation": self.truncation,
                 "comparison": self.comparison, "validate": self.validate, "job": self.job_id,
+                "prg": self.prg,
                 "protocol_version": PROTOCOL_VERSION}
 
     @classmethod

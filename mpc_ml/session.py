@@ -49,7 +49,7 @@ class Session:
         check_job(comm.world_size, provider, config, one_party)
         self.comm, self.config = comm, config
         self.rank, self.world_size = comm.rank, comm.world_size
-        self.own = PRG(new_seed())
+        self.own = PRG(new_seed(), config.prg)
         self.pairwise = self._agree_pairwise_seeds(
             json.dumps(config.agreed_fields(), sort_keys=True).encode())
         self.zero_streams = {j: prg.derive("zero") for j, prg in self.pairwise.items()}
@@ -98,8 +98,8 @@ class Session:
             if t.dtype != torch.uint8 or t.numel() != SEED_BYTES + SEAL_OVERHEAD:
                 raise ValueError(f"party {self.rank}: malformed common seed from party 0")
             common = unseal(sealing[0], bytes(t.numpy().tobytes()))
-        self.common = PRG(common)
-        return {j: PRG(s) for j, s in seeds.items()}
+        self.common = PRG(common, self.config.prg)
+        return {j: PRG(s, self.config.prg) for j, s in seeds.items()}
 
     def _agree_on_the_dealer(self) -> None:
         """Every party attested the same dealer in this session (or none attested): one

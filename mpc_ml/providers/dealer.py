@@ -29,7 +29,7 @@ import torch
 
 from ..comm import CommError, Link, PeerError, Stats, message_bytes
 from ..core.keys import PUBLIC_KEY_BYTES, KeyAgreement, transcript
-from ..core.prg import PRG
+from ..core.prg import ALGORITHMS as PRG_ALGORITHMS, PRG
 from . import attestation
 from .base import (PREFETCH_WINDOW, Correlation, CorrelationGenerator, PrefetchDivergence, Provider,
                    canonical, check_prefetch, draw_shares, kind_of)
@@ -126,13 +126,14 @@ class DealerProvider(Provider):
 
     def __init__(self, rank: int, world_size: int, link: Link, timeout: float,
                  measurements: list[str] | None = None,
-                 allowed_tcb: tuple[str, ...] = attestation.DEFAULT_TCB_STATUSES):
+                 allowed_tcb: tuple[str, ...] = attestation.DEFAULT_TCB_STATUSES,
+                 prg: str = "aes"):
         super().__init__()
         self.rank, self.world_size = rank, world_size
         self.link, self.timeout = link, timeout
         self.traffic = Stats()
-        self.dealer = party_seed_agreement(link, rank, timeout, measurements, allowed_tcb)
-        self._stream = PRG(self.dealer.seed)
+        self.dealer = party_seed_agreement(link, rank, timeout, measurements, allowed_tcb, prg)
+        self._stream = PRG(self.dealer.seed, prg)
         self.is_correction_party = rank == world_size - 1
         self._pending: collections.deque[tuple[Correlation, bool]] = collections.deque()
         """Correlations whose corrections are still to come, each with whether it ends a
@@ -149,7 +150,8 @@ class DealerProvider(Provider):
                allowed_tcb: tuple[str, ...] = attestation.DEFAULT_TCB_STATUSES) -> "DealerProvider":
         if dealer_link is None:
             raise ValueError("provider 'dealer' needs a connection to a dealer")
-        return cls(rank, world_size, dealer_link, timeout, measurements, allowed_tcb)
+        return cls(rank, world_size, dealer_link, timeout, measurements, allowed_tcb,
+                   own.algorithm)
 
     def prefetch(self, requests: list[dict], repeats: int, window: int = PREFETCH_WINDOW) -> None:
         """Announce the next `repeats` runs of `requests`: the last party sends the list
@@ -334,13 +336,15 @@ def _verify_dealer(msg, rank: int, mode: str, dealer_key: bytes, nonce: bytes,
 
 def party_seed_agreement(link: Link, rank: int, timeout: float,
                          measurements: list[str] | None = None,
-                         allowed_tcb: tuple[str, ...] = attestation.DEFAULT_TCB_STATUSES) -> DealerHello:
+                         allowed_tcb: tuple[str, ...] = attestation.DEFAULT_TCB_STATUSES,
+                         prg: str = "aes") -> DealerHello:
     """A party's seed shared with the dealer: the dealer's X25519 public key arrives, the
     party answers with its own and a fresh nonce, and both derive the seed (no seed
     crosses the link). An attesting dealer then sends a quote whose report data holds the
     hash of that key and of every party's nonce: the seed is bound to the attested key,
     so verifying the quote and using the seed are one act (RA-TLS's idea). With pinned
-    measurements, a dealer that does not attest one of them is refused."""
+    measurements, a dealer that does not attest one of them is refused. The party names
+    its PRG algorithm (Config.prg), which the dealer's draws for it then use."""
     hello = link.recv(timeout)
     dealer_key = _public_key_of(hello, f"party {rank}: the dealer")
     mode = hello.get("attest", "none")
@@ -348,7 +352,7 @@ def party_seed_agreement(link: Link, rank: int, timeout: float,
         raise attestation.AttestationError(f"party {rank}: the dealer announces attestation "
                                            f"mode {mode!r}", "config")
     agreement, nonce = KeyAgreement(), attestation.new_nonce()
-    link.send({"x25519": agreement.public.hex(), "nonce": nonce.hex()})
+    link.send({"x25519": agreement.public.hex(), "nonce": nonce.hex(), "prg": prg})
     seed = agreement.derive(dealer_key, "dealer seed", _seed_context(rank, dealer_key,
                                                                        agreement.public))
     if mode == "none":
@@ -378,11 +382,12 @@ def serve_dealer(links: dict[int, Link], world_size: int, idle_timeout: float,
         agreement = KeyAgreement()
         for link in links.values():
             link.send({"x25519": agreement.public.hex(), "attest": attest})
-        seeds, nonces = {}, {}
+        seeds, nonces, prgs = {}, {}, {}
         for rank, link in links.items():
             msg = link.recv(idle_timeout)
             party_key = _public_key_of(msg, f"the dealer: party {rank}")
             nonces[rank] = msg.get("nonce", "")
+            prgs[rank] = msg.get("prg", "aes")
             seeds[rank] = agreement.derive(party_key, "dealer seed",
                                            _seed_context(rank, agreement.public, party_key))
         if attest != "none":
@@ -398,7 +403,10 @@ def serve_dealer(links: dict[int, Link], world_size: int, idle_timeout: float,
             for link in links.values():
                 link.send({"quote": quote.hex(), "nonces": [n.hex() for n in ordered],
                            "collateral": collateral})
-        generator = CorrelationGenerator([PRG(seeds[r]) for r in range(world_size)],
+        if len(set(prgs.values())) != 1 or prgs[0] not in PRG_ALGORITHMS:
+            raise ValueError(f"the dealer: the parties name PRG algorithms {prgs}; they must name "
+                           f"one of {PRG_ALGORITHMS}, the same")
+        generator = CorrelationGenerator([PRG(seeds[r], prgs[r]) for r in range(world_size)],
                                          correction_party=world_size - 1)
         return _serve_requests(links[world_size - 1], world_size - 1, generator, idle_timeout,
                                [links[r] for r in range(world_size - 1)])

@@ -1,0 +1,64 @@
+"""ChaCha20 (RFC 8439) written with torch integer ops, so that a keystream is made on the
+device its tensor lives on (a GPU has no AES instructions to call; ChaCha is add, rotate
+and xor, which any device does). 32-bit words are held in int64 and masked.
+
+The block function maps (key: 8 words, counter: 1 word, nonce: 3 words) to 16 words:
+the state (constants, key, counter, nonce) after 10 double rounds of quarter rounds,
+plus the state. Many blocks are computed at once, one per counter value.
+"""
+from __future__ import annotations
+
+import struct
+
+import torch
+
+MASK = 0xFFFFFFFF
+CONSTANTS = (0x61707865, 0x3320646E, 0x79622D32, 0x6B206574)  # "expand 32-byte k"
+KEY_BYTES, NONCE_BYTES = 32, 12
+
+
+def _rotl(x: torch.Tensor, n: int) -> torch.Tensor:
+    return ((x << n) | (x >> (32 - n))) & MASK
+
+
+def _quarter(s: list[torch.Tensor], a: int, b: int, c: int, d: int) -> None:
+    s[a] = (s[a] + s[b]) & MASK
+    s[d] = _rotl(s[d] ^ s[a], 16)
+    s[c] = (s[c] + s[d]) & MASK
+    s[b] = _rotl(s[b] ^ s[c], 12)
+    s[a] = (s[a] + s[b]) & MASK
+    s[d] = _rotl(s[d] ^ s[a], 8)
+    s[c] = (s[c] + s[d]) & MASK
+    s[b] = _rotl(s[b] ^ s[c], 7)
+
+
+def blocks(key: bytes, nonce: bytes, counter: int, count: int,
+           device: torch.device | str | None = None) -> torch.Tensor:
+    """`count` keystream blocks from block `counter` on: (count, 16) int64 words in
+    [0, 2^32), each block's words in keystream order (little-endian bytes)."""
+    if len(key) != KEY_BYTES or len(nonce) != NONCE_BYTES:
+        raise ValueError(f"ChaCha20 takes a {KEY_BYTES}-byte key and a {NONCE_BYTES}-byte nonce")
+    if counter < 0 or counter + count > 1 << 32:
+        raise ValueError("ChaCha20's 32-bit block counter would wrap: take a new nonce")
+    words = [*CONSTANTS, *struct.unpack("<8I", key), 0, *struct.unpack("<3I", nonce)]
+    start = [torch.full((count,), w, dtype=torch.int64, device=device) for w in words]
+    start[12] = torch.arange(counter, counter + count, dtype=torch.int64, device=device)
+    s = list(start)
+    for _ in range(10):
+        _quarter(s, 0, 4, 8, 12)
+        _quarter(s, 1, 5, 9, 13)
+        _quarter(s, 2, 6, 10, 14)
+        _quarter(s, 3, 7, 11, 15)
+        _quarter(s, 0, 5, 10, 15)
+        _quarter(s, 1, 6, 11, 12)
+        _quarter(s, 2, 7, 8, 13)
+        _quarter(s, 3, 4, 9, 14)
+    return torch.stack([(x + y) & MASK for x, y in zip(s, start)], dim=1)
+
+
+def ring_elements(key: bytes, nonce: bytes, counter: int, numel: int,
+                  device: torch.device | str | None = None) -> torch.Tensor:
+    """numel int64 words from the keystream at block `counter`: 8 keystream bytes each,
+    little-endian (word 2i low, word 2i + 1 high), as the bytes would read on a host."""
+    words = blocks(key, nonce, counter, -(-numel // 8), device).reshape(-1)[:2 * numel]
+    return words[0::2] | (words[1::2] << 32)

@@ -1,0 +1,80 @@
+"""The device PRG (ChaCha20 in torch integer ops, core/chacha.py) bit for bit against the
+`cryptography` package's ChaCha20 on CPU tensors, and whole protocols under
+Config(prg="chacha20") against plaintext, the dealer's draws included."""
+import os
+import struct
+
+import pytest
+import torch
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
+
+import mpc_ml as mpc
+from mpc_ml.core import chacha
+from mpc_ml.core.prg import PRG
+
+
+def reference_keystream(key: bytes, nonce: bytes, counter: int, nbytes: int) -> bytes:
+    """cryptography's ChaCha20: its 16-byte nonce is the 4-byte block counter (little
+    endian) then RFC 8439's 12-byte nonce."""
+    cipher = Cipher(algorithms.ChaCha20(key, struct.pack("<I", counter) + nonce), mode=None)
+    return cipher.encryptor().update(b"\0" * nbytes)
+
+
+@pytest.mark.parametrize("counter, count", [(0, 1), (7, 33), ((1 << 32) - 3, 3)])
+def test_chacha20_blocks_match_cryptography(counter, count):
+    key, nonce = os.urandom(32), os.urandom(12)
+    words = chacha.blocks(key, nonce, counter, count)
+    ours = b"".join(struct.pack("<16I", *row.tolist()) for row in words)
+    assert ours == reference_keystream(key, nonce, counter, 64 * count)
+
+
+def test_rfc_8439_test_vector():
+    """RFC 8439 section 2.3.2: key 00..1f, nonce 00 00 00 09 00 00 00 4a 00 00 00 00,
+    block counter 1."""
+    key = bytes(range(32))
+    nonce = bytes.fromhex("000000090000004a00000000")
+    first = chacha.blocks(key, nonce, 1, 1)[0]
+    assert first[:4].tolist() == [0xe4e7f110, 0x15593bd1, 0x1fdd0f50, 0xc47120a3]
+
+
+def test_the_counter_may_not_wrap():
+    with pytest.raises(ValueError, match="wrap"):
+        chacha.blocks(bytes(32), bytes(12), (1 << 32) - 1, 2)
+
+
+def test_prg_ring_draws_are_the_keystream_and_cross_nonces():
+    seed = os.urandom(16)
+    prg = PRG(seed, "chacha20")
+    first, second = prg.random_ring((3, 5)), prg.random_ring((11,))
+    stream = reference_keystream(prg._key, bytes(12), 0, 64 * 4)
+    words = torch.frombuffer(bytearray(stream), dtype=torch.int64)
+    assert torch.equal(first.reshape(-1), words[:15])
+    assert torch.equal(second, words[16:27])  # each draw starts on a fresh block
+    prg._block = (1 << 32) - 1  # the next draw spans the last block of nonce 0 and nonce 1
+    spanning = prg.random_ring((16,))
+    tail = reference_keystream(prg._key, bytes(12), (1 << 32) - 1, 64)
+    head = reference_keystream(prg._key, (1).to_bytes(12, "little"), 0, 64)
+    assert torch.equal(spanning, torch.frombuffer(bytearray(tail + head), dtype=torch.int64))
+    assert PRG(seed, "chacha20").derive("x").algorithm == "chacha20"
+
+
+@pytest.mark.parametrize("n,provider", [(2, "dealer"), (3, "dealer"), (2, "tfp")])
+def test_protocols_run_on_the_chacha20_stream(n, provider):
+    x = torch.randn(4, 6, dtype=torch.float64)
+    w = torch.randn(6, 3, dtype=torch.float64)
+
+    def party():
+        a, b = mpc.encrypt(x, src=0), mpc.encrypt(w, src=n - 1)
+        return ((a @ b).relu().decrypt(), (a * a).sigmoid().decrypt(),
+                mpc.stats().get("dealer_bytes_received", 0))
+
+    for got, sig, _ in mpc.run(party, world_size=n, provider=provider,
+                               config=mpc.Config(prg="chacha20")):
+        assert torch.allclose(got, (x @ w).relu(), atol=1e-3)
+        assert torch.allclose(sig, torch.sigmoid(x * x), atol=1e-3)
+
+
+def test_the_prg_is_agreed_and_checked():
+    with pytest.raises(ValueError, match="unknown prg"):
+        mpc.Config(prg="nope")
+    assert mpc.Config(prg="chacha20").agreed_fields()["prg"] == "chacha20"  # the handshake's
