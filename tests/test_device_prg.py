@@ -10,7 +10,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 
 import mpc_ml as mpc
 from mpc_ml.core import chacha
-from mpc_ml.core.prg import PRG
+from mpc_ml.core.prg import CHACHA_AHEAD, PRG
 
 
 def reference_keystream(key: bytes, nonce: bytes, counter: int, nbytes: int) -> bytes:
@@ -49,8 +49,11 @@ def test_prg_ring_draws_are_the_keystream_and_cross_nonces():
     stream = reference_keystream(prg._key, bytes(12), 0, 64 * 4)
     words = torch.frombuffer(bytearray(stream), dtype=torch.int64)
     assert torch.equal(first.reshape(-1), words[:15])
-    assert torch.equal(second, words[16:27])  # each draw starts on a fresh block
-    prg._block = (1 << 32) - 1  # the next draw spans the last block of nonce 0 and nonce 1
+    assert torch.equal(second, words[15:26])  # draws are consecutive words of the stream
+    big = PRG(seed, "chacha20").random_ring((CHACHA_AHEAD + 5,))  # past what is made ahead
+    assert torch.equal(big[:15], first.reshape(-1)) and big.numel() == CHACHA_AHEAD + 5
+    prg = PRG(seed, "chacha20")
+    prg._block = (1 << 32) - 1  # the next blocks span the last one of nonce 0 and nonce 1
     spanning = prg.random_ring((16,))
     tail = reference_keystream(prg._key, bytes(12), (1 << 32) - 1, 64)
     head = reference_keystream(prg._key, (1).to_bytes(12, "little"), 0, 64)

@@ -20,6 +20,8 @@ from . import chacha
 
 SEED_BYTES = 16
 ALGORITHMS = ("aes", "chacha20")
+CHACHA_AHEAD = 1 << 16
+"""Keystream words the ChaCha20 stream makes at least at a time (512 KiB)."""
 
 
 def new_seed() -> bytes:
@@ -41,15 +43,16 @@ class PRG:
         self._zeros = np.zeros(0, dtype=np.uint8)
         self._key = hashlib.sha256(seed + b"chacha20").digest()
         self._block = 0  # the next ChaCha20 block: counter (low 32 bits) and nonce (high)
+        self._ahead = torch.empty(0, dtype=torch.int64)  # keystream words made, not yet drawn
 
     def derive(self, label: str) -> "PRG":
         """An independent PRG keyed by H(seed || label), of the same algorithm."""
         return PRG(hashlib.sha256(self.seed + label.encode()).digest()[:SEED_BYTES],
                    self.algorithm)
 
-    def _chacha_words(self, numel: int, device: torch.device | str | None) -> torch.Tensor:
-        """The next numel int64 words of the ChaCha20 stream, made on device."""
-        out, blocks = [], -(-numel // 8)
+    def _chacha_blocks(self, blocks: int, device: torch.device | str | None) -> torch.Tensor:
+        """The words of the next `blocks` ChaCha20 blocks, made on device."""
+        out = []
         while blocks:  # a new nonce where the 32-bit block counter would wrap
             counter, nonce = self._block & 0xFFFFFFFF, self._block >> 32
             take = min(blocks, (1 << 32) - counter)
@@ -57,8 +60,20 @@ class PRG:
                                             8 * take, device))
             self._block += take
             blocks -= take
-        words = out[0] if len(out) == 1 else torch.cat(out)
-        return words[:numel]
+        return out[0] if len(out) == 1 else torch.cat(out)
+
+    def _chacha_words(self, numel: int, device: torch.device | str | None) -> torch.Tensor:
+        """The next numel int64 words of the ChaCha20 stream, on device. Blocks are made
+        CHACHA_AHEAD words at a time at least (one launch of each op for many small draws)
+        and handed out in keystream order, whatever the sizes of the draws."""
+        device = torch.device(device or "cpu")
+        if self._ahead.device != device:
+            self._ahead = self._ahead.to(device)
+        if self._ahead.numel() < numel:
+            more = max(numel - self._ahead.numel(), CHACHA_AHEAD)
+            self._ahead = torch.cat([self._ahead, self._chacha_blocks(-(-more // 8), device)])
+        words, self._ahead = self._ahead[:numel], self._ahead[numel:]
+        return words
 
     def random_bytes(self, n: int) -> np.ndarray:
         """The next n keystream bytes, as a uint8 array."""

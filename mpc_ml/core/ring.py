@@ -204,10 +204,17 @@ def conv1d_int64(x: torch.Tensor, w: torch.Tensor, stride: IntOrTuple = 1, paddi
     return out.squeeze(2)
 
 
+def on_host(t: torch.Tensor) -> bool:
+    """Whether t is in host memory, where the host-only fast paths (numpy, int64 GEMM)
+    may run. Every such path asks this one function, so a test can make CPU tensors take
+    the device paths (tests/test_device_path.py)."""
+    return t.device.type == "cpu"
+
+
 def bits_at(word: torch.Tensor, positions: Iterable[int]) -> torch.Tensor:
     """Bits of each element at these positions, as a trailing dim of 0/1 int64."""
     positions = list(positions)
-    if positions == list(range(64)) and not word.is_cuda and word.numel():
+    if positions == list(range(64)) and on_host(word) and word.numel():
         # all 64 bits: unpack the bytes (several times faster than 64 shifts per element)
         raw = word.contiguous().reshape(-1).view(torch.uint8).reshape(-1, 8).numpy()
         bits = np.unpackbits(raw, axis=1, bitorder="little")
@@ -286,7 +293,7 @@ def bilinear(op: str, a: torch.Tensor, b: torch.Tensor, force_limbs: bool = Fals
     """op(a, b) exactly mod 2^64 for a bilinear op in BILINEAR_OPS."""
     if op not in BILINEAR_OPS:
         raise ValueError(f"unknown bilinear op {op!r}")
-    needs_limbs = op != "mul" and (a.is_cuda or force_limbs)
+    needs_limbs = op != "mul" and (not on_host(a) or force_limbs)
     if not needs_limbs:
         return _INT_BILINEAR[op](a, b, **kwargs)
     return limb_bilinear(op, a, b, **kwargs)

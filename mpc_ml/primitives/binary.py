@@ -18,6 +18,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..core import ring
 from ..core.ring import bits_at
 from ..session import Session
 from ..providers.base import bit_rows, monomial_entry, monomial_subsets, shift_rows
@@ -74,13 +75,34 @@ def open_words(session: Session, words: list[torch.Tensor]) -> list[torch.Tensor
     return out
 
 
+_BYTE_WEIGHTS = (128, 64, 32, 16, 8, 4, 2, 1)  # np.packbits' order: the first bit is the top
+
+
+def pack_bits(bits: torch.Tensor) -> torch.Tensor:
+    """0/1 values packed 8 to a uint8, first bit highest (np.packbits), on bits' device
+    (numpy on the host, where it is 4x faster than torch's ops)."""
+    flat = bits.reshape(-1).to(torch.uint8)
+    if ring.on_host(flat):
+        return torch.from_numpy(np.packbits(flat.numpy()))
+    flat = torch.cat([flat, flat.new_zeros(-flat.numel() % 8)])
+    weights = torch.tensor(_BYTE_WEIGHTS, dtype=torch.uint8, device=flat.device)
+    return (flat.view(-1, 8) * weights).sum(1, dtype=torch.uint8)
+
+
+def unpack_bits(packed: torch.Tensor, count: int) -> torch.Tensor:
+    """The first count bits of pack_bits' bytes, as 0/1 int64, on packed's device."""
+    if ring.on_host(packed):
+        return torch.from_numpy(np.unpackbits(packed.numpy(), count=count)).to(torch.int64)
+    shifts = torch.arange(7, -1, -1, dtype=torch.uint8, device=packed.device)
+    return ((packed.unsqueeze(1) >> shifts) & 1).reshape(-1)[:count].to(torch.int64)
+
+
 def open_bits(session: Session, bits: torch.Tensor) -> torch.Tensor:
     """Reveal XOR-shared 0/1 values to all parties in one round, packed 8 to a byte (with
     the queued arithmetic riders)."""
-    packed = torch.from_numpy(np.packbits(bits.reshape(-1).to(torch.uint8).cpu().numpy()))
-    total = _xor_reduce(_gather_with_riders(session, packed))
-    unpacked = np.unpackbits(total.numpy(), count=bits.numel())
-    return torch.from_numpy(unpacked).to(torch.int64).reshape(bits.shape).to(bits.device)
+    packed = pack_bits(bits)
+    total = _xor_reduce([p.to(packed.device) for p in _gather_with_riders(session, packed)])
+    return unpack_bits(total, bits.numel()).reshape(bits.shape)
 
 
 def and_many(session: Session, pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> list[torch.Tensor]:

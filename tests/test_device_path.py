@@ -1,0 +1,87 @@
+"""The device path on CPU tensors: with ring.on_host answering False (a device stub),
+every host-only fast path is skipped, so whole protocols run as they would on a GPU
+(limb kernels, ChaCha20 draws, bit packing in torch). A counter on host transfers
+(Tensor.cpu, .numpy, .item, .tolist) then holds that nothing outside comm/, which stages
+what it sends, moves data to the host."""
+import collections
+import traceback
+from unittest import mock
+
+import numpy as np
+import pytest
+import torch
+
+import mpc_ml as mpc
+from mpc_ml.core import ring
+from mpc_ml.primitives import binary
+
+HOST_TRANSFERS = ("cpu", "numpy", "item", "tolist")
+
+
+class HostTransfers:
+    """Counts host transfers by the mpc_ml module that asked for them."""
+
+    def __init__(self):
+        self.by_site = collections.Counter()
+        self.originals = {name: getattr(torch.Tensor, name) for name in HOST_TRANSFERS}
+
+    def _wrap(self, name):
+        original = self.originals[name]
+
+        def counted(tensor, *args, **kwargs):
+            for frame in reversed(traceback.extract_stack()[:-1]):
+                if "/mpc_ml/" in frame.filename:
+                    where = frame.filename.split("/mpc_ml/")[1]
+                    self.by_site[(name, where, frame.name)] += 1
+                    break
+            return original(tensor, *args, **kwargs)
+        return counted
+
+    def __enter__(self):
+        for name in HOST_TRANSFERS:
+            setattr(torch.Tensor, name, self._wrap(name))
+        return self
+
+    def __exit__(self, *exc):
+        for name, original in self.originals.items():
+            setattr(torch.Tensor, name, original)
+
+    def outside_comm(self):
+        return {site: n for site, n in self.by_site.items() if not site[1].startswith("comm/")}
+
+
+def test_bit_packing_on_the_device_path_matches_numpy():
+    bits = torch.randint(0, 2, (1000 + 3,))
+    host = binary.pack_bits(bits)
+    with mock.patch.object(ring, "on_host", lambda t: False):
+        device = binary.pack_bits(bits)
+        assert torch.equal(binary.unpack_bits(device, bits.numel()), bits)
+    assert torch.equal(device, host)
+    assert torch.equal(host, torch.from_numpy(np.packbits(bits.to(torch.uint8).numpy())))
+
+
+@pytest.mark.parametrize("provider", ["dealer", "tfp"])
+def test_protocols_on_the_device_path_move_nothing_to_the_host(provider):
+    x = torch.randn(6, 16, dtype=torch.float64)
+    w = torch.randn(16, 5, dtype=torch.float64)
+    images = torch.randn(2, 1, 6, 6, dtype=torch.float64)
+    kernel = torch.randn(3, 1, 3, 3, dtype=torch.float64)
+
+    def party():
+        a, b = mpc.encrypt(x, src=0), mpc.encrypt(w, src=1)
+        im, k = mpc.encrypt(images, src=1), mpc.encrypt(kernel, src=0)
+        with mock.patch.object(ring, "on_host", lambda t: False), HostTransfers() as seen:
+            outs = [(a @ b).relu(), (a * a).sigmoid(), (a @ b).softmax(-1), a.exp(),
+                    (a * a + 1).reciprocal(), a.max(dim=1)[0],
+                    mpc.conv2d(im, k, padding=1).relu().max_pool2d(2)]
+        return [o.decrypt() for o in outs], seen.outside_comm()
+
+    want = [(x @ w).relu(), torch.sigmoid(x * x), torch.softmax(x @ w, -1), torch.exp(x),
+            1 / (x * x + 1), x.max(dim=1)[0],
+            torch.nn.functional.max_pool2d(torch.relu(torch.nn.functional.conv2d(
+                images, kernel, padding=1)), 2)]
+    for outs, transfers in mpc.run(party, world_size=2, provider=provider,
+                                   config=mpc.Config(prg="chacha20")):
+        assert transfers == {}, f"host transfers outside comm/: {transfers}"
+        for got, expected in zip(outs, want):
+            assert torch.allclose(got.double(), expected, atol=2e-3, rtol=2e-3)
