@@ -173,6 +173,16 @@ def test_batching_respects_max_batch_and_one_pass_per_batch():
     assert stats["batches"] == 2 and [b[:2] for b in stats["batch_log"]] == [[2, 4], [2, 4]]
 
 
+def test_a_max_wait_longer_than_the_comm_timeout_keeps_the_parties_in_step():
+    """While a queued request waits out max_wait_ms, party 0 still sends its heartbeat
+    (idle plans), so the other parties' wait for the next plan never times out."""
+    service = Service(config=mpc.Config(comm_timeout_s=1.0, connect_timeout_s=10.0),
+                      max_wait_ms=2500.0, request_timeout_s=0.4)
+    assert_answers(run_clients(service.addrs, [(1, [1])])[1])
+    result = service.finish()
+    assert "error" not in result, result.get("error")
+
+
 # -- isolation -----------------------------------------------------------------------------
 def _mid_frame(client, shares):
     client.links[0].send(shares[0])

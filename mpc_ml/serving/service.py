@@ -20,8 +20,9 @@ The main threads run one step after another, all parties in lockstep:
 1. party 0 (the scheduler) waits until its queue holds requests, then up to max_wait_ms
    more (or until max_batch rows are queued), and picks a plan: a list of
    (client token, request number, rows, certified client) in arrival order, at most
-   max_batch rows; with nothing queued for a heartbeat it sends an idle plan, and once
-   stopped and drained a stop plan. The plan is broadcast (one small JSON tensor).
+   max_batch rows; with no batch due for a heartbeat (nothing queued, or a queue still
+   within max_wait_ms) it sends an idle plan, and once stopped and drained a stop plan.
+   The plan is broadcast (one small JSON tensor).
 2. every party claims the plan's shares from its table, waiting up to request_timeout_s
    for those not arrived yet; one gather of verdicts (session.gather_verdicts) tells
    every party which requests all of them hold (same rows, same certified client).
@@ -338,7 +339,9 @@ class _Clients:
                     if rows >= self.max_batch or now >= due or stopped_at:
                         self.busy_at = now
                         return {"op": _BATCH, "entries": self._take_batch()}
-                    self.cond.wait(min(due - now, 0.2))
+                    if now >= idle_at:  # a max_wait_ms longer than the heartbeat: the others
+                        return {"op": _IDLE}  # must hear from party 0 before comm_timeout_s
+                    self.cond.wait(min(due - now, idle_at - now, 0.2))
                 elif stopped_at:
                     return {"op": _STOP}
                 elif now >= idle_at:
