@@ -170,6 +170,8 @@ ROWS = [
     Row("erf", "[-6, 6]", linear(-6, 6), lambda x: x.erf(), torch.erf),
     Row("erf", "[-1e4, 1e4]", linear(-1e4, 1e4), lambda x: x.erf(), torch.erf),
     Row("gelu", "[-6, 6]", linear(-6, 6), lambda x: x.gelu(), F.gelu),
+    Row("cos", "[-100, 100]", linear(-100, 100), lambda x: x.cos(), torch.cos),
+    Row("sin", "[-100, 100]", linear(-100, 100), lambda x: x.sin(), torch.sin),
     Row("softmax", "rows of 10, N(0, 5²)", logits(5.0), lambda x: x.softmax(-1),
         lambda t: torch.softmax(t, -1), "random"),
     Row("softmax", "rows of 10, U(±350)", logits(-350.0), lambda x: x.softmax(-1),
