@@ -8,6 +8,7 @@ loopback socket; clients are threads of the test. Waits are on events with deadl
 """
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import re
@@ -316,6 +317,85 @@ def test_a_client_that_leaves_between_requests_and_strays_are_dropped():
     stray.close()
     result = service.finish()
     assert "error" not in result and result["out"][0]["requests"] == 2
+
+
+class FlakyListener:
+    """A listening socket whose first accepts fail as at a process's file limit (EMFILE)."""
+
+    def __init__(self, sock, failures: int):
+        self.sock, self.failures = sock, failures
+
+    def accept(self):
+        if self.failures:
+            self.failures -= 1
+            raise OSError(errno.EMFILE, "Too many open files")
+        return self.sock.accept()
+
+    def __getattr__(self, name):
+        return getattr(self.sock, name)
+
+
+def test_an_accept_that_fails_does_not_end_the_accepting():
+    def body(model, service):
+        return serve_clients(model, FlakyListener(service.socks[mpc.rank()], 1),
+                             sample_shape=SAMPLE, stop=service.stop, request_timeout_s=1.0)
+
+    service = Service(body=body)
+    assert_answers(run_clients(service.addrs, [(1, [1])], connect_timeout_s=10, timeout_s=10)[1])
+    result = service.finish()
+    assert "error" not in result, result.get("error")
+
+
+def test_the_connections_a_party_holds_are_capped():
+    """max_clients connected (or shaking hands) at once; one more is refused by name, and
+    the service goes on (a departed client's place is free again)."""
+    service = Service(max_clients=1)
+    first = InferenceClient(service.addrs, timeout_s=10)
+    with pytest.raises(InferenceError, match="limit of 1 client"):
+        InferenceClient(service.addrs, connect_timeout_s=5)
+    first.close()
+    deadline = time.monotonic() + 10
+    while True:  # the parties notice the departure at their own pace
+        try:
+            with InferenceClient(service.addrs, connect_timeout_s=5) as c:
+                torch.testing.assert_close(c.predict(data(1, 1)), expected(data(1, 1)),
+                                           atol=TOL, rtol=0)
+            break
+        except InferenceError:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    result = service.finish()
+    assert "error" not in result, result.get("error")
+
+
+def test_a_handshake_that_trickles_is_cut_at_its_deadline(certs, monkeypatch):
+    """A TLS handshake fed one byte at a time never hits the socket's per-read timeout;
+    the party still cuts it at HANDSHAKE_TIMEOUT_S, so tricklers cannot pile up."""
+    from mpc_ml.serving import service as service_module
+
+    monkeypatch.setattr(service_module, "HANDSHAKE_TIMEOUT_S", 1.0)
+    service = Service(wrap=lambda r: TLSConfig(certs, r))
+    host, port = service.addrs[0].rsplit(":", 1)
+    sock = socket.create_connection((host, int(port)))
+    sock.sendall(b"\x16\x03\x01\x40\x00")  # a TLS record header announcing 16 KiB
+    sock.settimeout(0.25)
+    cut, start = False, time.monotonic()
+    while time.monotonic() - start < 6:
+        try:
+            sock.sendall(b"\x00")
+            if sock.recv(1 << 16) == b"":
+                cut = True
+                break
+        except socket.timeout:
+            continue
+        except OSError:
+            cut = True
+            break
+    sock.close()
+    assert cut, "the trickling handshake was never cut"
+    assert time.monotonic() - start < 4
+    result = service.finish()
+    assert "error" not in result, result.get("error")
 
 
 # -- stopping ---------------------------------------------------------------------------------

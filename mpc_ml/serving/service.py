@@ -7,7 +7,8 @@ party runs, besides its main thread:
 
 - an accept thread on its client-facing address; each connection shakes hands in a
   thread of its own (TLS with a client certificate when `wrap` is given, the hello),
-  so a stray or silent connection holds up nobody;
+  so a stray or silent connection holds up nobody (at most MAX_HANDSHAKES at once, each
+  cut at HANDSHAKE_TIMEOUT_S; at most max_clients clients connected);
 - one reader per client link, which checks every frame (an int64 share, non-empty, the
   model's sample shape, at most max_batch rows, a frame size cap) and files it in this
   party's table of pending requests as (client token, request number, share). A bad
@@ -74,6 +75,13 @@ log = logging.getLogger("mpc_ml.serving")
 _TOKEN = re.compile(r"[0-9a-f]{32}")
 _IDLE, _BATCH, _STOP = "idle", "batch", "stop"
 _CLOSE = object()  # in a client's outbox: close the link after what came before
+HANDSHAKE_TIMEOUT_S = tcp.HELLO_TIMEOUT_S
+"""A connection's whole handshake (TLS, then the hello; a refusal's last read) must end
+within this long of its accept: past it, the accept thread shuts the socket (the socket's
+own timeout bounds each read only, which a client that trickles bytes never hits)."""
+MAX_HANDSHAKES = 64
+"""Connections shaking hands at once, per party: more are closed at accept (each holds a
+thread and up to a frame of memory; HANDSHAKE_TIMEOUT_S frees a place)."""
 DEALER_KEEPALIVE_S = 600.0
 """After this long without a batch, the parties ask the dealer for one small correlation
 (a 1-element product), so that a dealer's idle timeout (Config.dealer_idle_timeout_s,
@@ -100,9 +108,11 @@ class _Clients:
     of pending requests, shared with the main thread under one condition variable."""
 
     def __init__(self, session: Session, listener: socket.socket, sample: tuple[int, ...],
-                 max_batch: int, max_pending: int, wrap: tcp.Wrap | None):
+                 max_batch: int, max_pending: int, wrap: tcp.Wrap | None,
+                 max_clients: int = 256):
         self.me, self.session, self.listener = session.rank, session, listener
         self.sample, self.max_batch, self.max_pending, self.wrap = sample, max_batch, max_pending, wrap
+        self.max_clients = max_clients
         # a share of max_batch rows, with room for its header; control frames are small
         self.frame_cap = max(1 << 16, 8 * max_batch * math.prod(sample) + 1024)
         self.cond = threading.Condition()
@@ -110,6 +120,7 @@ class _Clients:
         self.queue: deque = deque()  # (token, seq, rows, arrival): party 0 schedules from it
         self.gone: OrderedDict[str, str] = OrderedDict()  # recent drops: token -> why
         self.accepting = True
+        self.handshaking: dict[int, tuple[socket.socket, float]] = {}  # -> (socket, deadline)
         self.busy_at = time.monotonic()  # party 0: the last batch or dealer keep-alive
         self.threads: list[threading.Thread] = []
         self._threads_lock = threading.Lock()
@@ -128,13 +139,46 @@ class _Clients:
     def _accept_loop(self) -> None:
         self.listener.settimeout(0.2)
         while self.accepting:
+            self._cut_late_handshakes()
             try:
                 sock, source = self.listener.accept()
             except (socket.timeout, BlockingIOError):
                 continue
+            except OSError as e:  # out of file descriptors, say: not the end of the service
+                if not self.accepting:
+                    return
+                log.warning("party %d: cannot accept a connection: %s", self.me, e)
+                time.sleep(0.2)
+                continue
+            with self.cond:
+                full = len(self.handshaking) >= MAX_HANDSHAKES
+                if not full:
+                    self.handshaking[id(sock)] = (sock, time.monotonic() + HANDSHAKE_TIMEOUT_S)
+            if full:
+                log.warning("party %d: closed a connection from %s:%s at once: %d connections "
+                            "shake hands already", self.me, *source[:2], MAX_HANDSHAKES)
+                sock.close()
+                continue
+            try:
+                self._spawn(self._handshake, "handshake", sock, source)
+            except RuntimeError as e:  # no thread to be had
+                log.warning("party %d: cannot serve a connection: %s", self.me, e)
+                self._handshake_over(sock)
+                sock.close()
+
+    def _cut_late_handshakes(self) -> None:
+        now = time.monotonic()
+        with self.cond:
+            late = [sock for sock, deadline in self.handshaking.values() if deadline < now]
+        for sock in late:  # wakes its handshake thread, which drops it
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
             except OSError:
-                return
-            self._spawn(self._handshake, "handshake", sock, source)
+                pass
+
+    def _handshake_over(self, sock: socket.socket) -> None:
+        with self.cond:
+            self.handshaking.pop(id(sock), None)
 
     def _refuse(self, sock, where: str, problem: str) -> None:
         log.warning("party %d: refused a client connecting from %s: %s", self.me, where, problem)
@@ -153,11 +197,20 @@ class _Clients:
         raw.close()
 
     def _handshake(self, sock: socket.socket, source: tuple) -> None:
+        try:
+            client = self._shake(sock, source)
+        finally:
+            self._handshake_over(sock)
+        if client is not None:
+            self._read_loop(client)  # this thread goes on as the client's reader
+
+    def _shake(self, sock: socket.socket, source: tuple) -> _Client | None:
+        """TLS and the hello of one accepted connection: the client, or None if dropped."""
         where = f"{source[0]}:{source[1]}"
         certified = None
         try:
             tcp.tune(sock)
-            sock.settimeout(tcp.HELLO_TIMEOUT_S)
+            sock.settimeout(HANDSHAKE_TIMEOUT_S)
             if self.wrap is not None:
                 sock = self.wrap(sock, server_side=True, peer=None)
                 rank = getattr(sock, "certified_rank", None)
@@ -170,14 +223,14 @@ class _Clients:
         except (CommError, OSError) as e:
             log.warning("party %d: dropped a connection from %s: %s", self.me, where, e)
             sock.close()
-            return
+            return None
         try:
-            hello = link.recv(tcp.HELLO_TIMEOUT_S)
+            hello = link.recv(HANDSHAKE_TIMEOUT_S)
         except CommError as e:
             log.warning("party %d: dropped a connection from %s: %s", self.me, where,
                         _client_error(self.me, e))
             link.close()
-            return
+            return None
         problem = _check_client_hello(hello, self.session)
         token = hello.get("token") if isinstance(hello, dict) else None
         if problem is None and not (isinstance(token, str) and _TOKEN.fullmatch(token)):
@@ -190,6 +243,9 @@ class _Clients:
                 problem = "the service is stopping"
             if problem is None and token in self.clients:
                 problem = "a client with this token is connected already"
+            if problem is None and len(self.clients) >= self.max_clients:
+                problem = (f"the service serves its limit of {self.max_clients} client"
+                           f"{'s' * (self.max_clients != 1)} at once; try again later")
             if problem is None:
                 client = _Client(token, name, certified, link)
                 self.clients[token] = client
@@ -201,12 +257,12 @@ class _Clients:
             except CommError:
                 pass
             link.close()
-            return
+            return None
         log.info("party %d: %s connected", self.me, name)
         client.outbox.put({"rank": self.me, "world_size": self.session.world_size,
                            "protocol_version": PROTOCOL_VERSION, "service": True,
                            "precision_bits": self.session.config.precision_bits})
-        self._read_loop(client)  # this thread goes on as the client's reader
+        return client
 
     def _send_loop(self, client: _Client) -> None:
         """The client's sender: a client that reads slowly holds up only this thread."""
@@ -455,7 +511,7 @@ class ServiceStats:
 def serve_clients(model: Module, listen: str | socket.socket, *, model_owner: int = 0,
                   sample_shape: Sequence[int], max_batch: int = 64, max_wait_ms: float = 5.0,
                   request_timeout_s: float | None = None, stop: threading.Event | None = None,
-                  wrap: tcp.Wrap | None = None, max_pending: int = 8,
+                  wrap: tcp.Wrap | None = None, max_pending: int = 8, max_clients: int = 256,
                   ready: Callable[[str], None] | None = None) -> dict:
     """Run the inference service on this party until stopped; every compute party calls it.
 
@@ -468,15 +524,19 @@ def serve_clients(model: Module, listen: str | socket.socket, *, model_owner: in
     of comm_timeout_s) after party 0 scheduled it loses that request (its client is told
     and disconnected). stop: set it (on any
     party) to finish the requests party 0 has received and return. wrap: the parties'
-    TLS (TLSConfig); clients must then present a client certificate. ready(address) is
+    TLS (TLSConfig); clients must then present a client certificate. max_pending: a
+    client's requests in flight (and answers unread) per party; max_clients: clients
+    connected to a party at once (one more is refused at its hello); besides them at most
+    MAX_HANDSHAKES connections shake hands, each cut at HANDSHAKE_TIMEOUT_S. ready(address) is
     called once the service listens. Returns this party's ServiceStats as a dict; a
     dead party raises InferenceError naming it, on every party still running.
     """
     session = current()
     _check_rank(session, "model_owner", model_owner)
-    if max_batch < 1 or max_wait_ms < 0 or max_pending < 1:
-        raise ValueError(f"need max_batch >= 1, max_wait_ms >= 0 and max_pending >= 1; got "
-                         f"{max_batch}, {max_wait_ms}, {max_pending}")
+    if max_batch < 1 or max_wait_ms < 0 or max_pending < 1 or max_clients < 1:
+        raise ValueError(f"need max_batch >= 1, max_wait_ms >= 0, max_pending >= 1 and "
+                         f"max_clients >= 1; got {max_batch}, {max_wait_ms}, {max_pending}, "
+                         f"{max_clients}")
     if request_timeout_s is None:
         request_timeout_s = min(5.0, session.config.comm_timeout_s / 2)
     if not 0 < request_timeout_s < session.config.comm_timeout_s:
@@ -505,7 +565,7 @@ def serve_clients(model: Module, listen: str | socket.socket, *, model_owner: in
         raise
     device = _model_device(model)
     heartbeat = min(1.0, session.config.comm_timeout_s / 4)
-    clients = _Clients(session, listener, sample, max_batch, max_pending, wrap)
+    clients = _Clients(session, listener, sample, max_batch, max_pending, wrap, max_clients)
     stats = ServiceStats()
     stopping = {"asked": False}
     stopped_at: list = []
