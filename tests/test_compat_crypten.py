@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import mpc_ml
 import mpc_ml.compat
 import mpc_ml.compat.crypten as crypten
 from tests.crypten_programs import linear_svm
@@ -279,3 +280,39 @@ def test_tutorial_4_classifies_with_an_encrypted_network(tmp_path):
         assert encrypted
         assert torch.allclose(torch.tensor(output), plain, atol=2e-2)
         assert abs(accuracy - plain_accuracy) <= 0.5
+
+
+def test_tutorial_3_access_control(tmp_path):
+    from tests.crypten_programs import tutorial_3
+    got = tutorial_3.run_tutorial(tmp_path, epochs=10)
+    trained, true_model = tutorial_3.plaintext(epochs=10)
+    assert true_model == 1.0
+    for setting in ("data_labeling", "feature_aggregation", "dataset_augmentation"):
+        assert all(abs(a - trained) <= 0.02 for a in got[setting]), (setting, got, trained)
+    assert all(a == 1.0 for a in got["model_hiding"])
+
+
+def test_crypten_semantics_inside_the_compat_layer_only():
+    x = torch.tensor([[1.0, 5.0, 2.0], [7.0, -1.0, 7.0]])
+
+    @crypten.mpc.run_multiprocess(world_size=2)
+    def party():
+        enc = crypten.cryptensor(x)
+        values, hot = enc.max(dim=1)
+        model = crypten.nn.from_pytorch(torch.nn.Linear(3, 2), torch.empty(1, 3))
+        model.encrypt(True, 0)  # CrypTen's positional (mode, src)
+        out = model(enc)
+        plain = mpc_ml.encrypt(x, src=0)  # mpc_ml's own tensor keeps torch's semantics
+        return (enc.argmax(dim=1).get_plain_text(), values.get_plain_text(),
+                hot.get_plain_text(), enc.argmax(dim=1, one_hot=False).get_plain_text(),
+                plain.argmax(dim=1).decrypt(), type(out).__name__,
+                (enc + 1).to(crypten.mpc.binary).to_arithmetic().get_plain_text(),
+                enc.new(torch.ones(2)).get_plain_text())
+
+    for argmax, values, hot, index, torch_like, out_type, round_trip, new in party():
+        assert torch.equal(argmax, torch.tensor([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0]]))
+        assert torch.equal(values, torch.tensor([5.0, 7.0])) and torch.equal(hot, argmax)
+        assert torch.equal(index, torch.tensor([1.0, 0.0]))
+        assert torch.equal(torch_like, torch.tensor([1.0, 0.0]))
+        assert out_type == "CrypTensor"
+        assert torch.allclose(round_trip, x + 1) and torch.equal(new, torch.ones(2))

@@ -162,7 +162,8 @@ class MPCTensor:
 
     def _new(self, share: torch.Tensor, dtype: torch.dtype | None = None,
              pending: int = 0) -> "MPCTensor":
-        return MPCTensor(share, self.session, dtype or self.dtype, pending)
+        # type(self): a subclass's results stay of it (compat.crypten's CrypTensor)
+        return type(self)(share, self.session, dtype or self.dtype, pending)
 
     def _like(self, data: torch.Tensor, dtype: torch.dtype | None = None) -> "MPCTensor":
         """A tensor at self's scale (pending like self) from a local map of self's data."""

@@ -34,6 +34,36 @@ def run_mpc_linear_svm(epochs=50, examples=50, features=100, lr=0.5):
     return w.get_plain_text(), b.get_plain_text(), accuracies
 
 
+def train_linear_svm(features, labels, epochs=50, lr=0.5, print_time=False):
+    """The example's training function (its later version, which tutorial 3 imports)."""
+    w = features.new(torch.randn(1, features.size(0)))
+    b = features.new(torch.randn(1))
+    for epoch in range(epochs):
+        label_predictions = w.matmul(features).add(b).sign()
+        correct = label_predictions.mul(labels)
+        accuracy = correct.add(1).div(2).mean()
+        if crypten.is_encrypted_tensor(accuracy):
+            accuracy = accuracy.get_plain_text()
+        if crypten.communicator.get().get_rank() == 0:
+            print(f"Epoch {epoch} --- Training Accuracy %.2f%%" % (accuracy.item() * 100))
+        loss_grad = -labels * (1 - correct) * 0.5
+        b_grad = loss_grad.mean()
+        w_grad = loss_grad.matmul(features.t()).div(loss_grad.size(1))
+        w -= w_grad * lr
+        b -= b_grad * lr
+    return w, b
+
+
+def evaluate_linear_svm(features, labels, w, b):
+    """The example's test-set accuracy (returned here as well as printed)."""
+    predictions = w.matmul(features).add(b).sign()
+    correct = predictions.mul(labels)
+    accuracy = correct.add(1).div(2).mean().get_plain_text()
+    if crypten.communicator.get().get_rank() == 0:
+        print("Test accuracy %.2f%%" % (accuracy.item() * 100))
+    return accuracy.item()
+
+
 def plaintext(epochs=50, examples=50, features=100, lr=0.5):
     """The example's PyTorch half: the same training in the clear."""
     torch.manual_seed(1)

@@ -22,10 +22,9 @@ from ...tensor import MPCTensor, cat, enable_grad, no_grad, settle, stack, where
 from ...tensor.binary_tensor import BinaryTensor
 from . import communicator as comm, mpc, nn, optim, rendezvous
 from .config import cfg
+from .cryptensor import CrypTensor, as_cryptensor
 from .mpc import ptype
 
-CrypTensor = MPCTensor
-"""CrypTen's tensor type: an mpc_ml MPCTensor (isinstance checks work)."""
 communicator = comm
 """CrypTen's crypten.communicator (crypten.communicator.get().get_rank())."""
 
@@ -99,7 +98,7 @@ def is_encrypted_tensor(obj: Any) -> bool:
 def cryptensor(tensor: Any = None, src: int = 0, ptype: ptype = ptype.arithmetic,
                requires_grad: bool = False, broadcast_size: bool = False,
                precision: int | None = None, device: str | None = None
-               ) -> MPCTensor | BinaryTensor:
+               ) -> CrypTensor | BinaryTensor:
     """src's tensor, secret-shared. Every party may pass a tensor of the right shape (only
     src's values are used), or None (src announces the shape: broadcast_size)."""
     if ptype not in (mpc.arithmetic, mpc.binary):
@@ -117,6 +116,7 @@ def cryptensor(tensor: Any = None, src: int = 0, ptype: ptype = ptype.arithmetic
             raise ValueError("crypten.cryptensor(ptype=binary, requires_grad=True): bitwise "
                              "operations have no gradient")
         return BinaryTensor.from_arithmetic(out)
+    out = as_cryptensor(out)
     return out.requires_grad_() if requires_grad else out
 
 
@@ -181,7 +181,9 @@ def load_from_party(f: Any = None, preloaded: Any = None, encrypted: bool = Fals
             raise TypeError(f"crypten.load_from_party: party {src} loaded a "
                             f"{type(value).__name__}; only tensors are shared (a model's weights: "
                             "from_pytorch(model, dummy_input).encrypt(src=src))")
-    return cryptensor(value, src=src)
+    out = cryptensor(value, src=src)
+    out.src = src
+    return out
 
 
 def save(obj: Any, f: Any, src: int | None = None, **kwargs: Any) -> None:
@@ -216,7 +218,7 @@ def load(f: Any, src: int | None = None, **kwargs: Any) -> MPCTensor:
         raise ValueError(f"crypten.load: {f!r} is not party {session.rank}'s share saved by "
                          f"crypten.save in this setting ({expected})")
     dtype = torch.float64 if saved.get("float64") else torch.get_default_dtype()
-    return MPCTensor(saved["share"], session, dtype)
+    return CrypTensor(saved["share"], session, dtype)
 
 
 def _party_file(f: Any, rank: int) -> Any:

@@ -10,17 +10,38 @@ from __future__ import annotations
 import torch
 
 from ... import nn as _nn
+from ...tensor import MPCTensor
+from .cryptensor import as_cryptensor
 from ...nn import (GELU, AdaptiveAvgPool2d, AvgPool2d, BatchNorm1d, BatchNorm2d, BCELoss,
                    BCEWithLogitsLoss, Conv1d, Conv2d, CrossEntropyLoss, Dropout, Flatten, Identity,
                    L1Loss, Linear, LogSoftmax, MaxPool2d, Module, ModuleList, MSELoss, ReLU,
                    Sequential, Sigmoid, Softmax, Tanh)
 
 
+class _CrypTenModule:
+    """What a converted model adds for CrypTen: encrypt(mode=True, src=0) in CrypTen's
+    argument order, its private parameters CrypTensors (so outputs follow CrypTen)."""
+
+    def encrypt(self, mode: bool = True, src: int = 0) -> Module:
+        """Share the weights from party src (mode=False: decrypt them)."""
+        out = super().encrypt(src=src, mode=mode)
+        if mode:
+            for module in self.modules():
+                for table in (module._parameters, module._buffers):
+                    for value in table.values():
+                        if isinstance(value, MPCTensor):
+                            as_cryptensor(value)
+        return out
+
+
 def from_pytorch(pytorch_model: torch.nn.Module, dummy_input: torch.Tensor) -> Module:
     """The model as an mpc_ml Module with its (still public) weights; call .encrypt(src=)
     next. The dummy input gives shapes and dtypes only (mpc_ml traces with torch.export,
     where CrypTen went through ONNX)."""
-    return _nn.from_pytorch(pytorch_model, dummy_input)
+    model = _nn.from_pytorch(pytorch_model, dummy_input)
+    base = type(model)
+    model.__class__ = type(f"CrypTen{base.__name__}", (_CrypTenModule, base), {})
+    return model
 
 
 __all__ = ["AdaptiveAvgPool2d", "AvgPool2d", "BCELoss", "BCEWithLogitsLoss", "BatchNorm1d",
