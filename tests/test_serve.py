@@ -269,6 +269,27 @@ def test_a_misbehaving_client_loses_only_its_own_request(misbehave, message):
     assert result["out"][0]["requests"] == 7
 
 
+def test_a_stalled_share_does_not_hold_up_the_requests_batched_with_it():
+    """A client that sends its share to party 0 only is retried, not waited for: the
+    requests in its batch are answered at once, and it is dropped after request_timeout_s."""
+    service = Service(max_wait_ms=100.0, request_timeout_s=3.0)
+    bad = InferenceClient(service.addrs, timeout_s=10)
+    with InferenceClient(service.addrs, timeout_s=10) as good:
+        _stall(bad, bad.share(data(99, 2)))  # queued at party 0: the next batch is its
+        service.log.wait(1, parties=[0])
+        for seed in range(3):
+            start = time.monotonic()
+            x = data(seed, 1)
+            torch.testing.assert_close(good.predict(x), expected(x), atol=TOL, rtol=0)
+            assert time.monotonic() - start < 1.5  # not the stalled one's 3 s
+        error = bad.links[0].recv(10)["error"]  # and the stalled one is dropped in time
+        assert "no share of this request reached party 1 within 3 s" in error, error
+    bad.close()
+    result = service.finish()
+    assert "error" not in result, result.get("error")
+    assert result["out"][0]["requests"] == 3 and result["out"][0]["dropped"] == 1
+
+
 def test_a_client_that_does_not_read_its_answers_stalls_only_its_own_sender():
     """The main thread only queues answers; a sender stuck on a full socket (here a link
     whose send blocks until it is closed) gets its client dropped after max_pending."""

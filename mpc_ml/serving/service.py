@@ -24,11 +24,15 @@ The main threads run one step after another, all parties in lockstep:
    max_batch rows; with no batch due for a heartbeat (nothing queued, or a queue still
    within max_wait_ms) it sends an idle plan, and once stopped and drained a stop plan.
    The plan is broadcast (one small JSON tensor).
-2. every party claims the plan's shares from its table, waiting up to request_timeout_s
+2. every party claims the plan's shares from its table, waiting at most STRAGGLER_WAIT_S
    for those not arrived yet; one gather of verdicts (session.gather_verdicts) tells
    every party which requests all of them hold (same rows, same certified client).
-3. a request missing anywhere is dropped on every party: its client is told why (an
-   error frame) and disconnected; the other requests go on. The held shares are stacked
+3. a request not yet arrived somewhere is deferred: it goes back to the head of party 0's
+   queue and is planned again, while the rest of the batch runs, so a client that
+   stalls holds up nobody; once party 0 has held it request_timeout_s (the plan says
+   so) it is waited for once more and then missing. A request missing anywhere, or
+   refused anywhere, is dropped on every party: its client is told why (an error frame)
+   and disconnected; the other requests go on. The held shares are stacked
    along dim 0 and run in one private forward pass; the output share is re-randomised
    with a fresh sharing of zero and split, and each client is sent only its own rows.
 
@@ -82,6 +86,10 @@ own timeout bounds each read only, which a client that trickles bytes never hits
 MAX_HANDSHAKES = 64
 """Connections shaking hands at once, per party: more are closed at accept (each holds a
 thread and up to a frame of memory; HANDSHAKE_TIMEOUT_S frees a place)."""
+STRAGGLER_WAIT_S = 0.05
+"""How long a party waits for a planned request's share that has not reached it yet; then
+the request is deferred to the next plan (the rest of the batch runs without it), until
+party 0 has held it request_timeout_s: then it is waited for once more, and dropped."""
 DEALER_KEEPALIVE_S = 600.0
 """After this long without a batch, the parties ask the dealer for one small correlation
 (a 1-element product), so that a dealer's idle timeout (Config.dealer_idle_timeout_s,
@@ -376,7 +384,7 @@ class _Clients:
 
     # -- the main thread's side ----------------------------------------------------------
     def next_plan(self, stopping: Callable[[], bool], max_wait_s: float, heartbeat_s: float,
-                  stopped_at: list) -> dict:
+                  stopped_at: list, late_s: float) -> dict:
         """Party 0: the next plan (a batch, idle after a heartbeat, or stop once drained)."""
         idle_at = time.monotonic() + heartbeat_s
         with self.cond:
@@ -394,7 +402,7 @@ class _Clients:
                     due = self.queue[0][3] + max_wait_s
                     if rows >= self.max_batch or now >= due or stopped_at:
                         self.busy_at = now
-                        return {"op": _BATCH, "entries": self._take_batch()}
+                        return {"op": _BATCH, "entries": self._take_batch(late_s)}
                     if now >= idle_at:  # a max_wait_ms longer than the heartbeat: the others
                         return {"op": _IDLE}  # must hear from party 0 before comm_timeout_s
                     self.cond.wait(min(due - now, idle_at - now, 0.2))
@@ -408,8 +416,9 @@ class _Clients:
                 else:
                     self.cond.wait(min(idle_at - now, 0.2))
 
-    def _take_batch(self) -> list:
-        entries, rows, rest = [], 0, deque()
+    def _take_batch(self, late_s: float) -> list:
+        entries, rows, rest, now = [], 0, deque(), time.monotonic()
+        self.planned = {}
         while self.queue:
             token, seq, n, arrival = self.queue.popleft()
             client = self.clients.get(token)
@@ -418,15 +427,23 @@ class _Clients:
             if rows + n > self.max_batch:
                 rest.append((token, seq, n, arrival))
                 continue
-            entries.append([token, seq, n, client.certified])
+            entries.append([token, seq, n, client.certified, now - arrival >= late_s])
+            self.planned[token, seq] = arrival
             rows += n
         self.queue = rest
         return entries
 
-    def claim(self, entries: list, timeout_s: float) -> tuple[list, list]:
-        """This party's shares of the plan's requests (None where it does not hold one
-        within timeout_s) and, for each missing one, why."""
-        deadline = time.monotonic() + timeout_s
+    def requeue(self, entries: list) -> None:
+        """Party 0: deferred requests go back to the head of the queue, as they arrived."""
+        with self.cond:
+            back = [(e[0], e[1], e[2], self.planned[e[0], e[1]]) for e in entries]
+            self.queue.extendleft(reversed(back))
+
+    def claim(self, entries: list, wait_s: float) -> tuple[list, list, list]:
+        """This party's (client, share) of each of the plan's requests, taken from its
+        table (None where it holds none), why not where it never will, and whether it is
+        one still to come (not arrived within wait_s)."""
+        deadline = time.monotonic() + wait_s
         with self.cond:
             while True:
                 found = [self._lookup(e) for e in entries]
@@ -434,27 +451,29 @@ class _Clients:
                 if all(f is not None for f in found) or left <= 0:
                     break
                 self.cond.wait(left)
-            shares, why = [], []
+            held, why, later = [], [], []
             for entry, f in zip(entries, found):
-                token, seq = entry[0], entry[1]
-                if f is None:
-                    f = (False, f"no share of this request reached party {self.me} within "
-                                f"{timeout_s:g} s")
-                ok, detail = f
-                if ok:
-                    shares.append(self.clients[token].pending.pop(seq))
-                    why.append(None)
-                else:
-                    shares.append(None)
-                    why.append(f"party {self.me}: {detail}")
-        return shares, why
+                ok, detail = f if f is not None else (False, None)
+                client = self.clients.get(entry[0]) if ok else None
+                held.append((client, client.pending.pop(entry[1])) if ok else None)
+                why.append(None if ok or f is None else f"party {self.me}: {detail}")
+                later.append(f is None)
+        return held, why, later
+
+    def give_back(self, entry: list, held: tuple | None) -> None:
+        """A deferred request's share goes back into its client's table."""
+        if held is not None:
+            with self.cond:
+                if held[0].open:
+                    held[0].pending[entry[1]] = held[1]
 
     def _lookup(self, entry: list) -> tuple[bool, str | None] | None:
         """(held, why not) of one plan entry, or None while its share may still come."""
-        if not (isinstance(entry, list) and len(entry) == 4 and isinstance(entry[0], str)
-                and all(isinstance(v, int) for v in entry[1:3])):
+        if not (isinstance(entry, list) and len(entry) == 5 and isinstance(entry[0], str)
+                and all(isinstance(v, int) for v in entry[1:3])
+                and isinstance(entry[4], bool)):
             return False, "a malformed plan entry"
-        token, seq, rows, certified = entry
+        token, seq, rows, certified, _ = entry
         client = self.clients.get(token)
         if client is None:
             return False, self.gone.get(token, "the client is not connected here")
@@ -520,9 +539,9 @@ def serve_clients(model: Module, listen: str | socket.socket, *, model_owner: in
     sample_shape: the model's input shape after the batch dimension (checked on every
     request). Requests that arrive within max_wait_ms of the first queued one are run
     together, at most max_batch rows per forward pass (a larger request is refused);
-    a share that has not reached a party request_timeout_s (default: 5 s, at most half
-    of comm_timeout_s) after party 0 scheduled it loses that request (its client is told
-    and disconnected). stop: set it (on any
+    a request whose share has not reached every party request_timeout_s (default: 5 s,
+    at most half of comm_timeout_s) after it reached party 0 is lost (its client is told
+    and disconnected); until then it is retried batch after batch, holding up nobody. stop: set it (on any
     party) to finish the requests party 0 has received and return. wrap: the parties'
     TLS (TLSConfig); clients must then present a client certificate. max_pending: a
     client's requests in flight (and answers unread) per party; max_clients: clients
@@ -565,6 +584,7 @@ def serve_clients(model: Module, listen: str | socket.socket, *, model_owner: in
         raise
     device = _model_device(model)
     heartbeat = min(1.0, session.config.comm_timeout_s / 4)
+    straggler_s = min(STRAGGLER_WAIT_S, request_timeout_s)
     clients = _Clients(session, listener, sample, max_batch, max_pending, wrap, max_clients)
     stats = ServiceStats()
     stopping = {"asked": False}
@@ -580,24 +600,39 @@ def serve_clients(model: Module, listen: str | socket.socket, *, model_owner: in
             plan, before = None, session.stats()
             if session.rank == 0:
                 plan = clients.next_plan(lambda: stop.is_set() or stopping["asked"],
-                                         max_wait_ms / 1e3, heartbeat, stopped_at)
+                                         max_wait_ms / 1e3, heartbeat, stopped_at,
+                                         request_timeout_s)
             try:
                 plan = _send_json(session, plan)
                 entries = plan.get("entries", []) if plan["op"] == _BATCH else []
                 if not isinstance(entries, list):
                     raise InferenceError(f"party {session.rank}: malformed plan from party 0")
-                shares, why = clients.claim(entries, request_timeout_s)
-                verdicts = session.gather_verdicts({"why": why, "stop": stop.is_set()})
+                held, why, later = clients.claim(entries, straggler_s)
+                verdicts = session.gather_verdicts({"why": why, "later": later,
+                                                    "stop": stop.is_set()})
             except ValueError as e:
                 raise InferenceError(str(e)) from None
             if any(v.get("stop") for v in verdicts):
                 stopping["asked"] = True
             said = [v.get("why") for v in verdicts]
-            if any(not isinstance(w, list) or len(w) != len(entries) for w in said):
+            slow = [v.get("later") for v in verdicts]
+            if any(not isinstance(w, list) or len(w) != len(entries) for w in said + slow):
                 raise InferenceError(f"party {session.rank}: a malformed verdict")
-            reasons = ["; ".join(str(w[i]) for w in said if w[i] is not None) or None
-                       for i in range(len(entries))]
-            _run_batch(session, model, device, clients, entries, shares, reasons, stats, before)
+            run, deferred = [], []
+            for i, entry in enumerate(entries):
+                reason = "; ".join(str(w[i]) for w in said if w[i] is not None) or None
+                missing = [r for r, w in enumerate(slow) if w[i] is True]
+                if reason is None and missing and not entry[4]:
+                    deferred.append(entry)  # retried in the next plan: nobody waits for it
+                    clients.give_back(entry, held[i])
+                    continue
+                if reason is None and missing:
+                    reason = "; ".join(f"party {r}: no share of this request reached party {r} "
+                                       f"within {request_timeout_s:g} s" for r in missing)
+                run.append((entry, held[i], reason))
+            if deferred and session.rank == 0:
+                clients.requeue(deferred)
+            _run_batch(session, model, device, clients, run, stats, before)
             if plan.get("keepalive") is True:  # one correlation from the dealer
                 z = MPCTensor(zero_share(session, (1,)), session)
                 _ = z * z
@@ -636,32 +671,30 @@ def _agree_settings(session: Session, mine: dict) -> None:
 
 
 def _run_batch(session: Session, model: Module, device: torch.device, clients: _Clients,
-               entries: list, shares: list, reasons: list, stats: ServiceStats,
-               before: dict) -> None:
-    """Drop the requests some party lacks; run the rest in one pass, answer each client."""
+               plan: list, stats: ServiceStats, before: dict) -> None:
+    """Drop the requests some party lacks (each (entry, (client, share) or None, why not));
+    run the rest in one pass, and answer each client on the link its share came by."""
     run = []
-    for entry, share, reason in zip(entries, shares, reasons):
-        client = clients.clients.get(entry[0])
+    for entry, held, reason in plan:
         if reason is not None:
             stats.dropped += 1
+            client = held[0] if held is not None else clients.clients.get(entry[0])
             if client is not None:
                 clients.drop(client, f"request {entry[1]} was not served: {reason}", tell=True)
         else:
-            run.append((entry, share))
+            run.append((entry, held))
     if not run:
         return
     rows = [entry[2] for entry, _ in run]
-    x = MPCTensor(torch.cat([s for _, s in run]).to(device), session)
+    x = MPCTensor(torch.cat([share for _, (_, share) in run]).to(device), session)
     out = _forward(model, x).share
     if out.dim() == 0 or out.shape[0] != sum(rows):
         raise InferenceError(f"party {session.rank}: the model's output of shape "
                              f"{tuple(out.shape)} has no batch dimension of {sum(rows)}")
     out = (out + zero_share(session, out.shape, out.device)).cpu()  # fresh sharing
-    for (entry, _), part in zip(run, out.split(rows)):
-        client = clients.clients.get(entry[0])
-        if client is None:
-            continue  # it left; its answer goes nowhere
-        clients.answer(client, part.contiguous())
+    for (_, (client, _)), part in zip(run, out.split(rows)):
+        if client.open:  # else it left; its answer goes nowhere
+            clients.answer(client, part.contiguous())
     after = session.stats()
     stats.requests += len(run)
     stats.rows += sum(rows)
