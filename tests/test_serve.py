@@ -325,6 +325,43 @@ def test_a_client_that_does_not_read_its_answers_stalls_only_its_own_sender():
     assert not any(t.is_alive() for t in clients.threads)
 
 
+def test_a_dropped_client_whose_sender_is_stuck_is_closed_after_a_grace():
+    """A client dropped by its reader (too many requests in flight, a wrong shape) while
+    its sender is stuck on a full socket: nobody reads its link any more, so the party
+    closes it after DROP_GRACE_S instead of buffering what it goes on sending."""
+    from types import SimpleNamespace
+
+    from mpc_ml.serving import service as service_module
+    from mpc_ml.serving.service import _Client, _Clients
+
+    class StuckLink:
+        def __init__(self):
+            self.closed = threading.Event()
+
+        def send(self, msg):
+            self.closed.wait(20)
+            raise CommError("closed")
+
+        def close(self):
+            self.closed.set()
+
+    session = SimpleNamespace(rank=0, world_size=2, config=mpc.Config())
+    listener, _ = listeners(1)
+    clients = _Clients(session, listener[0], SAMPLE, max_batch=4, max_pending=2, wrap=None)
+    clients.start()  # the accept thread's tick closes what is past its grace
+    link = StuckLink()
+    client = _Client("1" * 32, "client y", None, link)
+    clients.clients[client.token] = client
+    clients._spawn(clients._send_loop, "sender", client)
+    clients.answer(client, torch.zeros(1, 10, dtype=torch.int64))  # blocks the sender
+    start = time.monotonic()
+    clients.drop(client, "the client sent a share of shape (2, 10)", tell=True)
+    assert link.closed.wait(service_module.DROP_GRACE_S + 3), "the link stayed open"
+    assert time.monotonic() - start >= service_module.DROP_GRACE_S - 0.1
+    clients.close("the test ends")
+    assert not any(t.is_alive() for t in clients.threads)
+
+
 def test_a_client_that_leaves_between_requests_and_strays_are_dropped():
     service = Service()
     host, port = service.addrs[0].rsplit(":", 1)

@@ -14,7 +14,8 @@ party runs, besides its main thread:
   party's table of pending requests as (client token, request number, share). A bad
   frame, a wrong shape or a disconnect drops that client's link only;
 - one sender per client link, so that a client that reads slowly holds up only its own
-  thread (one that lets max_pending answers pile up unread is dropped).
+  thread (one that lets max_pending answers pile up unread is dropped; a dropped
+  client's link is closed once its last error is out, or after DROP_GRACE_S).
 
 The main threads run one step after another, all parties in lockstep:
 
@@ -86,6 +87,10 @@ own timeout bounds each read only, which a client that trickles bytes never hits
 MAX_HANDSHAKES = 64
 """Connections shaking hands at once, per party: more are closed at accept (each holds a
 thread and up to a frame of memory; HANDSHAKE_TIMEOUT_S frees a place)."""
+DROP_GRACE_S = 2.0
+"""A dropped client's link is closed once what was queued for it (a last error) has gone
+out, or after this long: nobody reads it any more, and a sender stuck on a client that
+does not read must not keep it open (its reader would buffer whatever it goes on sending)."""
 STRAGGLER_WAIT_S = 0.05
 """How long a party waits for a planned request's share that has not reached it yet; then
 the request is deferred to the next plan (the rest of the batch runs without it), until
@@ -129,6 +134,7 @@ class _Clients:
         self.gone: OrderedDict[str, str] = OrderedDict()  # recent drops: token -> why
         self.accepting = True
         self.handshaking: dict[int, tuple[socket.socket, float]] = {}  # -> (socket, deadline)
+        self.closing: dict[int, tuple[_Client, float]] = {}  # dropped, link open: -> deadline
         self.busy_at = time.monotonic()  # party 0: the last batch or dealer keep-alive
         self.threads: list[threading.Thread] = []
         self._threads_lock = threading.Lock()
@@ -178,6 +184,9 @@ class _Clients:
         now = time.monotonic()
         with self.cond:
             late = [sock for sock, deadline in self.handshaking.values() if deadline < now]
+            stuck = [c for c, deadline in self.closing.values() if deadline < now]
+        for client in stuck:  # a sender stuck on a client that does not read
+            client.link.close()
         for sock in late:  # wakes its handshake thread, which drops it
             try:
                 sock.shutdown(socket.SHUT_RDWR)
@@ -283,6 +292,8 @@ class _Clients:
             except CommError as e:  # drop() queues the _CLOSE this loop ends on
                 self.drop(client, str(_client_error(self.me, e)), tell=False)
         client.link.close()
+        with self.cond:
+            self.closing.pop(id(client), None)
 
     def answer(self, client: _Client, share: torch.Tensor) -> None:
         """Queue a client's answer; one that lets max_pending answers pile up unread is
@@ -353,6 +364,8 @@ class _Clients:
             self.gone[client.token] = (why or "the client left").removeprefix(f"party {self.me}: ")
             while len(self.gone) > 1024:
                 self.gone.popitem(last=False)
+            if not force:
+                self.closing[id(client)] = (client, time.monotonic() + DROP_GRACE_S)
             self.cond.notify_all()
         if why:
             log.warning("dropped %s: %s", client.name, why)
@@ -379,6 +392,8 @@ class _Clients:
         for t in threads:
             if t is not threading.current_thread():
                 t.join(timeout=max(0.0, deadline - time.monotonic()))
+        with self.cond:
+            clients += [c for c, _ in self.closing.values()]
         for client in clients:  # a sender still stuck on a client that does not read
             client.link.close()
 
