@@ -456,6 +456,30 @@ def test_a_handshake_that_trickles_is_cut_at_its_deadline(certs, monkeypatch):
     assert "error" not in result, result.get("error")
 
 
+def test_a_client_token_is_good_for_one_session(monkeypatch):
+    """A token matches a client's links: one seen before (a client that left, or was
+    dropped) is refused, so nothing of an old session pairs with a new one's."""
+    from mpc_ml.serving import inference
+
+    service = Service()
+    with InferenceClient(service.addrs) as c:
+        c.predict(data(1, 1))
+    monkeypatch.setattr(inference.secrets, "token_hex", lambda _: c.token)
+    deadline = time.monotonic() + 10
+    while True:
+        with pytest.raises(InferenceError) as refused:
+            InferenceClient(service.addrs, connect_timeout_s=5).close()
+        if "connected already" in str(refused.value) and time.monotonic() < deadline:
+            time.sleep(0.05)  # a party has not seen it leave yet
+            continue
+        assert "was used already" in str(refused.value)
+        break
+    monkeypatch.undo()
+    assert_answers(run_clients(service.addrs, [(2, [1])])[2])
+    result = service.finish()
+    assert "error" not in result, result.get("error")
+
+
 # -- stopping ---------------------------------------------------------------------------------
 def test_stop_finishes_the_requests_in_flight_then_refuses():
     service = Service(max_wait_ms=10_000.0, max_batch=64)  # requests wait for the stop

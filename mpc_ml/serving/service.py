@@ -260,6 +260,9 @@ class _Clients:
                 problem = "the service is stopping"
             if problem is None and token in self.clients:
                 problem = "a client with this token is connected already"
+            if problem is None and token in self.gone:  # a reconnection would number its
+                # requests from 0 again, and (token, number) names a request across parties
+                problem = "this client token was used already; a new session needs a new one"
             if problem is None and len(self.clients) >= self.max_clients:
                 problem = (f"the service serves its limit of {self.max_clients} client"
                            f"{'s' * (self.max_clients != 1)} at once; try again later")
