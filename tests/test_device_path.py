@@ -85,3 +85,21 @@ def test_protocols_on_the_device_path_move_nothing_to_the_host(provider):
         assert transfers == {}, f"host transfers outside comm/: {transfers}"
         for got, expected in zip(outs, want):
             assert torch.allclose(got.double(), expected, atol=2e-3, rtol=2e-3)
+
+
+def test_a_model_moves_with_to_and_keeps_its_leaves():
+    torch_model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3).eval())
+    x = torch.randn(5, 4)
+
+    def party():
+        model = mpc.nn.from_pytorch(torch_model, x).encrypt(src=0)
+        first = next(iter(model.parameters()))
+        moved = model.to("cpu")
+        same_leaf = next(iter(moved.parameters())) is first and first.requires_grad
+        with mpc.no_grad():
+            out = moved(mpc.encrypt(x, src=1)).decrypt()
+        return out, same_leaf
+
+    for out, same_leaf in mpc.run(party, world_size=2, provider="tfp"):
+        assert same_leaf
+        assert torch.allclose(out, torch_model(x).detach(), atol=1e-3)

@@ -104,6 +104,28 @@ class Module:
         """Every buffer."""
         return (b for _, b in self.named_buffers())
 
+    # -- devices ---------------------------------------------------------------------------
+    def to(self, device: torch.device | str) -> "Module":
+        """Move every parameter and buffer (shares or public tensors) to device, in place;
+        a private parameter stays the same leaf (its shares move, as set_ does)."""
+        for module in self.modules():
+            for table in (module._parameters, module._buffers):
+                for name, value in table.items():
+                    if isinstance(value, MPCTensor):
+                        with no_grad():
+                            value.set_(value.to(device))
+                    elif isinstance(value, torch.Tensor):
+                        table[name] = value.to(device)
+        return self
+
+    def cuda(self) -> "Module":
+        """to('cuda')."""
+        return self.to("cuda")
+
+    def cpu(self) -> "Module":
+        """to('cpu')."""
+        return self.to("cpu")
+
     # -- modes -----------------------------------------------------------------------------
     def train(self, mode: bool = True) -> "Module":
         """Set training mode on this module and its descendants."""
