@@ -525,6 +525,28 @@ def test_parties_with_different_settings_refuse_to_start():
     assert "the parties serve with different max_batch (party 0: 16, party 1: 8)" in str(error)
 
 
+class MixRows(torch.nn.Module):
+    def forward(self, x):
+        return x - x.mean(0, keepdim=True)  # each row's output depends on the whole batch
+
+
+def test_a_model_that_mixes_the_rows_of_a_batch_is_refused_batching():
+    """Batching stacks clients' requests: a model whose output for one row depends on the
+    others (a batch statistic) would put one client's input into another's answer."""
+    def body(model, service):
+        with _CONVERT_LOCK:
+            mixing = mpc.nn.from_pytorch(torch.nn.Sequential(torch.nn.Linear(64, 10), MixRows()),
+                                         torch.zeros(2, *SAMPLE))
+        return serve_clients(mixing, service.socks[mpc.rank()], sample_shape=SAMPLE,
+                             stop=service.stop)
+
+    service = Service(body=body)
+    service.thread.join(20)
+    error = service.finish().get("error")
+    assert isinstance(error, mpc.PartyError) and error.kind == "InferenceError", error
+    assert "depends on the other rows of its batch" in str(error) and "max_batch=1" in str(error)
+
+
 def test_a_dead_party_stops_the_service_with_a_named_error():
     die = threading.Event()
 

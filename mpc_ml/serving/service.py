@@ -594,9 +594,21 @@ def serve_clients(model: Module, listen: str | socket.socket, *, model_owner: in
                     "--allow-insecure")
             print(f"mpc_ml: party {session.rank} serves inference clients at {where} without TLS",
                   file=sys.stderr)
+        mixes = (_mixes_rows(model, sample) if session.rank == model_owner and max_batch > 1
+                 else None)
         model = _prepare(model, model_owner)
         _agree_settings(session, {"sample_shape": list(sample), "max_batch": max_batch,
                                   "tls": wrap is not None})
+        try:
+            mixes = session.gather_verdicts({"mixes": mixes})[model_owner].get("mixes")
+        except ValueError as e:
+            raise InferenceError(str(e)) from None
+        if mixes:
+            raise InferenceError(
+                f"party {session.rank}: the model's output for one row depends on the other rows "
+                f"of its batch (checked by the model owner, party {model_owner}, on a random "
+                "batch); batching would put one client's input into another's answer: serve it "
+                "with max_batch=1")
     except BaseException:
         listener.close()
         raise
@@ -671,6 +683,26 @@ def serve_clients(model: Module, listen: str | socket.socket, *, model_owner: in
     log.info("party %d: stopped after %d requests (%d dropped) in %d batches", session.rank,
              stats.requests, stats.dropped, stats.batches)
     return stats.as_dict()
+
+
+def _mixes_rows(model: Module, sample: tuple[int, ...]) -> bool | None:
+    """The model owner's check, in plaintext on a random batch, that each row's output
+    depends on that row alone: four rows at once against two pairs (a size of 1 may be
+    specialised by the export). None where it cannot tell (already private, or it fails)."""
+    if model.encrypted:
+        return None
+    x = torch.randn(4, *sample, generator=torch.Generator().manual_seed(0))
+    try:
+        with torch.no_grad():
+            whole = model.eval()(x.to(_model_device(model)))
+            pairs = torch.cat([model(x[:2].to(whole.device)), model(x[2:].to(whole.device))])
+    except Exception:  # a model that wants other inputs: not for this check to judge
+        return None
+    if not isinstance(whole, torch.Tensor) or not isinstance(pairs, torch.Tensor):
+        return None
+    if whole.shape != pairs.shape:
+        return True
+    return not torch.allclose(whole.float(), pairs.float(), rtol=1e-3, atol=1e-4)
 
 
 def _agree_settings(session: Session, mine: dict) -> None:
