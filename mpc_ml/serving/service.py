@@ -383,10 +383,16 @@ class _Clients:
         with self.cond:
             self.accepting = False
             clients = list(self.clients.values())
+            shaking = [sock for sock, _ in self.handshaking.values()]
         try:
             self.listener.close()
         except OSError:
             pass
+        for sock in shaking:  # a handshake in progress ends now, not at its deadline
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
         for client in clients:
             self.drop(client, why, tell=True)
         deadline = time.monotonic() + 2.0  # a handshake still in its hello timeout is left
