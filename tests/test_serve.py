@@ -164,6 +164,32 @@ def test_concurrent_clients_each_get_their_own_answers(n):
         assert max(b[1] for b in stats["batch_log"]) <= 16
 
 
+def test_what_a_party_keeps_does_not_grow_with_the_requests_served(monkeypatch):
+    """After the answers, no party holds anything of them: the scheduling queue lives
+    on party 0 only, the tables of pending requests are empty."""
+    from mpc_ml.serving import service as service_module
+
+    made = []
+
+    class Recorded(service_module._Clients):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    monkeypatch.setattr(service_module, "_Clients", Recorded)
+    service = Service(max_wait_ms=1.0)
+    with InferenceClient(service.addrs) as c:
+        for k in range(6):
+            c.predict(data(k, 1))
+        assert len(made) == 2
+        for party in made:
+            with party.cond:
+                assert not party.queue and not any(cl.pending for cl in party.clients.values()), \
+                    (party.me, len(party.queue))
+    result = service.finish()
+    assert "error" not in result, result.get("error")
+
+
 def test_batching_respects_max_batch_and_one_pass_per_batch():
     service = Service(max_wait_ms=10_000.0, max_batch=4)  # only full batches go early
     got = run_clients(service.addrs, [(seed, [2]) for seed in range(4)])  # 8 rows: 2 batches

@@ -344,7 +344,9 @@ class _Clients:
                 if problem is None:
                     seq, client.next_seq = client.next_seq, client.next_seq + 1
                     client.pending[seq] = msg
-                    self.queue.append((client.token, seq, int(msg.shape[0]), time.monotonic()))
+                    if self.me == 0:  # the scheduler's queue; the others only claim
+                        self.queue.append((client.token, seq, int(msg.shape[0]),
+                                           time.monotonic()))
                     self.cond.notify_all()
             if problem is not None:
                 return self.drop(client, problem, tell=True)
