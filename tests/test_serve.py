@@ -316,6 +316,28 @@ def test_a_stalled_share_does_not_hold_up_the_requests_batched_with_it():
     assert result["out"][0]["requests"] == 3 and result["out"][0]["dropped"] == 1
 
 
+def test_a_batch_keeps_each_clients_requests_in_order():
+    """Answers go back in the order a client sent its requests (nothing else names them):
+    a request that does not fit the batch holds back the same client's later ones."""
+    from types import SimpleNamespace
+
+    from mpc_ml.serving.service import _Client, _Clients
+
+    session = SimpleNamespace(rank=0, world_size=2, config=mpc.Config())
+    listener, _ = listeners(1)
+    clients = _Clients(session, listener[0], SAMPLE, max_batch=4, max_pending=8, wrap=None)
+    a, c = _Client("a" * 32, "client a", None, None), _Client("c" * 32, "client c", None, None)
+    for client, rows in ((a, [3]), (c, [2, 1])):
+        clients.clients[client.token] = client
+        for seq, n in enumerate(rows):
+            client.pending[seq] = torch.zeros(n, *SAMPLE, dtype=torch.int64)
+            clients.queue.append((client.token, seq, n, time.monotonic()))
+    first = [(e[0][0], e[1]) for e in clients._take_batch(10.0)]
+    second = [(e[0][0], e[1]) for e in clients._take_batch(10.0)]
+    assert first == [("a", 0)] and second == [("c", 0), ("c", 1)], (first, second)
+    listener[0].close()
+
+
 def test_a_client_that_does_not_read_its_answers_stalls_only_its_own_sender():
     """The main thread only queues answers; a sender stuck on a full socket (here a link
     whose send blocks until it is closed) gets its client dropped after max_pending."""

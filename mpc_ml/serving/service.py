@@ -444,14 +444,15 @@ class _Clients:
 
     def _take_batch(self, late_s: float) -> list:
         entries, rows, rest, now = [], 0, deque(), time.monotonic()
-        self.planned = {}
+        self.planned, held_back = {}, set()
         while self.queue:
             token, seq, n, arrival = self.queue.popleft()
             client = self.clients.get(token)
             if client is None or seq not in client.pending:
                 continue
-            if rows + n > self.max_batch:
+            if rows + n > self.max_batch or token in held_back:
                 rest.append((token, seq, n, arrival))
+                held_back.add(token)  # a client's answers leave in the order it asked
                 continue
             entries.append([token, seq, n, client.certified, now - arrival >= late_s])
             self.planned[token, seq] = arrival
@@ -660,7 +661,8 @@ def serve_clients(model: Module, listen: str | socket.socket, *, model_owner: in
             for i, entry in enumerate(entries):
                 reason = "; ".join(str(w[i]) for w in said if w[i] is not None) or None
                 missing = [r for r, w in enumerate(slow) if w[i] is True]
-                if reason is None and missing and not entry[4]:
+                behind = any(d[0] == entry[0] for d in deferred)  # a client's order holds
+                if reason is None and (behind or (missing and not entry[4])):
                     deferred.append(entry)  # retried in the next plan: nobody waits for it
                     clients.give_back(entry, held[i])
                     continue
