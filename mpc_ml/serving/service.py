@@ -568,8 +568,10 @@ def serve_clients(model: Module, listen: str | socket.socket, *, model_owner: in
     together, at most max_batch rows per forward pass (a larger request is refused);
     a request whose share has not reached every party request_timeout_s (default: 5 s,
     at most half of comm_timeout_s) after it reached party 0 is lost (its client is told
-    and disconnected); until then it is retried batch after batch, holding up nobody. stop: set it (on any
-    party) to finish the requests party 0 has received and return. wrap: the parties'
+    and disconnected); until then it is retried batch after batch, holding up nobody.
+    A model whose output for a row depends on other rows is refused unless max_batch is
+    1 (the model owner checks, while its weights are still plaintext). stop: set it (on
+    any party) to finish the requests party 0 has received and return. wrap: the parties'
     TLS (TLSConfig); clients must then present a client certificate. max_pending: a
     client's requests in flight (and answers unread) per party; max_clients: clients
     connected to a party at once (one more is refused at its hello); besides them at most
