@@ -366,3 +366,49 @@ def test_a_tls_server_accepts_only_client_certificates(tmp_path, presented):
         assert outcome == (3, 2) and result["out"] == [1, 1], (outcome, result)
     else:
         assert "presented in the client role" in str(result.get("error")), result
+
+
+def test_a_client_certificate_on_a_party_port_is_a_stray(tmp_path, capfd):
+    """A client holds a certificate from the parties' own CA: on a party's mesh port during
+    set-up, claiming a party's rank, it is dropped (not a misconfigured party that would
+    abort the job)."""
+    from mpc_ml.comm import client_rank
+    from mpc_ml.comm.tls import TLSConfig, make_certificates
+    from mpc_ml.session import activate
+
+    certs = tmp_path / "certs"
+    make_certificates(certs, 2, clients=1)
+    addrs = free_addresses(2)
+    listener = tcp.listen(addrs[0])
+    results: dict[int, object] = {}
+
+    def party(rank: int) -> None:
+        try:
+            session = tcp_session(rank, 2, addrs, "tfp", FAST, tls=TLSConfig(certs, rank),
+                                  listener=listener if rank == 0 else None)
+            activate(session)
+            results[rank] = (mpc.encrypt(torch.tensor([1.5, -2.0]), src=0) * 2).decrypt()
+            activate(None)
+            session.close()
+        except BaseException as e:
+            results[rank] = e
+
+    def impostor() -> None:
+        try:
+            tcp.connect(addrs[0], client_rank(0), 0, {"rank": 1, "world_size": 2}, 5,
+                        FAST.max_frame_bytes, TLSConfig(certs, client_rank(0)))
+        except Exception:  # refused or dropped: either way it is not in the job
+            pass
+
+    victim = threading.Thread(target=party, args=(0,))
+    victim.start()
+    stray = threading.Thread(target=impostor)
+    stray.start()
+    stray.join(30)
+    honest = threading.Thread(target=party, args=(1,))
+    honest.start()
+    victim.join(30)
+    honest.join(30)
+    for r in (0, 1):
+        assert torch.allclose(results[r], torch.tensor([3.0, -4.0])), results[r]
+    assert "client 0's certificate" in capfd.readouterr().err

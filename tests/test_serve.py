@@ -741,11 +741,14 @@ def _stop_serve(proc, signum=signal.SIGINT, timeout=60) -> int:
 
 
 def test_cli_serve_answers_clients_and_stops_on_sigint_finishing_requests_in_flight():
-    proc = _start_serve(["--max-wait-ms", "20000", "--max-batch", "32"])
+    # port 0: each party's real port is what the first line names
+    proc = _start_serve(["--max-wait-ms", "20000", "--max-batch", "32",
+                         "--listen", "127.0.0.1:0,127.0.0.1:0"])
     out, err = Lines(proc.stdout), Lines(proc.stderr)
     try:
         first = out.wait_for(r".")[0]
-        assert re.fullmatch(r"serving clients at 127\.0\.0\.1:\d+,127\.0\.0\.1:\d+", first), first
+        assert re.fullmatch(r"serving clients at 127\.0\.0\.1:[1-9]\d*,127\.0\.0\.1:[1-9]\d*",
+                            first), first
         addrs = first.removeprefix("serving clients at ").split(",")
         got: dict = {}
         clients = threading.Thread(target=lambda: got.update(

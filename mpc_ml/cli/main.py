@@ -437,8 +437,9 @@ def serve(args: argparse.Namespace) -> int:
 
     def watch(rank: int, proc: subprocess.Popen) -> None:
         for line in proc.stdout:
-            if line.startswith(f"party {rank} serving clients at "):
-                events.put(("ready", rank, None))
+            prefix = f"party {rank} serving clients at "
+            if line.startswith(prefix):  # the address it listens at (a port 0 is resolved)
+                events.put(("ready", rank, line[len(prefix):].strip()))
             else:
                 print(line, end="", file=sys.stderr)
         events.put(("exit", rank, proc.wait()))
@@ -462,6 +463,7 @@ def serve(args: argparse.Namespace) -> int:
                     break  # the others had their time to notice
                 continue
             if kind == "ready":
+                front[rank] = code  # the address the party reported
                 ready.add(rank)
                 if len(ready) == n:
                     print(f"serving clients at {','.join(front)}", flush=True)

@@ -29,7 +29,8 @@ import torch
 
 from . import frames
 from .base import Link, Message
-from .errors import CLIENT_RANK, CommError, CommTimeout, FrameError, PeerError, peer_name
+from .errors import (CLIENT_RANK, CommError, CommTimeout, FrameError, PeerError, client_index,
+                     peer_name)
 
 Wrap = Callable[..., Any]
 """wrap(sock, server_side=..., peer=...) -> a socket-like object (comm/tls.py's TLSConfig)."""
@@ -344,6 +345,11 @@ def handshake(sock: socket.socket, source: tuple, me: int, hello: dict, ranks: s
                             f"party waits for")
         link.peer = rank
         certified = getattr(sock, "certified_rank", None)
+        if certified is not None and client_index(certified) is not None:
+            # a client certificate is no party's: whoever holds one is a stray here, and
+            # must not abort the set-up as a misconfigured party would
+            raise CommError(f"{peer_name(me)}: {where} presented {peer_name(certified)}'s "
+                            f"certificate and claims rank {rank!r}; dropped")
         if certified is not None and certified != rank:
             raise Refused(f"{peer_name(me)}: {peer_name(rank)} presented the certificate of "
                            f"{peer_name(certified)}; refusing the connection")
