@@ -37,6 +37,7 @@ PROGRAMS = {
                    "10 epochs", 2e-2),
     "tutorial_4": ("tutorial_4", "tutorial 4: a 64-128-128-10 MLP on 397 digits, inference", 2e-2),
 }
+TIMEOUT_S = 300
 T1_KEYS = ["decrypted", "from_list", "add_public", "sub_public", "mul_public", "div_public", "add",
            "sub", "mul", "div", "comparisons", "select", "stack", "reshape"]
 
@@ -116,8 +117,9 @@ def expected(name: str):
         return [trained, trained, trained, true_model]
     if name == "tutorial_4":
         x_train, y_train, x_test, _ = tutorial_4.split_digits()
+        model = tutorial_4.train_alice(x_train, y_train)
         with torch.no_grad():
-            return tutorial_4.train_alice(x_train, y_train)(x_test).tolist()
+            return model(x_test).tolist()
     if name == "linear_svm":
         w, b = linear_svm.plaintext(epochs=50)
         return [w.tolist(), b.tolist()]
@@ -135,11 +137,14 @@ def _flat(value) -> list[float]:
 def _subprocess(python: str, name: str, framework: str, provider: str) -> dict:
     cmd = [python, str(Path(__file__)), "--one", name, "--framework", framework,
            "--provider", provider]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=1800,
-                          env=dict(os.environ, OMP_NUM_THREADS="1"))
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=TIMEOUT_S,
+                              env=dict(os.environ, OMP_NUM_THREADS="1"))
+    except subprocess.TimeoutExpired:
+        return {"error": f"RuntimeError: no result within {TIMEOUT_S} s (a party hung)"}
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     if proc.returncode or not lines:
-        return {"error": (proc.stderr or proc.stdout)[-800:]}
+        return {"error": proc.stderr or proc.stdout}
     return json.loads(lines[-1])
 
 
@@ -167,7 +172,8 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             got = _subprocess(python, name, framework, args.provider)
             if "error" in got:
-                cells += [f"failed: {got['error'][-120:]!r}", "-"]
+                last = [line for line in got["error"].splitlines() if "Error" in line]
+                cells += ["failed: " + (last[0].strip() if last else "no result")[:140], "-"]
                 ok &= framework != "mpc_ml"
                 continue
             err = max(abs(a - b) for a, b in zip(_flat(got["result"]), want))
