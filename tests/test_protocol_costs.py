@@ -199,7 +199,7 @@ def test_pairwise_seed_setup(n):
         try:
             comm = Communicator(rank, n, {j: hub.link(rank, j) for j in range(n) if j != rank},
                                 timeout=10.0)
-            me = types.SimpleNamespace(rank=rank, world_size=n, comm=comm)
+            me = types.SimpleNamespace(rank=rank, world_size=n, comm=comm, config=mpc.Config())
             prgs = Session._agree_pairwise_seeds(me)
             results[rank] = (comm.stats.as_dict(), {j: p.seed for j, p in prgs.items()})
         except BaseException as e:  # reported below
