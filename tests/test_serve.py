@@ -115,6 +115,19 @@ class Service:
         return self.result
 
 
+def eventually(attempt, timeout_s: float = 10.0):
+    """attempt() until it returns something other than None (a party notices a client's
+    departure when its reader sees the link close, an event no client can wait on), each
+    retry after a short wait; fails past the deadline. Returns what attempt returned."""
+    deadline, retry = time.monotonic() + timeout_s, threading.Event()
+    while True:
+        outcome = attempt()
+        if outcome is not None:
+            return outcome
+        assert time.monotonic() < deadline, "the service did not get there in time"
+        retry.wait(0.05)
+
+
 def run_clients(addrs, jobs, **client_kwargs) -> dict:
     """Each job (seed, [rows of each request]) a client thread that sends its requests one
     after another, all clients starting together; {seed: [(x, y) or the error]}."""
@@ -462,16 +475,15 @@ def test_the_connections_a_party_holds_are_capped():
     with pytest.raises(InferenceError, match="limit of 1 client"):
         InferenceClient(service.addrs, connect_timeout_s=5)
     first.close()
-    deadline = time.monotonic() + 10
-    while True:  # the parties notice the departure at their own pace
+
+    def connect_after_the_departure():
         try:
             with InferenceClient(service.addrs, connect_timeout_s=5) as c:
-                torch.testing.assert_close(c.predict(data(1, 1)), expected(data(1, 1)),
-                                           atol=TOL, rtol=0)
-            break
-        except InferenceError:
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+                return c.predict(data(1, 1))
+        except InferenceError:  # a party has not seen the first client leave yet
+            return None
+    torch.testing.assert_close(eventually(connect_after_the_departure), expected(data(1, 1)),
+                               atol=TOL, rtol=0)
     result = service.finish()
     assert "error" not in result, result.get("error")
 
@@ -515,15 +527,12 @@ def test_a_client_token_is_good_for_one_session(monkeypatch):
     with InferenceClient(service.addrs) as c:
         c.predict(data(1, 1))
     monkeypatch.setattr(inference.secrets, "token_hex", lambda _: c.token)
-    deadline = time.monotonic() + 10
-    while True:
+
+    def refusal_after_the_departure():
         with pytest.raises(InferenceError) as refused:
             InferenceClient(service.addrs, connect_timeout_s=5).close()
-        if "connected already" in str(refused.value) and time.monotonic() < deadline:
-            time.sleep(0.05)  # a party has not seen it leave yet
-            continue
-        assert "was used already" in str(refused.value)
-        break
+        return None if "connected already" in str(refused.value) else str(refused.value)
+    assert "was used already" in eventually(refusal_after_the_departure)
     monkeypatch.undo()
     assert_answers(run_clients(service.addrs, [(2, [1])])[2])
     result = service.finish()
