@@ -41,6 +41,10 @@ class Config:
     """How long the dealer waits for the next request before giving up."""
     force_limbs: bool = False
     """Compute matmul/conv by the CUDA float64-limb kernels even on CPU (to test them)."""
+    device: str = "cpu"
+    """Where this party's correlations are made ('cpu', 'cuda', 'cuda:1'): its seeded
+    draws (with prg='chacha20', on that device, no host round trip), tfp's products, and
+    what a dealer sends, moved there once on arrival. Local: parties may differ."""
     prg: str = "aes"
     """The keystream of every seeded draw: 'aes' (AES-128-CTR from `cryptography`, the
     fastest on a CPU; draws for a GPU tensor are made on the host and copied) or

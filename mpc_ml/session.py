@@ -57,6 +57,7 @@ class Session:
             self.rank, self.world_size, self.own, self.pairwise, dealer_link,
             config.comm_timeout_s, parse_measurements(config.dealer_measurement),
             tuple(s.strip() for s in config.dealer_allowed_tcb.split(",") if s.strip()))
+        self.provider.device = torch.device(config.device)
         if self.provider.needs_dealer:
             self._agree_on_the_dealer()
         self.op_observers: list = []

@@ -103,3 +103,38 @@ def test_a_model_moves_with_to_and_keeps_its_leaves():
     for out, same_leaf in mpc.run(party, world_size=2, provider="tfp"):
         assert same_leaf
         assert torch.allclose(out, torch_model(x).detach(), atol=1e-3)
+
+
+@pytest.mark.parametrize("request_", [
+    dict(kind="triple", op="matmul", a_shape=[4, 6], b_shape=[6, 3], kwargs={}),
+    dict(kind="triple", op="conv2d", a_shape=[1, 2, 5, 5], b_shape=[3, 2, 3, 3],
+         kwargs={"stride": [1, 1], "padding": [1, 1], "dilation": [1, 1], "groups": 1}),
+    dict(kind="btriple", shape=[40]),
+])
+def test_providers_make_correlations_on_the_configured_device(request_):
+    """Config.device: the draws and tfp's products come out on that device ('meta' here: a
+    device with no data, so any host copy on the way would fail)."""
+    from mpc_ml.core.prg import PRG
+    from mpc_ml.providers.base import CorrelationGenerator, draw_shares, make_request
+
+    request = make_request(request_.pop("kind"), **request_)
+    streams = [PRG(bytes([r]) * 16, "chacha20") for r in range(3)]
+    free, derived = draw_shares(streams[1], request, with_derived=True, rank=1, device="meta")
+    mine, corrections, *_ = CorrelationGenerator(streams, 0, device="meta").generate(request)
+    for t in [*free, *derived, *mine, *corrections]:
+        assert t.device.type == "meta" and t.dtype == torch.int64
+
+
+def test_config_device_reaches_the_provider_and_the_values_hold():
+    from mpc_ml.session import current
+    x = torch.randn(4, 4, dtype=torch.float64)
+
+    def party():
+        a = mpc.encrypt(x, src=0)
+        return (a @ a).relu().decrypt(), current().provider.device
+
+    for provider in ("dealer", "tfp"):
+        config = mpc.Config(device="cpu:0", prg="chacha20")
+        for got, device in mpc.run(party, world_size=2, provider=provider, config=config):
+            assert torch.allclose(got, (x @ x).relu(), atol=1e-3)
+            assert device == torch.device("cpu:0")

@@ -380,16 +380,17 @@ def kind_of(request: dict) -> CorrelationKind:
         raise ValueError(f"unknown correlation kind {request.get('kind')!r}") from None
 
 
-def draw_shares(stream: PRG, request: dict, with_derived: bool, rank: int) -> tuple[list, list]:
-    """Party `rank`'s shares drawn from its stream: (free, derived or [])."""
+def draw_shares(stream: PRG, request: dict, with_derived: bool, rank: int,
+                device: torch.device | str | None = None) -> tuple[list, list]:
+    """Party `rank`'s shares drawn from its stream, on device: (free, derived or [])."""
     kind = kind_of(request)
     holders = kind.holders
-    free = [stream.derive(f"fixed-mask/{request['params']['mask']}").random_ring(s)
+    free = [stream.derive(f"fixed-mask/{request['params']['mask']}").random_ring(s, device)
             if i in kind.fixed else
-            stream.random_ring(s) if i >= len(holders) or holders[i] in (None, rank)
-            else torch.zeros(tuple(s), dtype=torch.int64)
+            stream.random_ring(s, device) if i >= len(holders) or holders[i] in (None, rank)
+            else torch.zeros(tuple(s), dtype=torch.int64, device=device)
             for i, s in enumerate(kind.free_shapes(request["params"]))]
-    derived = ([stream.random_ring(s) for s in kind.derived_shapes(request["params"])]
+    derived = ([stream.random_ring(s, device) for s in kind.derived_shapes(request["params"])]
                if with_derived else [])
     return free, derived
 
@@ -397,8 +398,11 @@ def draw_shares(stream: PRG, request: dict, with_derived: bool, rank: int) -> tu
 class CorrelationGenerator:
     """Makes correlations for all parties from their streams (dealer, or TFP's party 0)."""
 
-    def __init__(self, streams: list[PRG], correction_party: int):
+    def __init__(self, streams: list[PRG], correction_party: int,
+                 device: torch.device | str | None = None):
         self.streams, self.correction_party = streams, correction_party
+        self.device = device
+        """Where the draws and the correlations' products are made (None: the host)."""
 
     def generate(self, request: dict) -> tuple[list, list]:
         """(the correction party's free shares, its derived shares), and for a kind with
@@ -410,7 +414,8 @@ class CorrelationGenerator:
         per_party = []
         for i, stream in enumerate(self.streams):
             is_corr = i == self.correction_party
-            free, derived = draw_shares(stream, request, with_derived=not is_corr, rank=i)
+            free, derived = draw_shares(stream, request, with_derived=not is_corr, rank=i,
+                                        device=self.device)
             per_party.append(free)
             if is_corr:
                 mine_free = free
@@ -479,6 +484,9 @@ class Provider(ABC):
 
     def __init__(self) -> None:
         self.observers: list[Callable[[dict], None]] = []
+        self.device = torch.device("cpu")
+        """Where this party's correlations are made and delivered (Config.device): its
+        seeded draws come out there, and what a dealer sends is moved there on arrival."""
 
     @classmethod
     @abstractmethod

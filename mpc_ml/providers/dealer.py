@@ -210,7 +210,8 @@ class DealerProvider(Provider):
         prefetched = bool(self._expected)
         ends_repeat = self._check_expected(request) if prefetched else False
         free, derived = draw_shares(self._stream, request,
-                                    with_derived=not self.is_correction_party, rank=self.rank)
+                                    with_derived=not self.is_correction_party, rank=self.rank,
+                                    device=self.device)
         kind = kind_of(request)
         public = kind.public_shapes(request["params"])
         if not self.is_correction_party:
@@ -241,7 +242,7 @@ class DealerProvider(Provider):
                                 f"{msg.dtype} {tuple(msg.shape)}, expected int64 {tuple(shapes[i])}")
             got.append(msg)
         self.traffic.bytes_received += sum(message_bytes(m) for m in got)
-        return got
+        return [m.to(self.device) for m in got]  # on the party's device, once
 
     def _collect_public_until(self, target: Correlation) -> None:
         """(Not the last party) receive public components, in request order, until

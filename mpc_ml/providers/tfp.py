@@ -41,7 +41,9 @@ class TrustedFirstParty(Provider):
 
     def _correlation(self, request: dict) -> Correlation:
         if self.rank == 0:
+            self._generator.device = self.device
             free, derived, *_ = self._generator.generate(request)  # (no public parts: see check_job)
             return Correlation(free, derived)
-        free, derived = draw_shares(self._stream, request, with_derived=True, rank=self.rank)
+        free, derived = draw_shares(self._stream, request, with_derived=True, rank=self.rank,
+                                    device=self.device)
         return Correlation(free, derived)
