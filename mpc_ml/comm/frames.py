@@ -52,9 +52,23 @@ def tensor_header(t: torch.Tensor) -> bytes:
             + struct.pack(f"<{t.dim()}q", *t.shape))
 
 
+def staged_on_host(t: torch.Tensor) -> torch.Tensor:
+    """t in host memory: itself on the CPU; a device tensor copied by DMA into page-locked
+    (pinned) memory, from torch's caching host allocator, waiting for that copy only."""
+    t = t.detach()
+    if t.device.type == "cpu":
+        return t
+    if t.device.type != "cuda":
+        return t.to("cpu")
+    staged = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+    staged.copy_(t, non_blocking=True)
+    torch.cuda.current_stream(t.device).synchronize()
+    return staged
+
+
 def tensor_payload(t: torch.Tensor) -> memoryview:
-    """The raw bytes of a CPU tensor, without copying when it is contiguous."""
-    t = t.detach().to("cpu").contiguous()
+    """The raw bytes of a tensor, staged on the host; without copying a contiguous CPU one."""
+    t = staged_on_host(t).contiguous()
     if t.numel() == 0:
         return memoryview(b"")
     if t.dtype == torch.bool:

@@ -153,7 +153,7 @@ class MPILink(Link):
                                      f"(max {frames.MAX_NDIM})")
                 t = msg.detach()
                 # A private copy: MPI reads it after send returns, the caller may change msg.
-                t = (t.to("cpu") if t.device.type != "cpu" else t.clone()).contiguous()
+                t = (frames.staged_on_host(t) if t.device.type != "cpu" else t.clone()).contiguous()
                 data = _bytes_view(t)
                 self._send_header(KIND_TENSOR, frames.DTYPE_CODES[msg.dtype], tuple(t.shape),
                                   data.nbytes)
