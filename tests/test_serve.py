@@ -789,14 +789,18 @@ def test_cli_serve_party_by_party_from_a_deployment_file_and_a_party_death(tmp_p
     dealer = subprocess.Popen([sys.executable, "-m", "mpc_ml", "dealer", "--listen", mesh[2], "-n",
                                "2"], env=env, stderr=subprocess.DEVNULL, start_new_session=True)
     parties = [_start_serve(["--config", str(tmp_path / "service.toml"), "--rank", str(r),
-                             "--listen", front[r]]) for r in range(2)]
+                             "--listen", front[r], "--max-clients", "1"]) for r in range(2)]
     try:
         for r, p in enumerate(parties):
             assert Lines(p.stdout).wait_for(r".")[0] == f"party {r} serving clients at {front[r]}"
         errors = Lines(parties[0].stderr)
-        got = run_clients(front, [(1, [2]), (2, [1])])
+        got = run_clients(front, [(1, [2])])
         assert_answers(got[1])
-        assert_answers(got[2])
+        with InferenceClient(front, timeout_s=10) as first:  # --max-clients 1: one at a time
+            with pytest.raises(InferenceError, match="limit of 1 client"):
+                InferenceClient(front, connect_timeout_s=5)
+            torch.testing.assert_close(first.predict(data(2, 1)), expected(data(2, 1)),
+                                       atol=TOL, rtol=0)
         parties[1].kill()  # a party dies: party 0 stops, naming it
         assert parties[0].wait(30) == 1
         errors.wait_for(r"party 0: the service stops: party 1 (closed the connection|cannot be "

@@ -357,7 +357,8 @@ def _serve_party(args: argparse.Namespace) -> int:
 
             wrap = TLSConfig(os.environ["MPC_TLS_DIR"], session.rank)
         serve_clients(model, args.listen, sample_shape=sample, max_batch=args.max_batch,
-                      max_wait_ms=args.max_wait_ms, stop=stop, wrap=wrap,
+                      max_wait_ms=args.max_wait_ms, max_clients=args.max_clients, stop=stop,
+                      wrap=wrap,
                       ready=lambda addr: print(f"party {session.rank} serving clients at {addr}",
                                                flush=True))
     except (InferenceError, CommError, ValueError) as e:
@@ -426,7 +427,8 @@ def serve(args: argparse.Namespace) -> int:
         env["MPC_ALLOW_INSECURE"] = "1"
     env.pop("MPC_TLS_DIR", None)
     options = ["--model", args.model, "--max-batch", str(args.max_batch),
-               "--max-wait-ms", str(args.max_wait_ms), "--seed", str(args.seed)]
+               "--max-wait-ms", str(args.max_wait_ms), "--max-clients", str(args.max_clients),
+               "--seed", str(args.seed)]
     if args.sample_shape:
         options += ["--sample-shape", args.sample_shape]
     procs = [subprocess.Popen([sys.executable, "-m", "mpc_ml", "serve", "--rank", str(r),
@@ -575,6 +577,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="at most B rows per forward pass (default 64)")
     p.add_argument("--max-wait-ms", type=float, default=5.0, metavar="T", help="run the requests "
                    "that arrive within T ms of the first one together (default 5)")
+    p.add_argument("--max-clients", type=int, default=256, metavar="K", help="at most K clients "
+                   "connected to a party at once (default 256); one more is refused by name")
     p.add_argument("--seed", type=int, default=0, help="seeds the model's init")
     p.add_argument("--config", metavar="FILE", help="with --rank: the deployment file whose "
                    "party R this is (start the dealer with `mpc-ml dealer`)")
