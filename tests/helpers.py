@@ -21,7 +21,7 @@ import pytest
 import torch
 
 import mpc_ml as mpc
-from mpc_ml.comm import DEALER_RANK, CommError, tcp
+from mpc_ml.comm import DEALER_RANK, CommError, frames, tcp
 from mpc_ml.core.encoding import encode
 from mpc_ml.core.specs import evaluate, evaluate_table
 from mpc_ml.launch import BACKENDS as BACKEND_REGISTRY
@@ -313,3 +313,24 @@ def load_benchmark(name: str):
     module = sys.modules[spec.name] = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+# -- hostile inference clients: each sends share 0 to party 0 properly and spoils party 1's ---------
+def mid_frame(client, shares) -> None:
+    """Half a frame to party 1, then the client dies: no "done", its sockets closed."""
+    client.links[0].send(shares[0])
+    header = frames.tensor_header(shares[1])
+    client.links[1].send_raw(header + bytes(frames.tensor_payload(shares[1]))[:8])
+    client._close_links()
+
+
+def garbage(client, shares) -> None:
+    """Bytes that are no frame at all to party 1."""
+    client.links[0].send(shares[0])
+    client.links[1].send_raw(b"GET / HTTP/1.1\r\n\r\n")
+
+
+def float_share(client, shares) -> None:
+    """A float64 tensor, not an int64 share, to party 1."""
+    client.links[0].send(shares[0])
+    client.links[1].send(shares[1].double())

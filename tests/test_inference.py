@@ -19,9 +19,8 @@ import pytest
 import torch
 
 import mpc_ml as mpc
-from helpers import listeners
+from helpers import float_share, garbage, listeners, mid_frame
 from mpc_ml import cli
-from mpc_ml.comm import frames
 from mpc_ml.serving import (InferenceClient, InferenceError, private_predict,
                               private_predict_batch, serve_client)
 
@@ -197,23 +196,6 @@ def test_max_requests_ends_the_session():
     client.close()
 
 
-def _mid_frame(client, shares):
-    client.links[0].send(shares[0])
-    header = frames.tensor_header(shares[1])
-    client.links[1].send_raw(header + bytes(frames.tensor_payload(shares[1]))[:8])
-    client._close_links()  # the process dies: no "done", sockets closed
-
-
-def _garbage(client, shares):
-    client.links[0].send(shares[0])
-    client.links[1].send_raw(b"GET / HTTP/1.1\r\n\r\n")
-
-
-def _float_share(client, shares):
-    client.links[0].send(shares[0])
-    client.links[1].send(shares[1].double())
-
-
 def _different_shapes(client, shares):
     client.links[0].send(shares[0])
     client.links[1].send(shares[1][:2])
@@ -224,9 +206,9 @@ def _silent(client, shares):
 
 
 @pytest.mark.parametrize("misbehave,message", [
-    (_mid_frame, r"party 1: the inference client closed the connection mid-frame"),
-    (_garbage, r"party 1: bad frame from the inference client: bad frame magic"),
-    (_float_share, r"party 1: the inference client sent a torch.float64 tensor"),
+    (mid_frame, r"party 1: the inference client closed the connection mid-frame"),
+    (garbage, r"party 1: bad frame from the inference client: bad frame magic"),
+    (float_share, r"party 1: the inference client sent a torch.float64 tensor"),
     (_different_shapes, r"different requests \(party 0: a share of shape \(5, 8\), "
                         r"party 1: a share of shape \(2, 8\)\)"),
     (_silent, r"party 1: no message from the inference client within 1 s"),

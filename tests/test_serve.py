@@ -24,8 +24,8 @@ import pytest
 import torch
 
 import mpc_ml as mpc
-from helpers import listeners
-from mpc_ml.comm import CommError, client_rank, frames
+from helpers import float_share, garbage, listeners, mid_frame
+from mpc_ml.comm import CommError, client_rank
 from mpc_ml.comm.tls import TLSConfig, make_certificates
 from mpc_ml.serving import InferenceClient, InferenceError, demo_model, serve_clients
 
@@ -224,23 +224,6 @@ def test_a_max_wait_longer_than_the_comm_timeout_keeps_the_parties_in_step():
 
 
 # -- isolation -----------------------------------------------------------------------------
-def _mid_frame(client, shares):
-    client.links[0].send(shares[0])
-    header = frames.tensor_header(shares[1])
-    client.links[1].send_raw(header + bytes(frames.tensor_payload(shares[1]))[:8])
-    client._close_links()  # the client dies mid-request
-
-
-def _garbage(client, shares):
-    client.links[0].send(shares[0])
-    client.links[1].send_raw(b"GET / HTTP/1.1\r\n\r\n")
-
-
-def _float_share(client, shares):
-    client.links[0].send(shares[0])
-    client.links[1].send(shares[1].double())
-
-
 def _wrong_shape(client, shares):
     for link, s in zip(client.links, shares):
         link.send(s[:, :10])
@@ -261,10 +244,10 @@ def _too_many_rows(client, shares):
 
 
 @pytest.mark.parametrize("misbehave,message", [
-    (_mid_frame, None),
-    (_garbage, r"request 0 was not served: party 1: bad frame from the inference client: bad "
+    (mid_frame, None),
+    (garbage, r"request 0 was not served: party 1: bad frame from the inference client: bad "
                r"frame magic"),
-    (_float_share, r"party 1: the client sent a torch.float64 tensor"),
+    (float_share, r"party 1: the client sent a torch.float64 tensor"),
     (_wrong_shape, r"party 0: the client sent a share of shape \(2, 10\); this model takes "
                    r"batches of \(64,\)"),
     (_different_rows, r"request 0 was not served: party 1: a share of 1 rows, where party 0 has 2"),
