@@ -19,11 +19,10 @@ import torch.nn.functional as F
 from ..core import ring
 from ..core.encoding import decode, encode
 from ..core.ops import Op
-from ..primitives.binary import b2a_weighted
 from ..primitives import (ALL_PAIRS_UP_TO, approximations, beaver_product, fixed_mask_product,
                           flush_riders, lazy_products, ltz, max_all_pairs, max_along_last,
                           max_one_hot, negative_part, reveal, share_input, truncate,
-                          truncate_later)
+                          truncate_later, uniform_share)
 from ..session import Session, current
 from . import tape
 from .validation import validate
@@ -1429,20 +1428,13 @@ def _size(size: tuple) -> tuple[int, ...]:
 
 def rand(*size: int | Sequence[int], device: torch.device | str | None = None) -> MPCTensor:
     """Private uniform values on [0, 1) that no party knows: the multiples of 2^-f there,
-    each with probability 2^-f (mean (1 - 2^-f) / 2), f = precision_bits.
-
-    1. each party draws f bits per element from its own cryptographic PRG: an XOR sharing
-       of the f-bit word u, uniform when any one party's draw is;
-    2. u = sum_k 2^k bit_k by one B2A of those f bits (daBits, b2a_weighted): additive
-       shares of u, which at scale 2^f is u / 2^f.
-    1 round; ceil(numel f / 8) bytes to each peer (packed bits), one dabits request.
+    each with probability 2^-f (mean (1 - 2^-f) / 2), f = precision_bits. The shares come
+    from primitives.uniform_share (the parties' own f random bits XORed, then one B2A;
+    protocols/random.toml): 1 round, ceil(numel f / 8) bytes to each peer, one dabits
+    request.
     """
     session = current()
-    shape, f = _size(size), session.config.precision_bits
-    word = session.own.random_ring(shape, device) & ((1 << f) - 1)
-    weights = torch.tensor([[1 << k] for k in range(f)], dtype=torch.int64)
-    share = b2a_weighted(session, word, list(range(f)), weights)[..., 0]
-    return MPCTensor(share, session)
+    return MPCTensor(uniform_share(session, _size(size), device), session)
 
 
 IRWIN_HALL_TERMS = 12
