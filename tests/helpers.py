@@ -334,3 +334,24 @@ def float_share(client, shares) -> None:
     """A float64 tensor, not an int64 share, to party 1."""
     client.links[0].send(shares[0])
     client.links[1].send(shares[1].double())
+
+
+# -- devices: where the device tests put their kernels and shares ---------------------------------
+def _test_devices() -> list[str]:
+    """['cpu'], plus 'cuda' where torch sees a GPU. MPC_ML_TEST_DEVICE=cuda demands the GPU
+    (an error at collection where there is none, so a GPU run cannot pass on the CPU
+    alone); MPC_ML_TEST_DEVICE=cpu keeps to the CPU."""
+    import os
+
+    asked = os.environ.get("MPC_ML_TEST_DEVICE", "").strip().lower()
+    if asked not in ("", "cpu", "cuda"):
+        raise RuntimeError(f"MPC_ML_TEST_DEVICE={asked!r}: set it to cpu or cuda, or leave it unset")
+    if asked == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("MPC_ML_TEST_DEVICE=cuda, but torch.cuda.is_available() is False "
+                           f"(torch {torch.__version__}, built for CUDA {torch.version.cuda})")
+    return ["cpu"] + (["cuda"] if asked != "cpu" and torch.cuda.is_available() else [])
+
+
+DEVICES = _test_devices()
+"""The devices the device tests (test_limbs, test_device_prg, test_cuda_path) are
+parametrized over: on a CPU-only machine just 'cpu', so nothing is skipped there."""
