@@ -87,6 +87,26 @@ def test_protocols_on_the_device_path_move_nothing_to_the_host(provider):
             assert torch.allclose(got.double(), expected, atol=2e-3, rtol=2e-3)
 
 
+def test_fss_comparisons_on_the_device_path_move_nothing_to_the_host():
+    """comparison='fss' with prg='chacha20': the DCF keys' tree PRG is ChaCha20 in torch
+    ops, so evaluating them stays on the shares' device (with 'aes' it is the host's)."""
+    x = torch.cat([torch.randn(40, dtype=torch.float64) * 10, torch.tensor([0.0, -2 ** -16, 2 ** -16])])
+
+    def party():
+        a = mpc.encrypt(x, src=0)
+        with mock.patch.object(ring, "on_host", lambda t: False), HostTransfers() as seen:
+            outs = [a.relu(), a > 1.5, a.reshape(43, 1).max(dim=1)[0]]
+        return [o.decrypt() for o in outs], seen.outside_comm()
+
+    r = torch.round(x * 2 ** 16) / 2 ** 16
+    want = [torch.relu(r), (r > 1.5).double(), r]
+    config = mpc.Config(prg="chacha20", comparison="fss")
+    for outs, transfers in mpc.run(party, world_size=2, provider="dealer", config=config):
+        assert transfers == {}, f"host transfers outside comm/: {transfers}"
+        for got, expected in zip(outs, want):
+            assert torch.equal(got.double(), expected)
+
+
 def test_a_model_moves_with_to_and_keeps_its_leaves():
     torch_model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3).eval())
     x = torch.randn(5, 4)
@@ -110,6 +130,7 @@ def test_a_model_moves_with_to_and_keeps_its_leaves():
     dict(kind="triple", op="conv2d", a_shape=[1, 2, 5, 5], b_shape=[3, 2, 3, 3],
          kwargs={"stride": [1, 1], "padding": [1, 1], "dilation": [1, 1], "groups": 1}),
     dict(kind="btriple", shape=[40]),
+    dict(kind="dcf_ltz", numel=8),
 ])
 def test_providers_make_correlations_on_the_configured_device(request_):
     """Config.device: the draws and tfp's products come out on that device ('meta' here: a
@@ -118,7 +139,8 @@ def test_providers_make_correlations_on_the_configured_device(request_):
     from mpc_ml.providers.base import CorrelationGenerator, draw_shares, make_request
 
     request = make_request(request_.pop("kind"), **request_)
-    streams = [PRG(bytes([r]) * 16, "chacha20") for r in range(3)]
+    parties = 2 if request["kind"] == "dcf_ltz" else 3  # FSS keys are for 2 parties
+    streams = [PRG(bytes([r]) * 16, "chacha20") for r in range(parties)]
     free, derived = draw_shares(streams[1], request, with_derived=True, rank=1, device="meta")
     mine, corrections, *_ = CorrelationGenerator(streams, 0, device="meta").generate(request)
     for t in [*free, *derived, *mine, *corrections]:

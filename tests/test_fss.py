@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 import mpc_ml as mpc
 from helpers import enc, measured, on_matrix, randn, request_bytes, rounded
-from mpc_ml.core import dcf
+from mpc_ml.core import chacha, dcf
 from mpc_ml.core.specs import load_spec
 from mpc_ml.primitives import ltz
 from mpc_ml.providers import base as providers_base
@@ -24,22 +23,43 @@ FSS = mpc.Config(comparison="fss")
 SPEC = load_spec("fss_comparison")
 
 
-def test_the_dcf_shares_beta_below_alpha_and_zero_elsewhere():
-    rng = np.random.default_rng(7)
-    n = 500
-    alpha = rng.integers(0, 2 ** 63, n, dtype=np.int64)
-    alpha[:4] = [0, 1, 2 ** 63 - 1, 2 ** 62]
-    beta = rng.integers(-2 ** 63, 2 ** 63, n, dtype=np.int64)
-    seeds = [rng.integers(-2 ** 63, 2 ** 63, (n, 2), dtype=np.int64) for _ in range(2)]
-    part = dcf.gen(alpha, beta, *seeds)
-    top = np.int64(2 ** 63 - 1)
-    for x in (rng.integers(0, 2 ** 63, n, dtype=np.int64), alpha, (alpha - 1) & top,
-              (alpha + 1) & top, np.zeros(n, np.int64), np.full(n, top)):
-        total = dcf.evaluate(0, seeds[0], part, x) + dcf.evaluate(1, seeds[1], part, x)
-        assert np.array_equal(total, np.where(x < alpha, beta, 0))
+@pytest.mark.parametrize("prg, n", [("aes", 500), ("chacha20", 200)])
+def test_the_dcf_shares_beta_below_alpha_and_zero_elsewhere(prg, n):
+    g = torch.Generator().manual_seed(7)
+
+    def words(*shape, low=-2 ** 63, high=2 ** 63 - 1):
+        return torch.randint(low, high, shape, generator=g, dtype=torch.int64)
+
+    alpha = words(n, low=0)
+    alpha[:4] = torch.tensor([0, 1, 2 ** 63 - 1, 2 ** 62])
+    beta = words(n)
+    seeds = [words(n, 2) for _ in range(2)]
+    part = dcf.gen(alpha, beta, *seeds, prg=prg)
+    top = 2 ** 63 - 1
+    for x in (words(n, low=0), alpha, (alpha - 1) & top, (alpha + 1) & top,
+              torch.zeros(n, dtype=torch.int64), torch.full((n,), top)):
+        total = dcf.evaluate(0, seeds[0], part, x, prg) + dcf.evaluate(1, seeds[1], part, x, prg)
+        assert torch.equal(total, torch.where(x < alpha, beta, 0))
     # a key alone is not the function: party 0's share is no function of [x < alpha]
-    share = dcf.evaluate(0, seeds[0], part, alpha)
-    assert len(np.unique(share)) > n // 2
+    share = dcf.evaluate(0, seeds[0], part, alpha, prg)
+    assert len(torch.unique(share)) > n // 2
+    # the two trees' PRGs differ: one's keys evaluated with the other's PRG are garbage
+    other = "aes" if prg == "chacha20" else "chacha20"
+    wrong = dcf.evaluate(0, seeds[0], part, alpha, other) + dcf.evaluate(1, seeds[1], part, alpha, other)
+    assert not torch.equal(wrong, torch.zeros(n, dtype=torch.int64))
+
+
+def test_the_chacha20_tree_prg_is_chacha20_keyed_by_the_seed():
+    """G(s) under prg='chacha20' is block 0 of ChaCha20 (RFC 8439, nonce 0) with the key
+    s || 0^128, checked against the cryptography package for many seeds at once."""
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
+    seeds = torch.randint(-2 ** 63, 2 ** 63 - 1, (9, 2), generator=torch.Generator().manual_seed(3))
+    seeds[0] = torch.tensor([-1, -1])
+    got = chacha.keyed_blocks(seeds)
+    for seed, row in zip(seeds, got):
+        key = seed.numpy().tobytes() + bytes(16)
+        stream = Cipher(algorithms.ChaCha20(key, bytes(16)), None).encryptor().update(bytes(64))
+        assert row.numpy().tobytes() == stream
 
 
 def chunk_requests(numel: int) -> int:
@@ -124,8 +144,8 @@ def test_malformed_key_material_from_the_dealer_is_refused(monkeypatch):
     kind = providers_base.KINDS["dcf_ltz"]
     real = kind.derive
 
-    def short_keys(params, free, per_party):
-        out = real(params, free, per_party)
+    def short_keys(params, free, per_party, prg):
+        out = real(params, free, per_party, prg)
         return out[:1] + [out[1][:, :-1]] + out[2:]  # a seed correction one element short
 
     monkeypatch.setattr(kind, "derive", short_keys)

@@ -4,7 +4,9 @@ and xor, which any device does). 32-bit words are held in int64 and masked.
 
 The block function maps (key: 8 words, counter: 1 word, nonce: 3 words) to 16 words:
 the state (constants, key, counter, nonce) after 10 double rounds of quarter rounds,
-plus the state. Many blocks are computed at once, one per counter value.
+plus the state. Many blocks are computed at once: one per counter value under one key
+(blocks, the keystream), or block 0 under one key per element (keyed_blocks, the PRG
+of the DCF's tree, core/dcf.py).
 """
 from __future__ import annotations
 
@@ -32,17 +34,9 @@ def _quarter(s: list[torch.Tensor], a: int, b: int, c: int, d: int) -> None:
     s[b] = _rotl(s[b] ^ s[c], 7)
 
 
-def blocks(key: bytes, nonce: bytes, counter: int, count: int,
-           device: torch.device | str | None = None) -> torch.Tensor:
-    """`count` keystream blocks from block `counter` on: (count, 16) int64 words in
-    [0, 2^32), each block's words in keystream order (little-endian bytes)."""
-    if len(key) != KEY_BYTES or len(nonce) != NONCE_BYTES:
-        raise ValueError(f"ChaCha20 takes a {KEY_BYTES}-byte key and a {NONCE_BYTES}-byte nonce")
-    if counter < 0 or counter + count > 1 << 32:
-        raise ValueError("ChaCha20's 32-bit block counter would wrap: take a new nonce")
-    words = [*CONSTANTS, *struct.unpack("<8I", key), 0, *struct.unpack("<3I", nonce)]
-    start = [torch.full((count,), w, dtype=torch.int64, device=device) for w in words]
-    start[12] = torch.arange(counter, counter + count, dtype=torch.int64, device=device)
+def _permute(start: list[torch.Tensor]) -> torch.Tensor:
+    """The block function on 16 start words (each a tensor of one word per block): 10
+    double rounds, plus the start; (blocks, 16) words."""
     s = list(start)
     for _ in range(10):
         _quarter(s, 0, 4, 8, 12)
@@ -54,6 +48,32 @@ def blocks(key: bytes, nonce: bytes, counter: int, count: int,
         _quarter(s, 2, 7, 8, 13)
         _quarter(s, 3, 4, 9, 14)
     return torch.stack([(x + y) & MASK for x, y in zip(s, start)], dim=1)
+
+
+def blocks(key: bytes, nonce: bytes, counter: int, count: int,
+           device: torch.device | str | None = None) -> torch.Tensor:
+    """`count` keystream blocks from block `counter` on: (count, 16) int64 words in
+    [0, 2^32), each block's words in keystream order (little-endian bytes)."""
+    if len(key) != KEY_BYTES or len(nonce) != NONCE_BYTES:
+        raise ValueError(f"ChaCha20 takes a {KEY_BYTES}-byte key and a {NONCE_BYTES}-byte nonce")
+    if counter < 0 or counter + count > 1 << 32:
+        raise ValueError("ChaCha20's 32-bit block counter would wrap: take a new nonce")
+    words = [*CONSTANTS, *struct.unpack("<8I", key), 0, *struct.unpack("<3I", nonce)]
+    start = [torch.full((count,), w, dtype=torch.int64, device=device) for w in words]
+    start[12] = torch.arange(counter, counter + count, dtype=torch.int64, device=device)
+    return _permute(start)
+
+
+def keyed_blocks(keys: torch.Tensor) -> torch.Tensor:
+    """Block 0 (nonce 0) under each of many keys at once: keys is (N, 2) int64, each row a
+    128-bit key (two little-endian 64-bit halves) taken as the 256-bit key k || 0^128.
+    (N, 8) int64: the block's 64 bytes as little-endian int64 words."""
+    zero = torch.zeros(keys.shape[0], dtype=torch.int64, device=keys.device)
+    key_words = [keys[:, 0] & MASK, (keys[:, 0] >> 32) & MASK, keys[:, 1] & MASK,
+                 (keys[:, 1] >> 32) & MASK]
+    start = [torch.full_like(zero, c) for c in CONSTANTS] + key_words + [zero] * 8
+    words = _permute(start)
+    return words[:, 0::2] | (words[:, 1::2] << 32)
 
 
 def ring_elements(key: bytes, nonce: bytes, counter: int, numel: int,

@@ -12,7 +12,9 @@ f(y) = (1 - 2 msb(r)) [y < r mod 2^63], and shares of msb(r):
    f(c') = (1 - 2 msb(r)) w, so z = msb(r) xor w = [msb(r)] + f(c') is shared
    additively, and [x < 0] = msb(c) + (1 - 2 msb(c)) [z], msb(c) public.
 Exact for every x in Z_2^64 read as signed (no bound on |x|). The keys are large:
-about 1.5 KB per element to each party (spec: protocols/fss_comparison.toml).
+about 1.5 KB per element to each party (spec: protocols/fss_comparison.toml). The keys'
+PRG is the session's (Config.prg): with "chacha20" the keys are evaluated in torch ops on
+the shares' device, with "aes" on the host.
 """
 from __future__ import annotations
 
@@ -36,10 +38,11 @@ def ltz_fss(session: Session, x: torch.Tensor) -> torch.Tensor:
     for i, c in enumerate(opened):
         corr, corrs[i] = corrs[i], None  # each chunk's key (1536 B per element) freed after use
         (msb_r,) = corr.derived()
-        part = dcf.PublicKeyPart(*(t.numpy() for t in corr.public()))
-        f = dcf.evaluate(session.rank, corr.free[1].numpy(), part, (c.cpu() & LOW_63).numpy())
-        z = msb_r + torch.from_numpy(f)
-        msb_c = (c.cpu() >> 63) & 1
+        part = dcf.PublicKeyPart(*(t.to(c.device) for t in corr.public()))
+        f = dcf.evaluate(session.rank, corr.free[1].to(c.device), part, c & LOW_63,
+                         session.config.prg)
+        z = msb_r.to(c.device) + f
+        msb_c = (c >> 63) & 1
         bit = z * (1 - 2 * msb_c)
         out.append(bit + msb_c if session.rank == 0 else bit)
-    return (torch.cat(out) if len(out) > 1 else out[0]).reshape(x.shape).to(x.device)
+    return (torch.cat(out) if len(out) > 1 else out[0]).reshape(x.shape)

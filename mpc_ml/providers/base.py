@@ -35,8 +35,8 @@ class CorrelationKind:
     party knows). A kind with `public` components (key
     material that every party needs whole, such as the correction words of an FSS key)
     has them sent by the generator to every party; its `derive` then also gets each
-    party's own free draws (derive(params, total_free, per_party)) and returns the
-    derived components followed by the public ones.
+    party's own free draws and the streams' PRG algorithm (derive(params, total_free,
+    per_party, prg)) and returns the derived components followed by the public ones.
     """
 
     def __init__(self, free: Callable[[dict], list], derived: Callable[[dict], list],
@@ -158,17 +158,15 @@ def _dcf_numel(p: dict) -> int:
     return n
 
 
-def _dcf_derive(p: dict, free: list, per_party: list) -> list:
+def _dcf_derive(p: dict, free: list, per_party: list, prg: str) -> list:
     """msb(r) (additive), then the DCF's public part for alpha = r mod 2^63 and
-    beta = 1 - 2 msb(r) (primitives/fss.py says why)."""
+    beta = 1 - 2 msb(r) (primitives/fss.py says why), its tree's PRG the streams' own."""
     if len(per_party) != 2:
         raise ValueError("dcf_ltz keys are for 2 parties")
     r = free[0]
     msb = (r >> 63) & 1
-    part = dcf.gen((r & LOW_63).numpy(), (1 - 2 * msb).numpy(), per_party[0][1].numpy(),
-                   per_party[1][1].numpy())
-    return [msb] + [torch.from_numpy(a) for a in (part.s_cw, part.v_cw, part.t_left,
-                                                  part.t_right, part.last)]
+    part = dcf.gen(r & LOW_63, 1 - 2 * msb, per_party[0][1], per_party[1][1], prg)
+    return [msb, *part.tensors()]
 
 
 MAX_MONOMIAL_INPUTS = 16
@@ -423,7 +421,8 @@ class CorrelationGenerator:
             if derived:
                 others_derived = _accumulate(others_derived, derived, kind.derived_xor)
         if kind.has_public:
-            out = kind.derive(request["params"], total_free, per_party)
+            out = kind.derive(request["params"], total_free, per_party,
+                              self.streams[0].algorithm)
             n_derived = len(kind.derived_shapes(request["params"]))
             full, public = out[:n_derived], out[n_derived:]
         else:
