@@ -45,6 +45,8 @@ _STATELESS = {
     torch.nn.AvgPool2d: lambda m: L.AvgPool2d(m.kernel_size, m.stride, m.padding, m.ceil_mode,
                                               m.count_include_pad, m.divisor_override),
     torch.nn.AdaptiveAvgPool2d: lambda m: L.AdaptiveAvgPool2d(m.output_size),
+    torch.nn.AdaptiveMaxPool2d: lambda m: L.AdaptiveMaxPool2d(m.output_size, m.return_indices),
+    torch.nn.AdaptiveMaxPool1d: lambda m: L.AdaptiveMaxPool1d(m.output_size, m.return_indices),
 }
 
 
@@ -88,7 +90,10 @@ _FUNCTIONS = {
     TF.softmax: _drop("_stacklevel", "dtype")(F.softmax),
     TF.log_softmax: _drop("_stacklevel", "dtype")(F.log_softmax),
     torch.softmax: _drop("dtype")(F.softmax), torch.log_softmax: _drop("dtype")(F.log_softmax),
-    TF.max_pool2d: F.max_pool2d, TF.avg_pool2d: F.avg_pool2d,
+    TF.max_pool2d: F.max_pool2d, TF.max_pool2d_with_indices: F.max_pool2d, TF.avg_pool2d: F.avg_pool2d,
+    # torch's boolean dispatch: fx records the _with_indices form for return_indices=True
+    TF.adaptive_max_pool2d: F.adaptive_max_pool2d, TF.adaptive_max_pool2d_with_indices: F.adaptive_max_pool2d,
+    TF.adaptive_max_pool1d: F.adaptive_max_pool1d, TF.adaptive_max_pool1d_with_indices: F.adaptive_max_pool1d,
     TF.adaptive_avg_pool2d: F.adaptive_avg_pool2d, TF.linear: F.linear, TF.conv2d: F.conv2d,
     TF.conv1d: F.conv1d, TF.dropout: F.dropout, TF.batch_norm: None,
 }
@@ -112,9 +117,12 @@ def _is_relu(node: torch.fx.Node, module: torch.nn.Module) -> bool:
 
 
 def _is_max_pool(node: torch.fx.Node, module: torch.nn.Module) -> bool:
+    """A max_pool2d that returns only the values (one with indices is not fused)."""
     if node.op == "call_module":
-        return type(module.get_submodule(node.target)) is torch.nn.MaxPool2d
-    return node.op == "call_function" and node.target is TF.max_pool2d
+        pool = module.get_submodule(node.target)
+        return type(pool) is torch.nn.MaxPool2d and not pool.return_indices
+    return (node.op == "call_function" and node.target is TF.max_pool2d
+            and not node.kwargs.get("return_indices", node.args[6] if len(node.args) > 6 else False))
 
 
 def _relus_into_pools(graph: torch.fx.Graph, module: torch.nn.Module) -> set[str]:
@@ -128,9 +136,9 @@ def _relus_into_pools(graph: torch.fx.Graph, module: torch.nn.Module) -> set[str
 
 def _pool_of_relu(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
                   return_indices=False):
-    """max_pool2d's arguments, input a _ReluOf (export.py runs the pair)."""
-    if return_indices:
-        raise ValueError("max_pool2d(return_indices=True) is not supported")
+    """max_pool2d's arguments, input a _ReluOf (export.py runs the pair); never one with
+    return_indices (_is_max_pool leaves those unfused)."""
+    assert not return_indices, "a max_pool2d with indices is not fused with its relu"
     return relu_then_pool(input.x, kernel_size, stride, padding, dilation, ceil_mode)
 
 

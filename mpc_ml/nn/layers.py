@@ -122,21 +122,49 @@ class Dropout(_Stateless):
 
 
 class MaxPool2d(_Stateless):
-    """2-d max pooling over (N, C, H, W) inputs."""
+    """2-d max pooling over (N, C, H, W) inputs. return_indices=True returns (values,
+    indices) as torch's: each maximum's flat position in its H x W plane, private for a
+    private input (the first maximum on ties)."""
 
     def __init__(self, kernel_size: IntOrTuple, stride: IntOrTuple | None = None,
                  padding: IntOrTuple = 0, dilation: IntOrTuple = 1, return_indices: bool = False,
                  ceil_mode: bool = False):
         super().__init__()
         self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
-        self.dilation, self.ceil_mode = dilation, ceil_mode
-        if return_indices:
-            raise ValueError("MaxPool2d(return_indices=True) is not supported")
+        self.dilation, self.return_indices, self.ceil_mode = dilation, return_indices, ceil_mode
 
-    def forward(self, x: TensorLike) -> TensorLike:
-        """max_pool2d(x)."""
+    def forward(self, x: TensorLike) -> TensorLike | tuple[TensorLike, TensorLike]:
+        """max_pool2d(x), and the indices if return_indices."""
         return F.max_pool2d(x, self.kernel_size, self.stride, self.padding, self.dilation,
-                            self.ceil_mode)
+                            self.ceil_mode, self.return_indices)
+
+
+class AdaptiveMaxPool2d(_Stateless):
+    """Max pooling of (N, C, H, W) or (C, H, W) inputs to a fixed output size (any size;
+    None keeps that dim), as torch's: output cell i of a dim covers input positions
+    floor(i L / out) .. ceil((i + 1) L / out) - 1. return_indices=True returns (values,
+    indices), the indices private flat positions in the H x W plane."""
+
+    def __init__(self, output_size: int | tuple[int | None, int | None], return_indices: bool = False):
+        super().__init__()
+        self.output_size, self.return_indices = output_size, return_indices
+
+    def forward(self, x: TensorLike) -> TensorLike | tuple[TensorLike, TensorLike]:
+        """adaptive_max_pool2d(x, output_size), and the indices if return_indices."""
+        return F.adaptive_max_pool2d(x, self.output_size, self.return_indices)
+
+
+class AdaptiveMaxPool1d(_Stateless):
+    """Max pooling of (N, C, L) or (C, L) inputs to a fixed length, as torch's (see
+    AdaptiveMaxPool2d)."""
+
+    def __init__(self, output_size: int | tuple[int], return_indices: bool = False):
+        super().__init__()
+        self.output_size, self.return_indices = output_size, return_indices
+
+    def forward(self, x: TensorLike) -> TensorLike | tuple[TensorLike, TensorLike]:
+        """adaptive_max_pool1d(x, output_size), and the indices if return_indices."""
+        return F.adaptive_max_pool1d(x, self.output_size, self.return_indices)
 
 
 class AvgPool2d(_Stateless):
