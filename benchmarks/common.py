@@ -55,10 +55,11 @@ def crypten_reference(names) -> dict:
 # -- measuring ------------------------------------------------------------------------------
 def timed(run: Callable, repeats: int, barrier: Callable, reset_stats: Callable,
           read_stats: Callable, before: Callable | None = None,
-          profiler=None) -> tuple[list, dict, object]:
+          profiler=None, sync: Callable | None = None) -> tuple[list, dict, object]:
     """One warm-up and `repeats` timed runs of run(), each after before() (not timed), a
     barrier (every party starts together) and reset traffic counters; the profiler, if
-    any, runs during the timed runs only. Returns (seconds of each timed run, the
+    any, runs during the timed runs only; sync() (a device's synchronize, see
+    synchronizer) runs before the clock is read. Returns (seconds of each timed run, the
     counters after the last run, the last run's result)."""
     times, stats, result = [], {}, None
     for rep in range(repeats + 1):  # rep 0 is the warm-up
@@ -71,6 +72,8 @@ def timed(run: Callable, repeats: int, barrier: Callable, reset_stats: Callable,
             profiler.enable()
         start = time.perf_counter()
         result = run()
+        if sync is not None:
+            sync()
         elapsed = time.perf_counter() - start
         if profiler is not None and rep:
             profiler.disable()
@@ -80,17 +83,22 @@ def timed(run: Callable, repeats: int, barrier: Callable, reset_stats: Callable,
     return times, stats, result
 
 
-def time_plain(fn: Callable, inputs: tuple, repeats: int) -> float:
+def time_plain(fn: Callable, inputs: tuple, repeats: int, sync: Callable | None = None) -> float:
     """Median seconds of fn(*inputs) (the plaintext torch run) with one torch thread,
-    over `repeats` runs after a warm-up."""
+    over `repeats` runs after a warm-up; sync() (a device's synchronize) runs after the
+    warm-up and before the clock is read each time."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         fn(*inputs)
+        if sync is not None:
+            sync()
         times = []
         for _ in range(repeats):
             start = time.perf_counter()
             fn(*inputs)
+            if sync is not None:
+                sync()
             times.append(time.perf_counter() - start)
     finally:
         torch.set_num_threads(threads)
@@ -124,6 +132,102 @@ def free_ports(count: int) -> list[int]:
     return ports
 
 
+# -- the device the parties compute on -----------------------------------------------------
+DEVICE_KINDS = ("cpu", "cuda")
+
+
+def check_device(name: str) -> str:
+    """A benchmark's --device: 'cpu', 'cuda' or 'cuda:N', checked here, before any party
+    starts; ValueError saying what is wrong (an unknown device, or CUDA asked for where
+    torch sees no GPU)."""
+    kind, colon, index = name.partition(":")
+    if kind not in DEVICE_KINDS or (colon and (kind == "cpu" or not index.isdigit())):
+        raise ValueError(f"unknown device {name!r}: choose cpu or cuda (cuda:N for GPU N)")
+    if kind == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(
+                f"--device {name}: torch.cuda.is_available() is False on this machine "
+                f"(torch {torch.__version__}, built for CUDA {torch.version.cuda or 'none'}): "
+                "no GPU to run the parties on; use --device cpu")
+        count = torch.cuda.device_count()
+        if colon and int(index) >= count:
+            raise ValueError(f"--device {name}: this machine has {count} CUDA device(s)")
+    return name
+
+
+def add_device(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="cpu", metavar="cpu|cuda",
+                   help="where the parties keep their shares and compute (default cpu); with "
+                        "cuda the models and inputs are moved there, the correlations are made "
+                        "there (Config(device=, prg='chacha20')) and the plaintext reference "
+                        "runs there too")
+
+
+def is_cpu(device: str) -> bool:
+    return device.partition(":")[0] == "cpu"
+
+
+def device_config(device: str) -> dict:
+    """The mpc.Config fields of a run on this device: none on the CPU (the default
+    configuration, so CPU figures are unchanged); on a GPU its correlations made there,
+    with the ChaCha20 device PRG (no host round trip)."""
+    return {} if is_cpu(device) else {"device": device, "prg": "chacha20"}
+
+
+def placement(device: str) -> str | None:
+    """encrypt()'s device= for this device: None on the CPU (the default placement)."""
+    return None if is_cpu(device) else device
+
+
+def synchronizer(device: str) -> Callable | None:
+    """What to call before reading a timer for work on this device: None on the CPU, the
+    device's synchronize on a GPU (its kernels run asynchronously)."""
+    if is_cpu(device):
+        return None
+    return lambda: torch.cuda.synchronize(device)
+
+
+def reset_device_peak(device: str) -> None:
+    if not is_cpu(device):
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def device_peak(device: str) -> int | None:
+    """Peak bytes allocated by torch on the device since reset_device_peak (None on CPU)."""
+    return None if is_cpu(device) else int(torch.cuda.max_memory_allocated(device))
+
+
+def cpu_name() -> str:
+    cpu = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f
+                        if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return cpu or platform.machine()
+
+
+def device_info(device: str) -> dict:
+    """The device a run computed on: its name (torch.cuda.get_device_name, or the CPU's
+    model name), and for a GPU its memory and torch's CUDA version. On a GPU this
+    initialises CUDA in the calling process."""
+    if is_cpu(device):
+        return {"device": device, "device_name": cpu_name(), "device_count": os.cpu_count()}
+    props = torch.cuda.get_device_properties(device)
+    return {"device": device, "device_name": torch.cuda.get_device_name(device),
+            "device_memory_bytes": int(props.total_memory), "cuda": torch.version.cuda,
+            "device_count": torch.cuda.device_count()}
+
+
+def device_line(info: dict) -> str:
+    """One Markdown line naming the device of a run."""
+    extra = ""
+    if info.get("cuda"):
+        extra = (f", {info['device_memory_bytes'] / 2**30:.0f} GiB, CUDA {info['cuda']}")
+    return f"- device: `{info['device']}` ({info['device_name']}{extra})"
+
+
 # -- the machine ------------------------------------------------------------------------------
 def git(*args: str) -> str | None:
     """Output of a git command in the checkout, None where git fails."""
@@ -139,13 +243,7 @@ def loadavg() -> list | None:
 
 
 def machine_info(mpc_ml_version: str) -> dict:
-    cpu = platform.processor()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f
-                        if line.startswith("model name")), cpu)
-    except OSError:
-        pass
+    cpu = cpu_name()
     status = git("status", "--porcelain", "--untracked-files=no")
     return {"platform": platform.platform(), "cpu": cpu, "cpu_count": os.cpu_count(),
             "python": platform.python_version(), "torch": torch.__version__,
@@ -170,6 +268,11 @@ def parse(p: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namesp
         args.repeats = 1 if args.quick else 5
     if args.repeats < 1:
         p.error("--repeats must be at least 1")
+    if getattr(args, "device", None) is not None:  # add_device: checked before any party starts
+        try:
+            check_device(args.device)
+        except ValueError as e:
+            p.error(str(e))
     return args
 
 

@@ -16,6 +16,7 @@ ratio column.
     python benchmarks/models.py --quick            # tiny widths and batches, 1 repeat (< 60 s)
     python benchmarks/models.py --rows lenet5_b32 mlp_step --providers tfp --repeats 9
     python benchmarks/models.py --rows lenet5_b32 --providers tfp --profile   # cProfile party 0
+    python benchmarks/models.py --rows resnet18 --providers tfp --device cuda  # shares on the GPU
 
 Prints a Markdown table (with CrypTen's figures and the aims where the issue gave them)
 and writes JSON (machine, load average, versions, git commit, rows) to --out. The torch
@@ -61,41 +62,51 @@ AIMS = {name: {"s": ref["s"] / 3, "mb": ref["mb"]} for name, ref in CRYPTEN.item
 
 
 # -- inside a party ------------------------------------------------------------------------
-def _private_inputs(inputs: tuple) -> list:
+def _private_inputs(inputs: tuple, device: str = "cpu") -> list:
     rank = mpc.rank()
-    return [mpc.encrypt(t if rank == DATA_OWNER else None, src=DATA_OWNER, shape=t.shape)
-            for t in inputs]
+    where = common.placement(device)
+    return [mpc.encrypt(t if rank == DATA_OWNER else None, src=DATA_OWNER, shape=t.shape,
+                        device=where) for t in inputs]
+
+
+def _place(model, device: str):
+    """The model's shares (and public buffers) on device; the CPU default left as it is."""
+    return model if common.is_cpu(device) else model.to(device)
 
 
 def _timed(token, repeats: int, run: Callable, before: Callable | None = None,
-           profiler: cProfile.Profile | None = None) -> tuple[list, dict, object]:
-    """warm-up + repeats runs of run(); party 0's times, this party's last stats, result."""
+           profiler: cProfile.Profile | None = None,
+           device: str = "cpu") -> tuple[list, dict, object]:
+    """warm-up + repeats runs of run(); party 0's times, this party's last stats, result;
+    each run ends with device's synchronize."""
     return common.timed(run, repeats, token.decrypt, mpc.reset_stats, mpc.stats,
-                        before=before, profiler=profiler)
+                        before=before, profiler=profiler, sync=common.synchronizer(device))
 
 
-def _inference(row: ModelRow, torch_model, model, inputs, token, repeats, profiler):
+def _inference(row: ModelRow, torch_model, model, inputs, token, repeats, profiler,
+               device: str = "cpu"):
     rank = mpc.rank()
-    model.encrypt(src=MODEL_OWNER)
-    (x,) = _private_inputs(inputs)
+    _place(model.encrypt(src=MODEL_OWNER), device)
+    (x,) = _private_inputs(inputs, device)
 
     def run():
         with mpc.no_grad():
             return model(x)
 
-    times, stats, y = _timed(token, repeats, run, profiler=profiler)
+    times, stats, y = _timed(token, repeats, run, profiler=profiler, device=device)
     result = y.decrypt(dst=0)
     err = None
     if rank == 0:
         with torch.no_grad():
             expected = copy.deepcopy(torch_model).double()(inputs[0].double())
-        err = float((result.double() - expected).abs().max())
+        err = float((result.cpu().double() - expected).abs().max())
     return times, stats, err
 
 
-def sgd_step_fns(model, x, target) -> tuple:
-    """(fresh, step): re-encrypt the initial weights with a new SGD (each run starts from
-    the same weights), and one private SGD step on (x, target) returning the loss."""
+def sgd_step_fns(model, x, target, device: str = "cpu") -> tuple:
+    """(fresh, step): re-encrypt the initial weights (onto device) with a new SGD (each run
+    starts from the same weights), and one private SGD step on (x, target) returning the
+    loss."""
     initial = {k: v.clone() for k, v in model.state_dict().items()}
     loss_fn = mpc.nn.CrossEntropyLoss()
     holder = {}
@@ -103,7 +114,7 @@ def sgd_step_fns(model, x, target) -> tuple:
     def fresh():
         holder.clear()
         model.load_state_dict(initial)
-        model.encrypt(src=MODEL_OWNER)
+        _place(model.encrypt(src=MODEL_OWNER), device)
         holder["opt"] = mpc.optim.SGD(model.parameters(), lr=LR)
 
     def step():
@@ -123,15 +134,18 @@ def sgd_step_error(got: dict, torch_model, inputs) -> float:
     opt = torch.optim.SGD(reference.parameters(), lr=LR)
     F.cross_entropy(reference(inputs[0].double()), inputs[1].double()).backward()
     opt.step()
-    return max(float((got[k].double() - v).abs().max()) for k, v in reference.state_dict().items())
+    return max(float((got[k].cpu().double() - v).abs().max())
+               for k, v in reference.state_dict().items())
 
 
-def _train_step(row: ModelRow, torch_model, model, inputs, token, repeats, profiler):
+def _train_step(row: ModelRow, torch_model, model, inputs, token, repeats, profiler,
+                device: str = "cpu"):
     """Each run starts from the same weights: one SGD step from a fresh encryption."""
     rank = mpc.rank()
-    x, target = _private_inputs(inputs)
-    fresh, run = sgd_step_fns(model, x, target)
-    times, stats, _ = _timed(token, repeats, run, before=fresh, profiler=profiler)
+    x, target = _private_inputs(inputs, device)
+    fresh, run = sgd_step_fns(model, x, target, device)
+    times, stats, _ = _timed(token, repeats, run, before=fresh, profiler=profiler,
+                             device=device)
     got = model.decrypt(dst=0).state_dict()
     return times, stats, sgd_step_error(got, torch_model, inputs) if rank == 0 else None
 
@@ -145,9 +159,11 @@ def build_row(name: str, quick: bool) -> tuple:
     return row, torch_model, inputs, mpc.nn.from_pytorch(torch_model, inputs[0])
 
 
-def _party(names: list[str], quick: bool, repeats: int, profile: bool) -> list[dict]:
+def _party(names: list[str], quick: bool, repeats: int, profile: bool,
+           device: str = "cpu") -> list[dict]:
     """Run each row warm-up + repeats times; per row: party 0's times, this party's stats.
-    Any row of rows.ALL_MODELS (the suite's workers run theirs through here)."""
+    Any row of rows.ALL_MODELS (the suite's workers run theirs through here). The model's
+    shares and the inputs are put on `device`; each timed run ends with its synchronize."""
     torch.set_num_threads(1)
     rank = mpc.rank()
     token = mpc.encrypt(torch.zeros(1) if rank == 0 else None, src=0, shape=(1,))
@@ -156,7 +172,8 @@ def _party(names: list[str], quick: bool, repeats: int, profile: bool) -> list[d
         row, torch_model, inputs, model = build_row(name, quick)
         profiler = cProfile.Profile() if profile and rank == 0 else None
         bench = _train_step if row.train else _inference
-        times, stats, err = bench(row, torch_model, model, inputs, token, repeats, profiler)
+        times, stats, err = bench(row, torch_model, model, inputs, token, repeats, profiler,
+                                  device)
         text = None
         if profiler is not None:
             buf = io.StringIO()
@@ -172,10 +189,11 @@ def _party(names: list[str], quick: bool, repeats: int, profile: bool) -> list[d
 
 # -- in the parent ---------------------------------------------------------------------------
 def run_provider(provider: str, names: list[str], quick: bool, repeats: int,
-                 profile: bool = False) -> list[dict]:
+                 profile: bool = False, device: str = "cpu") -> list[dict]:
     """One mpc.run (one pair of party processes, plus the dealer) for every row."""
+    config = mpc.Config(**common.device_config(device))
     per_party = mpc.run(_party, world_size=WORLD_SIZE, backend="tcp", provider=provider,
-                        args=(names, quick, repeats, profile))
+                        args=(names, quick, repeats, profile, device), config=config)
     rows = []
     for name, parts in zip(names, zip(*per_party)):
         times = parts[0]["times_s"]
@@ -188,9 +206,11 @@ def run_provider(provider: str, names: list[str], quick: bool, repeats: int,
     return rows
 
 
-def time_plain(row: ModelRow, quick: bool, repeats: int) -> float:
-    """Median seconds of the plaintext float32 run with one torch thread, after a warm-up."""
-    return common.time_plain(*bench_rows.plain(row.name, quick), repeats)
+def time_plain(row: ModelRow, quick: bool, repeats: int, device: str = "cpu") -> float:
+    """Median seconds of the plaintext float32 run with one torch thread, after a warm-up,
+    with the model and its inputs on device."""
+    return common.time_plain(*bench_rows.plain(row.name, quick, device), repeats,
+                             common.synchronizer(device))
 
 
 def aim_missed(row: dict, aim: dict) -> list[str]:
@@ -233,6 +253,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--profile", action="store_true",
                    help="cProfile party 0's timed runs; writes models_profile_ROW_PROVIDER.txt "
                         "next to --out (the times then include the profiler's overhead)")
+    common.add_device(p)
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "models.json")
     args = common.parse(p, argv)
     args.names = args.rows or list(ROWS_BY_NAME)
@@ -247,9 +268,10 @@ def main(argv: list[str] | None = None) -> dict:
     with tqdm(total=len(args.providers), desc="providers", unit="run") as bar:
         for provider in args.providers:
             bar.set_postfix_str(f"{provider}: {len(args.names)} rows")
-            rows += run_provider(provider, args.names, args.quick, args.repeats, args.profile)
+            rows += run_provider(provider, args.names, args.quick, args.repeats, args.profile,
+                                 args.device)
             bar.update(1)
-    plain = {name: time_plain(ROWS_BY_NAME[name], args.quick, args.repeats)
+    plain = {name: time_plain(ROWS_BY_NAME[name], args.quick, args.repeats, args.device)
              for name in args.names}
     for r in rows:
         row = ROWS_BY_NAME[r["row"]]
@@ -274,8 +296,10 @@ def main(argv: list[str] | None = None) -> dict:
               "threads_per_party": 1, "quick": args.quick, "repeats": args.repeats,
               "profiled": args.profile, "wall_s": time.perf_counter() - started,
               "model_owner": MODEL_OWNER, "data_owner": DATA_OWNER, "machine": info,
+              "device": common.device_info(args.device),
               "crypten_reference": CRYPTEN, "aims": AIMS, "rows": rows}
-    common.finish(report, markdown(rows), args.out, f"; {report['wall_s']:.0f} s in all")
+    common.finish(report, common.device_line(report["device"]) + "\n\n" + markdown(rows),
+                  args.out, f"; {report['wall_s']:.0f} s in all")
     return report
 
 

@@ -13,6 +13,7 @@ inputs, for the ratio column.
     python benchmarks/ops.py --quick               # small sizes, 1 repeat (a smoke test)
     python benchmarks/ops.py --ops matmul1024 mul1e6 --providers dealer --repeats 9
     python benchmarks/ops.py --ops relu sigmoid --sizes 1e6   # families, one size
+    python benchmarks/ops.py --ops matmul1024 --providers tfp --device cuda  # shares on the GPU
 
 Prints a Markdown table (with bytes sent per element per party, the error scaled as
 the bounds of mpc_ml/primitives/approximations.py (ERROR_BOUNDS), and CrypTen's figures
@@ -77,26 +78,28 @@ def err_bound(op: Op) -> float | None:
 
 
 # -- inside a party ----------------------------------------------------------------------
-def _party(names: list[str], quick: bool, repeats: int) -> list[dict]:
+def _party(names: list[str], quick: bool, repeats: int, device: str = "cpu") -> list[dict]:
     """Run each op warm-up + repeats times; per op: party 0's times, this party's stats.
-    Any row of rows.ALL_OPS (the suite's workers run theirs through here)."""
+    Any row of rows.ALL_OPS (the suite's workers run theirs through here). The inputs are
+    shared onto `device` (common.placement) and each timed run ends with its synchronize."""
     torch.set_num_threads(1)
     rank = mpc.rank()
     token = mpc.encrypt(torch.zeros(1) if rank == 0 else None, src=0, shape=(1,))
+    where, sync = common.placement(device), common.synchronizer(device)
     out = []
     for name in names:
         op = bench_rows.ALL_OPS[name]
         inputs = op.inputs(quick)
         xs = [mpc.encrypt(t if rank == i % WORLD_SIZE else None, src=i % WORLD_SIZE,
-                          shape=t.shape) for i, t in enumerate(inputs)]
+                          shape=t.shape, device=where) for i, t in enumerate(inputs)]
         times, stats, y = common.timed(lambda: op.private(*xs), repeats, token.decrypt,
-                                       mpc.reset_stats, mpc.stats)
+                                       mpc.reset_stats, mpc.stats, sync=sync)
         result = y.decrypt(dst=0)
         y = None
         abs_err = scaled_err = None
         if rank == 0:
             expected = op.plain(*(t.double() for t in inputs))
-            diff = (result.double() - expected).abs()
+            diff = (result.cpu().double() - expected).abs()
             abs_err = float(diff.max())
             scaled_err = float((diff / expected.abs().clamp(min=1.0)).max())
         out.append({"op": name, "times_s": times if rank == 0 else [], "stats": stats,
@@ -106,11 +109,11 @@ def _party(names: list[str], quick: bool, repeats: int) -> list[dict]:
 
 # -- in the parent ----------------------------------------------------------------------
 def run_config(provider: str, truncation: str, names: list[str], quick: bool,
-               repeats: int) -> list[dict]:
+               repeats: int, device: str = "cpu") -> list[dict]:
     """One mpc.run (one pair of party processes) for every op under one configuration."""
     per_party = mpc.run(_party, world_size=WORLD_SIZE, backend="tcp", provider=provider,
-                        args=(names, quick, repeats),
-                        config=mpc.Config(truncation=truncation))
+                        args=(names, quick, repeats, device),
+                        config=mpc.Config(truncation=truncation, **common.device_config(device)))
     rows = []
     for name, parts in zip(names, zip(*per_party)):
         times = parts[0]["times_s"]
@@ -124,9 +127,12 @@ def run_config(provider: str, truncation: str, names: list[str], quick: bool,
     return rows
 
 
-def time_plain(op: Op, quick: bool, repeats: int) -> float:
-    """Median seconds of the plaintext float32 op with one torch thread, after a warm-up."""
-    return common.time_plain(op.plain, op.inputs(quick), repeats)
+def time_plain(op: Op, quick: bool, repeats: int, device: str = "cpu",
+               dtype: torch.dtype | None = None) -> float:
+    """Median seconds of the plaintext float32 op (or of dtype) with one torch thread, after
+    a warm-up, on the inputs moved to device."""
+    inputs = tuple(t.to(device=device, dtype=dtype) for t in op.inputs(quick))
+    return common.time_plain(op.plain, inputs, repeats, common.synchronizer(device))
 
 
 def aim_missed(row: dict, aim: dict, err_bound: float | None) -> list[str]:
@@ -184,6 +190,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--truncations", nargs="+", choices=TRUNCATIONS, default=list(TRUNCATIONS),
                    help="rows run under those of these that they support "
                         "(nonlinear rows: exact only)")
+    common.add_device(p)
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "ops.json")
     args = common.parse(p, argv)  # `mpc-ml bench -- ...` passes a leading --
     for item in args.ops or []:
@@ -212,10 +219,12 @@ def main(argv: list[str] | None = None) -> dict:
     with tqdm(total=sum(len(names) for *_, names in plan), desc="rows", unit="row") as bar:
         for provider, truncation, names in plan:
             bar.set_postfix_str(f"{provider}/{truncation}")
-            rows += run_config(provider, truncation, names, args.quick, args.repeats)
+            rows += run_config(provider, truncation, names, args.quick, args.repeats,
+                               args.device)
             bar.update(len(names))
     names = sorted({r["op"] for r in rows}, key=args.names.index)
-    plain = {name: time_plain(OPS_BY_NAME[name], args.quick, args.repeats) for name in names}
+    plain = {name: time_plain(OPS_BY_NAME[name], args.quick, args.repeats, args.device)
+             for name in names}
     for r in rows:
         op = OPS_BY_NAME[r["op"]]
         inputs = op.inputs(args.quick)
@@ -231,8 +240,10 @@ def main(argv: list[str] | None = None) -> dict:
     info["loadavg_end"] = common.loadavg()
     report = {"benchmark": "ops", "world_size": WORLD_SIZE, "backend": "tcp",
               "threads_per_party": 1, "quick": args.quick, "repeats": args.repeats,
-              "machine": info, "crypten_reference": CRYPTEN, "aims": AIMS, "rows": rows}
-    common.finish(report, markdown(rows), args.out)
+              "machine": info, "device": common.device_info(args.device),
+              "crypten_reference": CRYPTEN, "aims": AIMS, "rows": rows}
+    common.finish(report, common.device_line(report["device"]) + "\n\n" + markdown(rows),
+                  args.out)
     return report
 
 

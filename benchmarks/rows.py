@@ -322,6 +322,9 @@ MODELS = [
 SUITE_MODELS = [
     ModelRow("lenet5_step", "LeNet-5, SGD step", lenet5, batch_with_targets((128, 1, 28, 28), 10),
              batch_with_targets((8, 1, 28, 28), 10), train=True),
+    ModelRow("resnet18_b64", _resnet_label(False) + ", batch 64", resnet18,
+             randn((64, *RESNET_INPUT[False])), randn((4, *RESNET_INPUT[True])),
+             quick_model=_resnet_label(True) + ", batch 4"),
     ModelRow("bert_base", "BERT-base shape (12 x 768, 12 heads), sequence 128, embedded input",
              bert_base, randn((1, 128, 768)), randn((1, 8, 64)),
              quick_model="BERT (2 x 64, 2 heads), sequence 8, embedded input"),
@@ -360,10 +363,13 @@ def inputs(name: str, quick: bool) -> tuple:
     return row.inputs(quick)
 
 
-def plain(name: str, quick: bool) -> tuple[Callable, tuple]:
-    """(the plaintext torch run of a row, its inputs)."""
+def plain(name: str, quick: bool, device: str = "cpu",
+          dtype: torch.dtype | None = None) -> tuple[Callable, tuple]:
+    """(the plaintext torch run of a row, its inputs), the model and the inputs on device
+    (an op's inputs of dtype, if given)."""
     if kind(name) == "op":
         op = ALL_OPS[name]
-        return op.plain, op.inputs(quick)
+        return op.plain, tuple(t.to(device=device, dtype=dtype) for t in op.inputs(quick))
     row = ALL_MODELS[name]
-    return plain_step(row, row.build(quick)), row.inputs(quick)
+    return (plain_step(row, row.build(quick).to(device)),
+            tuple(t.to(device) for t in row.inputs(quick)))

@@ -27,7 +27,15 @@ rows, rounds and bytes sent per party from the formulas of protocols/ (costmodel
 the check prints 'equal' or both numbers; models have no whole-model spec); CrypTen's
 time, rounds and bytes when benchmarks/crypten_runner.py can run (see --crypten-python).
 
-Output: DIR/suite.json (machine, versions, git commit, profiles with their measured RTT
+--device cuda (default cpu) puts every party's shares on the GPU: the models are moved
+with model.to(), the inputs shared with encrypt(device=), the correlations made there
+(Config(device=, prg='chacha20')), each timed run ends with torch.cuda.synchronize, and
+the plaintext reference runs on the same GPU; the matmul rows are also timed against a
+plaintext float64 GEMM there (ratio_f64). The device and its name are in the JSON
+("device") and the Markdown. A device that is unknown, or cuda where torch sees no GPU,
+is refused before any party starts. benchmarks/gpu_check.sh runs CPU against GPU.
+
+Output: DIR/suite.json (machine, versions, git commit, device, profiles with their measured RTT
 and bandwidth, rows), DIR/suite.md (Markdown tables), DIR/time_per_profile.png and
 DIR/vs_crypten.png; DIR is --out (default benchmarks/out/suite).
 """
@@ -141,19 +149,22 @@ def worker(spec_path: str) -> None:
     spec = json.loads(Path(spec_path).read_text())
     delay = netdelay.install_from_env()
     torch.set_num_threads(1)
-    mpc.init()
+    device = spec.get("device", "cpu")
+    mpc.init(mpc.Config(**common.device_config(device)))
     rank = mpc.rank()
     probe = _probe(spec["bulk_bytes"])
     rows = []
     for name in spec["rows"]:
         _reset_peak()
+        common.reset_device_peak(device)
         if bench_rows.kind(name) == "op":
-            out = bench_ops._party([name], spec["quick"], spec["repeats"])[0]
+            out = bench_ops._party([name], spec["quick"], spec["repeats"], device)[0]
         else:
-            out = bench_models._party([name], spec["quick"], spec["repeats"], False)[0]
+            out = bench_models._party([name], spec["quick"], spec["repeats"], False, device)[0]
             out.pop("profile", None)
         out["name"] = name
         out["peak_rss_bytes"] = _peak_rss()
+        out["peak_device_bytes"] = common.device_peak(device)
         rows.append(out)
     Path(spec["out_dir"], f"rank{rank}.json").write_text(
         json.dumps({"rank": rank, "delay_s": delay, "probe": probe, "rows": rows}))
@@ -197,8 +208,10 @@ def _wait_all(procs: dict, grace_s: float) -> int:
 
 
 def run_job(profile, parties: int, provider: str, rows: list[str], quick: bool, repeats: int,
-            net=None, timeout_s: float = 1800, offline_dealer: bool = False) -> dict:
-    """One set of processes (parties and maybe a dealer) running every row."""
+            net=None, timeout_s: float = 1800, offline_dealer: bool = False,
+            device: str = "cpu") -> dict:
+    """One set of processes (parties and maybe a dealer) running every row, the parties'
+    shares and correlations on device (the dealer's correlations are made on its CPU)."""
     provider, extra_env = _provider_and_env(provider)
     nodes = parties + (provider == "dealer")
     if net is None:
@@ -211,7 +224,7 @@ def run_job(profile, parties: int, provider: str, rows: list[str], quick: bool, 
     with tempfile.TemporaryDirectory(prefix="mpcb-job-") as tmp:
         spec_path = Path(tmp, "spec.json")
         spec_path.write_text(json.dumps({"rows": rows, "quick": quick, "repeats": repeats,
-                                         "out_dir": tmp, "bulk_bytes": bulk}))
+                                         "out_dir": tmp, "bulk_bytes": bulk, "device": device}))
         env = dict(os.environ, MPC_WORLD_SIZE=str(parties), MPC_BACKEND="tcp",
                    MPC_PROVIDER=provider, MPC_PARTY_ADDRS=",".join(addrs[:parties]),
                    MPC_TORCH_THREADS="1", MPC_NET_DELAY_MS=str(profile.rtt_ms / 2),
@@ -250,7 +263,8 @@ def _quantile(values: list[float], q: float) -> float:
     return s[lo] + (s[hi] - s[lo]) * (pos - lo)
 
 
-def job_rows(profile, parties: int, provider: str, per_rank: dict, quick: bool) -> list[dict]:
+def job_rows(profile, parties: int, provider: str, per_rank: dict, quick: bool,
+             device: str = "cpu") -> list[dict]:
     out = []
     for i, name in enumerate(per_rank[0]["rows"] and [r["name"] for r in per_rank[0]["rows"]]):
         parts = [per_rank[r]["rows"][i] for r in range(parties)]
@@ -259,11 +273,13 @@ def job_rows(profile, parties: int, provider: str, per_rank: dict, quick: bool) 
         kind = bench_rows.kind(name)
         out.append({
             "name": name, "kind": kind, "profile": profile.name, "parties": parties,
-            "provider": provider, "times_s": times, "median_s": statistics.median(times),
+            "provider": provider, "device": device, "times_s": times,
+            "median_s": statistics.median(times),
             "min_s": min(times), "max_s": max(times), "q1_s": _quantile(times, 0.25),
             "q3_s": _quantile(times, 0.75),
             **common.traffic(stats),
             "peak_rss_bytes": [p["peak_rss_bytes"] for p in parts],
+            "peak_device_bytes": [p.get("peak_device_bytes") for p in parts],
             "max_abs_err": parts[0]["max_abs_err"],
             "max_scaled_err": parts[0].get("max_scaled_err"),
             "err_bound": bench_ops.err_bound(bench_rows.ALL_OPS[name]) if kind == "op"
@@ -273,8 +289,17 @@ def job_rows(profile, parties: int, provider: str, per_rank: dict, quick: bool) 
     return out
 
 
-def time_plain(name: str, quick: bool, repeats: int) -> float:
-    return common.time_plain(*bench_rows.plain(name, quick), max(3, repeats))
+def time_plain(name: str, quick: bool, repeats: int, device: str = "cpu",
+               dtype: torch.dtype | None = None) -> float:
+    """The plaintext torch run of a row (float32; an op row's inputs of dtype if given), one
+    thread, its model and inputs on device, synchronised before each clock read."""
+    return common.time_plain(*bench_rows.plain(name, quick, device, dtype), max(3, repeats),
+                             common.synchronizer(device))
+
+
+GEMM_ROWS = ("matmul256", "matmul1024")
+"""On a GPU these rows are also timed against a plaintext float64 GEMM on that device (the
+issue's aim: private 1024^3 matmul within 4x of it)."""
 
 
 # -- cost model --------------------------------------------------------------------------------
@@ -307,6 +332,8 @@ def markdown(report: dict) -> str:
             f"{p['rtt_ms']:g} ms RTT") + "; measured " + ", ".join(
             f"{k}: RTT {v['rtt_s'] * 1e3:.3g} ms, {v['bandwidth_bit_s'] / 1e6:.4g} Mbit/s"
             for k, v in p["measured"].items()))
+    if report.get("device"):
+        lines.append(common.device_line(report["device"]))
     lines.append("")
     head = ["row", "profile", "n", "provider", "median ms", "spread ms (min/q1/q3/max)",
             "plain ms", "ratio", "rounds", "MB sent per party", "dealer MB (all parties)",
@@ -334,6 +361,16 @@ def markdown(report: dict) -> str:
             "/".join(f"{b / MB:.3g}" for b in cr["bytes_sent"]) if cr else "-",
             fmt(r.get("vs_crypten"), ".3g")])
     lines.append(common.markdown_table(head, cells))
+    gemm = [r for r in report["rows"] if r.get("plain_f64_median_s")]
+    if gemm:
+        lines += ["", f"Against a plaintext float64 GEMM on `{report['device']['device']}`:", "",
+                  common.markdown_table(
+                      ["row", "n", "provider", "private ms", "plain float32 ms",
+                       "plain float64 ms", "private / float64"],
+                      [[r["name"], str(r["parties"]), r["provider"],
+                        f"{1e3 * r['median_s']:.4g}", f"{1e3 * r['plain_median_s']:.3g}",
+                        f"{1e3 * r['plain_f64_median_s']:.3g}", f"{r['ratio_f64']:.3g}"]
+                       for r in gemm], "lllrrrr")]
     return "\n".join(lines)
 
 
@@ -397,8 +434,9 @@ def parse_args(argv):
     p.add_argument("--crypten-python", default=os.environ.get(
         "MPC_CRYPTEN_PYTHON", str(ROOT / ".venv-crypten" / "bin" / "python")),
         help="interpreter with CrypTen 0.4.1 (default .venv-crypten, see README)")
+    common.add_device(p)
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "suite")
-    args = common.parse(p, argv)
+    args = common.parse(p, argv)  # --device is checked there, before any party starts
     if args.profiles is None:
         args.profiles = ["lan"] if args.quick else PROFILE_NAMES
     args.ops = OP_ROWS if args.ops is None else args.ops
@@ -441,24 +479,29 @@ def main(argv=None) -> dict:
     probes = {}
     # CrypTen first: its launcher forks, and this process has run no torch work yet.
     crypten = None
-    if not args.no_crypten:
+    if not common.is_cpu(args.device) and not args.no_crypten:
+        notes.append(f"CrypTen comparison skipped: --device {args.device} (CrypTen runs on "
+                     "the CPU; compare with a --device cpu run)")
+    elif not args.no_crypten:
         import crypten_runner
         crypten, why = crypten_runner.run_from_suite(
             args.crypten_python, rows_wanted, args.parties, args.quick, args.repeats)
         if why:
             notes.append(f"CrypTen: {why}" if crypten else f"CrypTen comparison skipped: {why}")
+    device = common.device_info(args.device)  # after CrypTen's fork: this may start CUDA
     with tqdm(total=len(jobs) * len(rows_wanted), desc="suite", unit="row") as bar:
         for profile, parties, provider in jobs:
             bar.set_postfix_str(f"{profile.name} n={parties} {provider}")
             if profile.name == "lan":
                 per_rank = run_job(profile, parties, provider, rows_wanted, args.quick,
-                                   args.repeats)
+                                   args.repeats, device=args.device)
             else:
                 dealer = _provider_and_env(provider)[0] == "dealer"
                 unshaped = (parties,) if dealer and args.offline_dealer else ()
                 with netns.Network(parties + dealer, profile, unshaped) as net:
                     per_rank = run_job(profile, parties, provider, rows_wanted, args.quick,
-                                       args.repeats, net=net, offline_dealer=bool(unshaped))
+                                       args.repeats, net=net, offline_dealer=bool(unshaped),
+                                       device=args.device)
             probe = per_rank[0]["probe"]
             probes[(profile.name, parties, provider)] = probe
             key = f"n={parties} {provider}"
@@ -467,14 +510,21 @@ def main(argv=None) -> dict:
                        f"bandwidth {probe['bandwidth_bit_s'] / 1e6:.4g} Mbit/s "
                        f"(asked: {profile.rtt_ms:g} ms, "
                        f"{'unshaped' if not profile.rate_mbit else f'{profile.rate_mbit:g} Mbit/s'})")
-            rows += job_rows(profile, parties, provider, per_rank, args.quick)
+            rows += job_rows(profile, parties, provider, per_rank, args.quick, args.device)
             bar.update(len(rows_wanted))
-    plain = {name: time_plain(name, args.quick, args.repeats) for name in rows_wanted}
+    plain = {name: time_plain(name, args.quick, args.repeats, args.device)
+             for name in rows_wanted}
+    plain_f64 = {} if common.is_cpu(args.device) else {
+        name: time_plain(name, args.quick, args.repeats, args.device, torch.float64)
+        for name in rows_wanted if name in GEMM_ROWS}
     lan = {(r["name"], r["parties"], r["provider"]): r for r in rows if r["profile"] == "lan"}
     spec_cache = {}
     for r in rows:
         r["plain_median_s"] = plain[r["name"]]
         r["ratio"] = r["median_s"] / plain[r["name"]]
+        if r["name"] in plain_f64:
+            r["plain_f64_median_s"] = plain_f64[r["name"]]
+            r["ratio_f64"] = r["median_s"] / plain_f64[r["name"]]
         comparison = "fss" if r["provider"] == FSS else "circuit"
         key = (r["name"], r["parties"], comparison)
         if key not in spec_cache:
@@ -494,7 +544,7 @@ def main(argv=None) -> dict:
     info["loadavg_end"] = common.loadavg()
     report = {"benchmark": "suite", "command": "mpc-ml bench " + " ".join(
         sys.argv[1:] if argv is None else argv), "quick": args.quick, "repeats": args.repeats,
-        "backend": "tcp", "threads_per_party": 1, "machine": info,
+        "backend": "tcp", "threads_per_party": 1, "machine": info, "device": device,
         "profiles": list(profile_info.values()), "notes": notes,
         "crypten": crypten, "rows": rows}
     if SERVE_ROW in args.models:  # its own processes and table (benchmarks/serve.py)

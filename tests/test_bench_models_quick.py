@@ -74,3 +74,36 @@ def test_models_and_options(models):
     assert models.aim_missed(dict(row, median_s=0.5, max_abs_err=0.1),
                              models.AIMS["lenet5_b32"]) == ["s", "err"]
     assert models.aim_missed(row, models.AIMS["mlp_step"]) == ["s", "mb"]
+
+
+def test_party_loops_take_the_device_branch(models):
+    """The party loops of models.py and ops.py on a device other than the CPU (faked here:
+    common.is_cpu answers False for 'cpu' and torch.cuda.synchronize is counted), so the
+    branch a GPU run takes (model.to, encrypt(device=), the device PRG, a synchronize
+    before each clock read) runs on every machine."""
+    from unittest import mock
+
+    import torch
+
+    import mpc_ml as mpc
+
+    ops = load_benchmark("ops")
+    common = sys.modules["common"]  # the benchmarks' common.py, as models.py imported it
+    synced = []
+    threads = torch.get_num_threads()  # the party loops set one thread (inproc: this process)
+    try:
+        with mock.patch.object(common, "is_cpu", lambda device: False), \
+                mock.patch.object(torch.cuda, "synchronize", synced.append):
+            config = mpc.Config(**common.device_config("cpu"))
+            assert (config.device, config.prg) == ("cpu", "chacha20")
+            model_rows = mpc.run(models._party, world_size=2, provider="tfp", config=config,
+                                 args=(["lenet5_b1", "mlp_step"], True, 1, False, "cpu"))
+            op_rows = mpc.run(ops._party, world_size=2, provider="tfp", config=config,
+                              args=(["matmul1024", "relu1e5"], True, 1, "cpu"))
+            plain = models.time_plain(models.ROWS_BY_NAME["lenet5_b1"], True, 1, "cpu")
+    finally:
+        torch.set_num_threads(threads)
+    for r in model_rows[0] + op_rows[0]:
+        assert r["max_abs_err"] < 1e-2 and len(r["times_s"]) == 1, r
+    # warm-up and timed run, 4 rows, 2 parties; the plaintext reference: warm-up and 1 run
+    assert len(synced) == 2 * 4 * 2 + 2 and set(synced) == {"cpu"} and plain > 0

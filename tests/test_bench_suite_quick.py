@@ -7,6 +7,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
@@ -62,3 +64,53 @@ def test_bench_suite_quick(tmp_path):
     assert relu["rounds"] == [5, 5]  # comparison.toml [relu]: csa_rounds + 5
     if report["crypten"] is None:
         assert any("CrypTen" in note for note in report["notes"])
+
+
+def test_bench_suite_device(tmp_path):
+    """--device cpu, asked for explicitly, runs and records the device and its name; cuda
+    runs too where torch sees a GPU (then the matmul row is also timed against a float64
+    GEMM there), and elsewhere is refused with a clear error before any party starts, as
+    is a device that does not exist."""
+    import torch
+
+    import suite  # benchmarks/suite.py
+
+    rows = ["--ops", "matmul1024", "--models", "lenet5_b1", "--parties", "2",
+            "--providers", "tfp", "--no-crypten"]
+
+    def bench(device: str, out: Path):
+        return subprocess.run([sys.executable, "-m", "mpc_ml", "bench", "--quick", "--device",
+                               device, *rows, "--out", str(out)],
+                              cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+    def check(device: str, out: Path, name: str) -> dict:
+        proc = bench(device, out)
+        assert proc.returncode == 0, proc.stderr[-4000:] + proc.stdout[-2000:]
+        report = json.loads((out / "suite.json").read_text())
+        assert report["device"]["device"] == device and report["device"]["device_name"] == name
+        assert {r["name"] for r in report["rows"]} == {"matmul1024", "lenet5_b1"}
+        for r in report["rows"]:
+            assert r["device"] == device and r["median_s"] > 0 and r["plain_median_s"] > 0
+            assert r["max_abs_err"] < 1e-2, r
+        md = (out / "suite.md").read_text()
+        assert md.startswith("- profile `lan`") and f"- device: `{device}` ({name}" in md
+        return report
+
+    cpu = check("cpu", tmp_path / "cpu", suite.common.cpu_name())
+    assert cpu["device"]["device_name"] == cpu["machine"]["cpu"]
+    assert not any("plain_f64_median_s" in r for r in cpu["rows"])  # CPU figures as before
+    if torch.cuda.is_available():
+        gpu = check("cuda", tmp_path / "cuda", torch.cuda.get_device_name())
+        (matmul,) = [r for r in gpu["rows"] if r["name"] == "matmul1024"]
+        assert matmul["plain_f64_median_s"] > 0
+        assert matmul["ratio_f64"] == matmul["median_s"] / matmul["plain_f64_median_s"]
+        assert all(max(r["peak_device_bytes"]) > 0 for r in gpu["rows"])
+        assert "float64 GEMM" in (tmp_path / "cuda" / "suite.md").read_text()
+    else:
+        proc = bench("cuda", tmp_path / "refused")
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        assert "--device cuda: torch.cuda.is_available() is False" in proc.stderr
+        assert "party" not in proc.stderr and not (tmp_path / "refused").exists()
+    for wrong in ("tpu", "cuda:x", "cpu:1"):
+        with pytest.raises(SystemExit):
+            suite.parse_args(["--device", wrong])

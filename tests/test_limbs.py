@@ -1,13 +1,27 @@
-"""The GPU path's limb kernels (core/limbs.py), run on CPU tensors: bit for bit equal to
-torch's int64 kernels on random full-range words and on adversarial ones (every limb
-all ones) with the reduction at each plan's bound and one past it."""
+"""The GPU path's limb kernels (core/limbs.py) on every device of helpers.DEVICES (the
+CPU, and the GPU where there is one): bit for bit equal to torch's int64 kernels on CPU
+on random full-range words and on adversarial ones (every limb all ones) with the
+reduction at each plan's bound and one past it."""
 from unittest import mock
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from helpers import DEVICES
 from mpc_ml.core import limbs, ring
+
+on_devices = pytest.mark.parametrize("device", DEVICES)
+
+
+def on(device, *tensors):
+    """The tensors on device (CPU tensors stay the same objects)."""
+    return [t.to(device) for t in tensors]
+
+
+def same(got: torch.Tensor, expected: torch.Tensor, device: str) -> bool:
+    """got was computed on device (and stayed there), and equals the CPU int64 result."""
+    return got.device.type == torch.device(device).type and torch.equal(got.cpu(), expected)
 
 
 def words(*shape, seed=0):
@@ -23,9 +37,10 @@ def ones(*shape):
     ((5, 9), (9, 4)), ((2, 3, 5, 9), (9, 4)), ((9,), (9, 4)), ((5, 9), (9,)),
     ((1, 5, 600), (2, 600, 3)), ((3, 7), (2, 1, 7, 2)), ((9,), (9,)),
 ])
-def test_matmul_is_exact(a_shape, b_shape):
+@on_devices
+def test_matmul_is_exact(a_shape, b_shape, device):
     a, b = words(*a_shape, seed=1), words(*b_shape, seed=2)
-    assert torch.equal(limbs.matmul(a, b), torch.matmul(a, b))
+    assert same(limbs.matmul(*on(device, a, b)), torch.matmul(a, b), device)
 
 
 @pytest.mark.parametrize("x_shape, w_shape, kw", [
@@ -34,21 +49,25 @@ def test_matmul_is_exact(a_shape, b_shape):
     ((2, 8, 5, 5), (8, 1, 3, 3), dict(padding=1, groups=8)),  # depthwise
     ((1, 70, 4, 4), (2, 70, 3, 3), dict(padding=1)),  # 630 terms: the 16-bit plan
 ])
-def test_conv2d_and_its_gradients_are_exact(x_shape, w_shape, kw):
+@on_devices
+def test_conv2d_and_its_gradients_are_exact(x_shape, w_shape, kw, device):
     x, w = words(*x_shape, seed=3), words(*w_shape, seed=4)
     out = ring.conv2d_int64(x, w, **kw)
-    assert torch.equal(limbs.conv2d(x, w, **kw), out)
+    xd, wd = on(device, x, w)
+    assert same(limbs.conv2d(xd, wd, **kw), out, device)
     g = words(*out.shape, seed=5)
-    assert torch.equal(limbs.conv2d_input(g, w, x.shape, **kw),
-                       ring.conv2d_input_int64(g, w, input_shape=x.shape, **kw))
-    assert torch.equal(limbs.conv2d_weight(x, g, w.shape, **kw),
-                       ring.conv2d_weight_int64(x, g, weight_shape=w.shape, **kw))
+    (gd,) = on(device, g)
+    assert same(limbs.conv2d_input(gd, wd, x.shape, **kw),
+                ring.conv2d_input_int64(g, w, input_shape=x.shape, **kw), device)
+    assert same(limbs.conv2d_weight(xd, gd, w.shape, **kw),
+                ring.conv2d_weight_int64(x, g, weight_shape=w.shape, **kw), device)
 
 
-def test_conv1d_is_exact():
+@on_devices
+def test_conv1d_is_exact(device):
     x, w = words(2, 4, 9, seed=6), words(6, 2, 3, seed=7)
     kw = dict(stride=2, padding=1, groups=2)
-    assert torch.equal(limbs.conv1d(x, w, **kw), ring.conv1d_int64(x, w, **kw))
+    assert same(limbs.conv1d(*on(device, x, w), **kw), ring.conv1d_int64(x, w, **kw), device)
 
 
 def test_the_plans_and_their_bounds():
@@ -62,21 +81,33 @@ def test_the_plans_and_their_bounds():
     assert all(small.width * (i + j) < 64 for i, j in small.pairs)
 
 
+@on_devices
 @pytest.mark.parametrize("k", [512, 513])
-def test_all_ones_limbs_at_the_22_bit_bound_and_past_it(k):
+def test_all_ones_limbs_at_the_22_bit_bound_and_past_it(k, device):
     a, b = ones(3, k), ones(k, 2)
-    assert torch.equal(limbs.matmul(a, b), torch.matmul(a, b))
+    assert same(limbs.matmul(*on(device, a, b)), torch.matmul(a, b), device)
 
 
+@on_devices
 @pytest.mark.parametrize("past", [0, 1])
-def test_all_ones_limbs_at_the_16_bit_bound_and_past_it(past):
+def test_all_ones_limbs_at_the_16_bit_bound_and_past_it(past, device):
     k = limbs.max_reduction(16) + past
     a, b = ones(1, k), ones(k, 1)
     assert limbs.limb_plan(k).chunks(k) == 1 + past  # past the bound: split in two
-    assert torch.equal(limbs.matmul(a, b), torch.matmul(a, b))
+    assert same(limbs.matmul(*on(device, a, b)), torch.matmul(a, b), device)
 
 
-def test_one_library_call_per_op():
+@on_devices
+def test_all_ones_convolution_at_the_22_bit_bound(device):
+    """A convolution whose reduction (channels x kernel) is exactly 512 terms of all-ones
+    limbs: the device's float64 convolution (cuDNN's algorithm on a GPU) must sum exactly."""
+    x, w = ones(1, 32, 6, 6), ones(2, 32, 4, 4)  # 32 * 4 * 4 = 512 terms
+    assert same(limbs.conv2d(*on(device, x, w), padding=1),
+                ring.conv2d_int64(x, w, padding=1), device)
+
+
+@on_devices
+def test_one_library_call_per_op(device):
     calls = {"matmul": 0, "conv2d": 0}
     real_matmul, real_conv = torch.matmul, F.conv2d
 
@@ -88,6 +119,6 @@ def test_one_library_call_per_op():
         calls["conv2d"] += 1
         return real_conv(*a, **k)
     with mock.patch.object(torch, "matmul", count_matmul), mock.patch.object(F, "conv2d", count_conv):
-        limbs.matmul(words(4, 700), words(700, 3))
-        limbs.conv2d(words(1, 3, 6, 6), words(4, 3, 3, 3))
+        limbs.matmul(*on(device, words(4, 700), words(700, 3)))
+        limbs.conv2d(*on(device, words(1, 3, 6, 6), words(4, 3, 3, 3)))
     assert calls == {"matmul": 1, "conv2d": 1}
