@@ -58,6 +58,9 @@ class Session:
             config.comm_timeout_s, parse_measurements(config.dealer_measurement),
             tuple(s.strip() for s in config.dealer_allowed_tcb.split(",") if s.strip()))
         self.provider.device = torch.device(config.device)
+        comm.land_on(self.provider.device)  # received shares too; CUDA: via pinned memory
+        if dealer_link is not None:
+            dealer_link.pinned = self.provider.device.type == "cuda"
         if self.provider.needs_dealer:
             self._agree_on_the_dealer()
         self.op_observers: list = []

@@ -160,3 +160,52 @@ def test_config_device_reaches_the_provider_and_the_values_hold():
         for got, device in mpc.run(party, world_size=2, provider=provider, config=config):
             assert torch.allclose(got, (x @ x).relu(), atol=1e-3)
             assert device == torch.device("cpu:0")
+
+
+@pytest.mark.parametrize("pinned", [True, False])
+def test_a_link_told_of_a_cuda_destination_receives_into_pinned_memory(monkeypatch, pinned):
+    """Link.pinned (Communicator.land_on a CUDA device): every tensor payload, small or
+    read in growing chunks, lands in a page-locked buffer (recorded here: this CPU-only
+    torch cannot pin), so its copy to the device is one asynchronous DMA."""
+    from helpers import link_pair
+    from mpc_ml.comm import frames, tcp
+
+    asked = []
+
+    def host_tensor(shape, dtype, pin):
+        asked.append(pin)
+        return torch.empty(shape, dtype=dtype)
+
+    monkeypatch.setattr(frames, "host_tensor", host_tensor)
+    a, b = link_pair(max_frame_bytes=1 << 24)
+    b.pinned = pinned
+    try:
+        small, large = torch.arange(10), torch.arange(tcp.GROW_START // 8 * 3)
+        for t in (small, large):
+            a.send(t)
+            assert torch.equal(b.recv(10.0), t)
+    finally:
+        a.close()
+        b.close()
+    assert asked == [pinned, pinned]
+
+
+def test_the_communicator_lands_received_tensors_on_the_session_device():
+    from mpc_ml.comm import frames
+    from mpc_ml.comm.base import Communicator
+    from mpc_ml.session import current
+
+    comm = Communicator(0, 2, {1: mock.Mock(pinned=False)}, timeout=1.0)
+    comm.land_on("cuda:0")
+    assert comm.links[1].pinned and comm.device == torch.device("cuda:0")
+    comm.land_on("cpu")
+    assert not comm.links[1].pinned
+    t = torch.arange(3)
+    assert frames.landed(t, None) is t and frames.landed(t, torch.device("cpu")) is t
+
+    def party():
+        got = mpc.encrypt(torch.ones(3), src=0).decrypt()
+        return current().comm.device, got
+
+    for device, got in mpc.run(party, world_size=2, config=mpc.Config(device="cpu")):
+        assert device == torch.device("cpu") and torch.equal(got, torch.ones(3))

@@ -66,6 +66,19 @@ def staged_on_host(t: torch.Tensor) -> torch.Tensor:
     return staged
 
 
+def host_tensor(shape: tuple[int, ...], dtype: torch.dtype, pinned: bool) -> torch.Tensor:
+    """An uninitialised host tensor, page-locked if pinned."""
+    return torch.empty(shape, dtype=dtype, pin_memory=pinned)
+
+
+def landed(t: torch.Tensor, device: torch.device | None) -> torch.Tensor:
+    """A received tensor moved to device (None: where it is); from pinned memory the copy
+    is asynchronous, ordered before any later work on the device's current stream."""
+    if device is None or t.device == device:
+        return t
+    return t.to(device, non_blocking=t.is_pinned())
+
+
 def tensor_payload(t: torch.Tensor) -> memoryview:
     """The raw bytes of a tensor, staged on the host; without copying a contiguous CPU one."""
     t = staged_on_host(t).contiguous()
@@ -122,11 +135,13 @@ def parse_shape(dims: bytes, ndim: int, code: int, length: int) -> tuple[int, ..
     return shape
 
 
-def empty_tensor(code: int, shape: tuple[int, ...]) -> tuple[torch.Tensor, memoryview]:
-    """A tensor to receive a payload into, and a writable byte view of it."""
+def empty_tensor(code: int, shape: tuple[int, ...],
+                 pinned: bool = False) -> tuple[torch.Tensor, memoryview]:
+    """A tensor to receive a payload into, and a writable byte view of it; pinned: in
+    page-locked host memory (torch's caching host allocator), for a CUDA destination."""
     dtype = DTYPES[code]
     try:
-        t = torch.empty(shape, dtype=torch.uint8 if dtype == torch.bool else dtype)
+        t = host_tensor(shape, torch.uint8 if dtype == torch.bool else dtype, pinned)
     except (RuntimeError, ValueError, OverflowError) as e:  # e.g. strides that overflow
         raise FrameError(f"shape {shape} cannot be allocated: {e}") from None
     view = memoryview(t.numpy()).cast("B") if t.numel() else memoryview(bytearray(0))
