@@ -237,6 +237,39 @@ def test_adaptive_max_pool_any_size(size):
     check(model, (torch.randn(2, 2, 9, 7),))
 
 
+class PoolsWithIndices(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(2, 3, 3)
+        self.pool = nn.MaxPool2d(2, return_indices=True)
+        self.adaptive = nn.AdaptiveMaxPool2d((2, 3), return_indices=True)
+
+    def forward(self, x):
+        y = self.conv(x)
+        return (*self.pool(y), *self.adaptive(y), nn.functional.adaptive_max_pool2d(y, 2))
+
+
+def test_pooling_indices_through_torch_export():
+    """max_pool2d_with_indices and adaptive_max_pool2d's indices are passed on (private),
+    as torch's."""
+    model = seeded(PoolsWithIndices).eval()
+    x = torch.randn(2, 2, 9, 7)
+
+    def party():
+        net = mpc.nn.from_pytorch(model, (x,), tracer="export").encrypt(src=0)
+        with mpc.no_grad():
+            return [o.decrypt() for o in net(enc(x, 1))]
+
+    with torch.no_grad():
+        want = model(x)
+    for got in mpc.run(party, 2, provider="tfp"):
+        for g, w in zip(got, want):
+            if w.is_floating_point():
+                assert_close(g, w, "pooled values", TOL)
+            else:
+                assert torch.equal(g.round().long(), w)
+
+
 def test_max_over_dims():
     model = seeded(lambda: nn.Sequential(nn.Conv2d(2, 3, 3), MaxOverDims()))
     check(model, (torch.randn(2, 2, 5, 5),))

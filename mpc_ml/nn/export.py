@@ -204,12 +204,28 @@ def adaptive_avg_pool(x: TensorLike, output_size: int | list[int | None]) -> Ten
     return x
 
 
-def adaptive_max_pool(x: TensorLike, output_size: int | list[int | None]) -> tuple:
-    """Adaptive max pooling to any size (MPCTensor.adaptive_max_pool2d / 1d), as torch.
-    Returns (values, None): the indices torch also returns are not passed on."""
+class _IndicesOnRead:
+    """A pooling op's (values, indices), the private indices computed only if the graph
+    reads them (most graphs drop them; computing them costs more comparisons)."""
+
+    def __init__(self, pool: Callable, *args):
+        self._pool, self._args = pool, args
+        self.values = pool(*args)
+
+    def __getitem__(self, i: int):
+        if i == 0:
+            return self.values
+        if i == 1:
+            return self._pool(*self._args, return_indices=True)[1]
+        raise IndexError(i)
+
+
+def adaptive_max_pool(x: TensorLike, output_size: int | list[int | None]) -> _IndicesOnRead:
+    """Adaptive max pooling to any size (MPCTensor.adaptive_max_pool2d / 1d), as torch:
+    (values, indices), the indices made only if used."""
     sizes = tuple(output_size) if isinstance(output_size, (list, tuple)) else (output_size,)
     pool = x.adaptive_max_pool2d if len(sizes) == 2 else x.adaptive_max_pool1d
-    return pool(sizes), None
+    return _IndicesOnRead(pool, sizes)
 
 
 def _batch_norm_eval(x, weight, bias, mean, var, momentum, eps):
@@ -281,6 +297,9 @@ ATEN_OPS: dict[str, Callable] = {
     "aten.erf.default": lambda x: x.erf(),
     "aten.max_pool2d.default": lambda x, k, stride=None, padding=0, dilation=1, ceil_mode=False:
         F.max_pool2d(x, k, _pool_stride(stride), padding, dilation, ceil_mode),
+    "aten.max_pool2d_with_indices.default": lambda x, k, stride=None, padding=0, dilation=1,
+        ceil_mode=False: _IndicesOnRead(x.max_pool2d, k, _pool_stride(stride), padding,
+                                        dilation, ceil_mode),
     "aten.avg_pool2d.default": lambda x, k, stride=None, padding=0, ceil_mode=False,
         count_include_pad=True, divisor_override=None:
         F.avg_pool2d(x, k, _pool_stride(stride), padding, ceil_mode, count_include_pad),

@@ -12,7 +12,7 @@ import torch
 from ... import nn as _nn
 from ...tensor import MPCTensor
 from .cryptensor import as_cryptensor
-from ...nn import (GELU, AdaptiveAvgPool2d, AvgPool2d, BatchNorm1d, BatchNorm2d, BCELoss,
+from ...nn import (GELU, AdaptiveAvgPool2d, AdaptiveMaxPool2d, AvgPool2d, BatchNorm1d, BatchNorm2d, BCELoss,
                    BCEWithLogitsLoss, Conv1d, Conv2d, CrossEntropyLoss, Dropout, Flatten, Identity,
                    L1Loss, Linear, LogSoftmax, MaxPool2d, Module, ModuleList, MSELoss, ReLU,
                    Sequential, Sigmoid, Softmax, Tanh)
@@ -44,7 +44,8 @@ def from_pytorch(pytorch_model: torch.nn.Module, dummy_input: torch.Tensor) -> M
     return model
 
 
-__all__ = ["AdaptiveAvgPool2d", "AvgPool2d", "BCELoss", "BCEWithLogitsLoss", "BatchNorm1d",
-           "BatchNorm2d", "Conv1d", "Conv2d", "CrossEntropyLoss", "Dropout", "Flatten", "GELU",
+__all__ = ["AdaptiveAvgPool2d", "AdaptiveMaxPool2d", "AvgPool2d", "BCELoss", "BCEWithLogitsLoss",
+           "BatchNorm1d", "BatchNorm2d", "Conv1d", "Conv2d", "CrossEntropyLoss", "Dropout",
+           "Flatten", "GELU",
            "Identity", "L1Loss", "Linear", "LogSoftmax", "MSELoss", "MaxPool2d", "Module",
            "ModuleList", "ReLU", "Sequential", "Sigmoid", "Softmax", "Tanh", "from_pytorch"]
