@@ -87,6 +87,44 @@ def test_protocols_on_the_device_path_move_nothing_to_the_host(provider):
             assert torch.allclose(got.double(), expected, atol=2e-3, rtol=2e-3)
 
 
+def test_every_convolution_form_on_the_device_path_moves_nothing_to_the_host():
+    """conv1d and conv2d with strides, padding, dilation and groups, both their gradients,
+    and the transposed convolutions: all on the limb kernels, no host transfer."""
+    F = torch.nn.functional
+    g = torch.Generator().manual_seed(0)
+    x2, w2 = torch.randn(2, 4, 7, 7, generator=g), torch.randn(6, 2, 3, 3, generator=g)
+    x1, w1 = torch.randn(2, 4, 9, generator=g), torch.randn(6, 2, 3, generator=g)
+    t2, t1 = torch.randn(4, 3, 3, 3, generator=g), torch.randn(4, 3, 3, generator=g)
+    conv2 = dict(stride=2, padding=1, groups=2)
+    conv1 = dict(padding=2, dilation=2, groups=2)
+    transposed2, transposed1 = dict(stride=2, padding=1, output_padding=1), dict(stride=2, padding=1)
+
+    def party():
+        a2, k2, a1, k1 = (mpc.encrypt(t, src=i % 2) for i, t in enumerate((x2, w2, x1, w1)))
+        for t in (a2, k2, a1, k1):
+            t.requires_grad_(True)
+        u2, u1 = mpc.encrypt(t2, src=1), mpc.encrypt(t1, src=1)
+        with mock.patch.object(ring, "on_host", lambda t: False), HostTransfers() as seen:
+            y2, y1 = mpc.conv2d(a2, k2, **conv2), mpc.conv1d(a1, k1, **conv1)
+            (y2.sum() + y1.sum()).backward()
+            z2 = mpc.nn.functional.conv_transpose2d(a2, u2, **transposed2)
+            z1 = mpc.nn.functional.conv_transpose1d(a1, u1, **transposed1)
+        outs = [y2, y1, a2.grad, k2.grad, a1.grad, k1.grad, z2, z1]
+        return [o.decrypt() for o in outs], seen.outside_comm()
+
+    leaves = [t.clone().requires_grad_() for t in (x2, w2, x1, w1)]
+    y2, y1 = F.conv2d(*leaves[:2], **conv2), F.conv1d(*leaves[2:], **conv1)
+    (y2.sum() + y1.sum()).backward()
+    want = [y2, y1, *(t.grad for t in leaves), F.conv_transpose2d(x2, t2, **transposed2),
+            F.conv_transpose1d(x1, t1, **transposed1)]
+    for outs, transfers in mpc.run(party, world_size=2, provider="tfp",
+                                   config=mpc.Config(prg="chacha20")):
+        assert transfers == {}, f"host transfers outside comm/: {transfers}"
+        for got, expected in zip(outs, want):
+            assert got.shape == expected.shape
+            assert torch.allclose(got, expected.detach(), atol=1e-3)
+
+
 def test_fss_comparisons_on_the_device_path_move_nothing_to_the_host():
     """comparison='fss' with prg='chacha20': the DCF keys' tree PRG is ChaCha20 in torch
     ops, so evaluating them stays on the shares' device (with 'aes' it is the host's)."""
