@@ -14,6 +14,7 @@ import torch
 import mpc_ml as mpc
 from mpc_ml.core import ring
 from mpc_ml.primitives import binary
+from mpc_ml.tensor import BinaryTensor
 
 HOST_TRANSFERS = ("cpu", "numpy", "item", "tolist")
 
@@ -143,6 +144,66 @@ def test_fss_comparisons_on_the_device_path_move_nothing_to_the_host():
         assert transfers == {}, f"host transfers outside comm/: {transfers}"
         for got, expected in zip(outs, want):
             assert torch.equal(got.double(), expected)
+
+
+# (name, private op, torch reference): the rest of the op surface, on the device path
+SWEEP = [
+    ("log", lambda a: (a * a + 1).log(), lambda x: (x * x + 1).log()),
+    ("sqrt", lambda a: (a * a + 1).sqrt(), lambda x: (x * x + 1).sqrt()),
+    ("inv_sqrt", lambda a: (a * a + 1).inv_sqrt(), lambda x: (x * x + 1).rsqrt()),
+    ("tanh", lambda a: a.tanh(), torch.tanh),
+    ("gelu", lambda a: a.gelu(), torch.nn.functional.gelu),
+    ("erf", lambda a: a.erf(), torch.erf),
+    ("div", lambda a: a / (a * a + 1), lambda x: x / (x * x + 1)),
+    ("cos", lambda a: a.cos(), torch.cos),
+    ("log_softmax", lambda a: a.log_softmax(-1), lambda x: x.log_softmax(-1)),
+    ("abs", lambda a: a.abs(), torch.abs),
+    ("clamp", lambda a: a.clamp(-0.5, 0.5), lambda x: x.clamp(-0.5, 0.5)),
+    ("eq", lambda a: a == a, lambda x: torch.ones_like(x)),
+    ("argmax", lambda a: a.argmax(dim=1), lambda x: x.argmax(dim=1)),
+    ("var", lambda a: a.var(), lambda x: x.var()),
+    ("pow", lambda a: a.pow(3), lambda x: x.pow(3)),
+    ("cumsum", lambda a: a.cumsum(1), lambda x: x.cumsum(1)),
+    ("avg_pool", lambda a: a.reshape(1, 2, 4, 4).avg_pool2d(2),
+     lambda x: torch.nn.functional.avg_pool2d(x.reshape(1, 2, 4, 4), 2)),
+    ("adaptive_max", lambda a: a.reshape(1, 2, 4, 4).adaptive_max_pool2d(3),
+     lambda x: torch.nn.functional.adaptive_max_pool2d(x.reshape(1, 2, 4, 4), 3)),
+    ("binary and", lambda a: (BinaryTensor.from_arithmetic(a) & BinaryTensor.from_arithmetic(a))
+     .to_arithmetic(), lambda x: x),
+    ("rand", lambda a: mpc.rand(4, 8), None),
+]
+
+
+def test_the_rest_of_the_op_surface_and_a_training_step_move_nothing_to_the_host():
+    x = torch.randn(4, 8, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    net = torch.nn.Sequential(torch.nn.Linear(8, 3), torch.nn.LayerNorm(3), torch.nn.ReLU(),
+                              torch.nn.Linear(3, 2))
+    target = torch.eye(2, dtype=torch.float64)[torch.tensor([0, 1, 1, 0])]
+
+    def party():
+        a, y = mpc.encrypt(x, src=0), mpc.encrypt(target, src=1)
+        model = mpc.nn.from_pytorch(net, x.float()).encrypt(src=0)
+        optimizer = mpc.optim.Adam(model.parameters(), lr=0.01)
+        with mock.patch.object(ring, "on_host", lambda t: False), HostTransfers() as seen:
+            outs = [op(a) for _, op, _ in SWEEP]
+            loss = mpc.nn.CrossEntropyLoss()(model(a), y)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        return [o.decrypt() for o in outs], loss.decrypt(), seen.outside_comm()
+
+    with torch.no_grad():
+        want_loss = torch.nn.functional.cross_entropy(net(x.float()).double(), target)
+    for outs, loss, transfers in mpc.run(party, world_size=2, provider="dealer",
+                                         config=mpc.Config(prg="chacha20")):
+        assert transfers == {}, f"host transfers outside comm/: {transfers}"
+        for (name, _, reference), got in zip(SWEEP, outs):
+            if reference is None:  # rand: uniform on [0, 1)
+                assert got.shape == (4, 8) and bool(((got >= 0) & (got < 1)).all()), name
+            else:
+                want = reference(x).double()
+                assert torch.allclose(got.double(), want, atol=2e-2, rtol=2e-2), name
+        assert abs(float(loss) - float(want_loss)) < 2e-2
 
 
 def test_a_model_moves_with_to_and_keeps_its_leaves():

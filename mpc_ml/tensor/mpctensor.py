@@ -351,7 +351,7 @@ class MPCTensor:
         any other real exponent of a positive base is pos_pow()'s."""
         if isinstance(exponent, MPCTensor):
             raise TypeError("pow takes a public exponent; for a private one use pos_pow()")
-        p = float(torch.as_tensor(exponent).item())
+        p = float(exponent) if isinstance(exponent, (int, float)) else float(torch.as_tensor(exponent).item())
         if p == int(p):
             k = int(p)
             return self._int_pow(k) if k >= 0 else self.reciprocal()._int_pow(-k)
