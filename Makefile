@@ -37,3 +37,20 @@ bench: venv
 
 clean:
 	rm -rf $(VENV) build *.egg-info
+
+# The wheels a lent GPU machine lacks (its python3 3.12 has torch, pytest, pytest-xdist,
+# numpy, matplotlib, ... but no `cryptography`, and no internet): downloaded here into .whl
+# for CPython 3.12 on manylinux x86_64, pinned to the versions in $(VENV) where it has
+# them. The device run carries .whl and benchmarks/gpu_check.sh installs it
+# (benchmarks/README.md, "On a lent GPU").
+GPU_WHEELS ?= cryptography cffi pycparser dcap-qvl
+.PHONY: gpu-wheels
+gpu-wheels:
+	rm -rf .whl && mkdir -p .whl
+	pins=$$( { test -x $(PY) && $(PY) -c 'import importlib.metadata as m, sys; print(" ".join( \
+		p + ("==" + m.version(p) if list(m.distributions(name=p)) else "") for p in sys.argv[1:]))' \
+		$(GPU_WHEELS); } || echo $(GPU_WHEELS) ) && echo "gpu-wheels: $$pins" && \
+	$(PYTHON) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
+		--implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+		--platform manylinux2014_x86_64 -d .whl $$pins
+	@ls -l .whl

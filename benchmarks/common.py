@@ -188,13 +188,24 @@ def synchronizer(device: str) -> Callable | None:
 
 
 def reset_device_peak(device: str) -> None:
+    """Start counting the device's peak memory afresh (nothing on the CPU). A figure on
+    the side: where the allocator cannot say, device_peak answers None."""
     if not is_cpu(device):
-        torch.cuda.reset_peak_memory_stats(device)
+        try:
+            torch.cuda.init()  # the allocator's statistics need CUDA set up
+            torch.cuda.reset_peak_memory_stats(device)
+        except RuntimeError:
+            pass
 
 
 def device_peak(device: str) -> int | None:
     """Peak bytes allocated by torch on the device since reset_device_peak (None on CPU)."""
-    return None if is_cpu(device) else int(torch.cuda.max_memory_allocated(device))
+    if is_cpu(device):
+        return None
+    try:
+        return int(torch.cuda.max_memory_allocated(device))
+    except RuntimeError:
+        return None
 
 
 def cpu_name() -> str:

@@ -416,6 +416,80 @@ def plots(report: dict, out_dir: Path) -> list[str]:
     return written
 
 
+# -- CPU against GPU (benchmarks/gpu_check.sh) ------------------------------------------------------
+AIM_SPEEDUP = {"resnet18_b64": 20.0}
+"""The issue's aim: at least this many times faster on the GPU than on the CPU."""
+AIM_F64 = {"matmul1024": 4.0}
+"""The issue's aim: private time at most this many times a plaintext float64 GEMM there."""
+
+
+def _side(run_dir: Path) -> tuple[dict | None, dict, list[tuple[str, str]]]:
+    """The suite reports under run_dir (one sub-folder per group of rows, each with its
+    suite.json or, where the group failed, only its log): (device info, rows by
+    (name, parties, provider), the failed groups with their logs' tails)."""
+    device, rows, failed = None, {}, []
+    for group in sorted(p for p in run_dir.iterdir() if p.is_dir()) if run_dir.is_dir() else []:
+        path = group / "suite.json"
+        if not path.exists():
+            log = group.with_suffix(".log")
+            tail = log.read_text(errors="replace").splitlines()[-15:] if log.exists() else []
+            failed.append((group.name, "\n".join(tail)))
+            continue
+        report = json.loads(path.read_text())
+        device = device or dict(report.get("device") or {"device": "cpu",
+                                                           "device_name": report["machine"]["cpu"]},
+                                cpu=report["machine"]["cpu"], cpu_count=report["machine"]["cpu_count"])
+        for r in report["rows"]:
+            rows[(r["name"], r["parties"], r["provider"])] = r
+    return device, rows, failed
+
+
+def compare_devices(base_dir: Path, other_dir: Path) -> tuple[str, dict]:
+    """Markdown and JSON of two sets of suite runs side by side, base (the CPU side) and
+    other (the GPU side), row by row: both medians, the speed-up, the GPU side's plaintext
+    references (float32 and, for the matmul rows, float64) and the issue's aims."""
+    (bdev, brows, bfail), (odev, orows, ofail) = _side(base_dir), _side(other_dir)
+    order = [*bench_rows.ALL_OPS, *bench_rows.ALL_MODELS]
+    keys = sorted(dict.fromkeys([*orows, *brows]),
+                  key=lambda k: (order.index(k[0]) if k[0] in order else len(order), k[1],
+                                 SUITE_PROVIDERS.index(k[2]) if k[2] in SUITE_PROVIDERS else 9))
+    lines = []
+    for label, dev in (("CPU side", bdev), ("GPU side", odev)):
+        if dev:
+            lines.append(f"{common.device_line(dev)} [{label}; host CPU {dev['cpu']}, "
+                         f"{dev['cpu_count']} cores]")
+    head = ["row", "n", "provider", "CPU side ms", "GPU side ms", "speed-up (CPU/GPU)",
+            "GPU plain ms", "GPU private/plain", "GPU float64 GEMM ms", "GPU private/float64",
+            "aim"]
+    cells, merged = [], []
+    for key in keys:
+        b, o = brows.get(key), orows.get(key)
+        speedup = b["median_s"] / o["median_s"] if b and o else None
+        aim = "-"
+        if key[0] in AIM_SPEEDUP:
+            goal = AIM_SPEEDUP[key[0]]
+            aim = (f">= {goal:g}x: " + ("met" if speedup >= goal else "missed")) if speedup \
+                else f">= {goal:g}x: no base figure"
+        if key[0] in AIM_F64 and o and o.get("ratio_f64"):
+            goal = AIM_F64[key[0]]
+            aim = f"<= {goal:g}x float64: " + ("met" if o["ratio_f64"] <= goal else "missed")
+        cells.append([key[0], str(key[1]), key[2],
+                      fmt(b and 1e3 * b["median_s"], ".4g"), fmt(o and 1e3 * o["median_s"], ".4g"),
+                      fmt(speedup, ".3g"), fmt(o and 1e3 * o["plain_median_s"], ".3g"),
+                      fmt(o and o["ratio"], ".3g"),
+                      fmt(o and o.get("plain_f64_median_s") and 1e3 * o["plain_f64_median_s"],
+                          ".3g"), fmt(o and o.get("ratio_f64"), ".3g"), aim])
+        merged.append({"name": key[0], "parties": key[1], "provider": key[2], "base": b,
+                       "other": o, "speedup": speedup, "aim": aim})
+    lines += ["", common.markdown_table(head, cells, "lllrrrrrrrl")]
+    for label, fails in (("CPU side", bfail), ("GPU side", ofail)):
+        for group, tail in fails:
+            lines += ["", f"{label} group `{group}` failed or was cut off; its log ends:", "",
+                      "```", tail, "```"]
+    return "\n".join(lines), {"base_device": bdev, "other_device": odev, "rows": merged,
+                              "failed": {"base": bfail, "other": ofail}}
+
+
 # -- main ----------------------------------------------------------------------------------------
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -573,5 +647,10 @@ if __name__ == "__main__":
         worker(sys.argv[2])
     elif sys.argv[1:2] == ["--dealer-worker"]:
         dealer_worker(sys.argv[2], int(sys.argv[3]))
+    elif sys.argv[1:2] == ["--compare"]:  # --compare OUT_PREFIX BASE_DIR OTHER_DIR
+        md, merged = compare_devices(Path(sys.argv[3]), Path(sys.argv[4]))
+        Path(sys.argv[2] + ".md").write_text(md + "\n")
+        Path(sys.argv[2] + ".json").write_text(json.dumps(merged, indent=2) + "\n")
+        print(md)
     else:
         main()

@@ -114,3 +114,38 @@ def test_bench_suite_device(tmp_path):
     for wrong in ("tpu", "cuda:x", "cpu:1"):
         with pytest.raises(SystemExit):
             suite.parse_args(["--device", wrong])
+
+
+def test_compare_devices(tmp_path):
+    """suite.py --compare (benchmarks/gpu_check.sh's summary): the two sides row by row,
+    the speed-up and float64 aims, and the log tail of a group that wrote no report."""
+    import suite  # benchmarks/suite.py
+
+    def report(device, name, rows):
+        return {"machine": {"cpu": "Some CPU", "cpu_count": 16},
+                "device": {"device": device, "device_name": name}, "rows": rows}
+
+    def row(name, median, provider="tfp", **extra):
+        return {"name": name, "parties": 2, "provider": provider, "median_s": median,
+                "plain_median_s": median / 100, "ratio": 100.0, **extra}
+
+    for side, device, name, rows in [
+            ("cpu", "cpu", "Some CPU", [row("resnet18_b64", 500.0), row("matmul1024", 0.3),
+                                        row("lenet5_b1", 0.1)]),
+            ("gpu", "cuda", "NVIDIA H200", [row("resnet18_b64", 20.0),
+                                            row("matmul1024", 0.01, plain_f64_median_s=0.002,
+                                                ratio_f64=5.0)])]:
+        (tmp_path / side / "group").mkdir(parents=True)
+        (tmp_path / side / "group" / "suite.json").write_text(
+            json.dumps(report(device, name, rows)))
+    (tmp_path / "gpu" / "bert").mkdir()
+    (tmp_path / "gpu" / "bert.log").write_text("start\nRuntimeError: tensors on two devices\n")
+    md, merged = suite.compare_devices(tmp_path / "cpu", tmp_path / "gpu")
+    assert "- device: `cuda` (NVIDIA H200) [GPU side" in md and "`cpu` (Some CPU)" in md
+    by = {r["name"]: r for r in merged["rows"]}
+    assert [r["name"] for r in merged["rows"]] == ["matmul1024", "lenet5_b1", "resnet18_b64"]
+    assert by["resnet18_b64"]["speedup"] == 25.0 and by["resnet18_b64"]["aim"] == ">= 20x: met"
+    assert by["matmul1024"]["aim"] == "<= 4x float64: missed"
+    assert by["lenet5_b1"]["other"] is None and by["lenet5_b1"]["speedup"] is None
+    assert "GPU side group `bert` failed" in md and "tensors on two devices" in md
+    assert merged["failed"]["other"][0][0] == "bert"
