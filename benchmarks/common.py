@@ -258,7 +258,9 @@ def machine_info(mpc_ml_version: str) -> dict:
     status = git("status", "--porcelain", "--untracked-files=no")
     return {"platform": platform.platform(), "cpu": cpu, "cpu_count": os.cpu_count(),
             "python": platform.python_version(), "torch": torch.__version__,
-            "mpc_ml": mpc_ml_version, "git_commit": git("rev-parse", "HEAD"),
+            # MPC_ML_GIT_COMMIT: a copy of the tree without .git (a lent GPU) names its commit
+            "mpc_ml": mpc_ml_version,
+            "git_commit": git("rev-parse", "HEAD") or os.environ.get("MPC_ML_GIT_COMMIT"),
             "git_dirty": bool(status) if status is not None else None,
             "loadavg_start": loadavg()}
 

@@ -2,7 +2,8 @@
 # Issue 16's GPU check in one run of about 8 minutes, from the checkout's root on a lent
 # GPU machine (benchmarks/README.md, "On a lent GPU"): after `make gpu-wheels` here,
 #
-#   run(command="bash benchmarks/gpu_check.sh", carry=[".whl"], timeout_s=590)
+#   run(command="GPU_CHECK_COMMIT=<git rev-parse HEAD> bash benchmarks/gpu_check.sh",
+#       carry=[".whl"], timeout_s=590)
 #
 # 1. installs the carried wheels (.whl: cryptography and its needs) into /tmp/site;
 # 2. records the machine: nvidia-smi, torch and the device's name (env.txt);
@@ -76,6 +77,7 @@ if [ "${GPU_CHECK_WHEELS:-1}" = 1 ] && compgen -G ".whl/*.whl" >/dev/null; then
 else
     export PYTHONPATH=$ROOT
 fi
+[ -n "${GPU_CHECK_COMMIT:-}" ] && export MPC_ML_GIT_COMMIT=$GPU_CHECK_COMMIT  # suite.json's commit
 "$PY" -c "import cryptography, mpc_ml" || {
     echo "gpu_check: mpc_ml does not import (no cryptography? run make gpu-wheels here and carry .whl)"
     exit 1
@@ -83,9 +85,12 @@ fi
 
 # -- 2. the machine -------------------------------------------------------------------------
 {
-    date -u; uname -a; echo "nproc: $(nproc)"; git log -1 --oneline 2>/dev/null
+    date -u; uname -a; echo "nproc: $(nproc)"
+    echo "commit: ${GPU_CHECK_COMMIT:-$(git rev-parse HEAD 2>/dev/null || echo 'unknown (no .git here; pass GPU_CHECK_COMMIT)')}"
     command -v nvidia-smi >/dev/null && nvidia-smi
-    "$PY" - "$DEVICE" <<'EOF'
+    "$PY" -m pip list 2>/dev/null | grep -i -E "^(torch|numpy|cryptography|cffi|pytest|pytest-xdist|pytest-timeout|transformers|hypothesis|matplotlib|scikit-learn|mpi4py) "
+} > "$OUT/env.txt" 2>&1
+"$PY" - "$DEVICE" >> "$OUT/env.txt" 2>&1 <<'EOF' || { cat "$OUT/env.txt"; echo "gpu_check: no GPU to check"; exit 1; }
 import sys, torch
 print("torch", torch.__version__, "CUDA build", torch.version.cuda,
       "cuda available", torch.cuda.is_available())
@@ -96,8 +101,6 @@ if torch.cuda.is_available():
 elif sys.argv[1] != "cpu":
     sys.exit("gpu_check: torch sees no GPU")
 EOF
-    "$PY" -m pip list 2>/dev/null | grep -i -E "^(torch|numpy|cryptography|cffi|pytest|pytest-xdist|pytest-timeout|transformers|hypothesis|matplotlib|scikit-learn|mpi4py) "
-} > "$OUT/env.txt" 2>&1 || { cat "$OUT/env.txt"; echo "gpu_check: no GPU to check"; exit 1; }
 cat "$OUT/env.txt"
 
 XDIST=() XDIST4=()
@@ -151,6 +154,7 @@ run_groups() {
         echo "== [$(elapsed) s] bench $side $name: exit $rc$( ((rc == 124)) && echo ' (time limit)')"
         if [ "$side" = gpu ]; then
             STATUS+=("bench gpu $name: exit $rc")
+            ((rc == 0)) || FAILED=1
             summarize
         fi
     done

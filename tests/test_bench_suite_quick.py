@@ -26,7 +26,9 @@ def test_bench_suite_quick(tmp_path):
     report = json.loads((out / "suite.json").read_text())
     assert (out / "suite.md").read_text().startswith("- profile `lan`")
     assert (out / "time_per_profile.png").stat().st_size > 1000
-    assert report["quick"] and report["machine"]["torch"] and report["machine"]["git_commit"]
+    assert report["quick"] and report["machine"]["torch"]
+    # the commit, in a git checkout (a copy of the tree without .git, as on a lent GPU, has none)
+    assert report["machine"]["git_commit"] or not (ROOT / ".git").exists()
     assert [p["name"] for p in report["profiles"]] == ["lan"]
     measured = report["profiles"][0]["measured"]
     assert set(measured) == {f"n={n} {p}" for n in (2, 3) for p in ("tfp", "dealer")}
