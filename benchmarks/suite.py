@@ -428,11 +428,15 @@ def _side(run_dir: Path) -> tuple[dict | None, dict, list[tuple[str, str]]]:
     suite.json or, where the group failed, only its log): (device info, rows by
     (name, parties, provider), the failed groups with their logs' tails)."""
     device, rows, failed = None, {}, []
-    for group in sorted(p for p in run_dir.iterdir() if p.is_dir()) if run_dir.is_dir() else []:
+    found = run_dir.iterdir() if run_dir.is_dir() else []
+    names = sorted({p.stem if p.suffix == ".log" else p.name for p in found
+                    if p.is_dir() or p.suffix == ".log"})
+    for group in (run_dir / name for name in names):
         path = group / "suite.json"
         if not path.exists():
             log = group.with_suffix(".log")
-            tail = log.read_text(errors="replace").splitlines()[-15:] if log.exists() else []
+            text = log.read_text(errors="replace").replace("\r", "\n") if log.exists() else ""
+            tail = [line for line in text.splitlines() if line.strip()][-15:]  # tqdm's \r too
             failed.append((group.name, "\n".join(tail)))
             continue
         report = json.loads(path.read_text())

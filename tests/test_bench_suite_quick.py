@@ -140,8 +140,8 @@ def test_compare_devices(tmp_path):
         (tmp_path / side / "group").mkdir(parents=True)
         (tmp_path / side / "group" / "suite.json").write_text(
             json.dumps(report(device, name, rows)))
-    (tmp_path / "gpu" / "bert").mkdir()
     (tmp_path / "gpu" / "bert.log").write_text("start\nRuntimeError: tensors on two devices\n")
+    (tmp_path / "gpu" / "group.log").write_text("a group that wrote its report\n")
     md, merged = suite.compare_devices(tmp_path / "cpu", tmp_path / "gpu")
     assert "- device: `cuda` (NVIDIA H200) [GPU side" in md and "`cpu` (Some CPU)" in md
     by = {r["name"]: r for r in merged["rows"]}
