@@ -122,3 +122,23 @@ def test_one_library_call_per_op(device):
         limbs.matmul(*on(device, words(4, 700), words(700, 3)))
         limbs.conv2d(*on(device, words(1, 3, 6, 6), words(4, 3, 3, 3)))
     assert calls == {"matmul": 1, "conv2d": 1}
+
+
+def test_convolutions_on_cuda_run_with_cudnn_off():
+    """cuDNN may choose FFT or Winograd convolutions, which round: the limb convolutions
+    turn it off on CUDA (im2col and cuBLAS GEMMs are exact) and leave other devices be."""
+    seen = []
+    real = F.conv2d
+
+    def recording(*args, **kwargs):
+        seen.append(torch.backends.cudnn.enabled)
+        return real(*args, **kwargs)
+
+    x, w = words(1, 2, 5, 5, seed=1), words(3, 2, 3, 3, seed=2)
+    with mock.patch.object(limbs.F, "conv2d", recording), \
+            mock.patch.object(limbs, "exact_convolutions", wraps=limbs.exact_convolutions) as spy:
+        assert torch.equal(limbs.conv2d(x, w, padding=1), ring.conv2d_int64(x, w, padding=1))
+    assert seen == [torch.backends.cudnn.enabled] and spy.call_count == 1
+    with limbs.exact_convolutions(torch.device("cuda")):
+        assert not torch.backends.cudnn.enabled
+    assert torch.backends.cudnn.enabled

@@ -17,7 +17,9 @@ summation, so the float64 result is the exact integer when
 
 and it converts to int64 exactly; the shifts and the sum of the pairs are then int64
 arithmetic, exact mod 2^64. A longer reduction is split into chunks of at most
-max_reduction(w) terms whose int64 results are added.
+max_reduction(w) terms whose int64 results are added. The library call must itself sum
+exactly: a GEMM does, but cuDNN may pick an FFT or Winograd convolution, which rounds, so
+on CUDA the convolutions run with cuDNN off (exact_convolutions).
 
 The plan (limb_plan): 3 limbs of 22 bits need only 6 pair products (i + j <= 2) but
 allow k <= 512; 4 limbs of 16 bits need 10 (i + j <= 3) and allow k <= 2^21 + 64 per
@@ -29,6 +31,7 @@ are the pairs (chunks of a long reduction are a loop of such calls).
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -119,6 +122,16 @@ def matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def exact_convolutions(device: torch.device) -> contextlib.AbstractContextManager:
+    """Where convolutions are exact on integers: on CUDA with cuDNN off, since cuDNN may
+    pick an FFT or Winograd algorithm, which rounds (and a float64 result that is off by
+    any amount below an integer truncates wrongly); torch then computes them by im2col and
+    cuBLAS GEMMs, whose sums of exact integers below 2^53 are exact. Elsewhere: as is."""
+    if device.type == "cuda":
+        return torch.backends.cudnn.flags(enabled=False)
+    return contextlib.nullcontext()
+
+
 def _pairs_conv(x: torch.Tensor, w: torch.Tensor, plan: LimbPlan, groups: int,
                 conv, **kwargs) -> torch.Tensor:
     """conv(x, w) mod 2^64 for one chunk: the limb pairs as the groups of one grouped
@@ -127,7 +140,8 @@ def _pairs_conv(x: torch.Tensor, w: torch.Tensor, plan: LimbPlan, groups: int,
     wl = split(w, plan.width, plan.count)
     xs = torch.cat([xl[i] for i, _ in plan.pairs], dim=1)   # (N, P C, ...)
     ws = torch.cat([wl[j] for _, j in plan.pairs], dim=0)   # (P O, C / g, ...)
-    out = conv(xs, ws, groups=groups * len(plan.pairs), **kwargs)  # one library call
+    with exact_convolutions(xs.device):
+        out = conv(xs, ws, groups=groups * len(plan.pairs), **kwargs)  # one library call
     return _combine(out.unflatten(1, (len(plan.pairs), -1)).movedim(1, 0), plan)
 
 
@@ -212,9 +226,10 @@ def conv2d_weight(x: torch.Tensor, g: torch.Tensor, weight_shape: Sequence[int],
         gl = split(g[lo:lo + step], plan.width, plan.count)
         xs = torch.cat([xl[i] for i, _ in plan.pairs], dim=1)
         gs = torch.cat([gl[j] for _, j in plan.pairs], dim=1)
-        grads = torch.nn.grad.conv2d_weight(xs, [pairs * o, cg, kh, kw], gs, stride=stride,
-                                            padding=padding, dilation=dilation,
-                                            groups=groups * pairs)  # one library call
+        with exact_convolutions(xs.device):
+            grads = torch.nn.grad.conv2d_weight(xs, [pairs * o, cg, kh, kw], gs, stride=stride,
+                                                padding=padding, dilation=dilation,
+                                                groups=groups * pairs)  # one library call
         part = _combine(grads.unflatten(0, (pairs, o)), plan)
         out = part if out is None else out.add_(part)
     return out
