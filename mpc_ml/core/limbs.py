@@ -80,7 +80,10 @@ def split(x: torch.Tensor, width: int, count: int) -> torch.Tensor:
 
 
 def _combine(products: torch.Tensor, plan: LimbPlan) -> torch.Tensor:
-    """sum_p products[p] 2^(w (i_p + j_p)) mod 2^64, products exact float64 integers."""
+    """sum_p products[p] 2^(w (i_p + j_p)) mod 2^64, products exact float64 integers
+    (rounded first, in place: a library that summed with an error below 1/2 would still
+    give the exact result, where conversion alone truncates)."""
+    products = products.round_()
     out = None
     for p, (i, j) in enumerate(plan.pairs):
         term = products[p].to(torch.int64) << (plan.width * (i + j))
