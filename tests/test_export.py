@@ -237,6 +237,42 @@ def test_adaptive_max_pool_any_size(size):
     check(model, (torch.randn(2, 2, 9, 7),))
 
 
+@pytest.mark.parametrize("mode", ["reflect", "replicate", "circular"])
+def test_convolutions_with_a_padding_mode(mode):
+    """Conv1d / Conv2d(padding_mode=...) and F.pad in that mode (public re-indexings of
+    the shares), forward and backward."""
+    class Padded(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv2 = nn.Conv2d(2, 3, 3, padding=(1, 2), padding_mode=mode)
+            self.conv1 = nn.Conv1d(3, 2, 3, padding="same", padding_mode=mode)
+
+        def forward(self, x):
+            y = self.conv2(nn.functional.pad(x, (1, 2, 2, 0), mode=mode))
+            return self.conv1(y.flatten(2)[..., :12])
+
+    check(seeded(Padded), (torch.randn(2, 2, 5, 6),))
+
+
+@pytest.mark.parametrize("mode", ["reflect", "replicate", "circular"])
+def test_pad_modes_match_torch_and_refuse_what_torch_refuses(mode):
+    x = torch.randn(2, 3, 4, 5)
+
+    def party():
+        a = enc(x, 0)
+        got = [a.pad((2, 1, 3, 0), mode).decrypt(), a[0].pad((1, 2), mode).decrypt(),
+               a[0].pad((1, 1, 0, 2), mode).decrypt()]
+        with pytest.raises(ValueError, match="pads must be"):
+            a.pad((9, 0), mode) if mode != "replicate" else a.pad((-1, 0), mode)
+        return got
+
+    want = [nn.functional.pad(x, (2, 1, 3, 0), mode=mode), nn.functional.pad(x[0], (1, 2), mode=mode),
+            nn.functional.pad(x[0:1], (1, 1, 0, 2), mode=mode)[0]]
+    for got in mpc.run(party, 2, provider="tfp"):
+        for g, w in zip(got, want):
+            assert_close(g, w, f"{mode} pad", TOL)
+
+
 class PoolsWithIndices(nn.Module):
     def __init__(self):
         super().__init__()

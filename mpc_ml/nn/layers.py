@@ -247,11 +247,20 @@ class Linear(_FromTorch):
 
 class _ConvNd(_FromTorch):
     def _configure(self, source) -> None:
-        if source.padding_mode != "zeros":
-            raise ValueError(f"padding_mode={source.padding_mode!r} is not supported")
         self.in_channels, self.out_channels = source.in_channels, source.out_channels
         self.kernel_size, self.stride, self.padding = source.kernel_size, source.stride, source.padding
         self.dilation, self.groups = source.dilation, source.groups
+        self.padding_mode = source.padding_mode
+        self._mode_padding = tuple(source._reversed_padding_repeated_twice)
+
+    def _padded(self, x: TensorLike) -> tuple[TensorLike, IntOrTuple]:
+        """(input, the convolution's padding): as torch's layers, a padding_mode other
+        than 'zeros' pads the input first (reflect, replicate, circular), then pads 0."""
+        if self.padding_mode == "zeros":
+            return x, self.padding
+        if isinstance(x, MPCTensor):
+            return x.pad(self._mode_padding, self.padding_mode), 0
+        return torch.nn.functional.pad(x, self._mode_padding, self.padding_mode), 0
 
     def extra_repr(self) -> str:
         """The convolution's channels and geometry."""
@@ -266,7 +275,8 @@ class Conv1d(_ConvNd):
 
     def forward(self, x: TensorLike) -> TensorLike:
         """conv1d(x, weight, bias)."""
-        return F.conv1d(x, self.weight, self.bias, self.stride, self.padding, self.dilation,
+        x, padding = self._padded(x)
+        return F.conv1d(x, self.weight, self.bias, self.stride, padding, self.dilation,
                         self.groups)
 
 
@@ -277,7 +287,8 @@ class Conv2d(_ConvNd):
 
     def forward(self, x: TensorLike) -> TensorLike:
         """conv2d(x, weight, bias)."""
-        return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation,
+        x, padding = self._padded(x)
+        return F.conv2d(x, self.weight, self.bias, self.stride, padding, self.dilation,
                         self.groups)
 
 

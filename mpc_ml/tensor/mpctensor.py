@@ -1055,12 +1055,40 @@ class MPCTensor:
         return self.split(-(-self.shape[dim] // chunks), dim)
 
     def pad(self, pad: Sequence[int], mode: str = "constant", value: float = 0.0) -> "MPCTensor":
-        """torch.nn.functional.pad (constant mode)."""
+        """torch.nn.functional.pad: 'constant' (value), or 'reflect', 'replicate' and
+        'circular', which are public re-indexings of the shares (index_select per dim)."""
+        if mode in ("reflect", "replicate", "circular"):
+            return self._pad_by_index(tuple(pad), mode)
         if mode != "constant":
-            raise NotImplementedError(f"pad mode {mode!r}; only 'constant' is supported")
+            raise ValueError(f"unknown pad mode {mode!r}; choose constant, reflect, replicate "
+                             "or circular")
         fill = int(encode(value, self._bits + self._pending)) if self.session.rank == 0 else 0
         out = self._like(F.pad(self._data, tuple(pad), value=fill))
         return record(Op.PAD, out, (self,), pad=tuple(pad), value=value)
+
+    def _pad_by_index(self, pad: tuple[int, ...], mode: str) -> "MPCTensor":
+        """Non-constant padding, the last dim first (pairs of pad as torch's): each padded
+        dim re-indexed by a public index into its entries."""
+        if len(pad) % 2 or len(pad) // 2 > self.dim():
+            raise ValueError(f"pad {pad} does not fit a {self.dim()}-d tensor")
+        out = self
+        for i in range(len(pad) // 2):
+            dim, (lo, hi) = self.dim() - 1 - i, pad[2 * i:2 * i + 2]
+            n = self.shape[dim]
+            limit = {"reflect": n - 1, "circular": n}.get(mode)  # replicate: any size
+            if not n or min(lo, hi) < 0 or (limit is not None and max(lo, hi) > limit):
+                raise ValueError(f"{mode} padding {(lo, hi)} of a dim of size {n}: pads must be "
+                                 f"non-negative{'' if limit is None else f' and at most {limit}'}"
+                                 " on a non-empty dim")
+            at = torch.arange(-lo, n + hi)
+            if mode == "reflect":
+                at = torch.where(at < 0, -at, torch.where(at >= n, 2 * (n - 1) - at, at))
+            elif mode == "replicate":
+                at = at.clamp(0, n - 1)
+            else:
+                at = at % n
+            out = out.index_select(dim, at.to(self.device))
+        return out
 
     def __getitem__(self, index: Any) -> "MPCTensor":
         return record(Op.GETITEM, self._like(self._data[index]), (self,), index=index)
