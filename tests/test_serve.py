@@ -1,6 +1,7 @@
 """The private inference service (serving/service.py, `mpc-ml serve`): concurrent clients
-against plaintext torch, dynamic batching, each isolation case, clean shutdown with
-requests in flight, a dead party, TLS client identity and what is logged.
+against plaintext torch, dynamic batching, each isolation case, the client limits (per
+identity, idle clients), clean shutdown with requests in flight (and a stop while it
+starts), a dead party or dealer, TLS client identity and what is logged.
 
 The parties run as mpc.run(backend="inproc") in a background thread, each serving on a
 loopback socket; clients are threads of the test. Waits are on events with deadlines
@@ -25,7 +26,7 @@ import torch
 
 import mpc_ml as mpc
 from helpers import float_share, garbage, listeners, mid_frame
-from mpc_ml.comm import CommError, client_rank
+from mpc_ml.comm import CommError, PeerError, client_rank
 from mpc_ml.comm.tls import TLSConfig, make_certificates
 from mpc_ml.serving import InferenceClient, InferenceError, demo_model, serve_clients
 
@@ -471,6 +472,56 @@ def test_the_connections_a_party_holds_are_capped():
     assert "error" not in result, result.get("error")
 
 
+def test_one_identity_cannot_fill_the_client_slots(certs):
+    """max_clients_per_identity: one client certificate holds at most K of the max_clients
+    places; another identity still gets in (before, client 0 filled both places)."""
+    service = Service(wrap=lambda rank: TLSConfig(certs, rank), max_clients=2,
+                      max_clients_per_identity=1)
+    tls = [TLSConfig(certs, client_rank(0)), TLSConfig(certs, client_rank(1))]
+    first = InferenceClient(service.addrs, timeout_s=10, wrap=tls[0])
+    with pytest.raises(InferenceError, match="client 0 holds its limit of 1 connection to this "
+                                             r"service at once \(max_clients_per_identity\)"):
+        InferenceClient(service.addrs, connect_timeout_s=5, wrap=tls[0])
+    with InferenceClient(service.addrs, timeout_s=10, wrap=tls[1]) as other:
+        torch.testing.assert_close(other.predict(data(1, 1)), expected(data(1, 1)), atol=TOL, rtol=0)
+    torch.testing.assert_close(first.predict(data(2, 1)), expected(data(2, 1)), atol=TOL, rtol=0)
+    first.close()
+    result = service.finish()
+    assert "error" not in result, result.get("error")
+
+
+def test_without_tls_the_identity_is_the_address_host():
+    service = Service(max_clients=8, max_clients_per_identity=2)
+    clients = [InferenceClient(service.addrs, timeout_s=10) for _ in range(2)]
+    with pytest.raises(InferenceError, match="address 127.0.0.1 holds its limit of 2 connections"):
+        InferenceClient(service.addrs, connect_timeout_s=5)
+    for c in clients:
+        c.close()
+    result = service.finish()
+    assert "error" not in result, result.get("error")
+
+
+def test_an_idle_client_is_dropped_and_its_place_freed():
+    """client_idle_timeout_s: a client from which nothing comes, and to which no answer
+    goes, for that long is dropped by every party, told why, and its place (here the only
+    one) is free again; before, a connected client kept its place for good."""
+    service = Service(max_clients=1, client_idle_timeout_s=3.0)
+    idle = InferenceClient(service.addrs, timeout_s=20)
+    x = data(1, 1)
+    torch.testing.assert_close(idle.predict(x), expected(x), atol=TOL, rtol=0)
+    with service.log.cond:  # then it says nothing: each party drops it
+        assert service.log.cond.wait_for(lambda: all(any(
+            f"party {r}: the client sent nothing for 3 s (client_idle_timeout_s)" in m
+            for m in service.log.messages) for r in range(2)), 20), service.log.messages
+    with pytest.raises(InferenceError, match="sent nothing for 3 s"):
+        idle.predict(x)
+    idle.close()
+    with InferenceClient(service.addrs, connect_timeout_s=5, timeout_s=20) as next_one:
+        torch.testing.assert_close(next_one.predict(x), expected(x), atol=TOL, rtol=0)
+    result = service.finish()
+    assert "error" not in result, result.get("error")
+
+
 def test_a_handshake_that_trickles_is_cut_at_its_deadline(certs, monkeypatch):
     """A TLS handshake fed one byte at a time never hits the socket's per-read timeout;
     the party still cuts it at HANDSHAKE_TIMEOUT_S, so tricklers cannot pile up."""
@@ -629,6 +680,51 @@ def test_an_idle_service_keeps_its_dealer_link_alive(monkeypatch):
     assert "error" not in result and all(s["keepalives"] >= 1 for s in result["out"])
 
 
+class DyingDealerLink:
+    """A party's dealer link whose dealer "dies" when `die` is set: from then on every
+    receive fails as a link whose dealer hung up does (PeerError naming the dealer)."""
+
+    def __init__(self, link, die: threading.Event):
+        self.link, self.die, self.peer = link, die, link.peer
+
+    def send(self, msg):
+        self.link.send(msg)
+
+    def recv(self, timeout):
+        if self.die.is_set():
+            raise PeerError("the dealer")
+        return self.link.recv(timeout)
+
+    def close(self):
+        self.link.close()
+
+
+def test_a_dealer_that_dies_while_the_service_idles_stops_it_naming_the_dealer():
+    """Before, an idle service noticed its dealer gone only at the next batch or the
+    10-minute keep-alive; now within a heartbeat or so, on every party."""
+    die = threading.Event()
+
+    def body(model, service):
+        session = mpc.session.current()
+        if session.rank == 0:  # the dealer's end of party 0's link goes (party 1 still waits)
+            session.provider.link = DyingDealerLink(session.provider.link, die)
+        return serve_clients(model, service.socks[session.rank], sample_shape=SAMPLE,
+                             stop=service.stop, request_timeout_s=1.0)
+
+    service = Service(body=body, config=mpc.Config(comm_timeout_s=2.0))
+    client = InferenceClient(service.addrs, timeout_s=20)
+    torch.testing.assert_close(client.predict(data(1, 1)), expected(data(1, 1)), atol=TOL, rtol=0)
+    die.set()  # the service is idle now
+    service.thread.join(15)
+    assert not service.thread.is_alive(), "the parties did not notice the dealer's death"
+    with pytest.raises(InferenceError, match="party 0: the dealer closed the connection"):
+        client.predict(data(2, 1))  # told, not left hanging
+    client.close()
+    error = service.result.get("error")
+    assert isinstance(error, mpc.PartyError) and error.kind == "InferenceError", error
+    assert "the service stops: party 0: the dealer closed the connection" in str(error)
+
+
 # -- TLS: client identity, logging -----------------------------------------------------------
 @pytest.fixture(scope="module")
 def certs(tmp_path_factory):
@@ -735,6 +831,7 @@ def _stop_serve(proc, signum=signal.SIGINT, timeout=60) -> int:
 def test_cli_serve_answers_clients_and_stops_on_sigint_finishing_requests_in_flight():
     # port 0: each party's real port is what the first line names
     proc = _start_serve(["--max-wait-ms", "20000", "--max-batch", "32",
+                         "--max-clients-per-identity", "2", "--client-idle-timeout-s", "60",
                          "--listen", "127.0.0.1:0,127.0.0.1:0"])
     out, err = Lines(proc.stdout), Lines(proc.stderr)
     try:
@@ -748,6 +845,9 @@ def test_cli_serve_answers_clients_and_stops_on_sigint_finishing_requests_in_fli
         clients.start()
         err.wait_for(r"party 0: .* asked request 0", count=2)  # both queued at party 0
         err.wait_for(r"party 1: .* asked request 0", count=2)
+        with pytest.raises(InferenceError, match="address 127.0.0.1 holds its limit of 2 "
+                                                 "connections"):  # the options reach the parties
+            InferenceClient(addrs, connect_timeout_s=5)
         code = _stop_serve(proc)  # the batch was waiting for max-wait-ms: the stop runs it
         clients.join(JOIN_S)
     finally:
@@ -789,6 +889,104 @@ def test_cli_serve_party_by_party_from_a_deployment_file_and_a_party_death(tmp_p
         errors.wait_for(r"party 0: the service stops: party 1 (closed the connection|cannot be "
                         r"reached)")
         assert dealer.wait(30) == 0
+    finally:
+        for p in [*parties, dealer]:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+
+
+def _poll(what, condition, timeout_s: float = 30.0, every_s: float = 0.002):
+    """condition() until true (polled, with a deadline); fails naming what never came."""
+    deadline, retry = time.monotonic() + timeout_s, threading.Event()
+    while not condition():
+        assert time.monotonic() < deadline, f"{what} did not happen within {timeout_s} s"
+        retry.wait(every_s)
+
+
+def _catches(pid: int, signum: int) -> bool:
+    """Whether process pid has a handler for signum (Linux: SigCgt in /proc/PID/status)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    caught = int(re.search(r"^SigCgt:\s*([0-9a-f]+)", status, re.M).group(1), 16)
+    return bool(caught >> (signum - 1) & 1)
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(c) for t in Path(f"/proc/{pid}/task").iterdir()
+                for c in (t / "children").read_text().split()]
+    except OSError:
+        return []
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads /proc (Linux)")
+@pytest.mark.parametrize("when,signum", [
+    ("the command catches it", signal.SIGTERM),   # before, it had no handler until every
+    ("a party process exists", signal.SIGINT),    # party was started, and the parties none
+])                                                # while their Python loaded
+def test_cli_serve_stopped_while_it_starts_exits_0_without_a_traceback(when, signum):
+    """A stop signal before `serving clients at`: a clean stop (exit 0, no traceback). The
+    SIGINT goes to the whole process group, as a terminal's Ctrl-C does. (Not covered: a
+    signal in the first 2 s or so, while Python loads mpc_ml and torch, before the command
+    runs: it meets the interpreter's defaults.)"""
+    proc = _start_serve([])
+    try:
+        if when == "the command catches it":
+            _poll("a SIGTERM handler", lambda: _catches(proc.pid, signal.SIGTERM))
+            os.kill(proc.pid, signum)
+        else:
+            _poll("a party process", lambda: _children(proc.pid))
+            os.killpg(proc.pid, signum)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    assert "serving clients at" not in out, out
+
+
+def test_cli_serve_parties_stop_naming_a_dealer_that_died_while_idle(tmp_path):
+    """The dealer (its own process, `mpc-ml dealer`) is killed while the service idles
+    with a client connected: both parties exit 1 within seconds naming the dealer, and the
+    client is told (before: nothing until the next batch or the 10-minute keep-alive)."""
+    from mpc_ml.cli.main import _free_addresses
+
+    mesh = _free_addresses(3)
+    (tmp_path / "service.toml").write_text(
+        '[job]\nprovider = "dealer"\n'
+        f'[[party]]\naddress = "{mesh[0]}"\n[[party]]\naddress = "{mesh[1]}"\n'
+        f'[dealer]\naddress = "{mesh[2]}"\n')
+    front = _free_addresses(2)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MPC_")}
+    dealer = subprocess.Popen([sys.executable, "-m", "mpc_ml", "dealer", "--listen", mesh[2], "-n",
+                               "2"], env=env, stderr=subprocess.DEVNULL, start_new_session=True)
+    parties = [_start_serve(["--config", str(tmp_path / "service.toml"), "--rank", str(r),
+                             "--listen", front[r], "--max-clients-per-identity", "1"])
+               for r in range(2)]
+    try:
+        errors = [Lines(p.stderr) for p in parties]
+        for r, p in enumerate(parties):
+            assert Lines(p.stdout).wait_for(r".")[0] == f"party {r} serving clients at {front[r]}"
+        with InferenceClient(front, timeout_s=20) as client:
+            torch.testing.assert_close(client.predict(data(1, 1)), expected(data(1, 1)),
+                                       atol=TOL, rtol=0)
+            with pytest.raises(InferenceError, match="address 127.0.0.1 holds its limit of 1 "
+                                                     "connection to"):
+                InferenceClient(front, connect_timeout_s=5)
+            dealer.kill()
+            dealer.wait()
+            for p in parties:
+                assert p.wait(20) == 1
+            with pytest.raises(InferenceError, match="the dealer (closed the connection|"
+                                                     "connection failed)"):
+                client.predict(data(2, 1))
+        for r, e in enumerate(errors):
+            e.wait_for(rf"party {r}: the service stops: party \d: the dealer (closed the "
+                       r"connection|connection failed)")
     finally:
         for p in [*parties, dealer]:
             if p.poll() is None:

@@ -305,12 +305,70 @@ def _sample_shape(args: argparse.Namespace, source) -> tuple[int, ...]:
                      "model does not start with a Linear layer")
 
 
+_STOP_SIGNALS = ("SIGINT", "SIGTERM")
+
+
+class _StopServing(BaseException):
+    """SIGINT/SIGTERM before a party serves: it stops where it is, and exits 0."""
+
+
+def _stop_signals() -> set:
+    import signal
+
+    return {getattr(signal, name) for name in _STOP_SIGNALS}
+
+
+def _mask_stop_signals(how: str, signals: set | None = None) -> set:
+    """signal.pthread_sigmask(signal.<how>, signals or the stop signals) where there is one
+    (POSIX); returns the mask before."""
+    import signal
+
+    if not hasattr(signal, "pthread_sigmask"):
+        return set()
+    return signal.pthread_sigmask(getattr(signal, how),
+                                  _stop_signals() if signals is None else signals)
+
+
 def _serve_party(args: argparse.Namespace) -> int:
     """One compute party of a service: join the mesh (the environment, or --config's
     deployment file for --rank), share the model, serve clients at --listen until
-    SIGINT/SIGTERM."""
-    import logging
+    SIGINT/SIGTERM. A stop signal before it serves (while it starts) ends it at once, exit
+    0; one that `mpc-ml serve` sent while this party's Python was still loading waited,
+    blocked, for the handlers (the command starts its parties with both signals blocked)."""
     import signal
+
+    stop, serving = threading.Event(), threading.Event()
+
+    def on_signal(signum, frame) -> None:
+        first = not stop.is_set()
+        stop.set()
+        if first and not serving.is_set():  # nothing served yet: nothing to finish
+            raise _StopServing()
+
+    def install() -> None:
+        for signum in _stop_signals():
+            if signal.getsignal(signum) is not signal.SIG_IGN:  # ignored at start: stays so
+                signal.signal(signum, on_signal)
+
+    install()
+    try:
+        _mask_stop_signals("SIG_UNBLOCK")  # one pending runs now
+        return _serve_one_party(args, stop, serving, install)
+    except _StopServing:
+        print(f"mpc-ml serve: party {args.rank} stopped before serving", file=sys.stderr)
+        return 0
+
+
+def _check_client_limits(args: argparse.Namespace) -> None:
+    if args.max_clients < 1 or args.max_clients_per_identity < 1 \
+            or not args.client_idle_timeout_s >= 0:
+        raise SystemExit("mpc-ml serve: --max-clients and --max-clients-per-identity must be at "
+                         "least 1, --client-idle-timeout-s at least 0 (0: never)")
+
+
+def _serve_one_party(args: argparse.Namespace, stop: threading.Event, serving: threading.Event,
+                     install) -> int:
+    import logging
 
     import torch
 
@@ -335,6 +393,7 @@ def _serve_party(args: argparse.Namespace) -> int:
     if not args.listen or "," in args.listen:
         raise SystemExit("mpc-ml serve --rank R: give --listen HOST:PORT, this party's address "
                          "for clients")
+    _check_client_limits(args)
     if args.allow_insecure:
         os.environ["MPC_ALLOW_INSECURE"] = "1"
     handler = logging.StreamHandler(sys.stderr)
@@ -345,23 +404,31 @@ def _serve_party(args: argparse.Namespace) -> int:
     torch.manual_seed(args.seed)  # the factory's random init, reproducible (party 0's is used)
     source = _load_factory(args.model, "serve")()
     sample = _sample_shape(args, source)
+
+    def ready(addr: str) -> None:
+        serving.set()  # from here on a stop signal finishes the requests in flight
+        print(f"party {session.rank} serving clients at {addr}", flush=True)
+
     try:
         session = init()
         model = mpc.nn.from_pytorch(source, torch.zeros(2, *sample))  # 2 rows: a dynamic batch
-        stop = threading.Event()  # after from_pytorch: torch.export installs its own handlers
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(signum, lambda *_: stop.set())
+        install()  # again: torch.export may install handlers of its own
         wrap = None
         if os.environ.get("MPC_TLS_DIR"):
             from ..comm.tls import TLSConfig
 
             wrap = TLSConfig(os.environ["MPC_TLS_DIR"], session.rank)
+        idle = args.client_idle_timeout_s
         serve_clients(model, args.listen, sample_shape=sample, max_batch=args.max_batch,
-                      max_wait_ms=args.max_wait_ms, max_clients=args.max_clients, stop=stop,
-                      wrap=wrap,
-                      ready=lambda addr: print(f"party {session.rank} serving clients at {addr}",
-                                               flush=True))
+                      max_wait_ms=args.max_wait_ms, max_clients=args.max_clients,
+                      max_clients_per_identity=args.max_clients_per_identity,
+                      client_idle_timeout_s=idle if idle > 0 else None, stop=stop,
+                      wrap=wrap, ready=ready)
     except (InferenceError, CommError, ValueError) as e:
+        if stop.is_set() and not serving.is_set():  # its peers stopped while it started
+            print(f"mpc-ml serve: party {args.rank} stopped before serving ({e})",
+                  file=sys.stderr)
+            return 0
         print(f"mpc-ml serve: {e}", file=sys.stderr)
         return 1
     return 0
@@ -369,18 +436,52 @@ def _serve_party(args: argparse.Namespace) -> int:
 
 def serve(args: argparse.Namespace) -> int:
     """A private inference service: n compute parties (processes) and a dealer on this
-    machine, clients served at --listen until SIGINT/SIGTERM; or, with --rank, one party."""
-    import queue
+    machine, clients served at --listen until SIGINT/SIGTERM; or, with --rank, one party.
+    The stop signals are caught first thing: one that arrives while the service starts
+    stops it there, exit 0."""
     import signal
-    import subprocess
 
     if args.rank is not None:
         return _serve_party(args)
+    stop = threading.Event()
+    procs: list = []  # the party processes started so far
+
+    def on_signal(signum, frame) -> None:
+        stop.set()
+        _stop_parties(procs)
+
+    previous = {s: signal.signal(s, on_signal) for s in _stop_signals()}
+    try:
+        return _serve_local(args, stop, procs)
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def _stop_parties(procs: list) -> None:
+    """SIGTERM to each party process still running (again is harmless: a party acts on
+    the first)."""
+    import signal
+
+    for proc in list(procs):
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+
+
+def _serve_local(args: argparse.Namespace, stop: threading.Event, procs: list) -> int:
+    import queue
+    import subprocess
+
     if args.config:
         raise SystemExit("mpc-ml serve --config FILE starts one party: give --rank R (and "
                          "--listen); start the dealer with `mpc-ml dealer`")
     if args.nparties is None or args.nparties < 2:
         raise SystemExit("mpc-ml serve: -n must be at least 2")
+    _check_client_limits(args)
     _load_factory(args.model, "serve")  # a bad --model fails here, before anything starts
     deployment = _local_deployment(args)
     n = deployment.world_size
@@ -399,6 +500,8 @@ def serve(args: argparse.Namespace) -> int:
         check_transport("mpc-ml serve", front, deployment.tls, config)
     except ValueError as e:
         raise SystemExit(str(e)) from None
+    if stop.is_set():
+        return 0  # stopped before anything started
     dealer_errors: list = []
     dealer_thread = None
     if deployment.dealer is not None:  # the dealer: a thread of this command
@@ -428,13 +531,11 @@ def serve(args: argparse.Namespace) -> int:
     env.pop("MPC_TLS_DIR", None)
     options = ["--model", args.model, "--max-batch", str(args.max_batch),
                "--max-wait-ms", str(args.max_wait_ms), "--max-clients", str(args.max_clients),
+               "--max-clients-per-identity", str(args.max_clients_per_identity),
+               "--client-idle-timeout-s", str(args.client_idle_timeout_s),
                "--seed", str(args.seed)]
     if args.sample_shape:
         options += ["--sample-shape", args.sample_shape]
-    procs = [subprocess.Popen([sys.executable, "-m", "mpc_ml", "serve", "--rank", str(r),
-                               "--listen", front[r], *options],
-                              env={**env, **deployment.party_env(r)}, stdout=subprocess.PIPE,
-                              text=True) for r in range(n)]
     events: queue.Queue = queue.Queue()
 
     def watch(rank: int, proc: subprocess.Popen) -> None:
@@ -446,46 +547,59 @@ def serve(args: argparse.Namespace) -> int:
                 print(line, end="", file=sys.stderr)
         events.put(("exit", rank, proc.wait()))
 
-    for r, proc in enumerate(procs):
+    for r in range(n):
+        if stop.is_set():
+            break
+        # Each party starts with SIGINT and SIGTERM blocked (the mask survives exec) until
+        # it has its handlers, so a stop sent while its Python loads waits for them instead
+        # of killing it (SIGTERM) or printing a KeyboardInterrupt (SIGINT, a terminal's
+        # Ctrl-C reaching the whole process group). on_signal may still run meanwhile (a
+        # signal taken by another thread of this command), before the party is in procs:
+        # hence the second look at stop once it is.
+        mask = _mask_stop_signals("SIG_BLOCK")
+        try:
+            proc = subprocess.Popen([sys.executable, "-m", "mpc_ml", "serve", "--rank", str(r),
+                                     "--listen", front[r], *options],
+                                    env={**env, **deployment.party_env(r)},
+                                    stdout=subprocess.PIPE, text=True)
+            procs.append(proc)
+        finally:
+            _mask_stop_signals("SIG_SETMASK", mask)
+        if stop.is_set():
+            _stop_parties(procs)
         threading.Thread(target=watch, args=(r, proc), daemon=True).start()
-
-    def forward(signum, frame) -> None:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-
-    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
-    ready, exits, failed_at = set(), {}, None
-    try:
-        while len(exits) < n:
-            try:
-                kind, rank, code = events.get(timeout=0.5)
-            except queue.Empty:
-                if failed_at is not None and time.monotonic() > failed_at + config.comm_timeout_s + 5:
-                    break  # the others had their time to notice
-                continue
-            if kind == "ready":
-                front[rank] = code  # the address the party reported
-                ready.add(rank)
-                if len(ready) == n:
-                    print(f"serving clients at {','.join(front)}", flush=True)
-            else:
-                exits[rank] = code
-                if code != 0 and failed_at is None:
-                    failed_at = time.monotonic()
-                    print(f"mpc-ml serve: party {rank} exited with code {code}", file=sys.stderr)
-                    if len(ready) < n:  # it never started: stop the others
-                        forward(None, None)
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait()
-        for s, h in previous.items():
-            signal.signal(s, h)
+    started = len(procs)
+    ready, exits, failed_at, stopped_at = set(), {}, None, None
+    while len(exits) < started:
+        if stop.is_set() and stopped_at is None:
+            stopped_at = time.monotonic()
+        try:
+            kind, rank, code = events.get(timeout=0.5)
+        except queue.Empty:
+            if failed_at is not None and time.monotonic() > failed_at + config.comm_timeout_s + 5:
+                break  # the others had their time to notice
+            if stopped_at is not None and len(ready) < n \
+                    and time.monotonic() > stopped_at + config.comm_timeout_s + 5:
+                print("mpc-ml serve: a party did not stop while starting", file=sys.stderr)
+                return 1
+            continue
+        if kind == "ready":
+            front[rank] = code  # the address the party reported
+            ready.add(rank)
+            if len(ready) == n:
+                print(f"serving clients at {','.join(front)}", flush=True)
+        else:
+            exits[rank] = code
+            if code != 0 and failed_at is None and not (stop.is_set() and len(ready) < n):
+                failed_at = time.monotonic()
+                print(f"mpc-ml serve: party {rank} exited with code {code}", file=sys.stderr)
+                if len(ready) < n:  # it never started: stop the others
+                    _stop_parties(procs)
+    if stop.is_set() and len(ready) < n and failed_at is None:
+        return 0  # stopped while starting: each party stopped where it was
     if dealer_thread is not None:
         dealer_thread.join(10)
-    if any(code != 0 for code in exits.values()) or len(exits) < n:
+    if failed_at is not None or any(code != 0 for code in exits.values()) or len(exits) < n:
         return 1
     if dealer_errors:
         print(f"mpc-ml serve: the dealer: {dealer_errors[0]}", file=sys.stderr)
@@ -579,6 +693,12 @@ def main(argv: list[str] | None = None) -> int:
                    "that arrive within T ms of the first one together (default 5)")
     p.add_argument("--max-clients", type=int, default=256, metavar="K", help="at most K clients "
                    "connected to a party at once (default 256); one more is refused by name")
+    p.add_argument("--max-clients-per-identity", type=int, default=16, metavar="K",
+                   help="at most K of them with one identity: a client certificate with --tls, "
+                        "else the client's address host (default 16)")
+    p.add_argument("--client-idle-timeout-s", type=float, default=300.0, metavar="T",
+                   help="drop a client from which nothing came, and to which no answer went, "
+                        "for T s, freeing its place (default 300; 0: never)")
     p.add_argument("--seed", type=int, default=0, help="seeds the model's init")
     p.add_argument("--config", metavar="FILE", help="with --rank: the deployment file whose "
                    "party R this is (start the dealer with `mpc-ml dealer`)")

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 
 
-from ..comm import CommError, Link, PeerError, Stats, message_bytes
+from ..comm import CommError, CommTimeout, Link, PeerError, Stats, message_bytes
 from ..core.keys import PUBLIC_KEY_BYTES, KeyAgreement, transcript
 from ..core.prg import ALGORITHMS as PRG_ALGORITHMS, PRG
 from . import attestation
@@ -140,6 +140,7 @@ class DealerProvider(Provider):
         prefetched repeat (its collection is then acknowledged)."""
         self._expected: collections.deque[_Expected] = collections.deque()
         self._diverged: str | None = None
+        self._link_failed: str | None = None  # what link_failure found (a message it took)
         self._public_pending: collections.deque[Correlation] = collections.deque()
         """(Not the last party) correlations whose public components are still to come."""
 
@@ -261,6 +262,28 @@ class DealerProvider(Provider):
                 corr.set_public(self._receive(corr.n_public, corr.public_shapes))
             if ends_repeat:
                 self._send(ACK)
+
+    def link_failure(self) -> str | None:
+        """Why the dealer link is down, without waiting: the dealer hung up (its link's
+        reader saw the end at once) or sent something while nothing was due; None while it
+        looks up, and always while correlation data is due (pending, or prefetched: the
+        next collection tells then). What it finds wrong stays wrong: stop using this
+        provider. For a caller that idles (the inference service's heartbeat)."""
+        if self._link_failed or self._pending or self._public_pending or self._expected:
+            return self._link_failed
+        try:
+            msg = self.link.recv(0)
+        except CommTimeout:
+            return None
+        except CommError as e:
+            return str(e)
+        if isinstance(msg, dict):
+            why = f"the dealer failed: {msg.get('error', msg)}"
+        else:
+            why = (f"the dealer sent {msg.dtype} {tuple(msg.shape)} data while no correlation "
+                   "was due")
+        self._link_failed = why  # the link is out of step for good
+        return why
 
     def stats(self) -> dict:
         return {f"dealer_{k}": v for k, v in self.traffic.as_dict().items() if k != "rounds"}

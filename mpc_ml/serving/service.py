@@ -8,11 +8,14 @@ party runs, besides its main thread:
 - an accept thread on its client-facing address; each connection shakes hands in a
   thread of its own (TLS with a client certificate when `wrap` is given, the hello),
   so a stray or silent connection holds up nobody (at most MAX_HANDSHAKES at once, each
-  cut at HANDSHAKE_TIMEOUT_S; at most max_clients clients connected);
+  cut at HANDSHAKE_TIMEOUT_S; at most max_clients clients connected, at most
+  max_clients_per_identity of them with one identity: a client certificate with TLS, the
+  peer's address host without);
 - one reader per client link, which checks every frame (an int64 share, non-empty, the
   model's sample shape, at most max_batch rows, a frame size cap) and files it in this
   party's table of pending requests as (client token, request number, share). A bad
-  frame, a wrong shape or a disconnect drops that client's link only;
+  frame, a wrong shape or a disconnect drops that client's link only, and so does
+  client_idle_timeout_s with no frame from the client and no answer to it;
 - one sender per client link, so that a client that reads slowly holds up only its own
   thread (one that lets max_pending answers pile up unread is dropped; a dropped
   client's link is closed once its last error is out, or after DROP_GRACE_S).
@@ -41,6 +44,12 @@ A client's requests are numbered by their order on each link, so one client's n 
 (matched by the random 128-bit token of its hello, and with TLS by the certified client
 index, which must be the same at every party) need no other framing. Only shapes are
 logged (logger "mpc_ml.serving": which client asked for how many rows), never values.
+
+The dealer: every step (an idle plan each heartbeat included) each party looks at its
+link to the dealer without waiting (DealerProvider.link_failure: the link's reader has
+seen the dealer hang up, or the dealer sent something while nothing was due) and says
+so in its verdict; a dealer gone anywhere stops every party with an InferenceError
+naming the dealer, within a heartbeat or so, and every client is told.
 
 Stopping: `stop` (a threading.Event; `mpc-ml serve` sets it on SIGINT/SIGTERM) makes
 party 0 close its listener, finish the requests it had received, and broadcast a stop
@@ -109,7 +118,14 @@ class _Client:
     name: str
     certified: int | None
     link: tcp.TcpLink
+    identity: str = ""
+    """What max_clients_per_identity counts: 'client K' (its certificate) with TLS, else
+    'address HOST' (the peer's address host)."""
     next_seq: int = 0
+    heard_at: float = field(default_factory=time.monotonic)
+    """When this client last sent a frame or was sent an answer: its idle clock. (A request
+    in flight does not stop it: one that only some party ever receives would then keep its
+    client, and its share, at that party for good.)"""
     pending: dict = field(default_factory=dict)
     open: bool = True
     outbox: queue.Queue = field(default_factory=queue.Queue)
@@ -122,10 +138,12 @@ class _Clients:
 
     def __init__(self, session: Session, listener: socket.socket, sample: tuple[int, ...],
                  max_batch: int, max_pending: int, wrap: tcp.Wrap | None,
-                 max_clients: int = 256):
+                 max_clients: int = 256, max_per_identity: int = 16,
+                 idle_timeout_s: float | None = 300.0):
         self.me, self.session, self.listener = session.rank, session, listener
         self.sample, self.max_batch, self.max_pending, self.wrap = sample, max_batch, max_pending, wrap
-        self.max_clients = max_clients
+        self.max_clients, self.max_per_identity = max_clients, max_per_identity
+        self.idle_timeout_s = idle_timeout_s
         # a share of max_batch rows, with room for its header; control frames are small
         self.frame_cap = max(1 << 16, 8 * max_batch * math.prod(sample) + 1024)
         self.cond = threading.Condition()
@@ -255,6 +273,7 @@ class _Clients:
                       "service, which matches a client's links by it"
         name = (f"client {certified}" if certified is not None
                 else f"client {str(token)[:8]} (unauthenticated, from {where})")
+        identity = f"client {certified}" if certified is not None else f"address {source[0]}"
         with self.cond:
             if problem is None and not self.accepting:
                 problem = "the service is stopping"
@@ -266,8 +285,13 @@ class _Clients:
             if problem is None and len(self.clients) >= self.max_clients:
                 problem = (f"the service serves its limit of {self.max_clients} client"
                            f"{'s' * (self.max_clients != 1)} at once; try again later")
+            if problem is None and sum(c.identity == identity for c in self.clients.values()) \
+                    >= self.max_per_identity:
+                k = self.max_per_identity
+                problem = (f"{identity} holds its limit of {k} connection{'s' * (k != 1)} to "
+                           "this service at once (max_clients_per_identity); try again later")
             if problem is None:
-                client = _Client(token, name, certified, link)
+                client = _Client(token, name, certified, link, identity)
                 self.clients[token] = client
                 self._spawn(self._send_loop, "sender", client)
         if problem is not None:
@@ -304,6 +328,8 @@ class _Clients:
         if client.outbox.qsize() >= self.max_pending:
             return self.drop(client, "the client does not read its answers", tell=False,
                              force=True)
+        with self.cond:
+            client.heard_at = time.monotonic()
         client.outbox.put(share)
 
     def _check_share(self, msg) -> str | None:
@@ -322,10 +348,24 @@ class _Clients:
                    f"most {self.max_batch} (max_batch)"
         return None
 
+    def _idle_left(self, client: _Client) -> float:
+        """Seconds until nothing has come from this client, nor gone to it as an answer,
+        for idle_timeout_s (0 once that is so)."""
+        with self.cond:
+            return max(0.0, client.heard_at + self.idle_timeout_s - time.monotonic())
+
     def _read_loop(self, client: _Client) -> None:
         while True:
+            wait = 3600.0
+            if self.idle_timeout_s is not None:
+                left = self._idle_left(client)
+                if left == 0.0:
+                    return self.drop(client, f"the client sent nothing for "
+                                     f"{self.idle_timeout_s:g} s (client_idle_timeout_s)",
+                                     tell=True)
+                wait = min(wait, left)
             try:
-                msg = client.link.recv(3600.0)
+                msg = client.link.recv(max(wait, 0.01))
             except CommTimeout:
                 continue
             except CommError as e:
@@ -337,6 +377,7 @@ class _Clients:
                 return self.drop(client, None, tell=False)
             problem = self._check_share(msg)
             with self.cond:
+                client.heard_at = time.monotonic()
                 if not client.open:
                     return
                 if problem is None and len(client.pending) >= self.max_pending:
@@ -558,6 +599,7 @@ def serve_clients(model: Module, listen: str | socket.socket, *, model_owner: in
                   sample_shape: Sequence[int], max_batch: int = 64, max_wait_ms: float = 5.0,
                   request_timeout_s: float | None = None, stop: threading.Event | None = None,
                   wrap: tcp.Wrap | None = None, max_pending: int = 8, max_clients: int = 256,
+                  max_clients_per_identity: int = 16, client_idle_timeout_s: float | None = 300.0,
                   ready: Callable[[str], None] | None = None) -> dict:
     """Run the inference service on this party until stopped; every compute party calls it.
 
@@ -575,16 +617,27 @@ def serve_clients(model: Module, listen: str | socket.socket, *, model_owner: in
     TLS (TLSConfig); clients must then present a client certificate. max_pending: a
     client's requests in flight (and answers unread) per party; max_clients: clients
     connected to a party at once (one more is refused at its hello); besides them at most
-    MAX_HANDSHAKES connections shake hands, each cut at HANDSHAKE_TIMEOUT_S. ready(address) is
-    called once the service listens. Returns this party's ServiceStats as a dict; a
-    dead party raises InferenceError naming it, on every party still running.
+    MAX_HANDSHAKES connections shake hands, each cut at HANDSHAKE_TIMEOUT_S.
+    max_clients_per_identity: clients connected to a party at once with one identity (one
+    more is refused at its hello): with wrap, the client certificate's index; without, the
+    peer's address host (so clients behind one NAT share it). client_idle_timeout_s: a
+    client from which no frame has come, and to which no answer has gone, for this long is
+    dropped, freeing its place (keep it above the longest a request waits for its answer);
+    None: never.
+    ready(address) is called once the service listens. Returns this party's ServiceStats
+    as a dict; a dead party, or a dealer gone (provider "dealer": noticed at the next step,
+    idle ones included), raises InferenceError naming it, on every party still running.
     """
     session = current()
     _check_rank(session, "model_owner", model_owner)
-    if max_batch < 1 or max_wait_ms < 0 or max_pending < 1 or max_clients < 1:
-        raise ValueError(f"need max_batch >= 1, max_wait_ms >= 0, max_pending >= 1 and "
-                         f"max_clients >= 1; got {max_batch}, {max_wait_ms}, {max_pending}, "
-                         f"{max_clients}")
+    if max_batch < 1 or max_wait_ms < 0 or max_pending < 1 or max_clients < 1 \
+            or max_clients_per_identity < 1:
+        raise ValueError(f"need max_batch >= 1, max_wait_ms >= 0, max_pending >= 1, "
+                         f"max_clients >= 1 and max_clients_per_identity >= 1; got {max_batch}, "
+                         f"{max_wait_ms}, {max_pending}, {max_clients}, {max_clients_per_identity}")
+    if client_idle_timeout_s is not None and not client_idle_timeout_s > 0:
+        raise ValueError(f"client_idle_timeout_s={client_idle_timeout_s!r} must be positive "
+                         "(or None: never)")
     if request_timeout_s is None:
         request_timeout_s = min(5.0, session.config.comm_timeout_s / 2)
     if not 0 < request_timeout_s < session.config.comm_timeout_s:
@@ -626,7 +679,9 @@ def serve_clients(model: Module, listen: str | socket.socket, *, model_owner: in
     device = _model_device(model)
     heartbeat = min(1.0, session.config.comm_timeout_s / 4)
     straggler_s = min(STRAGGLER_WAIT_S, request_timeout_s)
-    clients = _Clients(session, listener, sample, max_batch, max_pending, wrap, max_clients)
+    clients = _Clients(session, listener, sample, max_batch, max_pending, wrap, max_clients,
+                       max_clients_per_identity, client_idle_timeout_s)
+    dealer_failure = getattr(session.provider, "link_failure", None)  # provider "dealer"
     stats = ServiceStats()
     stopping = {"asked": False}
     stopped_at: list = []
@@ -649,10 +704,15 @@ def serve_clients(model: Module, listen: str | socket.socket, *, model_owner: in
                 if not isinstance(entries, list):
                     raise InferenceError(f"party {session.rank}: malformed plan from party 0")
                 held, why, later = clients.claim(entries, straggler_s)
-                verdicts = session.gather_verdicts({"why": why, "later": later,
-                                                    "stop": stop.is_set()})
+                verdicts = session.gather_verdicts({
+                    "why": why, "later": later, "stop": stop.is_set(),
+                    "dealer": dealer_failure() if dealer_failure is not None else None})
             except ValueError as e:
                 raise InferenceError(str(e)) from None
+            gone = [(r, v["dealer"]) for r, v in enumerate(verdicts) if v.get("dealer")]
+            if gone:
+                raise InferenceError(f"party {session.rank}: the service stops: " + "; ".join(
+                    f"party {r}: {what}" for r, what in gone))
             if any(v.get("stop") for v in verdicts):
                 stopping["asked"] = True
             said = [v.get("why") for v in verdicts]
