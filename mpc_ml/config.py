@@ -44,9 +44,9 @@ class Config:
     device: str = "cpu"
     """Where this party's correlations are made ('cpu', 'cuda', 'cuda:1'): its seeded
     draws (with prg='chacha20', on that device, no host round trip), tfp's products, and
-    what a dealer sends, moved there once on arrival; and where tensors received from
-    the peers land (a CUDA device receives into pinned host memory and copies it over
-    asynchronously). Local: parties may differ."""
+    what a dealer sends, moved there once on arrival; a CUDA device also has what the
+    peers and the dealer send received into pinned host memory. Local: parties may
+    differ; a party refuses a device its torch does not have."""
     prg: str = "aes"
     """The keystream of every seeded draw: 'aes' (AES-128-CTR from `cryptography`, the
     fastest on a CPU; draws for a GPU tensor are made on the host and copied) or

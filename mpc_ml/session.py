@@ -41,12 +41,28 @@ def check_job(world_size: int, provider: str, config: Config | None = None,
                          f"{provider!r}: use comparison='circuit'")
 
 
+def check_device(device: str) -> torch.device:
+    """Config.device as a torch.device this party has (ValueError otherwise: a CUDA
+    device on a torch without CUDA, or past the GPUs there are)."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"Config.device {device!r} is not a device: {e}") from None
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if dev.index is not None and dev.index >= count or not count:
+            raise ValueError(f"Config.device {device!r}: this party's torch sees "
+                             f"{count} CUDA device(s)")
+    return dev
+
+
 class Session:
     """Everything one party needs to run protocols."""
 
     def __init__(self, comm: Communicator, config: Config, provider: str,
                  dealer_link: Link | None = None, one_party: bool = False):
         check_job(comm.world_size, provider, config, one_party)
+        device = check_device(config.device)
         self.comm, self.config = comm, config
         self.rank, self.world_size = comm.rank, comm.world_size
         self.own = PRG(new_seed(), config.prg)
@@ -57,10 +73,10 @@ class Session:
             self.rank, self.world_size, self.own, self.pairwise, dealer_link,
             config.comm_timeout_s, parse_measurements(config.dealer_measurement),
             tuple(s.strip() for s in config.dealer_allowed_tcb.split(",") if s.strip()))
-        self.provider.device = torch.device(config.device)
-        comm.land_on(self.provider.device)  # received shares too; CUDA: via pinned memory
+        self.provider.device = device
+        comm.receive_for(self.provider.device)  # CUDA: received into pinned memory
         if dealer_link is not None:
-            dealer_link.pinned = self.provider.device.type == "cuda"
+            dealer_link.receive_for(self.provider.device)
         if self.provider.needs_dealer:
             self._agree_on_the_dealer()
         self.op_observers: list = []

@@ -261,50 +261,55 @@ def test_config_device_reaches_the_provider_and_the_values_hold():
             assert device == torch.device("cpu:0")
 
 
-@pytest.mark.parametrize("pinned", [True, False])
-def test_a_link_told_of_a_cuda_destination_receives_into_pinned_memory(monkeypatch, pinned):
-    """Link.pinned (Communicator.land_on a CUDA device): every tensor payload, small or
-    read in growing chunks, lands in a page-locked buffer (recorded here: this CPU-only
-    torch cannot pin), so its copy to the device is one asynchronous DMA."""
+@pytest.mark.parametrize("pinning", ["pinned", "no pinned memory left", "not asked"])
+def test_a_link_bound_for_a_cuda_device_receives_into_pinned_memory(monkeypatch, pinning):
+    """Link.receive_for a CUDA device: every tensor payload, small or read in growing
+    chunks, lands in a page-locked buffer made under that device (recorded here: this
+    CPU-only torch cannot pin); where pinning fails the payload still arrives, pageable,
+    and nothing is blamed on the peer."""
     from helpers import link_pair
     from mpc_ml.comm import frames, tcp
 
     asked = []
 
-    def host_tensor(shape, dtype, pin):
-        asked.append(pin)
-        return torch.empty(shape, dtype=dtype)
+    def pinned_tensor(shape, dtype, device):
+        asked.append(device)
+        return torch.empty(shape, dtype=dtype) if pinning == "pinned" else None
 
-    monkeypatch.setattr(frames, "host_tensor", host_tensor)
+    monkeypatch.setattr(frames, "pinned_tensor", pinned_tensor)
     a, b = link_pair(max_frame_bytes=1 << 24)
-    b.pinned = pinned
+    b.receive_for("cpu" if pinning == "not asked" else "cuda:1")
     try:
         small, large = torch.arange(10), torch.arange(tcp.GROW_START // 8 * 3)
-        for t in (small, large):
+        for t in (small, large, torch.zeros(0, 3)):
             a.send(t)
             assert torch.equal(b.recv(10.0), t)
     finally:
         a.close()
         b.close()
-    assert asked == [pinned, pinned]
+    assert asked == ([] if pinning == "not asked" else [torch.device("cuda:1")] * 2)
 
 
-def test_the_communicator_lands_received_tensors_on_the_session_device():
-    from mpc_ml.comm import frames
+def test_sessions_pin_for_their_device_keep_received_tensors_on_the_host_and_refuse_a_missing_gpu():
+    """Received tensors stay host tensors (control bytes such as the dealer agreement's
+    are read there; shares move where they are used), so a dealer session starts on a
+    device with no host view ('meta'); a CUDA device this torch does not have is refused
+    when the session starts, not at the first pinned receive."""
+    from helpers import link_pair
     from mpc_ml.comm.base import Communicator
-    from mpc_ml.session import current
 
-    comm = Communicator(0, 2, {1: mock.Mock(pinned=False)}, timeout=1.0)
-    comm.land_on("cuda:0")
-    assert comm.links[1].pinned and comm.device == torch.device("cuda:0")
-    comm.land_on("cpu")
-    assert not comm.links[1].pinned
-    t = torch.arange(3)
-    assert frames.landed(t, None) is t and frames.landed(t, torch.device("cpu")) is t
+    a, b = link_pair()
+    try:
+        comm = Communicator(0, 2, {1: a}, timeout=1.0)
+        comm.receive_for("cuda:0")
+        assert a.pinned_for == torch.device("cuda:0")
+        comm.receive_for("cpu")
+        assert a.pinned_for is None
+    finally:
+        a.close()
+        b.close()
+    assert mpc.run(mpc.rank, world_size=2, provider="dealer",
+                   config=mpc.Config(device="meta")) == [0, 1]
+    with pytest.raises(mpc.PartyError, match=r"Config.device 'cuda:99': this party's torch sees"):
+        mpc.run(mpc.rank, world_size=2, config=mpc.Config(device="cuda:99"))
 
-    def party():
-        got = mpc.encrypt(torch.ones(3), src=0).decrypt()
-        return current().comm.device, got
-
-    for device, got in mpc.run(party, world_size=2, config=mpc.Config(device="cpu")):
-        assert device == torch.device("cpu") and torch.equal(got, torch.ones(3))

@@ -109,3 +109,40 @@ def test_the_prg_is_agreed_and_checked():
     with pytest.raises(ValueError, match="unknown prg"):
         mpc.Config(prg="nope")
     assert mpc.Config(prg="chacha20").agreed_fields()["prg"] == "chacha20"  # the handshake's
+
+
+@pytest.mark.parametrize("counter, count", [((1 << 31) - 3, 7), (1 << 31, 2),
+                                            ((1 << 32) - 1, 1), (0x7FFFFFFF, 1)])
+def test_chacha_counters_across_the_int32_sign_bit(counter, count):
+    """Counters >= 2^31 (negative as int32 words) give cryptography's blocks."""
+    key, nonce = os.urandom(32), os.urandom(12)
+    words = chacha.blocks(key, nonce, counter, count)
+    ours = b"".join(struct.pack("<16I", *row.tolist()) for row in words)
+    assert ours == reference_keystream(key, nonce, counter, 64 * count)
+
+
+def test_chacha_keyed_blocks_on_edge_keys():
+    """Keys whose 32-bit halves are 0x80000000, 0xFFFFFFFF, 0x7FFFFFFF (the int64 to int32
+    truncation) give cryptography's block 0 under the key k || 0^128."""
+    halves = [0, 1, 0x7FFFFFFF, 0x80000000, 0xFFFFFFFF, 0x80000001]
+    rows = []
+    for lo in halves:
+        for hi in halves:
+            w = lo | (hi << 32)
+            w = w - (1 << 64) if w >= 1 << 63 else w
+            rows.append([w, ~w])
+    keys = torch.tensor(rows, dtype=torch.int64)
+    for k, got in zip(keys, chacha.keyed_blocks(keys)):
+        assert got.numpy().tobytes() == reference_keystream(k.numpy().tobytes() + bytes(16),
+                                                            bytes(12), 0, 64)
+
+
+def test_prg_stream_across_the_counter_wrap_matches_a_64_bit_counter():
+    """The PRG's nonce switch where the 32-bit counter would wrap is OpenSSL's carry into
+    nonce word 0."""
+    prg = PRG(os.urandom(16), "chacha20")
+    prg._block = (1 << 32) - 2
+    got = prg.random_ring((32,))
+    want = (reference_keystream(prg._key, bytes(12), (1 << 32) - 2, 128)
+            + reference_keystream(prg._key, (1).to_bytes(12, "little"), 0, 128))
+    assert got.numpy().tobytes() == want

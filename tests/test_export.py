@@ -306,6 +306,38 @@ def test_pooling_indices_through_torch_export():
                 assert torch.equal(g.round().long(), w)
 
 
+def test_pooling_indices_are_computed_once_and_only_where_read(monkeypatch):
+    """A graph reading values and indices pools once, with indices; one reading only the
+    values pools without them (indices cost comparisons)."""
+    from mpc_ml.tensor.mpctensor import MPCTensor
+    calls = []
+    for name in ("max_pool2d", "_adaptive_max"):
+        real = getattr(MPCTensor, name)
+
+        def counting(self, *args, _real=real, _name=name, **kwargs):
+            position = 1 if _name == "_adaptive_max" else 5  # where return_indices goes
+            wants = kwargs.get("return_indices", args[position] if len(args) > position else False)
+            calls.append((_name, bool(wants)))
+            return _real(self, *args, **kwargs)
+        monkeypatch.setattr(MPCTensor, name, counting)
+
+    class ValuesAndIndices(nn.Module):
+        def forward(self, x):
+            v, i = nn.functional.max_pool2d(x, 2, return_indices=True)
+            return v.flatten(1) + i.flatten(1) * 0.0, nn.functional.adaptive_max_pool2d(x, 2)
+
+    x = torch.randn(1, 2, 4, 4)
+
+    def party():
+        net = mpc.nn.from_pytorch(ValuesAndIndices(), (x,), tracer="export")
+        with mpc.no_grad():
+            return [o.decrypt() for o in net(enc(x, 1))]
+
+    for got, want in zip(mpc.run(party, 2, provider="tfp")[0], ValuesAndIndices()(x)):
+        assert_close(got, want, "pooled", TOL)
+    assert sorted(calls) == [("_adaptive_max", False)] * 2 + [("max_pool2d", True)] * 2
+
+
 def test_max_over_dims():
     model = seeded(lambda: nn.Sequential(nn.Conv2d(2, 3, 3), MaxOverDims()))
     check(model, (torch.randn(2, 2, 5, 5),))

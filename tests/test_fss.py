@@ -49,6 +49,20 @@ def test_the_dcf_shares_beta_below_alpha_and_zero_elsewhere(prg, n):
     assert not torch.equal(wrong, torch.zeros(n, dtype=torch.int64))
 
 
+@pytest.mark.parametrize("prg", ["aes", "chacha20"])
+def test_dcf_at_the_edges(prg):
+    """The DCF at the edges: alpha and x at 0, 1, 2^62, 2^63 - 1, both PRGs."""
+    edges = [0, 1, 2, (1 << 62) - 1, 1 << 62, (1 << 63) - 2, (1 << 63) - 1]
+    alpha = torch.tensor([a for a in edges for _ in edges], dtype=torch.int64)
+    x = torch.tensor([b for _ in edges for b in edges], dtype=torch.int64)
+    beta = torch.full_like(alpha, -7)
+    seeds = [torch.randint(-2 ** 63, 2 ** 63 - 1, (len(alpha), 2), dtype=torch.int64)
+             for _ in range(2)]
+    part = dcf.gen(alpha, beta, seeds[0], seeds[1], prg)
+    total = dcf.evaluate(0, seeds[0], part, x, prg) + dcf.evaluate(1, seeds[1], part, x, prg)
+    assert torch.equal(total, torch.where(x < alpha, beta, torch.zeros_like(beta)))
+
+
 def test_the_chacha20_tree_prg_is_chacha20_keyed_by_the_seed():
     """G(s) under prg='chacha20' is block 0 of ChaCha20 (RFC 8439, nonce 0) with the key
     s || 0^128, checked against the cryptography package for many seeds at once."""

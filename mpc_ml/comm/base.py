@@ -21,7 +21,7 @@ from typing import Union
 import torch
 
 from .errors import FrameError, peer_name
-from .frames import encode_control, landed
+from .frames import encode_control
 
 Message = Union[torch.Tensor, dict]
 
@@ -37,9 +37,14 @@ class Link(ABC):
     """An ordered, reliable message pipe to one peer."""
 
     peer: int
-    pinned: bool = False
-    """Receive tensor payloads into page-locked host memory (set for a CUDA destination:
-    Communicator.land_on), so that their copy to the device is one asynchronous DMA."""
+    pinned_for: torch.device | None = None
+    """A CUDA device: receive tensor payloads into page-locked host memory for it
+    (receive_for), so that their copy to the device is one DMA."""
+
+    def receive_for(self, device: torch.device | str) -> None:
+        """Received tensors are bound for device: pinned for a CUDA one."""
+        device = torch.device(device)
+        self.pinned_for = device if device.type == "cuda" else None
 
     @abstractmethod
     def send(self, msg: Message) -> None:
@@ -77,19 +82,17 @@ class Communicator:
     def __init__(self, rank: int, world_size: int, links: dict[int, Link], timeout: float):
         self.rank, self.world_size, self.timeout = rank, world_size, timeout
         self.links = links
-        self.device: torch.device | None = None
-        """Where received tensors land (None: host memory, where they arrive)."""
         self.stats = Stats()
         expected = set(range(world_size)) - {rank}
         if set(links) != expected:
             raise ValueError(f"party {rank}: links to {sorted(links)}, expected {sorted(expected)}")
 
-    def land_on(self, device: torch.device | str | None) -> None:
-        """Deliver received tensors on device: a CUDA one has every link receive into
-        pinned host memory, then copy it over asynchronously."""
-        self.device = None if device is None else torch.device(device)
+    def receive_for(self, device: torch.device | str) -> None:
+        """Received tensors are bound for device: for a CUDA one every link receives them
+        into pinned host memory (they stay host tensors: control bytes are read there,
+        and shares are moved where they are used)."""
         for link in self.links.values():
-            link.pinned = self.device is not None and self.device.type == "cuda"
+            link.receive_for(device)
 
     @property
     def peers(self) -> list[int]:
@@ -115,7 +118,7 @@ class Communicator:
         if not isinstance(msg, torch.Tensor):
             raise FrameError(f"party {self.rank} expected a tensor from {peer_name(src)}, "
                              f"got a control message {sorted(msg)}")
-        return landed(msg, self.device)
+        return msg
 
     # -- collectives: each is one round -------------------------------------------
     def send(self, tensor: torch.Tensor, dst: int) -> None:

@@ -66,17 +66,16 @@ def staged_on_host(t: torch.Tensor) -> torch.Tensor:
     return staged
 
 
-def host_tensor(shape: tuple[int, ...], dtype: torch.dtype, pinned: bool) -> torch.Tensor:
-    """An uninitialised host tensor, page-locked if pinned."""
-    return torch.empty(shape, dtype=dtype, pin_memory=pinned)
-
-
-def landed(t: torch.Tensor, device: torch.device | None) -> torch.Tensor:
-    """A received tensor moved to device (None: where it is); from pinned memory the copy
-    is asynchronous, ordered before any later work on the device's current stream."""
-    if device is None or t.device == device:
-        return t
-    return t.to(device, non_blocking=t.is_pinned())
+def pinned_tensor(shape: tuple[int, ...], dtype: torch.dtype,
+                  device: torch.device) -> torch.Tensor | None:
+    """An uninitialised page-locked host tensor from torch's caching host allocator, made
+    under device (so that a receiving thread creates no context on another GPU); None
+    where pinning fails (out of page-locked memory), for the caller to take pageable."""
+    try:
+        with torch.cuda.device(device):
+            return torch.empty(shape, dtype=dtype, pin_memory=True)
+    except RuntimeError:
+        return None
 
 
 def tensor_payload(t: torch.Tensor) -> memoryview:
@@ -136,16 +135,21 @@ def parse_shape(dims: bytes, ndim: int, code: int, length: int) -> tuple[int, ..
 
 
 def empty_tensor(code: int, shape: tuple[int, ...],
-                 pinned: bool = False) -> tuple[torch.Tensor, memoryview]:
-    """A tensor to receive a payload into, and a writable byte view of it; pinned: in
-    page-locked host memory (torch's caching host allocator), for a CUDA destination."""
+                 pinned_for: torch.device | None = None) -> tuple[torch.Tensor, memoryview]:
+    """A tensor to receive a payload into, and a writable byte view of it; pinned_for (a
+    CUDA device): in page-locked host memory, for that device (pageable where pinning
+    fails: a local failure, not the peer's)."""
     dtype = DTYPES[code]
+    dtype = torch.uint8 if dtype == torch.bool else dtype
+    t = None
+    if pinned_for is not None and all(shape):  # a non-empty shape of a checked length
+        t = pinned_tensor(shape, dtype, pinned_for)
     try:
-        t = host_tensor(shape, torch.uint8 if dtype == torch.bool else dtype, pinned)
+        t = torch.empty(shape, dtype=dtype) if t is None else t
     except (RuntimeError, ValueError, OverflowError) as e:  # e.g. strides that overflow
         raise FrameError(f"shape {shape} cannot be allocated: {e}") from None
     view = memoryview(t.numpy()).cast("B") if t.numel() else memoryview(bytearray(0))
-    return (t.view(torch.bool) if dtype == torch.bool else t), view
+    return (t.view(torch.bool) if DTYPES[code] == torch.bool else t), view
 
 
 def parse_control(payload: bytes) -> dict:

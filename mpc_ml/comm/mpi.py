@@ -247,7 +247,7 @@ class MPILink(Link):
                 payload = np.empty(length, dtype=np.uint8)
                 target = payload
             else:
-                tensor, _ = frames.empty_tensor(code, shape, self.pinned)
+                tensor, _ = frames.empty_tensor(code, shape, self.pinned_for)
                 target = _bytes_view(tensor)
             # The payload follows its header at once: a peer that stalls here is broken.
             if not self._recv_payload(target, time.monotonic() + max(self.close_timeout, 1.0)):

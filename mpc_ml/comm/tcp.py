@@ -129,7 +129,7 @@ class TcpLink(Link):
             raise PeerError(peer_name(self.peer), "closed the connection mid-frame")
         shape = frames.parse_shape(bytes(dims), ndim, code, length)
         if length <= GROW_START:
-            tensor, view = frames.empty_tensor(code, shape, self.pinned)
+            tensor, view = frames.empty_tensor(code, shape, self.pinned_for)
             if length and not self._read_exact(view):
                 raise PeerError(peer_name(self.peer), "closed the connection mid-frame")
             return tensor
@@ -144,7 +144,7 @@ class TcpLink(Link):
                 raise PeerError(peer_name(self.peer), "closed the connection mid-frame")
             chunks.append(chunk)
             got += len(chunk)
-        tensor, view = frames.empty_tensor(code, shape, self.pinned)
+        tensor, view = frames.empty_tensor(code, shape, self.pinned_for)
         offset = 0
         for chunk in chunks:
             view[offset:offset + len(chunk)] = chunk

@@ -204,28 +204,26 @@ def adaptive_avg_pool(x: TensorLike, output_size: int | list[int | None]) -> Ten
     return x
 
 
-class _IndicesOnRead:
-    """A pooling op's (values, indices), the private indices computed only if the graph
-    reads them (most graphs drop them; computing them costs more comparisons)."""
-
-    def __init__(self, pool: Callable, *args):
-        self._pool, self._args = pool, args
-        self.values = pool(*args)
-
-    def __getitem__(self, i: int):
-        if i == 0:
-            return self.values
-        if i == 1:
-            return self._pool(*self._args, return_indices=True)[1]
-        raise IndexError(i)
-
-
-def adaptive_max_pool(x: TensorLike, output_size: int | list[int | None]) -> _IndicesOnRead:
+def adaptive_max_pool(x: TensorLike, output_size: int | list[int | None],
+                      indices: bool = False) -> tuple:
     """Adaptive max pooling to any size (MPCTensor.adaptive_max_pool2d / 1d), as torch:
-    (values, indices), the indices made only if used."""
+    (values, indices), the private indices made only where the graph reads them."""
     sizes = tuple(output_size) if isinstance(output_size, (list, tuple)) else (output_size,)
     pool = x.adaptive_max_pool2d if len(sizes) == 2 else x.adaptive_max_pool1d
-    return _IndicesOnRead(pool, sizes)
+    return pool(sizes, True) if indices else (pool(sizes), None)
+
+
+def max_pool_with_indices(x: TensorLike, k, stride=None, padding=0, dilation=1,
+                          ceil_mode: bool = False, indices: bool = False) -> tuple:
+    """aten.max_pool2d_with_indices: (values, indices), the indices only where read."""
+    out = F.max_pool2d(x, k, _pool_stride(stride), padding, dilation, ceil_mode, indices)
+    return out if indices else (out, None)
+
+
+INDEX_READERS = {"aten.adaptive_max_pool2d.default", "aten.adaptive_max_pool1d.default",
+                 "aten.max_pool2d_with_indices.default"}
+"""Ops whose second output is indices, computed (at a cost in comparisons) only if read:
+the interpreter passes indices=True where a node reads output 1."""
 
 
 def _batch_norm_eval(x, weight, bias, mean, var, momentum, eps):
@@ -297,9 +295,7 @@ ATEN_OPS: dict[str, Callable] = {
     "aten.erf.default": lambda x: x.erf(),
     "aten.max_pool2d.default": lambda x, k, stride=None, padding=0, dilation=1, ceil_mode=False:
         F.max_pool2d(x, k, _pool_stride(stride), padding, dilation, ceil_mode),
-    "aten.max_pool2d_with_indices.default": lambda x, k, stride=None, padding=0, dilation=1,
-        ceil_mode=False: _IndicesOnRead(x.max_pool2d, k, _pool_stride(stride), padding,
-                                        dilation, ceil_mode),
+    "aten.max_pool2d_with_indices.default": max_pool_with_indices,
     "aten.avg_pool2d.default": lambda x, k, stride=None, padding=0, ceil_mode=False,
         count_include_pad=True, divisor_override=None:
         F.avg_pool2d(x, k, _pool_stride(stride), padding, ceil_mode, count_include_pad),
@@ -490,6 +486,9 @@ class ExportedModule(Module):
                 elif not _private(list(args) + list(kwargs.values())):
                     env[node.name] = node.target(*args, **kwargs)
                 else:
+                    if _op_name(node) in INDEX_READERS:
+                        kwargs = {**kwargs, "indices": any(u.target is operator.getitem and u.args[1] == 1
+                                                          for u in node.users)}
                     env[node.name] = ATEN_OPS[_op_name(node)](*args, **kwargs)
             elif node.op == "output":
                 outs = value(node.args[0])
