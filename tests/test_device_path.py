@@ -229,7 +229,6 @@ def test_a_model_moves_with_to_and_keeps_its_leaves():
     dict(kind="triple", op="conv2d", a_shape=[1, 2, 5, 5], b_shape=[3, 2, 3, 3],
          kwargs={"stride": [1, 1], "padding": [1, 1], "dilation": [1, 1], "groups": 1}),
     dict(kind="btriple", shape=[40]),
-    dict(kind="dcf_ltz", numel=8),
 ])
 def test_providers_make_correlations_on_the_configured_device(request_):
     """Config.device: the draws and tfp's products come out on that device ('meta' here: a
@@ -238,8 +237,7 @@ def test_providers_make_correlations_on_the_configured_device(request_):
     from mpc_ml.providers.base import CorrelationGenerator, draw_shares, make_request
 
     request = make_request(request_.pop("kind"), **request_)
-    parties = 2 if request["kind"] == "dcf_ltz" else 3  # FSS keys are for 2 parties
-    streams = [PRG(bytes([r]) * 16, "chacha20") for r in range(parties)]
+    streams = [PRG(bytes([r]) * 16, "chacha20") for r in range(3)]
     free, derived = draw_shares(streams[1], request, with_derived=True, rank=1, device="meta")
     mine, corrections, *_ = CorrelationGenerator(streams, 0, device="meta").generate(request)
     for t in [*free, *derived, *mine, *corrections]:

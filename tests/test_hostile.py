@@ -71,7 +71,7 @@ def test_mutated_frames_give_a_message_or_a_named_error(frame, flips, cut):
         a.sendall(data)
         start = time.monotonic()
         try:
-            msg = victim.recv(0.3)
+            msg = victim.recv(0.1)
             assert isinstance(msg, (dict, torch.Tensor))
         except CommTimeout:
             pass  # a truncated frame: the peer still owes bytes; the receive gives up in time

@@ -766,7 +766,7 @@ def test_from_pytorch_in_every_party_thread():
 
     def party(tm, x):
         for _ in range(20):
-            mpc.nn.from_pytorch(tm, x)
+            mpc.nn.from_pytorch(tm, x, tracer="fx")
         return True
 
     interval = sys.getswitchinterval()

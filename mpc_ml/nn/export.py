@@ -213,7 +213,8 @@ def adaptive_max_pool(x: TensorLike, output_size: int | list[int | None],
     return pool(sizes, True) if indices else (pool(sizes), None)
 
 
-def max_pool_with_indices(x: TensorLike, k, stride=None, padding=0, dilation=1,
+def max_pool_with_indices(x: TensorLike, k: list[int], stride: list[int] | None = None,
+                          padding: int | list[int] = 0, dilation: int | list[int] = 1,
                           ceil_mode: bool = False, indices: bool = False) -> tuple:
     """aten.max_pool2d_with_indices: (values, indices), the indices only where read."""
     out = F.max_pool2d(x, k, _pool_stride(stride), padding, dilation, ceil_mode, indices)
