@@ -859,7 +859,10 @@ def test_cli_serve_answers_clients_and_stops_on_sigint_finishing_requests_in_fli
     assert "stopped after 2 requests" in err.text()
 
 
-def test_cli_serve_party_by_party_from_a_deployment_file_and_a_party_death(tmp_path):
+def _deployed_service(tmp_path, *serve_args: str):
+    """A deployment file for 2 parties and a dealer on loopback, `mpc-ml dealer` started
+    from it and `mpc-ml serve --rank R` for each party with serve_args: (the parties'
+    client addresses, the dealer process, the party processes)."""
     from mpc_ml.cli.main import _free_addresses
 
     mesh = _free_addresses(3)
@@ -872,7 +875,12 @@ def test_cli_serve_party_by_party_from_a_deployment_file_and_a_party_death(tmp_p
     dealer = subprocess.Popen([sys.executable, "-m", "mpc_ml", "dealer", "--listen", mesh[2], "-n",
                                "2"], env=env, stderr=subprocess.DEVNULL, start_new_session=True)
     parties = [_start_serve(["--config", str(tmp_path / "service.toml"), "--rank", str(r),
-                             "--listen", front[r], "--max-clients", "1"]) for r in range(2)]
+                             "--listen", front[r], *serve_args]) for r in range(2)]
+    return front, dealer, parties
+
+
+def test_cli_serve_party_by_party_from_a_deployment_file_and_a_party_death(tmp_path):
+    front, dealer, parties = _deployed_service(tmp_path, "--max-clients", "1")
     try:
         for r, p in enumerate(parties):
             assert Lines(p.stdout).wait_for(r".")[0] == f"party {r} serving clients at {front[r]}"
@@ -953,20 +961,7 @@ def test_cli_serve_parties_stop_naming_a_dealer_that_died_while_idle(tmp_path):
     """The dealer (its own process, `mpc-ml dealer`) is killed while the service idles
     with a client connected: both parties exit 1 within seconds naming the dealer, and the
     client is told (before: nothing until the next batch or the 10-minute keep-alive)."""
-    from mpc_ml.cli.main import _free_addresses
-
-    mesh = _free_addresses(3)
-    (tmp_path / "service.toml").write_text(
-        '[job]\nprovider = "dealer"\n'
-        f'[[party]]\naddress = "{mesh[0]}"\n[[party]]\naddress = "{mesh[1]}"\n'
-        f'[dealer]\naddress = "{mesh[2]}"\n')
-    front = _free_addresses(2)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MPC_")}
-    dealer = subprocess.Popen([sys.executable, "-m", "mpc_ml", "dealer", "--listen", mesh[2], "-n",
-                               "2"], env=env, stderr=subprocess.DEVNULL, start_new_session=True)
-    parties = [_start_serve(["--config", str(tmp_path / "service.toml"), "--rank", str(r),
-                             "--listen", front[r], "--max-clients-per-identity", "1"])
-               for r in range(2)]
+    front, dealer, parties = _deployed_service(tmp_path, "--max-clients-per-identity", "1")
     try:
         errors = [Lines(p.stderr) for p in parties]
         for r, p in enumerate(parties):
