@@ -51,7 +51,7 @@ def check_device(device: str) -> torch.device:
     if dev.type == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if dev.index is not None and dev.index >= count or not count:
-            raise ValueError(f"Config.device {device!r}: this party's torch sees "
+            raise ValueError(f"Config.device {device!r}: this process's torch sees "
                              f"{count} CUDA device(s)")
     return dev
 

@@ -93,3 +93,43 @@ def test_an_incomplete_job_is_dropped_and_the_others_are_served(capfd):
     assert all(isinstance(v, torch.Tensor) for v in out.values()) and len(out) == 2
     assert "the dealer" in str(lonely["error"])  # dropped: its link closed, not left hanging
     assert "dropped job 'lonely': ranks [1] did not connect" in capfd.readouterr().err
+
+
+def test_the_dealer_makes_correlations_on_its_device_and_refuses_one_it_lacks(monkeypatch):
+    """Config.device for the dealer (`mpc-ml dealer --device`): its correlation generator
+    makes the draws and products there; a device its torch does not have is refused
+    before it listens for jobs."""
+    import subprocess
+    import sys
+
+    import pytest
+
+    from mpc_ml.providers import base
+
+    made_on = []
+    real_init = base.CorrelationGenerator.__init__
+
+    def recording(self, streams, correction_party, device=None):
+        made_on.append(device)
+        real_init(self, streams, correction_party, device)
+
+    monkeypatch.setattr(base.CorrelationGenerator, "__init__", recording)
+    listener = tcp.listen("127.0.0.1:0")
+    dealer_addr = f"127.0.0.1:{listener.getsockname()[1]}"
+    service = threading.Thread(target=serve_jobs, args=(listener, FAST.replace(device="cpu:0")),
+                               kwargs={"max_jobs": 1}, daemon=True)
+    service.start()
+    out: dict = {}
+    for t in _job("on-device", 2, dealer_addr, 1.0, out):
+        t.join(60)
+    service.join(60)
+    assert made_on == ["cpu:0"]
+    for value in out.values():
+        assert torch.allclose(value, (torch.arange(4.0) * 2).relu()), value
+
+    with pytest.raises(ValueError, match=r"'cuda:99': this process's torch sees"):
+        serve_jobs(tcp.listen("127.0.0.1:0"), FAST.replace(device="cuda:99"), max_jobs=1)
+    proc = subprocess.run([sys.executable, "-m", "mpc_ml", "dealer", "--listen", "127.0.0.1:0",
+                           "-n", "2", "--device", "cuda:99"], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode != 0 and "cuda:99" in proc.stderr and "Traceback" not in proc.stderr

@@ -308,6 +308,6 @@ def test_sessions_pin_for_their_device_keep_received_tensors_on_the_host_and_ref
         b.close()
     assert mpc.run(mpc.rank, world_size=2, provider="dealer",
                    config=mpc.Config(device="meta")) == [0, 1]
-    with pytest.raises(mpc.PartyError, match=r"Config.device 'cuda:99': this party's torch sees"):
+    with pytest.raises(mpc.PartyError, match=r"Config.device 'cuda:99': this process's torch sees"):
         mpc.run(mpc.rank, world_size=2, config=mpc.Config(device="cuda:99"))
 

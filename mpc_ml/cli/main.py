@@ -110,7 +110,7 @@ def dealer(args: argparse.Namespace) -> int:
         from ..comm.tls import TLSConfig
 
         tls = TLSConfig(tls_dir, DEALER_RANK)
-    config = Config.from_env().replace(dealer_attest=args.attest)
+    config = Config.from_env().replace(dealer_attest=args.attest, device=args.device)
     if args.allow_insecure:
         config = config.replace(allow_insecure=True)
     if args.attest != "none":
@@ -134,7 +134,7 @@ def dealer(args: argparse.Namespace) -> int:
         served = serve_jobs(tcp.listen(args.listen), config, tls, max_jobs=max_jobs,
                             world_size=args.nparties,
                             first_job_within_s=config.connect_timeout_s if args.nparties else None)
-    except CommError as e:
+    except (CommError, ValueError) as e:
         raise SystemExit(f"mpc-ml dealer: {e}") from None
     print(f"dealer: served {served} correlations", file=sys.stderr)
     return 0
@@ -645,6 +645,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--attest", choices=list(DEALER_ATTEST_MODES), default="none",
                    help="prove what this dealer runs: sim (a software signer: protects nothing) "
                         "or sgx (Gramine's /dev/attestation); prints 'dealer measurement: HEX' first")
+    p.add_argument("--device", default="cpu", help="where the correlations are made: cpu "
+                   "(default) or cuda[:K] (a GPU makes large matmul and conv triples fast)")
     p.set_defaults(func=dealer)
     p = sub.add_parser("certs", help="make a CA and one TLS key pair per party (for --tls)")
     p.add_argument("directory", metavar="DIR")

@@ -19,6 +19,7 @@ import time
 from ..comm import DEALER_RANK, CommError, peer_name, tcp
 from ..config import PROTOCOL_VERSION, Config
 from ..providers import serve_dealer
+from ..session import check_device
 
 
 class _Job:
@@ -32,7 +33,9 @@ def serve_jobs(listener: socket.socket, config: Config, tls: tcp.Wrap | None = N
     """Serve jobs on listener until max_jobs have finished (forever if None); returns the
     number of correlations served. world_size, if given, is the only one accepted;
     first_job_within_s, if given, is how long the first job may take to gather (a job's
-    own dealer gives up, naming who is missing, like its parties do)."""
+    own dealer gives up, naming who is missing, like its parties do). Correlations are
+    made on config.device (ValueError at once for a device this torch does not have)."""
+    check_device(config.device)
     arrivals: queue.Queue = queue.Queue()
     stop = threading.Event()
     served: list[int] = []
@@ -68,7 +71,7 @@ def serve_jobs(listener: socket.socket, config: Config, tls: tcp.Wrap | None = N
     def run_job(job_id: str, job: _Job) -> None:
         try:
             served.append(serve_dealer(job.links, job.world_size, config.dealer_idle_timeout_s,
-                                       config.dealer_attest))
+                                       config.dealer_attest, device=config.device))
         except CommError as e:
             print(f"mpc_ml: the dealer: job {job_id!r} failed: {e}", file=sys.stderr)
 

@@ -397,10 +397,13 @@ def party_seed_agreement(link: Link, rank: int, timeout: float,
 
 
 def serve_dealer(links: dict[int, Link], world_size: int, idle_timeout: float,
-                 attest: str = "none", platform: attestation.SimPlatform | None = None) -> int:
+                 attest: str = "none", platform: attestation.SimPlatform | None = None,
+                 device: torch.device | str | None = None) -> int:
     """Agree a seed with every party (and, attesting, quote the agreement key and every
     party's nonce), then answer the last party's requests and prefetch announcements
-    until it hangs up. Returns the number of correlations served.
+    until it hangs up, making the correlations on device (None: the host; a GPU makes a
+    large matmul's triple products there, its sends staged through pinned memory).
+    Returns the number of correlations served.
     """
     try:
         agreement = KeyAgreement()
@@ -431,7 +434,7 @@ def serve_dealer(links: dict[int, Link], world_size: int, idle_timeout: float,
             raise ValueError(f"the dealer: the parties name PRG algorithms {prgs}; they must name "
                            f"one of {PRG_ALGORITHMS}, the same")
         generator = CorrelationGenerator([PRG(seeds[r], prgs[r]) for r in range(world_size)],
-                                         correction_party=world_size - 1)
+                                         correction_party=world_size - 1, device=device)
         return _serve_requests(links[world_size - 1], world_size - 1, generator, idle_timeout,
                                [links[r] for r in range(world_size - 1)])
     finally:
