@@ -171,12 +171,12 @@ def worker(spec_path: str) -> None:
     mpc.shutdown()
 
 
-def dealer_worker(listen: str, nparties: int) -> None:
+def dealer_worker(listen: str, nparties: int, device: str = "cpu") -> None:
     import netdelay
 
     netdelay.install_from_env()
     from mpc_ml.cli import main as cli_main
-    sys.exit(cli_main(["dealer", "--listen", listen, "-n", str(nparties)]))
+    sys.exit(cli_main(["dealer", "--listen", listen, "-n", str(nparties), "--device", device]))
 
 
 # -- in the parent ----------------------------------------------------------------------------
@@ -211,7 +211,7 @@ def run_job(profile, parties: int, provider: str, rows: list[str], quick: bool, 
             net=None, timeout_s: float = 1800, offline_dealer: bool = False,
             device: str = "cpu") -> dict:
     """One set of processes (parties and maybe a dealer) running every row, the parties'
-    shares and correlations on device (the dealer's correlations are made on its CPU)."""
+    shares and correlations on device (the dealer's too: `mpc-ml dealer --device`)."""
     provider, extra_env = _provider_and_env(provider)
     nodes = parties + (provider == "dealer")
     if net is None:
@@ -243,7 +243,7 @@ def run_job(profile, parties: int, provider: str, rows: list[str], quick: bool, 
             dealer_env = dict(env, MPC_NET_DELAY_MS="0") if offline_dealer else env
             procs["dealer"] = subprocess.Popen(
                 [*prefixes[parties], sys.executable, __file__, "--dealer-worker",
-                 addrs[parties], str(parties)], env=dealer_env)
+                 addrs[parties], str(parties), device], env=dealer_env)
         for r in range(parties):
             procs[f"party {r}"] = subprocess.Popen(
                 [*prefixes[r], sys.executable, __file__, "--worker", str(spec_path)],
@@ -650,7 +650,7 @@ if __name__ == "__main__":
     if sys.argv[1:2] == ["--worker"]:
         worker(sys.argv[2])
     elif sys.argv[1:2] == ["--dealer-worker"]:
-        dealer_worker(sys.argv[2], int(sys.argv[3]))
+        dealer_worker(sys.argv[2], int(sys.argv[3]), *sys.argv[4:5])
     elif sys.argv[1:2] == ["--compare"]:  # --compare OUT_PREFIX BASE_DIR OTHER_DIR
         md, merged = compare_devices(Path(sys.argv[3]), Path(sys.argv[4]))
         Path(sys.argv[2] + ".md").write_text(md + "\n")
