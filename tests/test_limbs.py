@@ -142,3 +142,29 @@ def test_convolutions_on_cuda_run_with_cudnn_off():
     with limbs.exact_convolutions(torch.device("cuda")):
         assert not torch.backends.cudnn.enabled
     assert torch.backends.cudnn.enabled
+
+
+def test_cudnn_stays_off_while_any_party_thread_is_inside():
+    """Party threads (the inproc backend) overlap: cuDNN is restored only when the last
+    limb convolution on CUDA has left, as it was before the first came in."""
+    import threading
+
+    inside, leave = threading.Event(), threading.Event()
+
+    def other_party():
+        with limbs.exact_convolutions(torch.device("cuda")):
+            inside.set()
+            leave.wait(10)
+
+    before = torch.backends.cudnn.enabled
+    thread = threading.Thread(target=other_party)
+    thread.start()
+    try:
+        assert inside.wait(10)
+        with limbs.exact_convolutions(torch.device("cuda:0")):
+            assert not torch.backends.cudnn.enabled
+        assert not torch.backends.cudnn.enabled, "one thread's exit turned cuDNN back on"
+    finally:
+        leave.set()
+        thread.join(10)
+    assert torch.backends.cudnn.enabled == before

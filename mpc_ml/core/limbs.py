@@ -32,8 +32,9 @@ are the pairs (chunks of a long reduction are a loop of such calls).
 from __future__ import annotations
 
 import contextlib
+import threading
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -125,14 +126,38 @@ def matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return out
 
 
+_cudnn_off_lock = threading.Lock()
+_cudnn_off_depth = 0  # limb convolutions in flight on CUDA, across threads
+_cudnn_was_enabled = True
+
+
+@contextlib.contextmanager
+def _cudnn_off() -> Iterator[None]:
+    """cuDNN off while any thread runs a limb convolution on CUDA: torch's flag is
+    process-wide, so the first to enter turns it off and the last to leave restores it
+    (torch.backends.cudnn.flags would let one party thread's exit turn it back on under
+    another's convolution)."""
+    global _cudnn_off_depth, _cudnn_was_enabled
+    with _cudnn_off_lock:
+        if _cudnn_off_depth == 0:
+            _cudnn_was_enabled = torch.backends.cudnn.enabled
+            torch.backends.cudnn.enabled = False
+        _cudnn_off_depth += 1
+    try:
+        yield
+    finally:
+        with _cudnn_off_lock:
+            _cudnn_off_depth -= 1
+            if _cudnn_off_depth == 0:
+                torch.backends.cudnn.enabled = _cudnn_was_enabled
+
+
 def exact_convolutions(device: torch.device) -> contextlib.AbstractContextManager:
     """Where convolutions are exact on integers: on CUDA with cuDNN off, since cuDNN may
     pick an FFT or Winograd algorithm, which rounds (and a float64 result that is off by
     any amount below an integer truncates wrongly); torch then computes them by im2col and
     cuBLAS GEMMs, whose sums of exact integers below 2^53 are exact. Elsewhere: as is."""
-    if device.type == "cuda":
-        return torch.backends.cudnn.flags(enabled=False)
-    return contextlib.nullcontext()
+    return _cudnn_off() if device.type == "cuda" else contextlib.nullcontext()
 
 
 def _pairs_conv(x: torch.Tensor, w: torch.Tensor, plan: LimbPlan, groups: int,
