@@ -79,6 +79,27 @@ def test_matmul_conv2d_relu_on_the_device(device, provider):
 
 
 @on_devices
+def test_fss_comparisons_on_the_device(device):
+    """comparison='fss' with the ChaCha20 tree PRG: the dealer's DCF keys are evaluated
+    where the shares live, and every comparison is exact."""
+    x = torch.cat([randn(5, 59, scale=20.0), torch.tensor([0.0, -2 ** -16, 2 ** -16, 1e4, -1e4])])
+
+    def party():
+        a = mpc.encrypt(x, src=0, device=device)
+        outs = [a.relu()]  # one key request: a 63-level ChaCha tree is ~10^5 small ops
+        placed = all(on(t, device) for t in (a, *outs))
+        return [o.decrypt().cpu() for o in outs], placed
+
+    r = torch.round(x * 2 ** 16) / 2 ** 16
+    want = [r.relu()]
+    config = device_config(device).replace(comparison="fss")
+    for outs, placed in mpc.run(party, world_size=2, provider="dealer", config=config):
+        assert placed, f"a share left {device}"
+        for got, expected in zip(outs, want):
+            assert torch.equal(got.to(expected.dtype), expected)
+
+
+@on_devices
 def test_a_training_step_on_the_device(device):
     """Gradients of a linear-relu-linear model under a cross-entropy loss, on the device."""
     torch.manual_seed(3)
