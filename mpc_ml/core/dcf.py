@@ -155,8 +155,9 @@ def gen(alpha: torch.Tensor, beta: torch.Tensor, seed0: torch.Tensor, seed1: tor
     for i in range(BITS):
         a = (alpha >> (BITS - 1 - i)) & 1  # Keep = R where alpha_i = 1 (then Lose = L)
         m = -a
-        sl0, tl0, sr0, tr0, vl0, vr0 = expand(s0, prg)
-        sl1, tl1, sr1, tr1, vl1, vr1 = expand(s1, prg)
+        both = expand(torch.cat([s0, s1]), prg)  # one PRG call for both trees' seeds
+        sl0, tl0, sr0, tr0, vl0, vr0 = (t[:n] for t in both)
+        sl1, tl1, sr1, tr1, vl1, vr1 = (t[n:] for t in both)
         s_cw = _choose(m, sr0, sl0) ^ _choose(m, sr1, sl1)
         sign1 = _sign(t1)
         v_cw = sign1 * (_choose(m, vr1, vl1) - _choose(m, vr0, vl0) - v_alpha) + (beta & m) * sign1
