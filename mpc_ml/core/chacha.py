@@ -33,31 +33,33 @@ def _rotl(x: torch.Tensor, n: int) -> torch.Tensor:
     return (x << n) | ((x >> (32 - n)) & ((1 << n) - 1))
 
 
-def _quarter(s: list[torch.Tensor], a: int, b: int, c: int, d: int) -> None:
-    s[a] = s[a] + s[b]
-    s[d] = _rotl(s[d] ^ s[a], 16)
-    s[c] = s[c] + s[d]
-    s[b] = _rotl(s[b] ^ s[c], 12)
-    s[a] = s[a] + s[b]
-    s[d] = _rotl(s[d] ^ s[a], 8)
-    s[c] = s[c] + s[d]
-    s[b] = _rotl(s[b] ^ s[c], 7)
+def _quarter(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor,
+             d: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The quarter round on rows of words: four quarter rounds at once when a, b, c, d
+    are (4, blocks) (a column or a diagonal each)."""
+    a = a + b
+    d = _rotl(d ^ a, 16)
+    c = c + d
+    b = _rotl(b ^ c, 12)
+    a = a + b
+    d = _rotl(d ^ a, 8)
+    c = c + d
+    b = _rotl(b ^ c, 7)
+    return a, b, c, d
 
 
 def _permute(start: list[torch.Tensor]) -> torch.Tensor:
     """The block function on 16 int32 start words (each a tensor of one word per block):
-    10 double rounds, plus the start; (blocks, 16) int32 words."""
-    s = list(start)
+    10 double rounds, plus the start; (blocks, 16) int32 words. The state is 4 rows of 4
+    words, so a column round is one quarter round on the rows, and a diagonal round one
+    on the rows rotated by 0, 1, 2 and 3 (a few large ops, not 16 small ones a round)."""
+    first = torch.stack(start)  # (16, blocks)
+    a, b, c, d = first.view(4, 4, -1).unbind(0)
     for _ in range(10):
-        _quarter(s, 0, 4, 8, 12)
-        _quarter(s, 1, 5, 9, 13)
-        _quarter(s, 2, 6, 10, 14)
-        _quarter(s, 3, 7, 11, 15)
-        _quarter(s, 0, 5, 10, 15)
-        _quarter(s, 1, 6, 11, 12)
-        _quarter(s, 2, 7, 8, 13)
-        _quarter(s, 3, 4, 9, 14)
-    return torch.stack([x + y for x, y in zip(s, start)], dim=1)
+        a, b, c, d = _quarter(a, b, c, d)  # columns (0, 4, 8, 12), (1, 5, 9, 13), ...
+        a, b, c, d = _quarter(a, b.roll(-1, 0), c.roll(-2, 0), d.roll(-3, 0))  # diagonals
+        b, c, d = b.roll(1, 0), c.roll(2, 0), d.roll(3, 0)
+    return (torch.cat([a, b, c, d]) + first).t()
 
 
 def _words64(words: torch.Tensor) -> torch.Tensor:
