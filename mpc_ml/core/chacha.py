@@ -89,8 +89,8 @@ def _keystream(key: bytes, nonce: bytes, counter: int, count: int,
         raise ValueError(f"ChaCha20 takes a {KEY_BYTES}-byte key and a {NONCE_BYTES}-byte nonce")
     if counter < 0 or counter + count > 1 << 32:
         raise ValueError("ChaCha20's 32-bit block counter would wrap: take a new nonce")
-    counters = torch.arange(counter, counter + count, dtype=torch.int64, device=device)
-    counters = torch.where(counters >= 1 << 31, counters - (1 << 32), counters).to(torch.int32)
+    # int64 to int32 keeps the low 32 bits (as keyed_blocks' key halves rely on too)
+    counters = torch.arange(counter, counter + count, dtype=torch.int64, device=device).to(torch.int32)
     return _permute(_start(list(struct.unpack("<8I", key)), list(struct.unpack("<3I", nonce)),
                            counters))
 

@@ -27,17 +27,16 @@ the inputs' device; seeds are (N, 2) int64 tensors (two 64-bit halves).
 from __future__ import annotations
 
 import threading
-from dataclasses import astuple, dataclass
+from dataclasses import dataclass, fields
 
 import torch
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from . import chacha
+from .prg import ALGORITHMS as PRGS
 
 BITS = 63
 """The input width: comparisons of the low 63 bits of a masked 64-bit word."""
-PRGS = ("aes", "chacha20")
-
 _KEY = bytes(range(16))  # the fixed, public AES key of G (its security needs none secret)
 _LOW_BIT_CLEAR = -2
 
@@ -53,8 +52,9 @@ class PublicKeyPart:
     last: torch.Tensor  # (N,) int64: the final correction CW^(n+1)
 
     def tensors(self) -> tuple[torch.Tensor, ...]:
-        """The five tensors, in field order (what the dealer sends)."""
-        return astuple(self)
+        """The five tensors, in field order (what the dealer sends); not copies
+        (dataclasses.astuple would deep-copy 1.5 KB of key per element)."""
+        return tuple(getattr(self, f.name) for f in fields(self))
 
 
 def _wide(mask: torch.Tensor) -> torch.Tensor:
